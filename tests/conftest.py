@@ -1,0 +1,26 @@
+"""Shared test fixtures. Tests make their own images; real-data tests skip when ../shared is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = Path(os.environ.get("RETRAIN_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+def shared_dataset(name: str) -> Path:
+    """Path to ../shared/datasets/<name>, or skip the test with the reason."""
+    path = SHARED_DATASETS / name
+    if not path.is_dir():
+        pytest.skip(f"shared dataset {name!r} not found at {path} (team material beside the repo; absent here)")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Tests use their own embedding cache but share the converted backbone, which is slow to rebuild."""
+    os.environ.setdefault("RETRAIN_STUDIO_CACHE", str(Path.home() / ".cache" / "retrain-studio"))
+    yield
