@@ -23,3 +23,14 @@ __all__ = ["tf", "hub", "keras", "set_seed"]
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and TF so a run with the same data and config is repeatable."""
     keras.utils.set_random_seed(seed)
+
+
+def tflite_interpreter(model_path: str | None = None, model_content: bytes | None = None,
+                       num_threads: int | None = None):
+    """A LiteRT interpreter: `ai_edge_litert` when installed (tf.lite.Interpreter is deprecated), else tf.lite."""
+    threads = num_threads or os.cpu_count() or 1
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - depends on what is installed
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    return Interpreter(model_path=model_path, model_content=model_content, num_threads=threads)
