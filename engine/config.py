@@ -15,52 +15,67 @@ from typing import Any
 DEFAULT_BACKBONE = "efficientnet-lite0"
 
 
+def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - "help" as in argparse
+    """A field whose help text travels with its default (the CLI and the app's form read both from here)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
 @dataclass
 class TrainConfig:
     # --- data ---------------------------------------------------------------------------------------------------
-    image_dir: str = ""
-    validation_split: float = 0.2
-    seed: int = 42
-    center_crop: bool = False  # crop images with aspect > 1.5 to a centred square (as label_image does)
+    image_dir: str = _opt("", "Folder with one subfolder of images per class (labels = sorted folder names).")
+    validation_split: float = _opt(0.2, "Fraction of each class held out for validation (stratified, seeded).")
+    seed: int = _opt(42, "Random seed for the split, shuffling and initialisation (same seed, same result).")
+    center_crop: bool = _opt(False, "Crop images longer than 1.5:1 to a centred square before resizing "
+                                    "(as label_image does); applied identically in training, export and predict.")
 
     # --- backbone -------------------------------------------------------------------------------------------------
-    tfhub_module: str = DEFAULT_BACKBONE  # a name from backbones.BACKBONES, a local SavedModel folder, or a URL
-    image_size: int | None = None  # None: the backbone's own input size
+    tfhub_module: str = _opt(DEFAULT_BACKBONE, "Backbone: a built-in offline name (efficientnet-lite0/1/2), a local "
+                                               "TF Hub SavedModel folder, or a TF Hub URL when online.")
+    image_size: int | None = _opt(None, "Input size in pixels (default: the backbone's own size).")
 
     # --- head training (make_image_classifier flags, same meaning) ------------------------------------------------
     # make_image_classifier trains 5 SGD epochs and underfits; on cached embeddings an epoch costs milliseconds,
     # so we train up to this many epochs and stop early on validation loss, restoring the best weights.
-    train_epochs: int = 300
-    batch_size: int = 32
-    learning_rate: float = 0.005
-    momentum: float = 0.9
-    optimizer: str = "adam"  # "adam" (default, converges in few epochs) or "sgd" (make_image_classifier's)
-    dropout_rate: float = 0.2
-    label_smoothing: float = 0.1
-    l1_regularizer: float = 0.0
-    l2_regularizer: float = 0.0001
-    early_stopping_patience: int = 20
-    class_weights: str = "none"  # "none" or "balanced"
+    train_epochs: int = _opt(300, "Maximum epochs for the classifier head (early stopping usually ends sooner).")
+    batch_size: int = _opt(32, "Batch size.")
+    learning_rate: float = _opt(0.005, "Learning rate of the head optimizer.")
+    momentum: float = _opt(0.9, "Momentum (with --optimizer sgd).")
+    optimizer: str = _opt("adam", "adam (default: converges in few epochs) or sgd (make_image_classifier's).",
+                          choices=["adam", "sgd"])
+    dropout_rate: float = _opt(0.2, "Dropout before the classification layer.")
+    label_smoothing: float = _opt(0.1, "Label smoothing of the cross-entropy loss.")
+    l1_regularizer: float = _opt(0.0, "L1 penalty on the classification layer's weights.")
+    l2_regularizer: float = _opt(0.0001, "L2 penalty on the classification layer's weights.")
+    early_stopping_patience: int = _opt(20, "Stop after this many epochs without a better validation loss; "
+                                            "the best weights are kept.")
+    class_weights: str = _opt("none", "'balanced' weighs classes inversely to their size; 'none' does not.",
+                              choices=["none", "balanced"])
 
     # --- fine-tuning (opt-in) ---------------------------------------------------------------------------------------
-    do_fine_tuning: bool = False
-    fine_tune_epochs: int = 5
-    fine_tune_learning_rate: float = 0.0005
-    do_data_augmentation: bool = True  # only used while fine-tuning: head-only training runs on cached embeddings
-    rotation_range: float = 10.0
-    horizontal_flip: bool = True
-    zoom_range: float = 0.1
+    do_fine_tuning: bool = _opt(False, "After the head, also train the backbone on images with augmentation "
+                                       "(slower; often a little more accurate).")
+    fine_tune_epochs: int = _opt(5, "Epochs of fine-tuning.")
+    fine_tune_learning_rate: float = _opt(0.0005, "Learning rate while fine-tuning.")
+    do_data_augmentation: bool = _opt(True, "Random flips, rotations and zooms while fine-tuning (head-only "
+                                            "training runs on cached features and has none).")
+    rotation_range: float = _opt(10.0, "Augmentation: maximum rotation in degrees.")
+    horizontal_flip: bool = _opt(True, "Augmentation: random horizontal flips.")
+    zoom_range: float = _opt(0.1, "Augmentation: maximum zoom fraction.")
 
     # --- outputs (make_image_classifier flags) ---------------------------------------------------------------------
-    saved_model_dir: str | None = None
-    labels_output_file: str | None = None
-    tflite_output_file: str | None = None
-    run_dir: str | None = None  # where the run's config, events, metrics and bundle go
-    assert_accuracy_at_least: float | None = None
-    quantize: list[str] = field(default_factory=lambda: ["float32", "dynamic", "int8"])
+    saved_model_dir: str | None = _opt(None, "Also copy the exported TF SavedModel here.")
+    labels_output_file: str | None = _opt(None, "Also write the labels (line i = output i) here.")
+    tflite_output_file: str | None = _opt(None, "Also copy the float32 .tflite model here.")
+    run_dir: str | None = _opt(None, "Folder for this run's config, events, metrics, exported models and bundle "
+                                     "(default: ./runs/<timestamp>).")
+    assert_accuracy_at_least: float | None = _opt(None, "Fail (exit 1) when validation accuracy is below this.")
+    quantize: list[str] = _opt(["float32", "dynamic", "int8"], "TFLite variants to export (comma separated).")
 
     # --- caching ------------------------------------------------------------------------------------------------------
-    cache_dir: str | None = None  # None: the user cache dir (see backbones.cache_root)
+    cache_dir: str | None = _opt(None, "Embedding cache folder (default: ~/.cache/retrain-studio).")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
