@@ -1,0 +1,350 @@
+"""Background training jobs: one `python -m engine train` subprocess per run, observed through its run folder.
+
+The app never holds a job in memory: everything a page needs (state, events, metrics, bundle) is in
+`<project>/runs/<run_id>/`, so a reload, a second tab or a restarted server sees the same job. The subprocess is
+started in its own session (process group) with its output in `log.txt`; cancelling sends SIGTERM to the group.
+
+Files we write around the engine's own (see engine.runs):
+    run.json        what was started: run_id, project, command, pid, class counts, backbone
+    status.json     written "running" before the process starts; the engine then keeps it up to date
+    cancel          marker: the user asked to stop
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.config import TrainConfig
+from engine.events import read_events
+from engine.workspace import INBOX, Project, WorkspaceError, _atomic_write_json, _pid_exists
+
+log = logging.getLogger(__name__)
+
+# A JSON list that replaces the engine command line (tests and development; placeholders as in start_training).
+COMMAND_ENV = "RETRAIN_STUDIO_TRAIN_CMD"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DIED_MESSAGE = "the training process stopped unexpectedly"
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+_PROCS: dict[int, subprocess.Popen] = {}  # children of this process, so we can reap them (no zombies)
+_START_LOCK = threading.Lock()
+
+
+class JobError(RuntimeError):
+    """A user-facing problem starting or stopping a job."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _proc_start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int | None, start_time: str | None = None) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    proc = _PROCS.get(pid)
+    if proc is not None:
+        if proc.poll() is None:
+            return True
+        _PROCS.pop(pid, None)
+        return False
+    if not _pid_exists(pid):
+        return False
+    # the pid may have been reused by an unrelated process since
+    return start_time is None or _proc_start_time(pid) in (None, start_time)
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def run_path(project: Project, run_id: str) -> Path:
+    if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith("."):
+        raise JobError(f"not a run id: {run_id!r}")
+    return project.runs_dir / run_id
+
+
+def _engine_command(image_dir: Path, run_dir: Path, config_path: Path) -> list[str]:
+    return [sys.executable, "-m", "engine", "train", "--image_dir", str(image_dir), "--run_dir", str(run_dir),
+            "--config", str(config_path)]
+
+
+def active_run(project: Project) -> str | None:
+    """The run id of the project's running job, if any (dead jobs are marked failed on the way)."""
+    if not project.runs_dir.is_dir():
+        return None
+    for run_dir in sorted(project.runs_dir.iterdir(), reverse=True):
+        if run_dir.is_dir() and (run_dir / "status.json").exists() and job_status(run_dir)["state"] == "running":
+            return run_dir.name
+    return None
+
+
+def start_training(project: Project, config: TrainConfig | dict[str, Any] | None = None, *,
+                   command: list[str] | None = None, min_images_per_class: int = 2) -> str:
+    """Start a training job for the project and return its run id.
+
+    Refuses (JobError) when a job of this project is already running, or when the data cannot train.
+    `command` replaces the engine command line (for tests); "{run_dir}", "{image_dir}" and "{config}" in it are
+    filled in. Without it, $RETRAIN_STUDIO_TRAIN_CMD (a JSON list) may do the same.
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config or {}))
+    counts = {k: v for k, v in project.counts().items() if k != INBOX}
+    usable = {k: v for k, v in counts.items() if v >= min_images_per_class}
+    if len(usable) < 2:
+        raise JobError(f"Training needs at least 2 classes with {min_images_per_class}+ images each "
+                       f"(now: {', '.join(f'{k}: {v}' for k, v in counts.items()) or 'no classes'}). "
+                       "Add and sort images on the Data page.")
+    if command is None and os.environ.get(COMMAND_ENV):
+        try:
+            command = json.loads(os.environ[COMMAND_ENV])
+        except ValueError as exc:
+            raise JobError(f"${COMMAND_ENV} is not a JSON list: {exc}") from exc
+    project.runs_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = project.runs_dir / ".start.lock"
+    with _START_LOCK, open(lock_path, "a+") as lock_fh:
+        _lock_file(lock_fh)
+        try:
+            running = active_run(project)
+            if running is not None:
+                raise JobError(f"A training job of this project is already running ({running}); "
+                               "wait for it or cancel it first.")
+            run_id = new_run_id()
+            run_dir = project.runs_dir / run_id
+            run_dir.mkdir(parents=True)
+            return _launch(project, cfg, run_id, run_dir, counts, command)
+        finally:
+            _unlock_file(lock_fh)
+
+
+def _launch(project: Project, cfg: TrainConfig, run_id: str, run_dir: Path, counts: dict[str, int],
+            command: list[str] | None) -> str:
+    image_dir = project.image_dir()
+    cfg.image_dir = str(image_dir)
+    cfg.run_dir = str(run_dir)
+    config_path = run_dir / "config.json"
+    cfg.save(config_path)
+    fill = {"run_dir": str(run_dir), "image_dir": str(image_dir), "config": str(config_path)}
+    argv = [str(a).format(**fill) for a in command] if command else _engine_command(image_dir, run_dir, config_path)
+    started = time.time()
+    _atomic_write_json(run_dir / "status.json",
+                       {"state": "running", "pid": None, "started": started, "finished": None, "message": "starting"})
+    meta = {"run_id": run_id, "project": project.slug, "started": started, "command": argv, "counts": counts,
+            "n_images": sum(counts.values()), "backbone": cfg.tfhub_module}
+    _atomic_write_json(run_dir / "run.json", meta)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    log_fh = open(run_dir / "log.txt", "ab")
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
+                                cwd=str(REPO_ROOT), env=env, start_new_session=True)
+    except OSError as exc:
+        _atomic_write_json(run_dir / "status.json", {"state": "failed", "pid": None, "started": started,
+                                                     "finished": time.time(),
+                                                     "message": f"could not start training: {exc}"})
+        raise JobError(f"Could not start the training process: {exc}") from exc
+    finally:
+        log_fh.close()
+    _PROCS[proc.pid] = proc
+    meta.update(pid=proc.pid, proc_start=_proc_start_time(proc.pid))
+    _atomic_write_json(run_dir / "run.json", meta)
+    log.info("started run %s of %s (pid %d): %s", run_id, project.slug, proc.pid, shlex.join(argv))
+    return run_id
+
+
+def _lock_file(fh) -> None:
+    try:
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    except ImportError:  # Windows: the in-process lock still applies
+        pass
+
+
+def _unlock_file(fh) -> None:
+    try:
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    except ImportError:
+        pass
+
+
+def job_status(run_dir: str | Path) -> dict[str, Any]:
+    """The run's status.json, corrected: a 'running' job whose process is gone is reported (and saved) as failed.
+
+    Keys: state (running|succeeded|failed|cancelled|unknown), pid, started, finished, message, and
+    downloadable (bundle.zip exists).
+    """
+    run_dir = Path(run_dir)
+    status = _read_json(run_dir / "status.json")
+    meta = _read_json(run_dir / "run.json")
+    state = status.get("state")
+    if state is None:
+        status = {"state": "unknown", "message": "no status.json in this run folder", "pid": None,
+                  "started": meta.get("started"), "finished": None}
+    elif state == "running":
+        pid = status.get("pid") or meta.get("pid")
+        proc_start = meta.get("proc_start") if meta.get("pid") == pid else None
+        if pid is None and time.time() - float(status.get("started") or 0) < 30:
+            pass  # being started right now
+        elif not _alive(pid, proc_start):
+            status = _read_json(run_dir / "status.json") or status  # it may have finished a moment ago
+            if status.get("state") == "running":
+                cancelled = (run_dir / "cancel").exists()
+                status.update(state="cancelled" if cancelled else "failed", finished=time.time(),
+                              message="cancelled by the user" if cancelled else DIED_MESSAGE)
+                _atomic_write_json(run_dir / "status.json", status)
+    status.setdefault("message", "")
+    status["downloadable"] = (run_dir / "bundle.zip").exists()
+    return status
+
+
+def cancel(run_dir: str | Path, timeout: float = 10.0) -> dict[str, Any]:
+    """Stop a running job: SIGTERM its process group, SIGKILL after `timeout` seconds; status becomes cancelled."""
+    run_dir = Path(run_dir)
+    status = job_status(run_dir)
+    if status["state"] != "running":
+        return status
+    (run_dir / "cancel").write_text(str(time.time()))
+    meta = _read_json(run_dir / "run.json")
+    pid = status.get("pid") or meta.get("pid")
+    if isinstance(pid, int) and _alive(pid, meta.get("proc_start") if meta.get("pid") == pid else None):
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.time() + timeout
+        while time.time() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+            deadline = time.time() + 5
+            while time.time() < deadline and _alive(pid):
+                time.sleep(0.1)
+    status = _read_json(run_dir / "status.json")
+    if status.get("state") not in ("succeeded",):
+        status.update(state="cancelled", finished=status.get("finished") or time.time(),
+                      message="cancelled by the user")
+        _atomic_write_json(run_dir / "status.json", status)
+    return job_status(run_dir)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(os.getpgid(pid), sig)
+    except (ProcessLookupError, PermissionError, AttributeError):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def wait(run_dir: str | Path, timeout: float = 600, poll: float = 0.2) -> dict[str, Any]:
+    """Block until the job is no longer running (tests, scripts). Returns the final status."""
+    deadline = time.time() + timeout
+    while True:
+        status = job_status(run_dir)
+        if status["state"] != "running" or time.time() > deadline:
+            return status
+        time.sleep(poll)
+
+
+def load_metrics(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "metrics.json"
+    return _read_json(path) if path.exists() else None
+
+
+def events(run_dir: str | Path) -> list[dict[str, Any]]:
+    return read_events(Path(run_dir) / "events.jsonl")
+
+
+def log_tail(run_dir: str | Path, lines: int = 40) -> str:
+    path = Path(run_dir) / "log.txt"
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    # tqdm redraws with carriage returns: keep the last state of each line
+    cleaned = [ln.rsplit("\r", 1)[-1] for ln in text.splitlines()]
+    return "\n".join(cleaned[-lines:])
+
+
+def list_runs(project: Project) -> list[dict[str, Any]]:
+    """One row per run, newest first: run_id, started, state, val_accuracy, backbone, n_images, duration (s)."""
+    rows = []
+    if not project.runs_dir.is_dir():
+        return rows
+    for run_dir in sorted((p for p in project.runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                          reverse=True):
+        if not (run_dir / "status.json").exists() and not (run_dir / "run.json").exists():
+            continue
+        status = job_status(run_dir)
+        meta = _read_json(run_dir / "run.json")
+        cfg = _read_json(run_dir / "config.json")
+        metrics = load_metrics(run_dir) if status["state"] == "succeeded" else None
+        val_acc = metrics.get("val_accuracy") if metrics else None
+        if val_acc is None and status["state"] != "running":
+            val_acc = next((e.get("val_accuracy") for e in reversed(events(run_dir)) if e.get("type") == "result"),
+                           None)
+        started = status.get("started") or meta.get("started")
+        finished = status.get("finished")
+        duration = None
+        if started:
+            end = finished if finished else (time.time() if status["state"] == "running" else None)
+            duration = round(float(end) - float(started), 1) if end else None
+        rows.append({
+            "run_id": run_dir.name,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(started))) if started else "",
+            "state": status["state"],
+            "val_accuracy": float(val_acc) if isinstance(val_acc, int | float) else None,
+            "backbone": meta.get("backbone") or cfg.get("tfhub_module") or "",
+            "n_images": meta.get("n_images"),
+            "duration": duration,
+            "downloadable": status["downloadable"],
+        })
+    return rows
+
+
+def latest_run(project: Project, state: str | None = "succeeded") -> str | None:
+    for row in list_runs(project):
+        if state is None or row["state"] == state:
+            return row["run_id"]
+    return None
+
+
+def delete_run(project: Project, run_id: str) -> None:
+    import shutil
+
+    run_dir = run_path(project, run_id)
+    if job_status(run_dir)["state"] == "running":
+        raise JobError("This run is still training: cancel it first.")
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+__all__ = ["COMMAND_ENV", "DIED_MESSAGE", "JobError", "WorkspaceError", "active_run", "cancel", "delete_run",
+           "events", "job_status", "latest_run", "list_runs", "load_metrics", "log_tail", "new_run_id", "run_path",
+           "start_training", "wait"]

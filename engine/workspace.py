@@ -1,0 +1,1014 @@
+"""Project storage: a folder per project that any tool can read, plus a small SQLite index.
+
+    <workspace>/<slug>/
+        images/<class>/<file>   the plain image_dir layout (what training reads)
+        inbox/<file>            uploaded but not yet sorted
+        trash/<file>            deleted images (never removed silently)
+        thumbs/<sha256>.jpg     thumbnail cache
+        runs/<run_id>/          training runs (engine.jobs)
+        project.db              SQLite: images, classes, meta
+
+The workspace root is `$RETRAIN_STUDIO_WORKSPACE`, else `./workspace`.
+
+Every image is identified by the SHA-256 of its bytes (duplicates are refused) and has a file name that is unique
+within the project, so moving it between classes never collides. A move renames the file and updates its row inside
+one `BEGIN IMMEDIATE` transaction, so two browser sessions sorting the same project serialise on the database lock
+and the folders always agree with the index. File names from uploads are only used as labels: paths are built from
+sanitised names, never from what a browser or a zip file says.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import time
+import unicodedata
+import zipfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.images import ImageError, bytes_sha256, load_image
+
+log = logging.getLogger(__name__)
+
+WORKSPACE_ENV = "RETRAIN_STUDIO_WORKSPACE"
+INBOX = "__inbox__"  # pseudo class name for unsorted images (images(), counts())
+SCHEMA_VERSION = "1"
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+MAX_FILE_BYTES = 64 * 1024 * 1024  # one image
+MAX_ZIP_FILES = 50_000  # members in one zip
+MAX_ZIP_TOTAL_BYTES = 8 * 1024**3  # uncompressed bytes in one zip
+MAX_ZIP_RATIO = 200  # compressed -> uncompressed ratio above which a member is treated as a bomb
+MAX_NAME = 80
+THUMB_SIZE = 256
+
+_IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini", ".gitkeep", ".gitignore"}
+_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+_MAGIC = [
+    (b"\xff\xd8\xff", ".jpg"),
+    (b"\x89PNG\r\n\x1a\n", ".png"),
+    (b"GIF87a", ".gif"),
+    (b"GIF89a", ".gif"),
+    (b"BM", ".bmp"),
+]
+
+
+class WorkspaceError(ValueError):
+    """A user-facing problem (bad name, missing project, ...); the message says what to do."""
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# names
+# ------------------------------------------------------------------------------------------------------------------
+def _ascii_fold(text: str) -> str:
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+
+def slugify(name: str) -> str:
+    """'My Flowers!' -> 'my-flowers'; never empty, never a path."""
+    slug = re.sub(r"[^a-z0-9]+", "-", _ascii_fold(name).lower()).strip("-")[:48].strip("-")
+    return slug or "project"
+
+
+def sanitize_filename(name: str) -> str:
+    """A safe single path component from an uploaded name: no folders, no leading dots, printable, bounded."""
+    base = re.split(r"[\\/]", str(name))[-1]
+    base = unicodedata.normalize("NFC", base)
+    base = re.sub(r"[\x00-\x1f\x7f<>:\"|?*]", "_", base).strip().strip(".")
+    stem, dot, ext = base.rpartition(".")
+    if not dot:
+        stem, ext = base, ""
+    stem = re.sub(r"\s+", "_", stem)[:MAX_NAME].strip("._") or "image"
+    ext = re.sub(r"[^A-Za-z0-9]", "", ext)[:8].lower()
+    if stem.lower() in _WINDOWS_RESERVED:
+        stem = f"_{stem}"
+    return f"{stem}.{ext}" if ext else stem
+
+
+def sanitize_class_name(name: str) -> str:
+    """Validate a class name (it becomes a folder name and a label). Raises WorkspaceError with the reason."""
+    text = unicodedata.normalize("NFC", str(name)).strip()
+    if not text:
+        raise WorkspaceError("A class name cannot be empty.")
+    if len(text) > 64:
+        raise WorkspaceError(f"Class name '{text[:20]}...' is too long (64 characters at most).")
+    if text == INBOX or text.startswith("__"):
+        raise WorkspaceError(f"'{text}' is reserved; choose another class name.")
+    if re.search(r"[\\/\x00-\x1f\x7f<>:\"|?*]", text) or text in (".", "..") or text.startswith("."):
+        raise WorkspaceError(f"Class name '{text}' cannot contain / \\ : * ? \" < > | or start with a dot.")
+    if text.lower() in _WINDOWS_RESERVED:
+        raise WorkspaceError(f"'{text}' is a reserved device name on Windows; choose another class name.")
+    return text
+
+
+def sniff_extension(data: bytes) -> str | None:
+    for magic, ext in _MAGIC:
+        if data.startswith(magic):
+            return ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    _atomic_write(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# records and reports
+# ------------------------------------------------------------------------------------------------------------------
+@dataclass
+class AddReport:
+    added: list[str] = field(default_factory=list)  # sha256 of the new images
+    duplicates: list[str] = field(default_factory=list)  # names of files already in the project (or the batch)
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    classes_created: list[str] = field(default_factory=list)
+
+    def merge(self, other: AddReport) -> AddReport:
+        self.added += other.added
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+        self.classes_created += [c for c in other.classes_created if c not in self.classes_created]
+        return self
+
+    def summary(self) -> str:
+        parts = [f"{len(self.added)} added"]
+        if self.duplicates:
+            parts.append(f"{len(self.duplicates)} duplicate(s) skipped")
+        if self.rejected:
+            parts.append(f"{len(self.rejected)} rejected")
+        if self.classes_created:
+            parts.append(f"new classes: {', '.join(self.classes_created)}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    sha256: str
+    class_name: str | None  # None: inbox
+    filename: str
+    source_name: str
+    added_at: float
+    path: Path
+
+
+@dataclass(frozen=True)
+class ProjectInfo:
+    slug: str
+    name: str
+    created_at: float
+    n_images: int
+    n_classes: int
+    n_inbox: int
+
+
+@dataclass
+class ConsistencyReport:
+    missing_files: list[str] = field(default_factory=list)  # rows whose file is nowhere (sha256)
+    untracked_files: list[str] = field(default_factory=list)  # files under images/ or inbox/ with no row
+    misplaced: list[str] = field(default_factory=list)  # rows whose file sits in another class folder (sha256)
+    unknown_folders: list[str] = field(default_factory=list)  # folders in images/ that are no class
+    repaired: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing_files or self.untracked_files or self.misplaced or self.unknown_folders)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# workspace
+# ------------------------------------------------------------------------------------------------------------------
+def default_root() -> Path:
+    return Path(os.environ.get(WORKSPACE_ENV) or "workspace").expanduser().resolve()
+
+
+class Workspace:
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root).expanduser().resolve() if root else default_root()
+
+    def _project_dirs(self) -> Iterator[Path]:
+        if not self.root.is_dir():
+            return
+        for p in sorted(self.root.iterdir()):
+            if p.is_dir() and not p.name.startswith(".") and (p / "project.db").exists():
+                yield p
+
+    def list_projects(self) -> list[ProjectInfo]:
+        out = []
+        for p in self._project_dirs():
+            try:
+                out.append(Project(p).info())
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("skipping unreadable project %s: %s", p, exc)
+        return out
+
+    def exists(self, slug: str) -> bool:
+        return bool(slug) and slug == slugify(slug) and (self.root / slug / "project.db").exists()
+
+    def create_project(self, name: str) -> Project:
+        name = str(name).strip()
+        if not name:
+            raise WorkspaceError("Give the project a name.")
+        if len(name) > 100:
+            raise WorkspaceError("Project names are limited to 100 characters.")
+        self.root.mkdir(parents=True, exist_ok=True)
+        base = slugify(name)
+        for n in range(1, 1000):
+            slug = base if n == 1 else f"{base}-{n}"
+            path = self.root / slug
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return Project.create(path, name)
+        raise WorkspaceError(f"Too many projects called '{name}'.")
+
+    def open_project(self, slug: str) -> Project:
+        if not self.exists(slug):
+            raise WorkspaceError(f"There is no project '{slug}' in {self.root}. Pick or create one on the Home page.")
+        return Project(self.root / slug)
+
+    def rename_project(self, slug: str, new_name: str) -> Project:
+        """Changes the display name; the folder (slug) stays, so links and running jobs keep working."""
+        project = self.open_project(slug)
+        new_name = str(new_name).strip()
+        if not new_name:
+            raise WorkspaceError("Give the project a name.")
+        project.set_meta("name", new_name[:100])
+        return project
+
+    def delete_project(self, slug: str) -> None:
+        project = self.open_project(slug)
+        if project.running_job() is not None:
+            raise WorkspaceError("A training job of this project is running: cancel it on the Train page first.")
+        # rename first so a half-finished delete never looks like a project
+        doomed = self.root / f".deleting-{slug}-{os.getpid()}-{time.time_ns()}"
+        os.replace(project.path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        log.info("deleted project %s", slug)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# project
+# ------------------------------------------------------------------------------------------------------------------
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    sha256 TEXT PRIMARY KEY,
+    class TEXT,
+    filename TEXT NOT NULL UNIQUE,
+    source_name TEXT,
+    added_at REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'ok',
+    split TEXT
+);
+CREATE INDEX IF NOT EXISTS images_class ON images(status, class);
+CREATE TABLE IF NOT EXISTS classes (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+class Project:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.slug = self.path.name
+        self.db_path = self.path / "project.db"
+        self.images_dir = self.path / "images"
+        self.inbox_dir = self.path / "inbox"
+        self.trash_dir = self.path / "trash"
+        self.thumbs_dir = self.path / "thumbs"
+        self.runs_dir = self.path / "runs"
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    @classmethod
+    def create(cls, path: Path, name: str) -> Project:
+        for sub in ("images", "inbox", "trash", "thumbs", "runs"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        project = cls(path)
+        with project._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('name', ?)", (name,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('created_at', ?)", (str(time.time()),))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        return project
+
+    def __repr__(self) -> str:
+        return f"Project({str(self.path)!r})"
+
+    # --- database -------------------------------------------------------------------------------------------------
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout = 60000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the database write lock at once (serialises movers across processes)."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
+
+    @property
+    def name(self) -> str:
+        return self.meta("name") or self.slug
+
+    def info(self) -> ProjectInfo:
+        with self._db() as db:
+            n_images, n_inbox = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(class IS NULL), 0) FROM images WHERE status = 'ok'").fetchone()
+            n_classes = db.execute("SELECT COUNT(*) FROM classes").fetchone()[0]
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        return ProjectInfo(self.slug, meta.get("name", self.slug), float(meta.get("created_at", 0) or 0),
+                           int(n_images), int(n_classes), int(n_inbox))
+
+    # --- paths ----------------------------------------------------------------------------------------------------
+    def image_dir(self) -> Path:
+        """The folder to train on: images/<class>/<file>."""
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        return self.images_dir
+
+    def _location(self, class_name: str | None, filename: str) -> Path:
+        return (self.inbox_dir if class_name is None else self.images_dir / class_name) / filename
+
+    def path_of(self, sha: str) -> Path | None:
+        with self._db() as db:
+            row = db.execute("SELECT class, filename FROM images WHERE sha256 = ? AND status = 'ok'",
+                             (sha,)).fetchone()
+        return self._location(row[0], row[1]) if row else None
+
+    def running_job(self) -> Path | None:
+        """The run folder of a live training job, if any (status.json says running and its pid exists)."""
+        if not self.runs_dir.is_dir():
+            return None
+        for status_file in self.runs_dir.glob("*/status.json"):
+            try:
+                status = json.loads(status_file.read_text())
+            except (OSError, ValueError):
+                continue
+            pid = status.get("pid")
+            if status.get("state") == "running" and isinstance(pid, int) and _pid_exists(pid):
+                return status_file.parent
+        return None
+
+    # --- classes --------------------------------------------------------------------------------------------------
+    def classes(self) -> list[str]:
+        with self._db() as db:
+            return [r[0] for r in db.execute("SELECT name FROM classes ORDER BY name")]
+
+    def counts(self) -> dict[str, int]:
+        """Images per class (every class, also empty ones), plus INBOX for the unsorted ones."""
+        with self._db() as db:
+            out = {r[0]: 0 for r in db.execute("SELECT name FROM classes ORDER BY name")}
+            for cls, n in db.execute("SELECT class, COUNT(*) FROM images WHERE status = 'ok' GROUP BY class"):
+                out[INBOX if cls is None else cls] = n
+        out.setdefault(INBOX, 0)
+        return out
+
+    def _ensure_class(self, db: sqlite3.Connection, name: str) -> bool:
+        """Inside a transaction: make sure class `name` exists (row + folder). Returns True if it was created."""
+        (self.images_dir / name).mkdir(parents=True, exist_ok=True)
+        cur = db.execute("INSERT OR IGNORE INTO classes VALUES (?, ?)", (name, time.time()))
+        return cur.rowcount > 0
+
+    def _find_class(self, db: sqlite3.Connection, name: str) -> str | None:
+        """Existing class with this name, compared case-insensitively (folders collide on macOS and Windows)."""
+        row = db.execute("SELECT name FROM classes WHERE lower(name) = lower(?)", (name,)).fetchone()
+        return row[0] if row else None
+
+    def create_class(self, name: str) -> str:
+        name = sanitize_class_name(name)
+        with self._tx() as db:
+            existing = self._find_class(db, name)
+            if existing is not None:
+                raise WorkspaceError(f"Class '{existing}' already exists.")
+            self._ensure_class(db, name)
+        return name
+
+    def _require_class(self, db: sqlite3.Connection, name: str) -> str:
+        row = db.execute("SELECT name FROM classes WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise WorkspaceError(f"There is no class '{name}'.")
+        return row[0]
+
+    def rename_class(self, old: str, new: str) -> str:
+        new = sanitize_class_name(new)
+        with self._tx() as db:
+            self._require_class(db, old)
+            if new == old:
+                return new
+            clash = self._find_class(db, new)
+            if clash is not None and clash != old:
+                raise WorkspaceError(f"Class '{clash}' already exists: merge the classes instead.")
+            src, dst = self.images_dir / old, self.images_dir / new
+            src.mkdir(parents=True, exist_ok=True)
+            if dst.exists() and dst.resolve() != src.resolve():
+                if any(dst.iterdir()):
+                    raise WorkspaceError(f"A folder '{new}' with files already exists in {self.images_dir}; "
+                                         "run the consistency check first.")
+                dst.rmdir()
+            if old.lower() == new.lower():  # case-only rename on a case-insensitive file system
+                tmp = self.images_dir / f".rename-{time.time_ns()}"
+                os.rename(src, tmp)
+                os.rename(tmp, dst)
+            else:
+                os.rename(src, dst)
+            try:
+                db.execute("UPDATE classes SET name = ? WHERE name = ?", (new, old))
+                db.execute("UPDATE images SET class = ? WHERE class = ?", (new, old))
+            except BaseException:
+                os.rename(dst, src)
+                raise
+        return new
+
+    def merge_classes(self, sources: Iterable[str], target: str) -> int:
+        """Move every image of `sources` into `target` (created if needed) and remove the source classes."""
+        sources = [s for s in dict.fromkeys(sources) if s != target]
+        with self._db() as db:
+            for s in sources:
+                self._require_class(db, s)
+        target = sanitize_class_name(target)
+        with self._tx() as db:
+            existing = self._find_class(db, target)
+            target = existing or target
+            self._ensure_class(db, target)
+        moved = 0
+        for s in sources:
+            moved += self.move(self._shas_of_class(s), target)
+            self._drop_class(s)
+        return moved
+
+    def delete_class(self, name: str) -> int:
+        """Remove a class; its images go to the inbox (nothing is deleted). Returns how many were moved."""
+        with self._db() as db:
+            self._require_class(db, name)
+        moved = self.move(self._shas_of_class(name), None)
+        self._drop_class(name)
+        return moved
+
+    def _shas_of_class(self, name: str) -> list[str]:
+        with self._db() as db:
+            return [r[0] for r in db.execute(
+                "SELECT sha256 FROM images WHERE class = ? AND status = 'ok'", (name,))]
+
+    def _drop_class(self, name: str) -> None:
+        with self._tx() as db:
+            left = db.execute("SELECT COUNT(*) FROM images WHERE class = ? AND status = 'ok'", (name,)).fetchone()[0]
+            if left:  # someone added images meanwhile: keep them safe in the inbox first
+                raise WorkspaceError(f"Class '{name}' received new images meanwhile; try again.")
+            db.execute("DELETE FROM classes WHERE name = ?", (name,))
+            folder = self.images_dir / name
+            if folder.is_dir():
+                # files nobody tracks (dropped in by hand) are not deleted either: they go to the inbox folder
+                for stray in folder.iterdir():
+                    if stray.is_file():
+                        dest = self.inbox_dir / f"untracked-{name}-{stray.name}"
+                        os.replace(stray, dest)
+                        log.warning("untracked file %s moved to %s", stray, dest)
+                shutil.rmtree(folder, ignore_errors=True)
+
+    # --- images ---------------------------------------------------------------------------------------------------
+    def images(self, class_name: str | None = None, offset: int = 0, limit: int | None = None) -> list[ImageRecord]:
+        """Images of one class, of the inbox (class_name=INBOX), or all (None); stable order, paged."""
+        sql = "SELECT sha256, class, filename, source_name, added_at FROM images WHERE status = 'ok'"
+        args: list[Any] = []
+        if class_name == INBOX:
+            sql += " AND class IS NULL"
+        elif class_name is not None:
+            sql += " AND class = ?"
+            args.append(class_name)
+        sql += " ORDER BY added_at, filename LIMIT ? OFFSET ?"
+        args += [-1 if limit is None else int(limit), max(0, int(offset))]
+        with self._db() as db:
+            rows = db.execute(sql, args).fetchall()
+        return [ImageRecord(r[0], r[1], r[2], r[3] or r[2], r[4], self._location(r[1], r[2])) for r in rows]
+
+    def count(self, class_name: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM images WHERE status = 'ok'"
+        args: tuple = ()
+        if class_name == INBOX:
+            sql += " AND class IS NULL"
+        elif class_name is not None:
+            sql, args = sql + " AND class = ?", (class_name,)
+        with self._db() as db:
+            return db.execute(sql, args).fetchone()[0]
+
+    def get(self, sha: str) -> ImageRecord | None:
+        with self._db() as db:
+            r = db.execute("SELECT sha256, class, filename, source_name, added_at FROM images "
+                           "WHERE sha256 = ? AND status = 'ok'", (sha,)).fetchone()
+        return ImageRecord(r[0], r[1], r[2], r[3] or r[2], r[4], self._location(r[1], r[2])) if r else None
+
+    def find_by_filename(self, filename: str) -> ImageRecord | None:
+        """The image stored under this file name (names are unique in a project), wherever it is now."""
+        with self._db() as db:
+            r = db.execute("SELECT sha256, class, filename, source_name, added_at FROM images "
+                           "WHERE filename = ? AND status = 'ok'", (filename,)).fetchone()
+        return ImageRecord(r[0], r[1], r[2], r[3] or r[2], r[4], self._location(r[1], r[2])) if r else None
+
+    def move(self, shas: Iterable[str], class_name: str | None) -> int:
+        """Move images to a class (or to the inbox with None). Returns how many actually changed place."""
+        if class_name == INBOX:
+            class_name = None
+        if class_name is not None:
+            with self._db() as db:
+                self._require_class(db, class_name)
+        moved = 0
+        for sha in dict.fromkeys(shas):
+            with self._tx() as db:  # one transaction per image: short lock, DB and folder always agree
+                if class_name is not None:
+                    self._require_class(db, class_name)
+                    (self.images_dir / class_name).mkdir(parents=True, exist_ok=True)
+                row = db.execute("SELECT class, filename FROM images WHERE sha256 = ? AND status = 'ok'",
+                                 (sha,)).fetchone()
+                if row is None or row[0] == class_name:
+                    continue
+                src, dst = self._location(row[0], row[1]), self._location(class_name, row[1])
+                self._move_file(src, dst, sha)
+                try:
+                    db.execute("UPDATE images SET class = ? WHERE sha256 = ?", (class_name, sha))
+                except BaseException:
+                    self._move_file(dst, src, sha)
+                    raise
+                moved += 1
+        return moved
+
+    def _move_file(self, src: Path, dst: Path, sha: str) -> None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.exists():
+            os.replace(src, dst)
+        elif not dst.exists():
+            raise WorkspaceError(f"The file of image {sha[:12]} is missing ({src}); run the consistency check.")
+
+    def delete_images(self, shas: Iterable[str]) -> int:
+        """Move images to the project's trash/ folder and drop them from training. Returns how many."""
+        done = 0
+        self.trash_dir.mkdir(parents=True, exist_ok=True)
+        for sha in dict.fromkeys(shas):
+            with self._tx() as db:
+                row = db.execute("SELECT class, filename FROM images WHERE sha256 = ? AND status = 'ok'",
+                                 (sha,)).fetchone()
+                if row is None:
+                    continue
+                src, dst = self._location(row[0], row[1]), self.trash_dir / row[1]
+                if src.exists():
+                    os.replace(src, dst)
+                try:
+                    db.execute("UPDATE images SET status = 'trashed', class = ? WHERE sha256 = ?", (row[0], sha))
+                except BaseException:
+                    if dst.exists():
+                        os.replace(dst, src)
+                    raise
+                done += 1
+        return done
+
+    def trashed(self) -> list[ImageRecord]:
+        with self._db() as db:
+            rows = db.execute("SELECT sha256, class, filename, source_name, added_at FROM images "
+                              "WHERE status = 'trashed' ORDER BY added_at").fetchall()
+        return [ImageRecord(r[0], r[1], r[2], r[3] or r[2], r[4], self.trash_dir / r[2]) for r in rows]
+
+    def restore_images(self, shas: Iterable[str]) -> int:
+        """Bring trashed images back to their class (or the inbox if the class is gone)."""
+        done = 0
+        for sha in dict.fromkeys(shas):
+            with self._tx() as db:
+                row = db.execute("SELECT class, filename FROM images WHERE sha256 = ? AND status = 'trashed'",
+                                 (sha,)).fetchone()
+                if row is None:
+                    continue
+                cls = row[0] if row[0] is not None and self._find_class(db, row[0]) == row[0] else None
+                src, dst = self.trash_dir / row[1], self._location(cls, row[1])
+                if not src.exists():
+                    continue
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+                db.execute("UPDATE images SET status = 'ok', class = ? WHERE sha256 = ?", (cls, sha))
+                done += 1
+        return done
+
+    # --- adding ---------------------------------------------------------------------------------------------------
+    def add_files(self, items: Iterable[tuple[str, bytes] | str | Path], class_name: str | None = None,
+                  *, create_class: bool = True) -> AddReport:
+        """Add images from (name, bytes) pairs or file paths to a class (None: the inbox).
+
+        Each file is decoded once (engine.images.load_image) so broken files are rejected with the reason;
+        files whose bytes are already in the project (or earlier in this batch) are reported as duplicates.
+        """
+        report = AddReport()
+        if class_name == INBOX:
+            class_name = None
+        if class_name is not None:
+            class_name = sanitize_class_name(class_name)
+            with self._tx() as db:
+                existing = self._find_class(db, class_name)
+                if existing is None and not create_class:
+                    raise WorkspaceError(f"There is no class '{class_name}'.")
+                class_name = existing or class_name
+                if self._ensure_class(db, class_name):
+                    report.classes_created.append(class_name)
+        seen: set[str] = set()
+        for item in items:
+            name, data, reason = self._read_item(item)
+            if data is None:
+                report.rejected.append((name, reason or "unreadable"))
+                continue
+            self._add_one(name, data, class_name, report, seen)
+        if report.added:
+            log.info("%s: %s", self.slug, report.summary())
+        return report
+
+    @staticmethod
+    def _read_item(item: tuple[str, bytes] | str | Path) -> tuple[str, bytes | None, str | None]:
+        if isinstance(item, tuple):
+            name, data = item
+            if hasattr(data, "read"):
+                data = data.read()
+            return str(name), bytes(data), None
+        path = Path(item)
+        try:
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                return path.name, None, f"file too large ({size / 2**20:.0f} MB; limit {MAX_FILE_BYTES // 2**20} MB)"
+            return path.name, path.read_bytes(), None
+        except OSError as exc:
+            return path.name, None, f"cannot read the file ({exc.strerror or exc})"
+
+    def _add_one(self, name: str, data: bytes, class_name: str | None, report: AddReport, seen: set[str]) -> None:
+        if not data:
+            report.rejected.append((name, "empty file"))
+            return
+        if len(data) > MAX_FILE_BYTES:
+            report.rejected.append((name, f"file too large (limit {MAX_FILE_BYTES // 2**20} MB)"))
+            return
+        sha = bytes_sha256(data)
+        if sha in seen:
+            report.duplicates.append(name)
+            return
+        seen.add(sha)
+        with self._db() as db:
+            row = db.execute("SELECT status FROM images WHERE sha256 = ?", (sha,)).fetchone()
+        if row is not None and row[0] == "ok":
+            report.duplicates.append(name)
+            return
+        try:
+            pixels = load_image(data, name=name)
+        except ImageError as exc:
+            report.rejected.append((name, str(exc)))
+            return
+        except Exception as exc:  # a decoder crash on a hostile file must not stop the batch
+            log.warning("decoder failed on %s: %r", name, exc)
+            report.rejected.append((name, f"not a readable image ({type(exc).__name__})"))
+            return
+        filename = sanitize_filename(name)
+        stem, dot, ext = filename.rpartition(".")
+        if not dot:
+            stem, ext = filename, ""
+        if f".{ext}" not in IMAGE_EXTENSIONS:
+            # keep the name but give the file an extension that says what it is, so any tool can read the folder
+            sniffed = sniff_extension(data)
+            if sniffed is None:
+                report.rejected.append((name, "unsupported image format (use JPEG, PNG, BMP, GIF or WebP)"))
+                return
+            stem, ext = (filename if not dot else f"{stem}_{ext}"), sniffed[1:]
+        with self._tx() as db:
+            row = db.execute("SELECT status, filename FROM images WHERE sha256 = ?", (sha,)).fetchone()
+            if row is not None and row[0] == "ok":  # another session added it meanwhile
+                report.duplicates.append(name)
+                return
+            if row is not None:  # it was in the trash: re-adding brings it back under a fresh row
+                db.execute("DELETE FROM images WHERE sha256 = ?", (sha,))
+            final = f"{stem}.{ext}"
+            taken = db.execute("SELECT 1 FROM images WHERE lower(filename) = lower(?)", (final,)).fetchone()
+            if taken or final.lower() in _IGNORED_NAMES:
+                final = f"{stem}-{sha[:10]}.{ext}"
+            if class_name is not None:
+                self._ensure_class(db, class_name)
+            dest = self._location(class_name, final)
+            _atomic_write(dest, data)
+            try:
+                db.execute("INSERT INTO images (sha256, class, filename, source_name, added_at, status) "
+                           "VALUES (?, ?, ?, ?, ?, 'ok')", (sha, class_name, final, name[:255], time.time()))
+            except BaseException:
+                dest.unlink(missing_ok=True)
+                raise
+        report.added.append(sha)
+        try:
+            self._write_thumbnail(sha, pixels)
+        except Exception as exc:  # a thumbnail is a cache: never fail an upload over it
+            log.warning("thumbnail for %s failed: %r", name, exc)
+
+    def add_zip(self, source: str | Path | bytes | io.IOBase, class_name: str | None = None, *,
+                max_files: int = MAX_ZIP_FILES, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES) -> AddReport:
+        """Add the images of a zip file.
+
+        Unsafe member names (absolute, `..`) are ignored and reported; macOS metadata is skipped. Zip bombs are
+        refused: at most `max_files` members and `max_total_bytes` uncompressed in all, counted while reading (the
+        sizes in the zip directory are not trusted). If the zip's top-level folders look like classes (two or more,
+        or one named like an existing class) they become classes; a single wrapping folder is looked through.
+        """
+        report = AddReport()
+        data = source.read() if hasattr(source, "read") else source
+        try:
+            zf = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes | bytearray) else data)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise WorkspaceError(f"This is not a readable zip file ({exc}). Re-create it with your file manager's "
+                                 "'Compress' command.") from exc
+        with zf:
+            members = []
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                parts = _safe_member_parts(info.filename)
+                if parts is None:
+                    report.rejected.append((info.filename, "unsafe path in the zip (ignored)"))
+                    continue
+                if parts[0] == "__MACOSX" or parts[-1].lower() in _IGNORED_NAMES or parts[-1].startswith("._"):
+                    continue
+                members.append((info, parts))
+            if len(members) > max_files:
+                raise WorkspaceError(f"The zip holds {len(members)} files; the limit is {max_files}. "
+                                     "Split it into smaller zips.")
+            declared = sum(info.file_size for info, _ in members)
+            if declared > max_total_bytes:
+                raise WorkspaceError(f"The zip would unpack to {declared / 2**30:.1f} GB; the limit is "
+                                     f"{max_total_bytes / 2**30:.1f} GB.")
+            layout = _zip_layout([p for _, p in members], set(self.classes()) if class_name is None else set())
+            budget = max_total_bytes
+            groups: dict[str | None, list[tuple[str, bytes]]] = {}
+            for info, parts in members:
+                name = "/".join(parts)
+                if info.compress_size and info.file_size / max(info.compress_size, 1) > MAX_ZIP_RATIO \
+                        and info.file_size > 10 * 2**20:
+                    report.rejected.append((name, "suspicious compression ratio (zip bomb?), skipped"))
+                    continue
+                if info.file_size > MAX_FILE_BYTES:
+                    report.rejected.append((name, f"file too large (limit {MAX_FILE_BYTES // 2**20} MB)"))
+                    continue
+                try:
+                    content = _read_member(zf, info, min(MAX_FILE_BYTES, budget))
+                except _TooBig:
+                    if budget < MAX_FILE_BYTES:
+                        raise WorkspaceError("The zip unpacks to more data than allowed; is it a zip bomb?") from None
+                    report.rejected.append((name, f"file too large (limit {MAX_FILE_BYTES // 2**20} MB)"))
+                    continue
+                except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+                    report.rejected.append((name, f"cannot extract ({exc})"))
+                    continue
+                budget -= len(content)
+                target = class_name if class_name is not None else layout(parts)
+                groups.setdefault(target, []).append((parts[-1], content))
+        for target, items in groups.items():
+            if target is not None:
+                try:
+                    target = sanitize_class_name(target)
+                except WorkspaceError as exc:
+                    log.info("folder %r is no valid class (%s); using the inbox", target, exc)
+                    target = None
+            report.merge(self.add_files(items, target))
+        return report
+
+    def import_image_dir(self, path: str | Path) -> AddReport:
+        """Add an existing image_dir (one subfolder per class; loose files go to the inbox). Nothing is moved."""
+        root = Path(path).expanduser()
+        if not root.is_dir():
+            raise WorkspaceError(f"Folder not found: {root}")
+        report = AddReport()
+        loose = []
+        for child in sorted(root.iterdir()):
+            if child.name.startswith(".") or child.name.lower() in _IGNORED_NAMES or child.name == "__MACOSX":
+                continue
+            if child.is_dir():
+                files = sorted(p for p in child.rglob("*") if p.is_file() and not _hidden(p.relative_to(child)))
+                try:
+                    cls = sanitize_class_name(child.name)
+                except WorkspaceError:
+                    report.merge(self.add_files(files, None))
+                    continue
+                report.merge(self.add_files(files, cls))
+            elif child.is_file():
+                loose.append(child)
+        if loose:
+            report.merge(self.add_files(loose, None))
+        return report
+
+    # --- thumbnails -----------------------------------------------------------------------------------------------
+    def _write_thumbnail(self, sha: str, pixels) -> bytes:
+        from PIL import Image
+
+        img = Image.fromarray(pixels)
+        img.thumbnail((THUMB_SIZE, THUMB_SIZE))
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="JPEG", quality=85)
+        data = buf.getvalue()
+        _atomic_write(self.thumbs_dir / f"{sha}.jpg", data)
+        return data
+
+    def thumbnail(self, sha: str) -> bytes:
+        """A JPEG thumbnail (cached in thumbs/). Raises WorkspaceError if the image is gone or unreadable."""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha or ""):
+            raise WorkspaceError("not an image id")
+        cached = self.thumbs_dir / f"{sha}.jpg"
+        try:
+            return cached.read_bytes()
+        except FileNotFoundError:
+            pass
+        path = self.path_of(sha)
+        if path is None:
+            trashed = self.trash_dir / next((r.filename for r in self.trashed() if r.sha256 == sha), "-")
+            path = trashed if trashed.exists() else None
+        if path is None or not path.exists():
+            raise WorkspaceError("This image is no longer in the project.")
+        try:
+            return self._write_thumbnail(sha, load_image(path))
+        except ImageError as exc:
+            raise WorkspaceError(str(exc)) from exc
+
+    # --- consistency ----------------------------------------------------------------------------------------------
+    def consistency_check(self, repair: bool = False) -> ConsistencyReport:
+        """Compare the index with the folders (someone may have edited them by hand).
+
+        With repair=True: rows follow files that moved to another class folder; rows whose file is gone are dropped;
+        untracked files are added (class folders that are no class yet become classes; unreadable files go to
+        trash/); leftover temp files are removed.
+        """
+        report = ConsistencyReport(repaired=repair)
+        with self._db() as db:
+            rows = db.execute("SELECT sha256, class, filename FROM images WHERE status = 'ok'").fetchall()
+            classes = {r[0] for r in db.execute("SELECT name FROM classes")}
+        on_disk: dict[str, Path] = {}  # filename -> path, for files in images/*/ and inbox/
+        untracked_dirs: list[Path] = []
+        for folder in [self.inbox_dir, *sorted(p for p in self.images_dir.glob("*") if p.is_dir())]:
+            if folder.parent == self.images_dir and folder.name not in classes:
+                report.unknown_folders.append(folder.name)
+                untracked_dirs.append(folder)
+            for f in folder.iterdir() if folder.is_dir() else []:
+                if f.is_file():
+                    if f.name.startswith(".tmp-"):
+                        if repair and time.time() - f.stat().st_mtime > 3600:
+                            f.unlink(missing_ok=True)
+                        continue
+                    on_disk[f.name] = f
+        for cls in sorted(classes):
+            if repair and not (self.images_dir / cls).is_dir():
+                (self.images_dir / cls).mkdir(parents=True, exist_ok=True)
+        tracked = set()
+        for sha, cls, filename in rows:
+            tracked.add(filename)
+            expected = self._location(cls, filename)
+            actual = on_disk.get(filename)
+            if actual is None:
+                report.missing_files.append(sha)
+                if repair:
+                    with self._tx() as db:
+                        db.execute("DELETE FROM images WHERE sha256 = ?", (sha,))
+                    report.notes.append(f"forgot {filename}: its file is gone")
+            elif actual != expected:
+                report.misplaced.append(sha)
+                if repair:
+                    new_cls = None if actual.parent == self.inbox_dir else actual.parent.name
+                    with self._tx() as db:
+                        if new_cls is not None:
+                            self._ensure_class(db, new_cls)
+                        db.execute("UPDATE images SET class = ? WHERE sha256 = ?", (new_cls, sha))
+                    report.notes.append(f"{filename} is in {new_cls or 'the inbox'} now")
+        untracked = [p for name, p in on_disk.items() if name not in tracked]
+        report.untracked_files = sorted(str(p.relative_to(self.path)) for p in untracked)
+        if repair:
+            for folder in untracked_dirs:
+                try:
+                    name = sanitize_class_name(folder.name)
+                    with self._tx() as db:
+                        self._ensure_class(db, name)
+                except WorkspaceError:
+                    pass
+            for p in untracked:
+                data = p.read_bytes()
+                cls = None if p.parent == self.inbox_dir else p.parent.name
+                tmp_holder = self.trash_dir / f".check-{time.time_ns()}-{p.name}"
+                self.trash_dir.mkdir(parents=True, exist_ok=True)
+                os.replace(p, tmp_holder)  # out of the way, so add_files can write the file under its own name
+                try:
+                    cls = sanitize_class_name(cls) if cls is not None else None
+                except WorkspaceError:
+                    cls = None
+                rep = self.add_files([(p.name, data)], cls)
+                if rep.added or rep.duplicates:
+                    tmp_holder.unlink(missing_ok=True)
+                    report.notes.append(f"{p.name}: {'added' if rep.added else 'duplicate, removed'}")
+                else:
+                    os.replace(tmp_holder, self.trash_dir / p.name)
+                    reason = rep.rejected[0][1] if rep.rejected else "unreadable"
+                    report.notes.append(f"{p.name}: moved to trash/ ({reason})")
+        return report
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    buf = bytearray()
+    with zf.open(info) as fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            if not chunk:
+                return bytes(buf)
+            buf += chunk
+            if len(buf) > limit:
+                raise _TooBig
+
+
+def _safe_member_parts(name: str) -> list[str] | None:
+    """Path components of a zip member, or None if the name is absolute or climbs out ('..')."""
+    text = name.replace("\\", "/")
+    if text.startswith("/") or re.match(r"^[A-Za-z]:", text) or "\x00" in text:
+        return None
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        return None
+    return parts
+
+
+def _hidden(rel: Path) -> bool:
+    return any(p.startswith(".") or p == "__MACOSX" or p.lower() in _IGNORED_NAMES for p in rel.parts)
+
+
+def _zip_layout(all_parts: list[list[str]], known_classes: set[str]):
+    """Decide how member paths map to classes; returns parts -> class name or None (inbox)."""
+    strip = 0
+    firsts = {p[0] for p in all_parts if len(p) > 1}
+    # one wrapping folder (flowers/daisy/x.jpg) is looked through
+    if len(firsts) == 1 and all(len(p) > 1 for p in all_parts) and any(len(p) > 2 for p in all_parts):
+        strip = 1
+    folders = {p[strip] for p in all_parts if len(p) > strip + 1}
+    use_folders = len(folders) >= 2 or bool(folders & known_classes)
+
+    def layout(parts: list[str]) -> str | None:
+        rest = parts[strip:]
+        if use_folders and len(rest) > 1:
+            return rest[0]
+        return None
+
+    return layout
+
+
+def _pid_exists(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:  # a zombie (exited, not yet reaped) is not running
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
