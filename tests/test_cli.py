@@ -1,0 +1,141 @@
+"""The command line, run as a user runs it: a subprocess, real training, real export."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO, shared_dataset
+
+from engine.demo import make_demo_dataset
+
+MAKE_IMAGE_CLASSIFIER_FLAGS = [
+    "--image_dir", "--tfhub_module", "--image_size", "--saved_model_dir", "--labels_output_file",
+    "--tflite_output_file", "--train_epochs", "--batch_size", "--learning_rate", "--momentum", "--dropout_rate",
+    "--label_smoothing", "--l1_regularizer", "--l2_regularizer", "--validation_split", "--do_fine_tuning",
+    "--assert_accuracy_at_least", "--do_data_augmentation",
+]
+TOP5_LINE = re.compile(r"^\d\.\d{6}: \S.*$")
+
+
+def engine(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=cwd or REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One make_image_classifier-style run shared by the checks below (export is the slow part)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    data = make_demo_dataset(tmp / "images", per_class=10, seed=2)
+    out = tmp / "out"
+    proc = engine("--image_dir", str(data), "--saved_model_dir", str(out / "model"), "--labels_output_file",
+                  str(out / "labels.txt"), "--tflite_output_file", str(out / "model.tflite"), "--run_dir",
+                  str(tmp / "run"))
+    return tmp, data, out, proc
+
+
+def test_help_lists_every_make_image_classifier_flag():
+    proc = engine("train", "--help")
+    assert proc.returncode == 0
+    for flag in MAKE_IMAGE_CLASSIFIER_FLAGS:
+        assert flag in proc.stdout, flag
+
+
+@pytest.mark.slow
+def test_train_writes_make_image_classifier_outputs(trained):
+    tmp, _, out, proc = trained
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model" / "saved_model.pb").exists()
+    assert (out / "labels.txt").read_text().split() == ["shapes", "text"]
+    assert (out / "model.tflite").stat().st_size > 1_000_000
+    assert "Validation accuracy" in proc.stdout
+
+
+@pytest.mark.slow
+def test_run_folder_describes_itself(trained):
+    tmp, data, _, proc = trained
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp / "run"
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "succeeded"
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["labels"] == ["shapes", "text"]
+    assert card["config"]["image_dir"] == str(data)
+    assert len(card["dataset_hash"]) == 64
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val_accuracy"] >= 0.9 and metrics["predictions"]
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert {"stage", "embed", "epoch", "result"} <= {e["type"] for e in events}
+    names = set(zipfile.ZipFile(run / "bundle.zip").namelist())
+    assert {"labels.txt", "model_card.json", "predict.py", "model_float32.tflite", "model_dynamic.tflite",
+            "model_int8.tflite"} <= names
+
+
+@pytest.mark.slow
+def test_predict_prints_label_image_style_top_lines(trained):
+    tmp, data, out, proc = trained
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    image = next((data / "text").iterdir())
+    pred = engine("predict", "--image", str(image), "--model_file", str(out / "model.tflite"), "--label_file",
+                  str(out / "labels.txt"))
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    lines = [line for line in pred.stdout.splitlines() if TOP5_LINE.match(line)]
+    assert len(lines) == 2  # top-5 of a 2-class model is 2 lines
+    assert lines[0].endswith(": text")
+
+
+def test_missing_image_dir_is_a_clear_error_not_a_traceback(tmp_path):
+    proc = engine("train", "--image_dir", str(tmp_path / "nope"), "--run_dir", str(tmp_path / "run"))
+    assert proc.returncode == 1
+    assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "failed"
+
+
+def test_single_class_is_a_clear_error(tmp_path):
+    (tmp_path / "only").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "only" / f"{i}.png"), np.full((40, 40, 3), i * 50, np.uint8))
+    proc = engine("train", "--image_dir", str(tmp_path), "--run_dir", str(tmp_path / "run"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "only" in proc.stderr
+
+
+@pytest.mark.slow
+def test_random_labels_fail_the_accuracy_assertion(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(30):  # the same kind of noise in both classes: nothing to learn
+        folder = tmp_path / "data" / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    proc = engine("train", "--image_dir", str(tmp_path / "data"), "--assert_accuracy_at_least", "0.9", "--run_dir",
+                  str(tmp_path / "run"))
+    assert proc.returncode == 1
+    assert "below --assert_accuracy_at_least" in proc.stderr
+    assert not (tmp_path / "run" / "bundle.zip").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+@pytest.mark.parametrize("name, min_accuracy", [("flowers", 0.8), ("text_nontext", 0.85)])
+def test_cli_trains_on_the_shared_datasets(tmp_path, name, min_accuracy):
+    data = shared_dataset(name)
+    out = tmp_path / "out"
+    proc = engine("train", "--image_dir", str(data), "--saved_model_dir", str(out / "model"),
+                  "--labels_output_file", str(out / "labels.txt"), "--tflite_output_file", str(out / "m.tflite"),
+                  "--run_dir", str(tmp_path / "run"), "--assert_accuracy_at_least", str(min_accuracy))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((tmp_path / "run" / "model_card.json").read_text())
+    assert card["labels"] == sorted(p.name for p in data.iterdir() if p.is_dir())
+    for variant, stats in card["tflite"].items():
+        assert stats["agreement_top1_vs_keras"] >= 0.9, variant
+    assert (tmp_path / "run" / "bundle.zip").exists()
