@@ -1,0 +1,252 @@
+"""Train: the TrainConfig form, one click to start a background job, live progress and charts, run history."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from engine import jobs
+from engine.config import TrainConfig
+from engine.workspace import INBOX
+from ui import common
+
+project = common.require_project()
+st.title(f"Train · {project.name}")
+common.show_flash()
+
+BASIC = ["tfhub_module", "train_epochs", "validation_split", "learning_rate", "batch_size", "do_fine_tuning"]
+HIDDEN = {"image_dir", "run_dir", "saved_model_dir", "labels_output_file", "tflite_output_file", "cache_dir",
+          "assert_accuracy_at_least"}
+LIMITS: dict[str, dict[str, Any]] = {
+    "validation_split": {"min_value": 0.0, "max_value": 0.9, "step": 0.05},
+    "train_epochs": {"min_value": 1, "max_value": 10000, "step": 10},
+    "batch_size": {"min_value": 1, "max_value": 4096, "step": 8},
+    "learning_rate": {"min_value": 0.0, "step": 0.001},
+    "fine_tune_learning_rate": {"min_value": 0.0, "step": 0.0001},
+    "momentum": {"min_value": 0.0, "max_value": 1.0, "step": 0.05},
+    "dropout_rate": {"min_value": 0.0, "max_value": 0.95, "step": 0.05},
+    "label_smoothing": {"min_value": 0.0, "max_value": 0.5, "step": 0.05},
+    "l1_regularizer": {"min_value": 0.0, "step": 0.0001},
+    "l2_regularizer": {"min_value": 0.0, "step": 0.0001},
+    "early_stopping_patience": {"min_value": 1, "max_value": 1000, "step": 1},
+    "fine_tune_epochs": {"min_value": 1, "max_value": 1000, "step": 1},
+    "rotation_range": {"min_value": 0.0, "max_value": 180.0, "step": 5.0},
+    "zoom_range": {"min_value": 0.0, "max_value": 0.9, "step": 0.05},
+    "seed": {"min_value": 0, "step": 1},
+    "image_size": {"min_value": 32, "max_value": 1024, "step": 8},
+}
+LABELS = {"tfhub_module": "Backbone", "train_epochs": "Max epochs", "do_fine_tuning": "Fine-tune the backbone"}
+
+counts = project.counts()
+class_counts = {c: n for c, n in counts.items() if c != INBOX}
+ready = sum(1 for n in class_counts.values() if n >= 2) >= 2
+active = jobs.active_run(project)
+
+
+# --- data check ----------------------------------------------------------------------------------------------------
+def _data_check() -> None:
+    n_train = sum(class_counts.values())
+    if not class_counts or n_train == 0:
+        st.warning("This project has no sorted images yet. Add images and sort them into at least two classes on "
+                   "the Data page — or create the demo project on the Projects page.")
+        st.page_link(common.DATA, label="Go to Data", icon=":material/photo_library:")
+    elif not ready:
+        st.warning("Training needs at least 2 classes with 2 or more images each (now: "
+                   + ", ".join(f"{c}: {n}" for c, n in class_counts.items()) + "). Sort more images on the Data page.")
+        st.page_link(common.DATA, label="Go to Data", icon=":material/photo_library:")
+    else:
+        st.caption(f"{n_train} images in {len(class_counts)} classes: "
+                   + ", ".join(f"{c} ({n})" for c, n in class_counts.items()))
+    if counts.get(INBOX):
+        st.info(f"{counts[INBOX]} unsorted image(s) in the inbox are not used for training.")
+
+
+# --- config form ---------------------------------------------------------------------------------------------------
+def _field_widget(f: dataclasses.Field, hint: Any, default: Any) -> Any:
+    label = LABELS.get(f.name, f.name.replace("_", " ").capitalize())
+    help_text = f.metadata.get("help")
+    key = f"cfg_{f.name}"
+    if f.name == "tfhub_module":
+        names = common.backbone_names()
+        return st.selectbox(label, names, index=names.index(default) if default in names else 0, key=key,
+                            help=help_text)
+    if f.metadata.get("choices"):
+        choices = list(f.metadata["choices"])
+        return st.selectbox(label, choices, index=choices.index(default) if default in choices else 0, key=key,
+                            help=help_text)
+    base = hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        base = next(a for a in typing.get_args(hint) if a is not type(None))
+    if base is bool:
+        return st.checkbox(label, value=bool(default), key=key, help=help_text)
+    if typing.get_origin(base) is list or base is list:
+        options = list(default or [])
+        return st.multiselect(label, options, default=options, key=key, help=help_text)
+    limits = dict(LIMITS.get(f.name, {}))
+    if base is int:
+        limits = {k: int(v) for k, v in limits.items()}
+        return st.number_input(label, value=default, key=key, help=help_text, placeholder="backbone default",
+                               **limits)
+    if base is float:
+        limits = {k: float(v) for k, v in limits.items()}
+        return st.number_input(label, value=None if default is None else float(default), format="%g", key=key,
+                               help=help_text, **limits)
+    return st.text_input(label, value="" if default is None else str(default), key=key, help=help_text) or default
+
+
+def _config_form() -> None:
+    defaults = TrainConfig()
+    hints = typing.get_type_hints(TrainConfig)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    values: dict[str, Any] = {}
+    with st.form("train_form"):
+        cols = st.columns(3)
+        for i, name in enumerate(BASIC):
+            with cols[i % 3]:
+                values[name] = _field_widget(fields[name], hints[name], getattr(defaults, name))
+        with st.expander("Advanced options"):
+            adv = [n for n in fields if n not in BASIC and n not in HIDDEN]
+            acols = st.columns(3)
+            for i, name in enumerate(adv):
+                with acols[i % 3]:
+                    values[name] = _field_widget(fields[name], hints[name], getattr(defaults, name))
+            custom = st.text_input("Custom backbone (overrides the choice above)", key="cfg_custom_module",
+                                   placeholder="a local TF Hub SavedModel folder, or a TF Hub URL when online")
+        label = "Training is running…" if active else "Start training"
+        submitted = st.form_submit_button(label, type="primary", disabled=bool(active) or not ready,
+                                          icon=":material/play_arrow:")
+    if submitted:
+        if custom.strip():
+            values["tfhub_module"] = custom.strip()
+        if not values.get("quantize"):
+            values["quantize"] = ["float32"]
+        with common.user_errors("Starting training"):
+            cfg = TrainConfig.from_dict({**defaults.to_dict(), **values})
+            run_id = jobs.start_training(project, cfg)
+            st.session_state["run_id"] = run_id
+            st.session_state["live_running"] = True
+            st.rerun()
+
+
+# --- live view -----------------------------------------------------------------------------------------------------
+def _history_frame(events: list[dict]) -> pd.DataFrame:
+    rows = [e for e in events if e.get("type") == "epoch"]
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    df["step"] = range(1, len(df) + 1)
+    return df.set_index("step")
+
+
+def _render_run(run_dir: Path) -> dict:
+    status = jobs.job_status(run_dir)
+    events = jobs.events(run_dir)
+    state = status["state"]
+    icon = {"running": "⏳", "succeeded": "✅", "failed": "❌", "cancelled": "⏹"}.get(state, "•")
+    st.markdown(f"**Run `{run_dir.name}`** — {icon} {state}")
+    stages = [e for e in events if e.get("type") == "stage"]
+    if state == "running":
+        c1, c2 = st.columns([4, 1], vertical_alignment="center")
+        with c1:
+            st.caption(stages[-1]["message"] if stages else (status.get("message") or "starting…"))
+            embed = next((e for e in reversed(events) if e.get("type") == "embed"), None)
+            if embed and embed.get("total"):
+                done, total = int(embed["done"]), int(embed["total"])
+                ips = embed.get("images_per_s")
+                text = f"Computing features: {done}/{total} images"
+                if ips:
+                    text += f" · {ips:.1f} images/s"
+                if embed.get("cached"):
+                    text += f" · {embed['cached']} from cache"
+                st.progress(min(1.0, done / max(1, total)), text=text)
+        with c2:
+            if st.button("Cancel", key="cancel_run", icon=":material/stop:"):
+                with st.spinner("Stopping…"):
+                    jobs.cancel(run_dir)
+                st.rerun(scope="app")
+    hist = _history_frame(events)
+    if not hist.empty:
+        left, right = st.columns(2)
+        loss_cols = [c for c in ("loss", "val_loss") if c in hist and hist[c].notna().any()]
+        acc_cols = [c for c in ("accuracy", "val_accuracy") if c in hist and hist[c].notna().any()]
+        with left:
+            st.caption("Loss (train / validation)")
+            st.line_chart(hist[loss_cols], height=260)
+        with right:
+            st.caption("Accuracy (train / validation)")
+            st.line_chart(hist[acc_cols], height=260)
+        last = hist.iloc[-1]
+        st.caption(f"{len(hist)} epochs · last: accuracy {common.fmt_pct(last.get('accuracy'))}, "
+                   f"validation accuracy {common.fmt_pct(last.get('val_accuracy'))}")
+    warnings = [e for e in events if e.get("type") == "warning"]
+    if warnings:
+        with st.expander(f"{len(warnings)} warning(s)"):
+            for w in warnings[:200]:
+                st.write(f"- {w.get('message')}" + (f" (`{w['path']}`)" if w.get("path") else ""))
+    if state == "succeeded":
+        metrics = jobs.load_metrics(run_dir) or {}
+        st.success(f"Done: validation accuracy {common.fmt_pct(metrics.get('val_accuracy'))}."
+                   + ("" if status.get("downloadable") else " The bundle is still being written."))
+        c1, c2 = st.columns(2)
+        c1.page_link(common.REVIEW, label="Review mistakes", icon=":material/fact_check:")
+        c2.page_link(common.EXPORT, label="Download & try the model", icon=":material/download:")
+    elif state in ("failed", "cancelled", "unknown"):
+        message = status.get("message") or state
+        if state == "failed":
+            st.error(f"Training failed: {message}. Check the data on the Data page and the options above, then "
+                     "start again. The log below has the details.")
+        else:
+            st.warning(f"Training {state}: {message}.")
+        tail = jobs.log_tail(run_dir)
+        if tail:
+            with st.expander("Log (last lines)"):
+                st.code(tail, language=None)
+    return status
+
+
+_data_check()
+_config_form()
+
+watched = active or st.session_state.get("run_id") or jobs.latest_run(project, state=None)
+if watched and not jobs.run_path(project, watched).is_dir():
+    watched = active or jobs.latest_run(project, state=None)
+if watched:
+    st.divider()
+    running_now = jobs.job_status(jobs.run_path(project, watched))["state"] == "running"
+
+    @st.fragment(run_every=1.5 if running_now else None)
+    def live() -> None:
+        status = _render_run(jobs.run_path(project, watched))
+        if running_now and status["state"] != "running":
+            st.rerun(scope="app")  # the job ended: re-render the whole page (form enabled, history updated)
+
+    live()
+
+# --- history -------------------------------------------------------------------------------------------------------
+runs = jobs.list_runs(project)
+if runs:
+    st.divider()
+    st.subheader("Run history")
+    df = pd.DataFrame(runs)
+    st.dataframe(
+        df[["run_id", "started", "state", "val_accuracy", "backbone", "n_images", "duration"]],
+        hide_index=True, width="stretch",
+        column_config={
+            "val_accuracy": st.column_config.NumberColumn("val accuracy", format="percent"),
+            "duration": st.column_config.NumberColumn("duration (s)", format="%.0f"),
+            "n_images": st.column_config.NumberColumn("images"),
+        })
+    ids = [r["run_id"] for r in runs]
+    shown = watched if watched in ids else ids[0]
+
+    def _pick() -> None:
+        st.session_state["run_id"] = st.session_state[f"run_pick_{shown}"]
+
+    st.selectbox("Show run", ids, index=ids.index(shown), key=f"run_pick_{shown}", on_change=_pick,
+                 help="The run shown above and used on the Review and Export pages.")
