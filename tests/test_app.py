@@ -1,0 +1,298 @@
+"""Every page through Streamlit's AppTest: renders without exceptions, main buttons work, errors are readable."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the pages import ui/ and engine/ from the repo root, as `streamlit run` does
+    sys.path.insert(0, str(REPO))
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from engine import jobs  # noqa: E402
+from engine.workspace import INBOX, Workspace  # noqa: E402
+
+
+def _load_fake_engine():
+    spec = importlib.util.spec_from_file_location("_jobs_tests", Path(__file__).with_name("test_jobs.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fake = _load_fake_engine()
+
+
+def png(seed: int, size: int = 20) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch) -> Workspace:
+    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.setenv(jobs.COMMAND_ENV, json.dumps(fake.fake_command(tmp_path)))
+    monkeypatch.delenv("FAKE_MODE", raising=False)
+    return Workspace()
+
+
+def app(project: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
+    if project:
+        at.query_params["project"] = project
+    return at
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = []
+    for kind in ("markdown", "caption", "info", "warning", "error", "success", "title", "subheader"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    return "\n".join(parts)
+
+
+def button(at: AppTest, label: str):
+    for b in at.button:
+        if b.label == label or b.label.startswith(label):
+            return b
+    raise AssertionError(f"no button {label!r} in {[b.label for b in at.button]}")
+
+
+def page(at: AppTest, path: str) -> AppTest:
+    return ok(at.switch_page(path).run())
+
+
+def sorted_project(ws: Workspace, per_class: int = 3):
+    project = ws.create_project("Pets")
+    for k, cls in enumerate(("cats", "dogs")):
+        project.add_files([(f"{cls}{i}.png", png(10 * k + i)) for i in range(per_class)], cls)
+    return project
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Projects
+# ----------------------------------------------------------------------------------------------------------------
+def test_home_create_project(ws):
+    at = ok(app().run())
+    assert "No projects yet" in texts(at)
+    next(t for t in at.text_input if t.label == "New project name").input("Birds at the feeder")
+    ok(button(at, "Create project").click().run())
+    assert [p.slug for p in ws.list_projects()] == ["birds-at-the-feeder"]
+    assert at.session_state["project"] == "birds-at-the-feeder"
+    assert at.query_params["project"] in ("birds-at-the-feeder", ["birds-at-the-feeder"])
+    assert "Created project" in texts(at)
+
+
+def test_home_demo_project(ws):
+    if importlib.util.find_spec("engine.demo") is None:
+        pytest.skip("engine.demo is not written yet")
+    at = ok(app().run())
+    ok(button(at, "Create demo project").click().run())
+    (info,) = ws.list_projects()
+    assert info.name == "Demo" and info.n_classes == 2 and info.n_images > 0
+    assert at.session_state["project"] == info.slug
+
+
+def test_project_from_url_rename_and_delete(ws):
+    project = ws.create_project("Old name")
+    at = ok(app(project.slug).run())
+    assert at.session_state["project"] == project.slug
+    next(t for t in at.text_input if t.label == "Rename to").input("New name")
+    ok(button(at, "Rename").click().run())
+    assert ws.open_project(project.slug).name == "New name"
+    assert button(at, "Delete project").disabled
+    next(c for c in at.checkbox if c.label.startswith("Yes, delete")).check()
+    ok(at.run())
+    ok(button(at, "Delete project").click().run())
+    assert ws.list_projects() == []
+    assert at.session_state["project"] is None
+
+
+def test_home_import_bad_zip_is_an_error(ws):
+    at = ok(app().run())
+    at.file_uploader[0].set_value(("broken.zip", b"this is not a zip", "application/zip"))
+    ok(at.run())
+    ok(button(at, "Import zip").click().run())
+    assert any("zip" in e.value for e in at.error)
+    assert ws.list_projects() == []  # no half-made project left behind
+
+
+def test_home_import_folder(ws, tmp_path):
+    src = tmp_path / "image_dir"
+    for k, cls in enumerate(("cats", "dogs")):
+        (src / cls).mkdir(parents=True)
+        for i in range(2):
+            (src / cls / f"{i}.png").write_bytes(png(10 * k + i))
+    at = ok(app().run())
+    next(t for t in at.text_input if t.label == "Path").input(str(src))
+    ok(button(at, "Import from path").click().run())
+    (info,) = ws.list_projects()
+    assert info.name == "image_dir" and info.n_images == 4 and info.n_classes == 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------
+def test_data_without_project_points_home(ws):
+    at = page(ok(app().run()), "pages/data.py")
+    assert "No project is open" in texts(at)
+
+
+def test_data_upload_classes_sort_and_move(ws):
+    project = ws.create_project("Pets")
+    at = page(ok(app(project.slug).run()), "pages/data.py")
+    uploader = at.file_uploader[0]
+    uploader.set_value([(f"{i}.png", png(i), "image/png") for i in range(4)]
+                       + [("dup.png", png(0), "image/png"), ("bad.zip", b"nope", "application/zip")])
+    ok(at.run())
+    ok(button(at, "Add 6 file(s)").click().run())
+    assert project.counts() == {INBOX: 4}
+    shown = texts(at)
+    assert "4 added" in shown and "1 duplicate" in shown and "rejected" in shown
+    assert any("bad.zip" in str(df.value) for df in at.dataframe)
+
+    at.segmented_control(key="data_section").set_value("Classes")
+    ok(at.run())
+    for name in ("cats", "dogs"):
+        next(t for t in at.text_input if t.label == "New class").input(name)
+        ok(button(at, "Create class").click().run())
+    assert project.classes() == ["cats", "dogs"]
+
+    at.segmented_control(key="data_section").set_value("Sort inbox")
+    ok(at.run())
+    first = project.images(INBOX)[0].sha256
+    ok(at.button(key="sort_to_1").click().run())  # "dogs", shortcut 2
+    assert project.get(first).class_name == "dogs"
+    ok(at.button(key="sort_undo_btn").click().run())
+    assert project.get(first).class_name is None
+    ok(at.button(key="sort_to_1").click().run())
+    assert project.get(first).class_name == "dogs"
+    ok(at.button(key="sort_skip").click().run())
+
+    at.segmented_control(key="data_section").set_value("Browse")
+    ok(at.run())
+    at.selectbox(key="browse_view").set_value(INBOX)
+    ok(at.run())
+    inbox = [r.sha256 for r in project.images(INBOX)]
+    at.checkbox(key=f"sel_{INBOX}-{inbox[0]}").check()
+    ok(at.run())
+    at.selectbox(key="browse_dest").set_value("cats")
+    ok(at.run())
+    ok(at.button(key="browse_move").click().run())
+    assert project.get(inbox[0]).class_name == "cats"
+    at.checkbox(key=f"sel_{INBOX}-{inbox[1]}").check()
+    ok(at.run())
+    ok(at.button(key="browse_delete").click().run())
+    assert project.get(inbox[1]) is None and len(project.trashed()) == 1
+
+
+def test_data_delete_class_moves_images_to_inbox(ws):
+    project = sorted_project(ws)
+    at = page(ok(app(project.slug).run()), "pages/data.py")
+    at.segmented_control(key="data_section").set_value("Classes")
+    ok(at.run())
+    form_select = [s for s in at.selectbox if s.label == "Delete class"][0]
+    form_select.set_value("dogs")
+    ok(button(at, "Delete class").click().run())
+    assert project.counts() == {"cats": 3, INBOX: 3}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Train
+# ----------------------------------------------------------------------------------------------------------------
+def test_train_empty_project_explains_what_to_do(ws):
+    project = ws.create_project("Empty")
+    at = page(ok(app(project.slug).run()), "pages/train.py")
+    assert "no sorted images" in texts(at)
+    assert button(at, "Start training").disabled
+
+
+def test_train_runs_a_job_and_shows_it(ws):
+    project = sorted_project(ws)
+    at = page(ok(app(project.slug).run()), "pages/train.py")
+    assert not button(at, "Start training").disabled
+    next(n for n in at.number_input if n.label == "Max epochs").set_value(11)
+    ok(button(at, "Start training").click().run())
+    (row,) = jobs.list_runs(project)
+    run_dir = jobs.run_path(project, row["run_id"])
+    assert jobs.wait(run_dir, timeout=60)["state"] == "succeeded", jobs.log_tail(run_dir)
+    assert json.loads((run_dir / "config.json").read_text())["train_epochs"] == 11
+    ok(at.run())
+    shown = texts(at)
+    assert "Done: validation accuracy" in shown and "Run history" in shown
+    assert at.session_state["run_id"] == row["run_id"]
+
+
+def test_train_failure_is_shown_without_traceback(ws, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "fail")
+    project = sorted_project(ws)
+    at = page(ok(app(project.slug).run()), "pages/train.py")
+    ok(button(at, "Start training").click().run())
+    (row,) = jobs.list_runs(project)
+    jobs.wait(jobs.run_path(project, row["run_id"]), timeout=60)
+    ok(at.run())
+    assert any("Training failed: boom" in e.value for e in at.error)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Review and Export
+# ----------------------------------------------------------------------------------------------------------------
+def trained(ws):
+    project = sorted_project(ws)
+    run_id = jobs.start_training(project)
+    assert jobs.wait(jobs.run_path(project, run_id), timeout=60)["state"] == "succeeded"
+    return project, run_id
+
+
+@pytest.mark.parametrize("path", ["pages/review.py", "pages/export.py"])
+def test_review_and_export_without_runs(ws, path):
+    project = sorted_project(ws)
+    at = page(ok(app(project.slug).run()), path)
+    assert "No finished training run yet" in texts(at)
+
+
+def test_review_relabel_and_confusion_cell(ws):
+    project, run_id = trained(ws)
+    at = page(ok(app(project.slug).run()), "pages/review.py")
+    assert "Validation accuracy" in [m.label for m in at.metric]
+    metrics = jobs.load_metrics(jobs.run_path(project, run_id))
+    mistakes = [p for p in metrics["predictions"] if p["true"] != p["predicted"]]
+    assert mistakes
+    first = max(mistakes, key=lambda p: p["probability"])
+    ok(button(at, f"Move to {first['predicted']}").click().run())
+    rec = project.find_by_filename(Path(first["path"]).name)
+    assert rec.class_name == first["predicted"]
+    assert "Moved" in texts(at)
+
+    at.segmented_control(key="review_mode").set_value("Low confidence")
+    ok(at.run())
+    assert "confidence" in texts(at)
+    at.segmented_control(key="review_mode").set_value("Confusion-matrix cell")
+    ok(at.run())
+    assert "Click a cell" in texts(at)
+
+
+def test_export_offers_downloads(ws):
+    project, run_id = trained(ws)
+    at = page(ok(app(project.slug).run()), "pages/export.py")
+    labels = [b.label for b in at.get("download_button")]
+    assert any(lb.startswith("Download everything (bundle.zip") for lb in labels)
+    for name in ("model_float32.tflite", "model_dynamic.tflite", "model_int8.tflite", "labels.txt",
+                 "model_card.json"):
+        assert any(lb.startswith(name) for lb in labels), labels
+    assert any(lb.startswith("SavedModel") for lb in labels)
+    assert any("python -m engine serve --bundle" in c.value for c in at.code)

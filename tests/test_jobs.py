@@ -1,0 +1,275 @@
+"""Background training jobs, driven by a tiny fake engine (fast) and once by the real one (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import jobs
+from engine.config import TrainConfig
+from engine.workspace import Workspace
+
+# A stand-in for `python -m engine train`: same arguments, same files in the run folder.
+# FAKE_MODE: ok | fail | crash (dies without a word) | sleep (waits FAKE_SLEEP s with a grandchild process).
+FAKE_ENGINE = r'''
+import json, os, signal, subprocess, sys, time, zipfile
+from pathlib import Path
+
+args = sys.argv[1:]
+run_dir = Path(args[args.index("--run_dir") + 1])
+image_dir = Path(args[args.index("--image_dir") + 1])
+mode = os.environ.get("FAKE_MODE", "ok")
+
+
+def status(state, message=""):
+    p = run_dir / "status.json"
+    s = json.loads(p.read_text()) if p.exists() else {}
+    s.update(state=state, message=message, pid=os.getpid())
+    if state != "running":
+        s["finished"] = time.time()
+    tmp = run_dir / "status.tmp"
+    tmp.write_text(json.dumps(s))
+    os.replace(tmp, p)
+
+
+def ev(**e):
+    with open(run_dir / "events.jsonl", "a") as f:
+        f.write(json.dumps({"time": time.time(), **e}) + "\n")
+
+
+def on_term(*_):
+    status("cancelled", "the training process was asked to stop")
+    sys.exit(130)
+
+
+signal.signal(signal.SIGTERM, on_term)
+status("running", "training")
+print("fake engine started", flush=True)
+assert json.loads((run_dir / "config.json").read_text())["image_dir"] == str(image_dir)
+ev(type="stage", stage="embed", message="Computing features")
+files = sorted(p for p in image_dir.rglob("*") if p.is_file())
+for i in range(len(files)):
+    ev(type="embed", done=i + 1, total=len(files), cached=0, images_per_s=100.0)
+if mode == "crash":
+    os._exit(3)
+if mode == "sleep":
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    (run_dir / "child.pid").write_text(str(child.pid))
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "60")))
+for e in range(1, 6):
+    ev(type="epoch", phase="head", epoch=e, loss=1 / e, accuracy=0.5 + e / 20, val_loss=1.2 / e,
+       val_accuracy=0.5 + e / 25, elapsed=0.1 * e)
+if mode == "fail":
+    ev(type="error", message="boom")
+    status("failed", "boom")
+    print("error: boom")
+    sys.exit(1)
+labels = sorted(d.name for d in image_dir.iterdir() if d.is_dir() and any(d.iterdir()))
+preds = []
+for j, f in enumerate(files):
+    true = f.parent.name
+    pred = true if j % 3 else labels[(labels.index(true) + 1) % len(labels)]
+    preds.append({"path": str(f), "true": true, "predicted": pred, "probability": 0.55 + (j % 5) / 10,
+                  "probs": [1 / len(labels)] * len(labels)})
+cm = [[sum(1 for p in preds if p["true"] == a and p["predicted"] == b) for b in labels] for a in labels]
+metrics = {"labels": labels, "val_accuracy": sum(p["true"] == p["predicted"] for p in preds) / len(preds),
+           "per_class": {lb: {"precision": 0.8, "recall": 0.7, "f1": 0.75, "support": 3} for lb in labels},
+           "confusion_matrix": cm, "predictions": preds}
+(run_dir / "metrics.json").write_text(json.dumps(metrics))
+ev(type="result", val_accuracy=metrics["val_accuracy"], metrics_file=str(run_dir / "metrics.json"))
+(run_dir / "labels.txt").write_text("\n".join(labels) + "\n")
+(run_dir / "model_card.json").write_text(json.dumps({"labels": labels}))
+for v in ("float32", "dynamic", "int8"):
+    (run_dir / f"model_{v}.tflite").write_bytes(b"TFL3" + v.encode())
+(run_dir / "saved_model").mkdir(exist_ok=True)
+(run_dir / "saved_model" / "saved_model.pb").write_bytes(b"pb")
+tmp = run_dir / "bundle.zip.tmp"
+with zipfile.ZipFile(tmp, "w") as zf:
+    for name in ("labels.txt", "model_card.json", "model_float32.tflite"):
+        zf.write(run_dir / name, name)
+os.replace(tmp, run_dir / "bundle.zip")
+ev(type="stage", stage="done", message="done")
+status("succeeded", "ok")
+'''
+
+
+def fake_command(tmp_path: Path) -> list[str]:
+    script = tmp_path / "fake_engine.py"
+    script.write_text(FAKE_ENGINE)
+    return [sys.executable, str(script), "train", "--image_dir", "{image_dir}", "--run_dir", "{run_dir}",
+            "--config", "{config}"]
+
+
+def png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def fill(project, per_class: int = 3, classes=("cats", "dogs")) -> None:
+    for k, cls in enumerate(classes):
+        project.add_files([(f"{cls}{i}.png", png(100 * k + i)) for i in range(per_class)], cls)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.delenv(jobs.COMMAND_ENV, raising=False)
+    project = Workspace().create_project("jobs")
+    fill(project)
+    return project
+
+
+def _pid_gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[-1].split()[0] == "Z":
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_successful_run(project, tmp_path):
+    run_id = jobs.start_training(project, TrainConfig(train_epochs=7), command=fake_command(tmp_path))
+    run_dir = jobs.run_path(project, run_id)
+    status = jobs.wait(run_dir, timeout=60)
+    assert status["state"] == "succeeded", jobs.log_tail(run_dir)
+    assert status["downloadable"]
+    cfg = TrainConfig.load(run_dir / "config.json")
+    assert cfg.train_epochs == 7 and cfg.image_dir == str(project.image_dir()) and cfg.run_dir == str(run_dir)
+    assert "fake engine started" in (run_dir / "log.txt").read_text()
+    assert [e["epoch"] for e in jobs.events(run_dir) if e["type"] == "epoch"] == [1, 2, 3, 4, 5]
+    (row,) = jobs.list_runs(project)
+    assert row["run_id"] == run_id and row["state"] == "succeeded"
+    assert row["n_images"] == 6 and row["backbone"] == "efficientnet-lite0"
+    assert 0 <= row["val_accuracy"] <= 1 and row["duration"] >= 0
+    assert jobs.latest_run(project) == run_id
+    assert jobs.load_metrics(run_dir)["labels"] == ["cats", "dogs"]
+    assert jobs.active_run(project) is None
+
+
+def test_failed_run_keeps_message(project, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "fail")
+    run_dir = jobs.run_path(project, jobs.start_training(project, command=fake_command(tmp_path)))
+    status = jobs.wait(run_dir, timeout=60)
+    assert status["state"] == "failed" and status["message"] == "boom"
+    assert not status["downloadable"]
+    assert "error: boom" in jobs.log_tail(run_dir)
+
+
+def test_dead_process_is_reported_failed(project, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    run_dir = jobs.run_path(project, jobs.start_training(project, command=fake_command(tmp_path)))
+    status = jobs.wait(run_dir, timeout=60)
+    assert status["state"] == "failed"
+    assert status["message"] == jobs.DIED_MESSAGE
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"  # rewritten on disk
+
+
+def test_stale_running_status_from_another_process(project):
+    """A server restart: status.json says running, the pid is long gone and was never our child."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_dir = project.runs_dir / "20200101-000000-abcd"
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text(json.dumps({"state": "running", "pid": dead.pid, "started": 1.0}))
+    assert jobs.job_status(run_dir)["state"] == "failed"
+    assert jobs.job_status(run_dir)["message"] == jobs.DIED_MESSAGE
+
+
+def test_one_job_per_project_and_cancel(project, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "sleep")
+    cmd = fake_command(tmp_path)
+    run_id = jobs.start_training(project, command=cmd)
+    run_dir = jobs.run_path(project, run_id)
+    deadline = time.time() + 30
+    while not (run_dir / "child.pid").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert jobs.active_run(project) == run_id
+    assert project.running_job() == run_dir
+    with pytest.raises(jobs.JobError, match="already running"):
+        jobs.start_training(project, command=cmd)
+    with pytest.raises(Exception, match="cancel"):
+        Workspace().delete_project(project.slug)
+    grandchild = int((run_dir / "child.pid").read_text())
+    status = jobs.cancel(run_dir, timeout=10)
+    assert status["state"] == "cancelled"
+    assert _pid_gone(grandchild), "the whole process group must be stopped"
+    assert jobs.active_run(project) is None
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    second = jobs.start_training(project, command=cmd)
+    assert jobs.wait(jobs.run_path(project, second), timeout=60)["state"] == "succeeded"
+    states = {r["run_id"]: r["state"] for r in jobs.list_runs(project)}
+    assert states == {run_id: "cancelled", second: "succeeded"}
+
+
+def test_command_from_environment(project, tmp_path, monkeypatch):
+    monkeypatch.setenv(jobs.COMMAND_ENV, json.dumps(fake_command(tmp_path)))
+    run_dir = jobs.run_path(project, jobs.start_training(project, {"train_epochs": 3}))
+    assert jobs.wait(run_dir, timeout=60)["state"] == "succeeded"
+
+
+def test_refuses_without_enough_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    project = Workspace().create_project("empty")
+    with pytest.raises(jobs.JobError, match="at least 2 classes"):
+        jobs.start_training(project, command=fake_command(tmp_path))
+    fill(project, per_class=3, classes=("only",))
+    with pytest.raises(jobs.JobError, match="at least 2 classes"):
+        jobs.start_training(project, command=fake_command(tmp_path))
+    assert jobs.list_runs(project) == []
+    with pytest.raises(ValueError, match="Unknown"):
+        jobs.start_training(project, {"nonsense": 1})
+    with pytest.raises(jobs.JobError):
+        jobs.run_path(project, "../x")
+
+
+def _real_engine_available() -> str | None:
+    for mod in ("engine.cli", "engine.demo", "engine.dataset", "engine.export"):
+        if importlib.util.find_spec(mod) is None:
+            return f"{mod} is not written yet"
+    return None
+
+
+@pytest.mark.slow
+def test_real_training_on_demo_dataset(tmp_path, monkeypatch):
+    reason = _real_engine_available()
+    if reason:
+        pytest.skip(f"real engine not available: {reason}")
+    from engine.demo import make_demo_dataset
+
+    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.delenv(jobs.COMMAND_ENV, raising=False)
+    project = Workspace().create_project("demo")
+    project.import_image_dir(make_demo_dataset(tmp_path / "demo", per_class=12))
+    run_id = jobs.start_training(project, TrainConfig(train_epochs=30, quantize=["float32"]))
+    run_dir = jobs.run_path(project, run_id)
+    status = jobs.wait(run_dir, timeout=600)
+    assert status["state"] == "succeeded", jobs.log_tail(run_dir)
+    metrics = jobs.load_metrics(run_dir)
+    assert sorted(metrics["labels"]) == ["shapes", "text"]
+    assert metrics["predictions"] and Path(metrics["predictions"][0]["path"]).is_file()
+    assert any(e["type"] == "epoch" for e in jobs.events(run_dir))
+    with zipfile.ZipFile(run_dir / "bundle.zip") as zf:
+        names = zf.namelist()
+    assert any(n.endswith("labels.txt") for n in names)
+    assert any(n.endswith(".tflite") for n in names)

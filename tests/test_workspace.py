@@ -1,0 +1,384 @@
+"""Project storage: real SQLite, real files, a temporary workspace per test."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.workspace import (
+    INBOX,
+    MAX_ZIP_RATIO,
+    Workspace,
+    WorkspaceError,
+    sanitize_class_name,
+    sanitize_filename,
+    slugify,
+)
+
+
+def png(seed: int, size: int = 24, fmt: str = "PNG") -> bytes:
+    """A small image with unique content (so unique sha256) per seed."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def make_zip(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch) -> Workspace:
+    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    return Workspace()
+
+
+@pytest.fixture
+def project(ws):
+    return ws.create_project("Test project")
+
+
+def assert_consistent(project) -> None:
+    """Every row's file is where the row says; no stray files; no temp files."""
+    report = project.consistency_check()
+    assert report.ok, report
+    for rec in project.images():
+        assert rec.path.is_file(), rec
+    assert not list(project.path.rglob(".tmp-*"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# projects
+# ----------------------------------------------------------------------------------------------------------------
+def test_workspace_root_from_env(ws, tmp_path):
+    assert ws.root == (tmp_path / "ws").resolve()
+    assert ws.list_projects() == []
+
+
+def test_create_list_rename_delete(ws):
+    a = ws.create_project("My Flowers!")
+    b = ws.create_project("My Flowers!")
+    assert (a.slug, b.slug) == ("my-flowers", "my-flowers-2")
+    assert [p.slug for p in ws.list_projects()] == ["my-flowers", "my-flowers-2"]
+    for sub in ("images", "inbox", "trash", "thumbs", "runs"):
+        assert (a.path / sub).is_dir()
+    ws.rename_project(a.slug, "Roses")
+    assert ws.open_project(a.slug).name == "Roses"
+    ws.delete_project(b.slug)
+    assert [p.slug for p in ws.list_projects()] == ["my-flowers"]
+    with pytest.raises(WorkspaceError):
+        ws.open_project(b.slug)
+    with pytest.raises(WorkspaceError):
+        ws.open_project("../etc")
+    with pytest.raises(WorkspaceError):
+        ws.create_project("   ")
+
+
+def test_names_are_sanitised():
+    assert slugify("../../etc/passwd") == "etc-passwd"
+    assert slugify("???") == "project"
+    assert sanitize_filename("../../evil.png") == "evil.png"
+    assert sanitize_filename("C:\\Users\\x\\photo 1.JPG") == "photo_1.jpg"
+    assert sanitize_filename(".bashrc") == "bashrc"
+    assert sanitize_filename("con.png") == "_con.png"
+    for bad in ("", "a/b", "..", ".hidden", "__inbox__", "x" * 65, "a:b"):
+        with pytest.raises(WorkspaceError):
+            sanitize_class_name(bad)
+    assert sanitize_class_name("  roses ") == "roses"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# adding files
+# ----------------------------------------------------------------------------------------------------------------
+def test_add_files_duplicates_rejects_and_names(project):
+    good = [("a.png", png(1)), ("b.jpg", png(2, fmt="JPEG")), ("../../escape.png", png(3))]
+    report = project.add_files(good + [("a-copy.png", png(1))])
+    assert len(report.added) == 3
+    assert report.duplicates == ["a-copy.png"]
+    assert project.count(INBOX) == 3
+    assert (project.inbox_dir / "escape.png").is_file()  # the name was used, the path was not
+    assert not (project.path.parent / "escape.png").exists()
+
+    again = project.add_files([("a.png", png(1)), ("notes.txt", b"hello"), ("empty.png", b""),
+                               ("broken.jpg", png(4, fmt="JPEG")[:200])], class_name="cats")
+    assert again.duplicates == ["a.png"]
+    assert {name for name, _ in again.rejected} == {"notes.txt", "empty.png", "broken.jpg"}
+    assert all(reason for _, reason in again.rejected)
+    assert again.classes_created == ["cats"]
+    assert project.counts() == {"cats": 0, INBOX: 3}
+
+    # the same name with different content gets a unique file name
+    clash = project.add_files([("a.png", png(5))], class_name="cats")
+    rec = project.get(clash.added[0])
+    assert rec.filename != "a.png" and rec.filename.startswith("a-") and rec.path.is_file()
+    assert rec.source_name == "a.png"
+    assert_consistent(project)
+
+
+def test_add_from_paths_and_unknown_extension(project, tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "x.png").write_bytes(png(10))
+    (tmp_path / "src" / "noext").write_bytes(png(11))
+    report = project.add_files([tmp_path / "src" / "x.png", tmp_path / "src" / "noext",
+                                tmp_path / "src" / "missing.png"], "dogs")
+    assert len(report.added) == 2
+    assert report.rejected[0][0] == "missing.png"
+    names = sorted(r.filename for r in project.images("dogs"))
+    assert names == ["noext.png", "x.png"]  # a real extension, so any tool can read the folder
+    assert (project.image_dir() / "dogs" / "x.png").read_bytes() == png(10)
+
+
+def test_thumbnail_is_cached_jpeg(project):
+    sha = project.add_files([("a.png", png(1, size=600))]).added[0]
+    thumb = project.thumbnail(sha)
+    assert thumb[:3] == b"\xff\xd8\xff"
+    assert max(Image.open(io.BytesIO(thumb)).size) <= 256
+    cached = project.thumbs_dir / f"{sha}.jpg"
+    cached.unlink()
+    assert project.thumbnail(sha)[:3] == b"\xff\xd8\xff"
+    assert cached.exists()
+    with pytest.raises(WorkspaceError):
+        project.thumbnail("0" * 64)
+    with pytest.raises(WorkspaceError):
+        project.thumbnail("../../x")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# zips
+# ----------------------------------------------------------------------------------------------------------------
+def test_zip_with_class_folders_and_mac_junk(project):
+    data = make_zip({
+        "flowers/daisy/1.png": png(1), "flowers/daisy/2.png": png(2),
+        "flowers/roses/3.png": png(3), "flowers/loose.png": png(4),
+        "__MACOSX/flowers/daisy/._1.png": b"junk", "flowers/.DS_Store": b"junk", "flowers/daisy/._2.png": b"junk",
+    })
+    report = project.add_zip(data)
+    assert len(report.added) == 4 and not report.rejected
+    assert project.counts() == {"daisy": 2, "roses": 1, INBOX: 1}
+    assert sorted(report.classes_created) == ["daisy", "roses"]
+    assert_consistent(project)
+
+
+def test_zip_single_folder_goes_to_inbox_unless_class_exists(project):
+    assert len(project.add_zip(make_zip({"holiday/1.png": png(1)})).added) == 1
+    assert project.counts() == {INBOX: 1}
+    project.create_class("holiday")
+    project.add_zip(make_zip({"holiday/2.png": png(2)}))
+    assert project.counts() == {"holiday": 1, INBOX: 1}
+    project.add_zip(make_zip({"x/3.png": png(3)}), class_name="holiday")
+    assert project.counts()["holiday"] == 2
+
+
+def test_zip_slip_is_ignored(project, tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        names = ("../evil.png", "/abs/evil2.png", "a/../../evil3.png", "..\\evil4.png", "C:/evil5.png")
+        for i, name in enumerate(names):
+            info = zipfile.ZipInfo("placeholder")
+            info.filename = name  # ZipInfo normalises some names; set the raw one
+            zf.writestr(info, png(100 + i))
+        zf.writestr("ok/fine.png", png(7))
+    report = project.add_zip(buf.getvalue())
+    assert len(report.added) == 1
+    assert len(report.rejected) == 5
+    assert all("unsafe" in reason for _, reason in report.rejected)
+    outside = [p for p in tmp_path.rglob("evil*")]
+    assert outside == []
+
+
+def test_zip_bomb_limits(project):
+    with pytest.raises(WorkspaceError, match="limit"):
+        project.add_zip(make_zip({f"{i}.png": png(i) for i in range(6)}), max_files=5)
+    with pytest.raises(WorkspaceError, match="unpack"):
+        project.add_zip(make_zip({"a.png": png(1, size=64)}), max_total_bytes=1000)
+    # a tiny compressed member that inflates enormously is skipped, not extracted
+    bomb = make_zip({"bomb.png": b"\0" * (24 * 2**20), "ok.png": png(2)})
+    assert len(bomb) * MAX_ZIP_RATIO < 24 * 2**20
+    report = project.add_zip(bomb)
+    assert len(report.added) == 1
+    assert report.rejected[0][0] == "bomb.png" and "bomb" in report.rejected[0][1]
+    assert project.count() == 1
+
+
+def test_bad_zip_is_a_user_error(project):
+    with pytest.raises(WorkspaceError, match="zip"):
+        project.add_zip(b"this is not a zip")
+
+
+def test_import_image_dir(project, tmp_path):
+    src = tmp_path / "image_dir"
+    for cls, seeds in {"cats": [1, 2], "dogs": [3]}.items():
+        (src / cls).mkdir(parents=True)
+        for s in seeds:
+            (src / cls / f"{s}.png").write_bytes(png(s))
+    (src / "loose.png").write_bytes(png(9))
+    (src / ".hidden").mkdir()
+    (src / ".hidden" / "x.png").write_bytes(png(10))
+    report = project.import_image_dir(src)
+    assert len(report.added) == 4
+    assert project.counts() == {"cats": 2, "dogs": 1, INBOX: 1}
+    assert (src / "cats" / "1.png").exists()  # the source is untouched
+    with pytest.raises(WorkspaceError):
+        project.import_image_dir(tmp_path / "nope")
+
+
+def test_import_demo_dataset(project, tmp_path):
+    demo = pytest.importorskip("engine.demo", reason="engine.demo is not written yet")
+    root = demo.make_demo_dataset(tmp_path / "demo", per_class=4)
+    report = project.import_image_dir(root)
+    assert len(report.added) == 8 and not report.rejected
+    assert sorted(project.classes()) == ["shapes", "text"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# classes and moves
+# ----------------------------------------------------------------------------------------------------------------
+def test_class_lifecycle(project):
+    shas = project.add_files([(f"{i}.png", png(i)) for i in range(6)]).added
+    project.create_class("cat")
+    with pytest.raises(WorkspaceError, match="already exists"):
+        project.create_class("CAT")
+    project.create_class("dog")
+    assert project.move(shas[:3], "cat") == 3
+    assert project.move(shas[3:5], "dog") == 2
+    assert project.move(shas[:1], "cat") == 0  # already there
+    with pytest.raises(WorkspaceError):
+        project.move(shas[5:], "bird")
+    assert project.counts() == {"cat": 3, "dog": 2, INBOX: 1}
+
+    project.rename_class("cat", "kitten")
+    assert (project.image_dir() / "kitten").is_dir() and not (project.image_dir() / "cat").exists()
+    assert len(list((project.image_dir() / "kitten").iterdir())) == 3
+    with pytest.raises(WorkspaceError, match="merge"):
+        project.rename_class("kitten", "dog")
+    project.rename_class("kitten", "Kitten")  # case only
+    assert project.classes() == ["Kitten", "dog"]
+
+    assert project.merge_classes(["dog"], "Kitten") == 2
+    assert project.counts() == {"Kitten": 5, INBOX: 1}
+    assert not (project.image_dir() / "dog").exists()
+
+    assert project.delete_class("Kitten") == 5  # images go to the inbox, never deleted
+    assert project.counts() == {INBOX: 6}
+    assert len(list(project.inbox_dir.iterdir())) == 6
+    assert_consistent(project)
+
+
+def test_move_to_inbox_and_delete_to_trash(project):
+    shas = project.add_files([(f"{i}.png", png(i)) for i in range(3)], class_name="a").added
+    assert project.move(shas[:1], INBOX) == 1
+    assert project.move(shas[1:2], None) == 1
+    assert project.delete_images(shas[2:]) == 1
+    assert project.count() == 2
+    trashed = project.trashed()
+    assert [t.sha256 for t in trashed] == shas[2:] and trashed[0].path.is_file()
+    assert project.restore_images(shas[2:]) == 1
+    assert project.get(shas[2]).class_name == "a"
+    # deleting again, then adding the same bytes, brings the image back
+    project.delete_images(shas[2:])
+    assert project.add_files([("again.png", png(2))]).added == shas[2:]
+    assert_consistent(project)
+
+
+def test_images_paging(project):
+    shas = project.add_files([(f"{i:02d}.png", png(i)) for i in range(10)]).added
+    page1 = project.images(INBOX, offset=0, limit=4)
+    page3 = project.images(INBOX, offset=8, limit=4)
+    assert [r.sha256 for r in page1] == shas[:4]
+    assert [r.sha256 for r in page3] == shas[8:]
+    assert project.images("nope") == []
+    assert len(project.images()) == 10
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# concurrency: two sessions sorting the same project lose nothing
+# ----------------------------------------------------------------------------------------------------------------
+def _mover(path: str, shas: list[str], rounds: int, targets: list[str | None]) -> None:
+    from engine.workspace import Project
+
+    project = Project(path)
+    for r in range(rounds):
+        for i, sha in enumerate(shas):
+            project.move([sha], targets[(i + r) % len(targets)])
+
+
+def test_two_processes_moving_the_same_images(project):
+    shas = project.add_files([(f"{i}.png", png(i)) for i in range(20)]).added
+    project.create_class("a")
+    project.create_class("b")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_mover, args=(str(project.path), shas, 3, t))
+             for t in (["a", "b", None], ["b", None, "a"])]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert project.count() == 20
+    assert_consistent(project)
+    files = [f for d in (project.inbox_dir, *project.image_dir().iterdir()) for f in d.iterdir()]
+    assert len(files) == 20
+
+
+def test_two_threads_labelling_different_images(project):
+    shas = project.add_files([(f"{i}.png", png(i)) for i in range(30)]).added
+    project.create_class("left")
+    project.create_class("right")
+    errors = []
+
+    def label(part: list[str], cls: str) -> None:
+        try:
+            for sha in part:
+                project.move([sha], cls)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=label, args=(shas[::2], "left")),
+               threading.Thread(target=label, args=(shas[1::2], "right"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert project.counts() == {"left": 15, "right": 15, INBOX: 0}
+    assert_consistent(project)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# consistency
+# ----------------------------------------------------------------------------------------------------------------
+def test_consistency_check_and_repair(project):
+    shas = project.add_files([(f"{i}.png", png(i)) for i in range(3)], class_name="a").added
+    project.create_class("b")
+    a, b = project.image_dir() / "a", project.image_dir() / "b"
+    rec0, rec1 = project.get(shas[0]), project.get(shas[1])
+    rec0.path.rename(b / rec0.filename)  # moved by hand
+    rec1.path.unlink()  # deleted by hand
+    (project.image_dir() / "c").mkdir()
+    (project.image_dir() / "c" / "new.png").write_bytes(png(50))  # a new class folder made by hand
+    (a / "junk.png").write_bytes(b"not an image")
+    report = project.consistency_check()
+    assert not report.ok
+    assert report.misplaced == [shas[0]] and report.missing_files == [shas[1]]
+    assert report.unknown_folders == ["c"]
+    assert sorted(report.untracked_files) == ["images/a/junk.png", "images/c/new.png"]
+
+    project.consistency_check(repair=True)
+    assert project.get(shas[0]).class_name == "b"
+    assert project.get(shas[1]) is None
+    assert project.counts() == {"a": 1, "b": 1, "c": 1, INBOX: 0}
+    assert (project.trash_dir / "junk.png").exists()
+    assert project.consistency_check().ok
+    assert (Path(project.path) / "images" / "c" / "new.png").exists()
