@@ -57,8 +57,9 @@ def _add_section() -> None:
     st.subheader("Add images")
     st.caption("Pick many images at once, or zips (a zip with one folder per class creates those classes). "
                "Duplicates are skipped; broken files are listed with the reason.")
-    targets = [None, *classes]
-    target = st.selectbox("Add to", targets, format_func=common.class_label, key="upload_target")
+    targets = [INBOX, *classes]
+    target = st.selectbox("Add to", targets, format_func=common.class_label, key="upload_target",
+                          help="Zips with one folder per class use their folders when you add them to the inbox.")
     n = st.session_state.get("upload_n", 0)
     files = st.file_uploader("Images or zip files", type=UPLOAD_TYPES, accept_multiple_files=True,
                              key=f"uploader_{n}")
@@ -71,7 +72,7 @@ def _add_section() -> None:
             images = [(f.name, f.getvalue()) for f in files if not f.name.lower().endswith(".zip")]
             for z in (f for f in files if f.name.lower().endswith(".zip")):
                 try:
-                    report.merge(project.add_zip(z.getvalue(), class_name=target))
+                    report.merge(project.add_zip(z.getvalue(), class_name=None if target == INBOX else target))
                 except common.WorkspaceError as exc:
                     report.rejected.append((z.name, str(exc)))
             if images:
@@ -91,7 +92,7 @@ def _add_section() -> None:
             else:
                 with common.user_errors("Importing"), st.spinner("Importing ..."):
                     report = (project.import_image_dir(path) if path.is_dir()
-                              else project.add_zip(path.read_bytes(), class_name=target))
+                              else project.add_zip(path.read_bytes(), class_name=None if target == INBOX else target))
                     st.session_state["last_report"] = common.report_to_state(report)
                     st.rerun()
 
@@ -193,7 +194,7 @@ def _browse_section() -> None:
     a1, a2, a3, a4, a5 = st.columns([1, 1, 2, 1, 1], vertical_alignment="bottom")
     a1.button("Select all", key="browse_all", on_click=common.set_selection, args=(sel_key, shas, True))
     a2.button("Clear", key="browse_none", on_click=common.set_selection, args=(sel_key, shas, False))
-    dest_options = [c for c in [None, *classes] if c != (None if view == INBOX else view)]
+    dest_options = [c for c in [INBOX, *classes] if c != view]
     dest = a3.selectbox("Move selected to", dest_options, format_func=common.class_label, key="browse_dest")
 
     def move_selected() -> None:
