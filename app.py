@@ -1,7 +1,9 @@
 """Retrain Studio: turn folders of photos into a deployable image classifier.
 
-Run with `streamlit run app.py`. Pages live in pages/ and are wired up here with st.navigation; they stay thin:
+Run with `streamlit run app.py`. Pages live in ui/pages/ and are wired up here with st.navigation; they stay thin:
 read state, call engine/, render. Projects are stored under $RETRAIN_STUDIO_WORKSPACE (default ./workspace).
+(Not in pages/: Streamlit would also serve scripts there as stand-alone pages that bypass this file, e.g. when the
+first request after a server start is a deep link.)
 """
 
 from __future__ import annotations

@@ -148,13 +148,13 @@ def test_home_import_folder(ws, tmp_path):
 # Data
 # ----------------------------------------------------------------------------------------------------------------
 def test_data_without_project_points_home(ws):
-    at = page(ok(app().run()), "pages/data.py")
+    at = page(ok(app().run()), "ui/pages/data.py")
     assert "No project is open" in texts(at)
 
 
 def test_data_upload_classes_sort_and_move(ws):
     project = ws.create_project("Pets")
-    at = page(ok(app(project.slug).run()), "pages/data.py")
+    at = page(ok(app(project.slug).run()), "ui/pages/data.py")
     uploader = at.file_uploader[0]
     uploader.set_value([(f"{i}.png", png(i), "image/png") for i in range(4)]
                        + [("dup.png", png(0), "image/png"), ("bad.zip", b"nope", "application/zip")])
@@ -202,7 +202,7 @@ def test_data_upload_classes_sort_and_move(ws):
 
 def test_data_delete_class_moves_images_to_inbox(ws):
     project = sorted_project(ws)
-    at = page(ok(app(project.slug).run()), "pages/data.py")
+    at = page(ok(app(project.slug).run()), "ui/pages/data.py")
     at.segmented_control(key="data_section").set_value("Classes")
     ok(at.run())
     form_select = [s for s in at.selectbox if s.label == "Delete class"][0]
@@ -216,14 +216,14 @@ def test_data_delete_class_moves_images_to_inbox(ws):
 # ----------------------------------------------------------------------------------------------------------------
 def test_train_empty_project_explains_what_to_do(ws):
     project = ws.create_project("Empty")
-    at = page(ok(app(project.slug).run()), "pages/train.py")
+    at = page(ok(app(project.slug).run()), "ui/pages/train.py")
     assert "no sorted images" in texts(at)
     assert button(at, "Start training").disabled
 
 
 def test_train_runs_a_job_and_shows_it(ws):
     project = sorted_project(ws)
-    at = page(ok(app(project.slug).run()), "pages/train.py")
+    at = page(ok(app(project.slug).run()), "ui/pages/train.py")
     assert not button(at, "Start training").disabled
     next(n for n in at.number_input if n.label == "Max epochs").set_value(11)
     ok(button(at, "Start training").click().run())
@@ -240,7 +240,7 @@ def test_train_runs_a_job_and_shows_it(ws):
 def test_train_failure_is_shown_without_traceback(ws, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "fail")
     project = sorted_project(ws)
-    at = page(ok(app(project.slug).run()), "pages/train.py")
+    at = page(ok(app(project.slug).run()), "ui/pages/train.py")
     ok(button(at, "Start training").click().run())
     (row,) = jobs.list_runs(project)
     jobs.wait(jobs.run_path(project, row["run_id"]), timeout=60)
@@ -258,7 +258,7 @@ def trained(ws):
     return project, run_id
 
 
-@pytest.mark.parametrize("path", ["pages/review.py", "pages/export.py"])
+@pytest.mark.parametrize("path", ["ui/pages/review.py", "ui/pages/export.py"])
 def test_review_and_export_without_runs(ws, path):
     project = sorted_project(ws)
     at = page(ok(app(project.slug).run()), path)
@@ -267,7 +267,7 @@ def test_review_and_export_without_runs(ws, path):
 
 def test_review_relabel_and_confusion_cell(ws):
     project, run_id = trained(ws)
-    at = page(ok(app(project.slug).run()), "pages/review.py")
+    at = page(ok(app(project.slug).run()), "ui/pages/review.py")
     assert "Validation accuracy" in [m.label for m in at.metric]
     metrics = jobs.load_metrics(jobs.run_path(project, run_id))
     mistakes = [p for p in metrics["predictions"] if p["true"] != p["predicted"]]
@@ -288,7 +288,7 @@ def test_review_relabel_and_confusion_cell(ws):
 
 def test_export_offers_downloads(ws):
     project, run_id = trained(ws)
-    at = page(ok(app(project.slug).run()), "pages/export.py")
+    at = page(ok(app(project.slug).run()), "ui/pages/export.py")
     labels = [b.label for b in at.get("download_button")]
     assert any(lb.startswith("Download everything (bundle.zip") for lb in labels)
     for name in ("model_float32.tflite", "model_dynamic.tflite", "model_int8.tflite", "labels.txt",

@@ -159,6 +159,10 @@ def sample_images(tmp_path: Path, per_class: int) -> dict[str, list[Path]]:
 
 def test_projects_upload_and_sort(browser_page: Page, server: str, workspace_root: Path, tmp_path: Path):
     page = browser_page
+    # a deep link as the very first request still goes through app.py's navigation
+    goto(page, server, "data")
+    expect(page.get_by_text("No project is open")).to_be_visible()
+    expect(page.locator('[data-testid="stSidebarNav"]').get_by_text("Projects")).to_be_visible()
     goto(page, server, "")
     expect(page.get_by_text("No projects yet in")).to_be_visible()
     shot(page, "01-projects-empty")

@@ -21,7 +21,8 @@ from engine.config import TrainConfig
 from engine.workspace import Workspace
 
 # A stand-in for `python -m engine train`: same arguments, same files in the run folder.
-# FAKE_MODE: ok | fail | crash (dies without a word) | sleep (waits FAKE_SLEEP s with a grandchild process).
+# FAKE_MODE: ok | fail | crash (dies without a word) | sleep (waits FAKE_SLEEP s with a grandchild process);
+# FAKE_EPOCH_DELAY: seconds per epoch.
 FAKE_ENGINE = r'''
 import json, os, signal, subprocess, sys, time, zipfile
 from pathlib import Path
@@ -68,6 +69,7 @@ if mode == "sleep":
     (run_dir / "child.pid").write_text(str(child.pid))
     time.sleep(float(os.environ.get("FAKE_SLEEP", "60")))
 for e in range(1, 6):
+    time.sleep(float(os.environ.get("FAKE_EPOCH_DELAY", "0")))
     ev(type="epoch", phase="head", epoch=e, loss=1 / e, accuracy=0.5 + e / 20, val_loss=1.2 / e,
        val_accuracy=0.5 + e / 25, elapsed=0.1 * e)
 if mode == "fail":

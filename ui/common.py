@@ -14,11 +14,11 @@ from engine.workspace import INBOX, AddReport, ImageRecord, Project, Workspace, 
 
 log = logging.getLogger("retrain_studio.ui")
 
-HOME = "pages/home.py"
-DATA = "pages/data.py"
-TRAIN = "pages/train.py"
-REVIEW = "pages/review.py"
-EXPORT = "pages/export.py"
+HOME = "ui/pages/home.py"
+DATA = "ui/pages/data.py"
+TRAIN = "ui/pages/train.py"
+REVIEW = "ui/pages/review.py"
+EXPORT = "ui/pages/export.py"
 
 INBOX_LABEL = "Unsorted (inbox)"
 
