@@ -94,7 +94,8 @@ def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: 
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{label}: too many pixels (decompression bomb protection): {exc}") from exc
+        raise ImageError(f"{label}: too many pixels, over the {max_pixels}-pixel limit (decompression bomb "
+                         "protection); downscale it first") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{label}: not an image Pillow or OpenCV can read ({_describe(data)})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
