@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.images import ImageError, bytes_sha256, load_image
+from engine.images import SUPPORTED, ImageError, bytes_sha256, load_image, sniff_kind
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ WORKSPACE_ENV = "RETRAIN_STUDIO_WORKSPACE"
 INBOX = "__inbox__"  # pseudo class name for unsorted images (images(), counts())
 SCHEMA_VERSION = "1"
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = tuple(SUPPORTED)  # what the engine scans in an image_dir
 MAX_FILE_BYTES = 64 * 1024 * 1024  # one image
 MAX_ZIP_FILES = 50_000  # members in one zip
 MAX_ZIP_TOTAL_BYTES = 8 * 1024**3  # uncompressed bytes in one zip
@@ -54,13 +54,7 @@ THUMB_SIZE = 256
 
 _IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini", ".gitkeep", ".gitignore"}
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
-_MAGIC = [
-    (b"\xff\xd8\xff", ".jpg"),
-    (b"\x89PNG\r\n\x1a\n", ".png"),
-    (b"GIF87a", ".gif"),
-    (b"GIF89a", ".gif"),
-    (b"BM", ".bmp"),
-]
+_KIND_EXTENSION = {"jpeg": ".jpg", "png": ".png", "gif": ".gif", "bmp": ".bmp", "webp": ".webp", "tiff": ".tif"}
 
 
 class WorkspaceError(ValueError):
@@ -112,12 +106,8 @@ def sanitize_class_name(name: str) -> str:
 
 
 def sniff_extension(data: bytes) -> str | None:
-    for magic, ext in _MAGIC:
-        if data.startswith(magic):
-            return ext
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp"
-    return None
+    """The file extension matching the image's content (".jpg", ...), or None."""
+    return _KIND_EXTENSION.get(sniff_kind(data) or "")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -711,7 +701,7 @@ class Project:
             # keep the name but give the file an extension that says what it is, so any tool can read the folder
             sniffed = sniff_extension(data)
             if sniffed is None:
-                report.rejected.append((name, "unsupported image format (use JPEG, PNG, BMP, GIF or WebP)"))
+                report.rejected.append((name, "unsupported image format (use JPEG, PNG, BMP, GIF, WebP or TIFF)"))
                 return
             stem, ext = (filename if not dot else f"{stem}_{ext}"), sniffed[1:]
         with self._tx() as db:

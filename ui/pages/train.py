@@ -148,7 +148,8 @@ def _render_run(run_dir: Path) -> dict:
     status = jobs.job_status(run_dir)
     events = jobs.events(run_dir)
     state = status["state"]
-    icon = {"running": "⏳", "succeeded": "✅", "failed": "❌", "cancelled": "⏹"}.get(state, "•")
+    icon = {"running": ":material/progress_activity:", "succeeded": ":material/check_circle:",
+            "failed": ":material/error:", "cancelled": ":material/stop_circle:"}.get(state, "")
     st.markdown(f"**Run `{run_dir.name}`** — {icon} {state}")
     stages = [e for e in events if e.get("type") == "stage"]
     if state == "running":
