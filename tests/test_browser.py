@@ -7,6 +7,7 @@ Screenshots of each page go to artifacts/screenshots/ (gitignored). Needs `pip i
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -246,11 +247,19 @@ def test_train_review_export(browser_page: Page, server: str, workspace_root: Pa
     project.import_image_dir(src)
 
     goto(page, server, "train", project.slug)
+    # advanced options: export only the float32 TFLite model (each conversion costs ~20 s on two cores)
+    page.get_by_text("Advanced options").click()
+    quantize = page.locator(".st-key-cfg_quantize")
+    for variant in ("dynamic", "int8"):
+        quantize.get_by_role("button", name=f"Remove {variant}").click()
+    expect(quantize.get_by_role("button", name="Remove float32")).to_be_visible()
+    expect(quantize.get_by_role("button", name="Remove int8")).to_have_count(0)
     shot(page, "05-train-form")
     page.get_by_role("button", name="Start training").click()
     expect(page.get_by_text("Done: validation accuracy")).to_be_visible(timeout=240_000)
     run_id = jobs.latest_run(project)
     assert run_id is not None
+    assert json.loads((jobs.run_path(project, run_id) / "config.json").read_text())["quantize"] == ["float32"]
     expect(page.get_by_text("Loss (train / validation)")).to_be_visible()
     expect(page.locator('[data-testid="stVegaLiteChart"]').first).to_be_visible()
     shot(page, "06-train-done")
