@@ -296,3 +296,14 @@ def test_export_offers_downloads(ws):
         assert any(lb.startswith(name) for lb in labels), labels
     assert any(lb.startswith("SavedModel") for lb in labels)
     assert any("python -m engine serve --bundle" in c.value for c in at.code)
+
+
+def test_export_try_with_a_broken_model_shows_an_error(ws):
+    project, run_id = trained(ws)  # the fake engine writes placeholder bytes, not real models
+    at = page(ok(app(project.slug).run()), "ui/pages/export.py")
+    if importlib.util.find_spec("engine.predict") is None:
+        assert any("engine.predict is missing" in w.value for w in at.warning)
+        return
+    at.file_uploader(key="try_image").set_value(("x.png", png(1), "image/png"))
+    ok(at.run())
+    assert at.error, "a model that cannot load must give a readable error, not a traceback"

@@ -283,3 +283,9 @@ def test_train_review_export(browser_page: Page, server: str, workspace_root: Pa
     assert any(n.endswith("labels.txt") for n in names), names
     assert any(n.endswith(".tflite") for n in names), names
     assert any("saved_model" in n for n in names), names
+
+    if importlib.util.find_spec("engine.predict") is not None:
+        sample = next(p for p in sorted(src.rglob("*")) if p.is_file())
+        page.locator('.st-key-try_image [data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(sample))
+        expect(page.get_by_text("Prediction", exact=True)).to_be_visible(timeout=60_000)
+        shot(page, "09-export-try")

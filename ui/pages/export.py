@@ -60,7 +60,9 @@ def _size(path: Path) -> str:
         total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     else:
         total = path.stat().st_size
-    return f"{total / 2**20:.1f} MB" if total >= 2**20 else f"{total / 1024:.0f} KB"
+    if total >= 2**20:
+        return f"{total / 2**20:.1f} MB"
+    return f"{total / 1024:.0f} KB" if total >= 1024 else f"{total} bytes"
 
 
 # --- downloads -----------------------------------------------------------------------------------------------------
@@ -128,7 +130,8 @@ else:
                 i1.image(up.getvalue(), caption=up.name, width="stretch")
                 with i2:
                     if top:
-                        st.metric("Prediction", top[0][0], f"{top[0][1]:.1%}", delta_color="off")
+                        st.metric("Prediction", top[0][0])
+                        st.caption(f"{top[0][1]:.1%} confident · top {len(top)} below")
                     st.dataframe(pd.DataFrame(top, columns=["label", "probability"]), hide_index=True,
                                  width="stretch",
                                  column_config={"probability": st.column_config.ProgressColumn(
