@@ -283,7 +283,12 @@ def test_review_relabel_and_confusion_cell(ws):
     assert "confidence" in texts(at)
     at.segmented_control(key="review_mode").set_value("Confusion-matrix cell")
     ok(at.run())
-    assert "Click a cell" in texts(at)
+    assert "Click a cell of the confusion matrix" in texts(at)
+    # selecting a cell (row = true class, column = predicted class) shows that cell's images
+    at.session_state["cm"] = {"selection": {"rows": [], "columns": [], "cells": [(0, "dogs")]}}
+    ok(at.run())
+    expected = sum(1 for p in metrics["predictions"] if (p["true"], p["predicted"]) == ("cats", "dogs"))
+    assert f"{expected} image(s) of class 'cats' predicted as 'dogs'" in texts(at)
 
 
 def test_export_offers_downloads(ws):
