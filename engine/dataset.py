@@ -79,24 +79,45 @@ def _hidden(name: str) -> bool:
 def _is_candidate(path: Path) -> bool:
     if path.suffix.lower() in images.SUPPORTED:
         return True
-    kind = images.sniff_kind(path)
-    return kind not in (None, "text", "zip", "svg")
+    return images.sniff_kind(path) not in (None, "text", "zip", "svg")
+
+
+def _outside(root: Path, path: Path) -> bool:
+    return path.is_symlink() and not path.resolve().is_relative_to(root.resolve())
 
 
 def _class_files(root: Path, class_dir: Path, skipped: list[Skipped]) -> list[Path]:
     """Files under a class folder (nested folders included); links leading outside the image_dir are skipped."""
     found = []
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
+        for d in sorted(d for d in dirnames if not _hidden(d) and (Path(dirpath) / d).is_symlink()):
+            # os.walk does not follow folder links; say so rather than leave the user wondering.
+            skipped.append(Skipped(str(Path(dirpath) / d), "a link to a folder (not followed)"))
         dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
         for fname in sorted(filenames):
+            path = Path(dirpath) / fname
             if _hidden(fname):
                 continue
-            path = Path(dirpath) / fname
-            if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+            if _outside(root, path):
                 skipped.append(Skipped(str(path), "a link to a file outside the image folder (not followed)"))
                 continue
             found.append(path)
     return found
+
+
+def _class_dirs(root: Path, image_dir: str | Path, skipped: list[Skipped]) -> list[Path]:
+    entries = sorted(p for p in root.iterdir() if not _hidden(p.name))
+    dirs = [p for p in entries if p.is_dir()]
+    loose = [p for p in entries if p.is_file()]
+    if not dirs:
+        hint = " (it holds loose files)" if loose else ""
+        raise DatasetError(f"Image folder '{image_dir}' has no class subfolders{hint}; put each class in its own "
+                           f"subfolder: {root}/<class>/<image>")
+    skipped += [Skipped(str(p), "not in a class subfolder (put it in <image folder>/<class>/)") for p in loose]
+    for d in [d for d in dirs if _outside(root, d)]:
+        skipped.append(Skipped(str(d), "a link to a folder outside the image folder (not followed)"))
+        dirs.remove(d)
+    return dirs
 
 
 def scan_image_dir(image_dir: str | Path, check_images: bool = True, max_pixels: int = images.MAX_PIXELS,
@@ -105,73 +126,102 @@ def scan_image_dir(image_dir: str | Path, check_images: bool = True, max_pixels:
     root = Path(image_dir).expanduser()
     if not root.is_dir():
         raise DatasetError(f"Image folder '{image_dir}' does not exist (or is not a folder)")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
-    if not class_dirs:
-        loose = [p.name for p in root.iterdir() if p.is_file() and not _hidden(p.name)]
-        hint = " (it holds loose images)" if loose else ""
-        raise DatasetError(f"'{image_dir}' has no class subfolders{hint}: put each class in its own subfolder, "
-                           f"{root}/<class>/<image>")
     skipped: list[Skipped] = []
+    class_dirs = _class_dirs(root, image_dir, skipped)
     per_class = {d.name: _class_files(root, d, skipped) for d in class_dirs}
-    total, done, items = sum(len(v) for v in per_class.values()), 0, []
+    items, labels, done, total = [], [], 0, sum(len(v) for v in per_class.values())
+    emit(progress, "scan", done=0, total=total)
     for label, files in per_class.items():
+        candidates = 0
         for path in files:
             done += 1
-            item = _check_file(path, label, check_images, max_pixels, skipped)
-            if item:
-                items.append(item)
+            candidates += _check_file(path, label, check_images, max_pixels, skipped, items)
             if done % 50 == 0 or done == total:
                 emit(progress, "scan", done=done, total=total)
-    labels = [d.name for d in class_dirs if any(it.label == d.name for it in items)]
-    for d in class_dirs:
-        if d.name not in labels:
-            log.warning("Class folder '%s' has no usable images; ignored", d.name)
+        if candidates:
+            labels.append(label)
+        else:
+            log.warning("Class folder '%s' holds no image files; ignored", root / label)
     dataset = Dataset(str(root), labels, items, skipped)
     validate(dataset, image_dir)
+    _warn_duplicates(dataset)
     return dataset
 
 
-def _check_file(path: Path, label: str, check_images: bool, max_pixels: int,
-                skipped: list[Skipped]) -> ImageItem | None:
+def _check_file(path: Path, label: str, check_images: bool, max_pixels: int, skipped: list[Skipped],
+                items: list[ImageItem]) -> bool:
+    """Append the file to items or skipped; True when it looked like an image (usable or not)."""
     try:
         if not _is_candidate(path):
             skipped.append(Skipped(str(path), "not an image file"))
-            return None
+            return False
         if check_images:
             images.load_image(path, max_pixels=max_pixels)
-        return ImageItem(str(path), label, images.file_sha256(path))
+        items.append(ImageItem(str(path), label, images.file_sha256(path)))
     except images.ImageError as exc:
         skipped.append(Skipped(str(path), str(exc)))
     except OSError as exc:
         skipped.append(Skipped(str(path), f"cannot be read ({exc.strerror or exc})"))
-    return None
+    return True
+
+
+def _warn_duplicates(dataset: Dataset) -> None:
+    labels = {it.path: it.label for it in dataset.items}
+    for _sha, paths in dataset.duplicates():
+        classes = sorted({labels[p] for p in paths})
+        if len(classes) > 1:
+            log.warning("The same image is in classes %s: %s", ", ".join(classes), ", ".join(paths))
 
 
 def validate(dataset: Dataset, image_dir: str | Path | None = None) -> None:
+    """DatasetError unless there are >= 2 classes with >= MIN_PER_CLASS usable images each."""
     where = image_dir or dataset.root
     if len(dataset.labels) < 2:
-        found = f"only 1 class ('{dataset.labels[0]}')" if dataset.labels else "no class with usable images"
-        raise DatasetError(f"Found {found} in '{where}'; need at least 2 classes, one subfolder each")
+        found = f"only 1 class ('{dataset.labels[0]}')" if dataset.labels else "no class with image files"
+        raise DatasetError(f"Image folder '{where}': found {found}; need at least 2 classes, one subfolder each")
     for label, count in dataset.class_counts().items():
         if count < MIN_PER_CLASS:
-            raise DatasetError(f"class '{label}' has {count} usable image{'s' if count != 1 else ''}; need at least "
-                               f"{MIN_PER_CLASS}. Add images to {Path(dataset.root) / label} or remove that folder.")
+            raise DatasetError(f"class '{label}' has {count} usable image{'s' if count != 1 else ''}"
+                               f"{_skip_note(dataset, label)}; need at least {MIN_PER_CLASS}. "
+                               f"Add images to {Path(dataset.root) / label} or remove that folder.")
+
+
+def _skip_note(dataset: Dataset, label: str) -> str:
+    folder = Path(dataset.root) / label
+    reasons = [s.reason for s in dataset.skipped if Path(s.path).is_relative_to(folder)]
+    return f" ({len(reasons)} file(s) skipped, e.g. {reasons[0]})" if reasons else ""
 
 
 def split_dataset(ds: Dataset, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, seeded split. Every class keeps >= 1 training and (when split > 0) >= 1 validation image.
 
-    Items are ordered by content hash inside each class first, so the split does not depend on listing order.
+    Within a class, files are grouped by content hash and the groups shuffled in hash order, so the split does not
+    depend on listing order, and identical copies land on the same side (no validation leak) where possible.
     """
     if not 0 <= validation_split < 1:
         raise DatasetError(f"validation_split must be in [0, 1), got {validation_split}")
     rng = np.random.default_rng(seed)
     y = ds.y
-    train, val = [], []
+    train: list[int] = []
+    val: list[int] = []
     for c in range(len(ds.labels)):
-        idx = sorted(np.flatnonzero(y == c), key=lambda i: (ds.items[i].sha256 or "", ds.items[i].path))
-        idx = list(rng.permutation(idx))
-        n_val = 0 if validation_split == 0 else min(len(idx) - 1, max(1, round(len(idx) * validation_split)))
-        val += idx[:n_val]
-        train += idx[n_val:]
+        class_train, class_val = _split_class(ds, np.flatnonzero(y == c), validation_split, rng)
+        train += class_train
+        val += class_val
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
+
+
+def _split_class(ds: Dataset, idx: np.ndarray, validation_split: float,
+                 rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i in sorted(idx.tolist(), key=lambda i: ds.items[i].path):
+        groups.setdefault(ds.items[i].sha256 or ds.items[i].path, []).append(i)
+    keys = sorted(groups)
+    n_val = 0 if validation_split == 0 else min(len(idx) - 1, max(1, round(len(idx) * validation_split)))
+    train: list[int] = []
+    val: list[int] = []
+    for k in rng.permutation(len(keys)):
+        (val if len(val) < n_val else train).extend(groups[keys[k]])
+    if not train and val:  # one group of identical files filled the validation side: give one back
+        train.append(val.pop())
+    return train, val

@@ -40,7 +40,8 @@ def draw_text(rng: np.random.Generator) -> np.ndarray:
 
 def draw_shapes(rng: np.random.Generator) -> np.ndarray:
     side = int(rng.integers(120, 320))
-    img = _background(rng, side, side + int(rng.integers(-40, 40)), light=bool(rng.integers(0, 2)))
+    width = int(np.clip(side + rng.integers(-40, 40), 120, 400))
+    img = _background(rng, side, width, light=bool(rng.integers(0, 2)))
     h, w = img.shape[:2]
     for _ in range(int(rng.integers(2, 6))):
         colour = tuple(int(c) for c in rng.integers(0, 255, 3))
@@ -72,6 +73,9 @@ DRAWERS = {"text": draw_text, "shapes": draw_shapes, "blank": draw_blank}
 def make_demo_dataset(root: str | Path, per_class: int = 24, seed: int = 0,
                       classes: tuple[str, ...] = ("text", "shapes")) -> Path:
     """Write root/<class>/<n>.png|jpg; deterministic from seed; visually easy to separate."""
+    unknown = [c for c in classes if c not in DRAWERS]
+    if unknown:
+        raise ValueError(f"unknown demo class {unknown[0]!r}; choose from {', '.join(DRAWERS)}")
     root = Path(root)
     rng = np.random.default_rng(seed)
     for label in classes:
@@ -118,8 +122,10 @@ def bad_file_corpus() -> dict[str, tuple[str, bytes]]:
     palette = Image.new("P", (32, 32), 1)
     palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
     frames = [Image.new("RGB", (30, 30), c) for c in ((255, 0, 0), (0, 255, 0))]
-    gif = io.BytesIO()
-    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    animated = {fmt: _encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+                for fmt in ("GIF", "WEBP")}
+    deep = np.full((20, 20), 65535, np.uint16)
+    deep[:, 10:] = 16384  # a quarter of full scale: 64 when scaled, 255 if clipped, 0 if the low byte is kept
     return {
         "zero_byte": ("empty.jpg", b""),
         "truncated_jpeg": ("cut.jpg", jpeg[: len(jpeg) // 2]),
@@ -128,13 +134,14 @@ def bad_file_corpus() -> dict[str, tuple[str, bytes]]:
         "text_as_png": ("notes.png", b"this is a text file, not a picture\n" * 5),
         "png_named_jpg": ("really_png.jpg", png),
         "cmyk_jpeg": ("cmyk.jpg", _encode(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), "JPEG")),
-        "png_16bit": ("deep.png", _encode(Image.fromarray(np.full((20, 20), 65535, np.uint16)), "PNG")),
+        "png_16bit": ("deep.png", _encode(Image.fromarray(deep), "PNG")),
         "grayscale": ("gray.png", _encode(Image.new("L", (32, 24), 100), "PNG")),
         "palette_transparent": ("palette.png", _encode(palette, "PNG", transparency=0)),
         "rgba_transparent": ("alpha.png", _encode(rgba, "PNG")),
         "exif_6": ("rot6.jpg", _exif_rotated(6)),
         "exif_8": ("rot8.jpg", _exif_rotated(8)),
-        "animated_gif": ("anim.gif", gif.getvalue()),
+        "animated_gif": ("anim.gif", animated["GIF"]),
+        "animated_webp": ("anim.webp", animated["WEBP"]),
         "webp": ("pic.webp", _encode(rgb, "WEBP")),
         "bmp": ("pic.bmp", _encode(rgb, "BMP")),
         "tiff": ("pic.tiff", _encode(rgb, "TIFF")),
@@ -148,6 +155,7 @@ def bad_file_corpus() -> dict[str, tuple[str, bytes]]:
 
 
 def write_bad_files(folder: str | Path) -> dict[str, Path]:
+    """Write bad_file_corpus() into folder; kind -> path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = {}

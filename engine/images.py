@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
+import struct
 import warnings
 from pathlib import Path
 
@@ -21,15 +23,19 @@ log = logging.getLogger(__name__)
 
 MAX_PIXELS = 80_000_000
 SUPPORTED = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-# Pillow's own guard raises DecompressionBombError at 2x its limit; ours is checked first, with a clearer message.
+# Pillow's own guard warns above its limit and raises DecompressionBombError above twice it. Our check (same limit,
+# clearer message) replaces the warning; it is silenced once here because warnings.catch_warnings() is not
+# thread-safe and images are decoded in a thread pool.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow plugins raise many exception types on malformed input; any of them means "this file is broken".
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError)
 
 _MAGIC = [
     (b"\xff\xd8\xff", "jpeg"),
     (b"\x89PNG\r\n\x1a\n", "png"),
     (b"GIF87a", "gif"),
     (b"GIF89a", "gif"),
-    (b"BM", "bmp"),
     (b"II*\x00", "tiff"),
     (b"MM\x00*", "tiff"),
     (b"PK\x03\x04", "zip"),
@@ -41,21 +47,48 @@ class ImageError(ValueError):
 
 
 def sniff_kind(source: str | Path | bytes) -> str | None:
-    """Cheap magic-number check: 'jpeg', 'png', 'gif', 'webp', 'bmp', 'tiff', 'heic', 'svg', 'zip', 'text', None."""
-    head = source[:64] if isinstance(source, bytes | bytearray) else _read_head(source)
+    """Cheap magic-number check: 'jpeg', 'png', 'gif', 'webp', 'bmp', 'tiff', 'heic', 'avif', 'svg', 'zip', 'text'
+    or None."""
+    head = bytes(source[:64]) if isinstance(source, bytes | bytearray) else _read_head(source)
     for magic, kind in _MAGIC:
         if head.startswith(magic):
             return kind
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
-    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"hevc", b"avif"):
-        return "heic"
-    text = head.lstrip()
+    if _is_bmp(head):
+        return "bmp"
+    if head[4:8] == b"ftyp":
+        # AVIF (which Pillow reads) and HEIC share the HEIF container; an AVIF may carry the generic mif1 major
+        # brand, so the compatible brands that follow decide.
+        brands = head[8 : max(16, int.from_bytes(head[:4], "big"))]
+        if b"avif" in brands or b"avis" in brands:
+            return "avif"
+        if brands[:4] in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"):
+            return "heic"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in head):
         return "svg"
-    if head and all(32 <= c < 127 or c in (9, 10, 13) for c in head):
-        return "text"
-    return None
+    return "text" if _looks_like_text(head) else None
+
+
+_DIB_HEADER_SIZES = (12, 40, 52, 56, 64, 108, 124)
+
+
+def _is_bmp(head: bytes) -> bool:
+    # "BM" alone would also match text such as "BMW..."; the DIB header size at offset 14 pins it down.
+    return head[:2] == b"BM" and len(head) >= 18 and struct.unpack("<I", head[14:18])[0] in _DIB_HEADER_SIZES
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head:
+        return False
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # a multi-byte character cut by the 64-byte window is still text
+            return False
+        decoded = head[: exc.start].decode("utf-8")
+    return all(ch.isprintable() or ch in "\t\n\r\f" for ch in decoded)
 
 
 def _read_head(path: str | Path) -> bytes:
@@ -81,26 +114,41 @@ def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: 
     data = _read_bytes(source, label)
     _refuse_unsupported(data, label)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                pixels = im.width * im.height
-                if pixels > max_pixels:
-                    raise ImageError(f"{label}: {im.width}x{im.height} = {pixels} pixels is over the {max_pixels}-"
-                                     "pixel limit (decompression bomb protection); downscale it first")
-                im.seek(0)  # animated GIF/WebP: the first frame
-                im.load()
-                return _to_rgb(ImageOps.exif_transpose(im), label)
+        with Image.open(io.BytesIO(data)) as im:  # lazy: only the header is parsed here
+            _check_pixels(im.width, im.height, max_pixels, label)
+            im.seek(0)  # animated GIF/WebP: the first frame
+            im.load()
+            return _to_rgb(_exif_transpose(im, label), label)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{label}: {_bomb_pixels(exc)} is over the {min(max_pixels, 2 * MAX_PIXELS)}-pixel limit "
+                         "(decompression bomb protection); downscale it first") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{label}: not an image ({_describe(data)})") from exc
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{label}: too many pixels, over the {max_pixels}-pixel limit (decompression bomb "
-                         "protection); downscale it first") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageError(f"{label}: not an image Pillow or OpenCV can read ({_describe(data)})") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except _DECODE_ERRORS as exc:
         kind = (sniff_kind(data) or "image").upper()
         raise ImageError(f"{label}: truncated or corrupt {kind} ({exc})") from exc
+
+
+def _check_pixels(width: int, height: int, max_pixels: int, label: str) -> None:
+    if width * height > max_pixels:
+        raise ImageError(f"{label}: {width}x{height} = {width * height} pixels is over the {max_pixels}-pixel limit "
+                         "(decompression bomb protection); downscale it first")
+
+
+def _bomb_pixels(exc: Exception) -> str:
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return f"{found.group(1)} pixels" if found else "too many pixels"
+
+
+def _exif_transpose(im: Image.Image, label: str) -> Image.Image:
+    # EXIF is optional metadata: a malformed tag costs the rotation, never the photo.
+    try:
+        return ImageOps.exif_transpose(im)
+    except _DECODE_ERRORS as exc:
+        log.warning("%s: EXIF orientation ignored (%s)", label, exc)
+        return im
 
 
 def _read_bytes(source: str | Path | bytes, label: str) -> bytes:
@@ -123,7 +171,7 @@ def _read_bytes(source: str | Path | bytes, label: str) -> bytes:
 def _refuse_unsupported(data: bytes, label: str) -> None:
     kind = sniff_kind(data)
     if kind == "heic":
-        raise ImageError(f"{label}: HEIC/HEIF images are not supported; convert it to JPEG or PNG")
+        raise ImageError(f"{label}: HEIC images are not supported; convert to JPEG or PNG")
     if kind == "svg":
         raise ImageError(f"{label}: SVG is a vector drawing, not a photo; export it to PNG first")
     if kind == "zip":
@@ -133,26 +181,37 @@ def _refuse_unsupported(data: bytes, label: str) -> None:
 def _describe(data: bytes) -> str:
     kind = sniff_kind(data)
     if kind == "text":
-        return "the file contains text"
+        return "the file starts with text"
     return f"unrecognised content starting with {data[:8].hex()}"
 
 
 def _to_rgb(im: Image.Image, label: str) -> np.ndarray:
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
+        return np.repeat(_gray_to_uint8(im)[:, :, None], 3, axis=2)
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, rgba)
-    rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
-        raise ImageError(f"{label}: could not be converted to RGB (mode {im.mode})")
+        # Composite on white: transparent areas would otherwise come out black (their hidden RGB is often 0).
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, im.convert("RGBA"))
+    try:
+        rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except ValueError as exc:
+        raise ImageError(f"{label}: colour mode {im.mode} is not supported; save it as an RGB JPEG or PNG") from exc
     return np.ascontiguousarray(rgb)
+
+
+def _gray_to_uint8(im: Image.Image) -> np.ndarray:
+    """Scale high-bit-depth grey to 0..255 (clipping or dropping the high byte would wreck the contrast)."""
+    arr = np.asarray(im, dtype=np.float64)
+    peak = float(arr.max()) if arr.size else 0.0
+    if im.mode.startswith("I;16") or peak > 255:
+        top = 65535.0
+    elif im.mode == "F" and peak <= 1.0:
+        top = 1.0  # float images usually hold 0..1
+    else:
+        top = 255.0
+    return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def center_crop_if_elongated(img: np.ndarray, max_aspect: float = 1.5) -> np.ndarray:
@@ -169,7 +228,8 @@ def resize_for_model(img: np.ndarray, size: int) -> np.ndarray:
     """Plain stretch to size x size (as make_image_classifier does): area filter when shrinking."""
     h, w = img.shape[:2]
     if (h, w) == (size, size):
-        return img
+        return np.ascontiguousarray(img)
+    # The exported bundle's predict.py (see engine/export.py) repeats this rule with Pillow: keep them in step.
     interp = cv2.INTER_AREA if h * w > size * size else cv2.INTER_LINEAR
     return cv2.resize(img, (size, size), interpolation=interp)
 
