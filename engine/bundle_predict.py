@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Classify images with this bundle's TFLite model; needs only NumPy, Pillow and ai-edge-litert.
+
+    python predict.py photo.jpg more.png a_folder/            # top-5 per image: "0.912345: label"
+    python predict.py --model model_int8.tflite --json photo.jpg
+
+labels.txt and model_card.json are read from this file's folder. Preprocessing repeats what training did:
+EXIF orientation, RGB with transparency on white, optional centre crop of images longer than 1.5:1, then a
+plain stretch to the model's size with the same filters as training's OpenCV resize (INTER_AREA when the image
+has more pixels than the model's input, else INTER_LINEAR), re-implemented in NumPy so OpenCV is not needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+HERE = Path(__file__).resolve().parent
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def make_interpreter(model_path: str):
+    """ai-edge-litert, else the older tflite-runtime, else full TensorFlow: whichever is installed."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            from tensorflow.lite import Interpreter
+    interpreter = Interpreter(model_path=model_path)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def load_rgb(path: str) -> np.ndarray:
+    """HxWx3 uint8 RGB decoded as training decoded it (engine.images.load_image)."""
+    with Image.open(path) as im:
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception:  # noqa: BLE001 - a malformed EXIF tag costs the rotation, never the photo
+            pass
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # high-bit-depth grey: scale to 8 bits, don't clip
+            a = np.asarray(im, dtype=np.float64)
+            peak = a.max() if a.size else 0.0
+            top = 65535.0 if im.mode.startswith("I;16") or peak > 255 else 255.0
+            top = 1.0 if im.mode == "F" and peak <= 1 else top  # float images usually hold 0..1
+            return np.repeat(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+        if im.mode == "P" and "transparency" in im.info:
+            im = im.convert("RGBA")
+        if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):  # transparent areas become white
+            im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _resize_axis(a: np.ndarray, n_out: int, mode: str) -> np.ndarray:
+    """Resample axis 0 of an HxWxC array the way cv2.resize does (its float rounding included), so the bundle
+    sees the same pixels as training did, to within one grey level."""
+    n_in, inv = a.shape[0], n_out / a.shape[0]
+    scale = 1.0 / inv
+    if mode == "area":  # INTER_AREA shrinking: the exact mean over each output pixel's footprint
+        left = np.arange(n_out) * scale
+        k = left.astype(int)
+        sums = np.add.reduceat(a, k, axis=0, dtype=np.float64)  # a[k[j]:k[j+1]], the last one to the end
+        integral = np.concatenate([np.zeros_like(sums[:1]), np.cumsum(sums, axis=0)])  # sum of a[:k[j]]
+        at_left = integral[:-1] + (left - k)[:, None, None] * a[k]
+        return np.diff(np.concatenate([at_left, integral[-1:]]), axis=0) / scale
+    d = np.arange(n_out)
+    if mode == "linear":  # INTER_LINEAR: two taps around the pixel centre
+        f = ((d + 0.5) * scale - 0.5).astype(np.float32)
+        s = np.floor(f)
+        f = f - s
+    else:  # INTER_AREA when one side grows: OpenCV's two-tap emulation
+        s = np.floor(d * scale)
+        f = ((d + 1) - (s + 1) * inv).astype(np.float32)
+        f = np.where(f <= 0, 0.0, f - np.floor(f))
+    f = np.where((s < 0) | (s >= n_in - 1), 0.0, f)[:, None, None]  # edges: the border pixel alone
+    s0, s1 = np.clip(s, 0, n_in - 1).astype(int), np.clip(s + 1, 0, n_in - 1).astype(int)
+    return a[s0] * (1 - f) + a[s1] * f
+
+
+def resize(img: np.ndarray, size: int) -> np.ndarray:
+    """Plain stretch to size x size like engine.images.resize_for_model: cv2 INTER_AREA when the image has more
+    pixels than the model's input, else INTER_LINEAR."""
+    h, w = img.shape[:2]
+    if (h, w) == (size, size):
+        return img
+    if h * w <= size * size:
+        mode = "linear"
+    else:
+        mode = "area" if h >= size and w >= size else "area_grow"
+    x = _resize_axis(img, size, mode)
+    x = _resize_axis(x.transpose(1, 0, 2), size, mode).transpose(1, 0, 2)
+    return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
+
+
+def prepare(path: str, size: int, center_crop: bool) -> np.ndarray:
+    img = load_rgb(path)
+    h, w = img.shape[:2]
+    if center_crop and max(h, w) > 1.5 * min(h, w):  # label_image's rule: crop a centred square first
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        img = img[top : top + side, left : left + side]
+    return resize(img, size)
+
+
+def classify(interpreter, pixels: np.ndarray) -> np.ndarray:
+    """uint8 S x S x 3 pixels -> probabilities; float models take pixel/255, integer models quantized input."""
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    x = pixels[None].astype(np.float32) / 255.0
+    if np.issubdtype(inp["dtype"], np.integer):
+        scale, zero = inp["quantization"]
+        info = np.iinfo(inp["dtype"])
+        x = np.clip(np.round(x / scale + zero), info.min, info.max)
+    interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+    interpreter.invoke()
+    y = interpreter.get_tensor(out["index"])[0]
+    if np.issubdtype(out["dtype"], np.integer):
+        scale, zero = out["quantization"]
+        return (y.astype(np.float32) - zero) * scale if scale else y.astype(np.float32) / 255.0
+    return y.astype(np.float32)
+
+
+def image_paths(items: list[str]) -> list[str]:
+    paths = []
+    for item in items:
+        p = Path(item)
+        paths += sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [item]
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    card = json.loads((HERE / "model_card.json").read_text(encoding="utf-8"))
+    labels = [line.strip() for line in (HERE / "labels.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    parser = argparse.ArgumentParser(description="Classify images with this bundle's model.")
+    parser.add_argument("images", nargs="+", help="image files or folders")
+    parser.add_argument("--model", default=card.get("default_model", "model_float32.tflite"),
+                        help="a .tflite file of this bundle (default: %(default)s)")
+    parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of '0.912345: label' lines")
+    args = parser.parse_args(argv)
+
+    model = Path(args.model) if Path(args.model).exists() else HERE / args.model
+    interpreter = make_interpreter(str(model))
+    paths = image_paths(args.images)
+    if not paths:
+        print("error: no images found in " + ", ".join(args.images), file=sys.stderr)
+        return 1
+    results, failed = [], 0
+    for path in paths:
+        try:
+            probs = classify(interpreter, prepare(path, card["image_size"], card["preprocessing"]["center_crop"]))
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:  # Pillow's errors
+            print(f"error: {path}: could not be read ({exc})", file=sys.stderr)
+            failed += 1
+            continue
+        top = np.argsort(-probs, kind="stable")[: args.top_k]
+        results.append({"path": path, "predictions": [{"label": labels[i], "probability": float(probs[i])}
+                                                      for i in top]})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    for r in [] if args.json else results:
+        if len(paths) > 1:
+            print(r["path"])
+        for p in r["predictions"]:
+            print(f"{p['probability']:.6f}: {p['label']}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""Export a trained classifier: SavedModel, three TFLite variants, labels, a model card, and a standalone bundle.
+
+    <out_dir>/saved_model/          tf.saved_model, `serving_default`: images float32 [None,S,S,3] in [0,1]
+                                    -> probabilities; also loads with tf_keras (labels.txt in its assets/)
+    <out_dir>/model_float32.tflite  float32 in [0,1], float32 probabilities
+    <out_dir>/model_dynamic.tflite  dynamic-range quantized weights; same float input and output
+    <out_dir>/model_int8.tflite     full integer: uint8 raw pixels 0-255 in, uint8 probabilities out
+    <out_dir>/labels.txt            line i = output i
+    <out_dir>/model_card.json       everything needed to use the model, incl. each variant's agreement with Keras
+
+Every file is written to a temporary name and renamed, so a crash never leaves a truncated model that looks whole.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import __version__
+from engine.events import ProgressCallback, emit
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+VARIANTS = ("float32", "dynamic", "int8")
+BUNDLE_PREDICT = Path(__file__).with_name("bundle_predict.py")
+# The bundle's requirements, pinned to what this engine was tested with (installed versions win when present).
+BUNDLE_REQUIREMENTS = {"ai-edge-litert": "2.3.0", "numpy": "2.2.6", "pillow": "13.0.0"}
+# engine.images.resize_for_model uses OpenCV; the standalone predict.py cannot, and Pillow's filters differ from
+# OpenCV's (its BOX is not an exact area average), so predict.py re-implements the two OpenCV filters in NumPy.
+TRAINING_RESAMPLING = "OpenCV INTER_AREA when the image has more than SxS pixels, else INTER_LINEAR"
+BUNDLE_RESAMPLING = "the same two OpenCV filters re-implemented in NumPy (within 1 grey level of cv2.resize)"
+
+VARIANT_DOCS = {
+    "float32": {"input": "float32 RGB in [0,1] (uint8/255), shape [1,S,S,3]", "output": "float32 probabilities"},
+    "dynamic": {"input": "float32 RGB in [0,1] (uint8/255), shape [1,S,S,3]", "output": "float32 probabilities",
+                "note": "weights stored as int8 (about 4x smaller), computed in float"},
+    "int8": {"input": "uint8 RGB 0-255: raw pixels, no scaling (input scale 1/255, zero point 0)",
+             "output": "uint8; probability = (q - zero_point) * scale (scale 1/256, zero point 0)",
+             "note": "full integer model for microcontrollers and Edge TPU"},
+}
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    saved_model_dir: Path
+    labels_path: Path
+    card_path: Path
+    tflite: dict[str, Path] = field(default_factory=dict)  # variant -> .tflite path
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> the card's tflite entry
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Atomic writes
+# ----------------------------------------------------------------------------------------------------------------
+def _write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a finished temporary folder in; a folder cannot be os.replace'd over a non-empty one."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SavedModel and TFLite
+# ----------------------------------------------------------------------------------------------------------------
+def save_saved_model(model, path: Path, image_size: int, labels: list[str]) -> None:
+    """tf_keras SavedModel (so keras.models.load_model works) with an explicit `serving_default` signature."""
+    from engine.tfcompat import tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")])
+    def serve(images):
+        return {"probabilities": model(images, training=False)}
+
+    tmp = Path(tempfile.mkdtemp(prefix=".saved_model.", dir=path.parent))
+    try:
+        try:
+            model.save(str(tmp), save_format="tf", include_optimizer=False, signatures={"serving_default": serve})
+        except (TypeError, ValueError, NotImplementedError) as exc:
+            # A layer Keras cannot serialize must not cost the user the model: the serving signature is what
+            # TF Serving, TFLite and engine.predict use; only keras.models.load_model is lost.
+            log.warning("Keras could not save this model (%s); writing a plain TF SavedModel instead", exc)
+            shutil.rmtree(tmp)
+            tf.saved_model.save(model, str(tmp), signatures={"serving_default": serve})
+        # A SavedModel copied elsewhere (--saved_model_dir) still knows its label order.
+        (tmp / "assets").mkdir(exist_ok=True)
+        (tmp / "assets" / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _calibration(representative: np.ndarray) -> Iterator[list[np.ndarray]]:
+    for i, image in enumerate(representative):
+        x = image.astype(np.float32)[None] / 255.0
+        if i == 0:
+            # The input's quantization comes from the calibrated min/max; one black and one white pixel pin it
+            # to exactly [0, 1] so the int8 model's uint8 input is the raw pixel (scale 1/255, zero point 0).
+            x[0, 0, 0, :], x[0, 0, 1, :] = 0.0, 1.0
+        yield [x]
+
+
+def convert_tflite(saved_model_dir: Path, variant: str, representative: np.ndarray | None = None) -> bytes:
+    from engine.tfcompat import tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=["serving_default"])
+    if variant == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant == "int8":
+        if representative is None or not len(representative):
+            raise ValueError("The int8 model needs calibration images (representative); none were given.")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: _calibration(representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    elif variant != "float32":
+        raise ValueError(f"Unknown TFLite variant '{variant}': use {', '.join(VARIANTS)}")
+    return converter.convert()
+
+
+def _tflite_stats(path: Path, variant: str, keras_top1: np.ndarray | None,
+                  validation: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
+    from engine.predict import TFLiteModel
+
+    runner = TFLiteModel(path)
+    stats: dict[str, Any] = {"file": path.name, "bytes": path.stat().st_size, "input_dtype": runner.input_dtype,
+                             "output_dtype": runner.output_dtype, **VARIANT_DOCS[variant],
+                             "input_quantization": runner.input_quantization,
+                             "output_quantization": runner.output_quantization,
+                             "agreement_top1_vs_keras": None, "val_accuracy": None}
+    if variant == "int8":
+        scale, zero = runner.input_quantization
+        if zero != 0 or abs(scale * 255.0 - 1.0) > 1e-4:
+            log.warning("int8 input quantization is scale %g, zero point %d, not raw pixels; predict.py still "
+                        "quantizes correctly, other runtimes must do the same", scale, zero)
+            stats["input"] = f"uint8; q = round(pixel/255 / {scale:g} + {zero})"
+    if validation is not None and keras_top1 is not None and len(keras_top1):
+        x, y = validation
+        top1 = np.array([int(np.argmax(runner.probabilities(img))) for img in x])
+        stats["agreement_top1_vs_keras"] = float(np.mean(top1 == keras_top1))
+        stats["val_accuracy"] = float(np.mean(top1 == np.asarray(y)))
+        stats["n_validation"] = int(len(x))
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model card
+# ----------------------------------------------------------------------------------------------------------------
+def _card(card: dict[str, Any], labels: list[str], image_size: int, center_crop: bool,
+          stats: dict[str, dict[str, Any]], keras_accuracy: float | None) -> dict[str, Any]:
+    base = {"backbone": None, "config": None, "dataset_hash": None, "class_counts": None, "metrics": None}
+    default = next((f"model_{v}.tflite" for v in VARIANTS if v in stats), "saved_model")
+    ours = {
+        "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "engine_version": __version__,
+        "labels": list(labels),
+        "image_size": int(image_size),
+        "preprocessing": {
+            "input": "RGB", "range": "[0,1] float32 (uint8/255)", "resize": "plain stretch to SxS",
+            "center_crop": bool(center_crop),
+            "center_crop_rule": "if the long side is more than 1.5x the short side, crop a centred square first",
+            "int8_input": "uint8 0-255",
+            "decode": "EXIF orientation applied; alpha composited on white; greyscale/CMYK converted to RGB",
+            "resampling_training": TRAINING_RESAMPLING,
+            "resampling_bundle_predict": BUNDLE_RESAMPLING,
+        },
+        "saved_model": {"dir": "saved_model", "signature": "serving_default", "input": "images",
+                        "output": "probabilities", "input_spec": f"float32 [None,{image_size},{image_size},3] "
+                                                                 "RGB in [0,1]",
+                        "keras_val_accuracy": keras_accuracy},
+        "default_model": default,
+        "tflite": stats,
+    }
+    return {**base, **card, **ours}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------------------------
+def _check_images(name: str, x: np.ndarray, image_size: int) -> None:
+    if x.ndim != 4 or x.shape[1:] != (image_size, image_size, 3) or x.dtype != np.uint8:
+        raise ValueError(f"{name} images must be uint8 of shape (n, {image_size}, {image_size}, 3); got "
+                         f"{x.dtype} {x.shape}")
+
+
+def export_model(model, labels: list[str], out_dir: str | Path, *, image_size: int, center_crop: bool,
+                 representative: np.ndarray, validation: tuple[np.ndarray, np.ndarray] | None,
+                 card: dict[str, Any], variants: tuple[str, ...] | list[str] = VARIANTS,
+                 progress: ProgressCallback | None = None) -> ExportResult:
+    """Write the SavedModel, the TFLite variants, labels.txt and model_card.json into out_dir."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"Unknown TFLite variant(s) {', '.join(unknown)}: use {', '.join(VARIANTS)}")
+    _check_images("Calibration", representative, image_size)
+    if validation is not None:
+        _check_images("Validation", validation[0], image_size)
+        if not len(validation[0]):
+            validation = None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    emit(progress, "stage", stage="export", message="Saving the TensorFlow SavedModel")
+    save_saved_model(model, out / "saved_model", image_size, labels)
+    labels_path = out / "labels.txt"
+    _write_text(labels_path, "\n".join(labels) + "\n")
+
+    keras_top1 = keras_accuracy = None
+    if validation is not None:
+        keras_probs = model.predict(validation[0].astype(np.float32) / 255.0, batch_size=32, verbose=0)
+        keras_top1 = np.argmax(keras_probs, axis=1)
+        keras_accuracy = float(np.mean(keras_top1 == np.asarray(validation[1])))
+
+    result = ExportResult(out, out / "saved_model", labels_path, out / "model_card.json")
+    for variant in VARIANTS:
+        if variant not in variants:
+            continue
+        emit(progress, "stage", stage="export", message=f"Converting the {variant} TFLite model")
+        path = out / f"model_{variant}.tflite"
+        _write_bytes(path, convert_tflite(out / "saved_model", variant, representative))
+        result.tflite[variant] = path
+        result.stats[variant] = _tflite_stats(path, variant, keras_top1, validation)
+        log.info("%s: %d bytes, top-1 agreement with Keras %s", path.name, result.stats[variant]["bytes"],
+                 result.stats[variant]["agreement_top1_vs_keras"])
+
+    result.card = _card(card, labels, image_size, center_crop, result.stats, keras_accuracy)
+    text = json.dumps(result.card, indent=2, default=_json_default)
+    _write_text(result.card_path, text)
+    _write_text(result.saved_model_dir / "assets" / "model_card.json", text)
+    log.info("Exported to %s in %.1f s", out, time.perf_counter() - t0)
+    return result
+
+
+def _requirements() -> str:
+    lines = []
+    for name, pin in BUNDLE_REQUIREMENTS.items():
+        try:
+            pin = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+        lines.append(f"{name}=={pin}")
+    return "\n".join(lines) + "\n"
+
+
+def _readme(card: dict[str, Any]) -> str:
+    size, labels = card.get("image_size"), card.get("labels") or []
+    rows = "\n".join(
+        f"| `{s['file']}` | {s['bytes'] / 1e6:.1f} MB | {s['input']} | {s['output']} | "
+        f"{_pct(s.get('agreement_top1_vs_keras'))} | {_pct(s.get('val_accuracy'))} |"
+        for s in (card.get("tflite") or {}).values())
+    crop = ("yes: images more than 1.5x longer than wide (or wider than long) are cropped to a centred square "
+            "first" if card.get("preprocessing", {}).get("center_crop") else "no")
+    return f"""# Image classifier ({len(labels)} classes)
+
+Made with Retrain Studio {card.get('engine_version', '')} on {card.get('created', '')}.
+Labels (line i of `labels.txt` = output i): {', '.join(labels)}.
+
+## Run it
+
+```bash
+python3 -m venv venv && venv/bin/pip install -r requirements.txt
+venv/bin/python predict.py photo.jpg other.png some_folder/     # top-5 per image: "0.912345: label"
+venv/bin/python predict.py --model model_int8.tflite --json photo.jpg
+```
+
+`predict.py` needs only NumPy, Pillow and `ai-edge-litert` (it also works with `tflite-runtime` or full
+TensorFlow installed instead).
+
+## Files
+
+| file | size | input | output | top-1 agreement with Keras | validation accuracy |
+|---|---|---|---|---|---|
+{rows}
+
+- `saved_model/`: TensorFlow SavedModel. `tf.saved_model.load("saved_model").signatures["serving_default"]`
+  takes `images` (float32 `[N,{size},{size},3]`, RGB in [0,1]) and returns `probabilities`.
+- `labels.txt`: one label per line, in output order. `model_card.json`: how the model was made, its
+  preprocessing, metrics and the numbers in the table above.
+
+## Preprocessing (do exactly this in other runtimes)
+
+1. Decode, apply the EXIF orientation, convert to RGB (transparent areas become white).
+2. Centre crop: {crop}.
+3. Resize to {size}x{size} ignoring the aspect ratio.
+   Training used {TRAINING_RESAMPLING}.
+   `predict.py` uses {BUNDLE_RESAMPLING}.
+4. float models: divide the uint8 pixels by 255. int8 model: feed the uint8 pixels as they are; its uint8 output
+   times 1/256 is the probability.
+"""
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def write_bundle(out_dir: str | Path, bundle_path: str | Path) -> Path:
+    """Zip the exported files with predict.py, requirements.txt and README.md; atomically, so a bundle that exists
+    is complete."""
+    out, bundle = Path(out_dir), Path(bundle_path)
+    card_path = out / "model_card.json"
+    if not card_path.exists() or not (out / "labels.txt").exists():
+        raise FileNotFoundError(f"{out} has no exported model (model_card.json, labels.txt); export it first")
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    files = [p for p in [card_path, out / "labels.txt", *sorted(out.glob("model_*.tflite"))] if p.exists()]
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=bundle.parent, prefix=f".{bundle.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for p in files:
+                zf.write(p, p.name)
+            for p in sorted((out / "saved_model").rglob("*")):
+                if p.is_file():
+                    zf.write(p, p.relative_to(out).as_posix())
+            zf.write(BUNDLE_PREDICT, "predict.py")
+            zf.writestr("requirements.txt", _requirements())
+            zf.writestr("README.md", _readme(card))
+        os.replace(tmp, bundle)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("Bundle written: %s (%.1f MB)", bundle, bundle.stat().st_size / 1e6)
+    return bundle
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    _write_bytes(dst, src.read_bytes())
+
+
+def write_legacy_outputs(export_result: ExportResult, saved_model_dir: str | None = None,
+                         labels_output_file: str | None = None, tflite_output_file: str | None = None) -> dict:
+    """Copy the SavedModel, labels and float32 .tflite to the make_image_classifier flag paths that were given."""
+    written: dict[str, Path] = {}
+    if saved_model_dir:
+        # Copied into the folder, like tf.saved_model.save: files of the user's that are already there stay.
+        dst = Path(saved_model_dir)
+        shutil.copytree(export_result.saved_model_dir, dst, dirs_exist_ok=True)
+        written["saved_model_dir"] = dst
+    if labels_output_file:
+        _copy_file(export_result.labels_path, Path(labels_output_file))
+        written["labels_output_file"] = Path(labels_output_file)
+    if tflite_output_file:
+        src = export_result.tflite.get("float32")
+        if src is None:
+            raise ValueError("--tflite_output_file copies the float32 model, which was not exported; add float32 to "
+                             "--quantize")
+        _copy_file(src, Path(tflite_output_file))
+        written["tflite_output_file"] = Path(tflite_output_file)
+    return written
