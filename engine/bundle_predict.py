@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     model = Path(args.model) if Path(args.model).exists() else HERE / args.model
+    if not model.is_file():
+        print(f"error: model not found: {args.model}", file=sys.stderr)
+        return 1
     interpreter = make_interpreter(str(model))
     paths = image_paths(args.images)
     if not paths:

@@ -43,8 +43,11 @@ class TFLiteModel:
         from engine.tfcompat import tflite_interpreter
 
         self.path = Path(path)
-        self.interpreter = tflite_interpreter(model_path=str(self.path), num_threads=num_threads)
-        self.interpreter.allocate_tensors()
+        try:
+            self.interpreter = tflite_interpreter(model_path=str(self.path), num_threads=num_threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise PredictError(f"{self.path.name} is not a valid TFLite model ({exc})") from exc
         self._in = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]
         self._lock = threading.Lock()  # one interpreter is not thread-safe; the app shares a cached predictor
@@ -113,7 +116,10 @@ class SavedModelBackend:
 
         self.path = Path(path)
         self._tf = tf
-        self.loaded = tf.saved_model.load(str(self.path))
+        try:
+            self.loaded = tf.saved_model.load(str(self.path))
+        except (OSError, ValueError, tf.errors.OpError) as exc:
+            raise PredictError(f"{self.path} is not a readable SavedModel ({exc})") from exc
         if "serving_default" not in self.loaded.signatures:
             raise PredictError(f"The SavedModel {self.path} has no serving_default signature")
         self.fn = self.loaded.signatures["serving_default"]

@@ -145,9 +145,12 @@ def test_size_and_centre_crop_come_from_the_model_card(exp, tmp_path):
     assert p.center_crop is False and p.image_size == SIZE
 
 
-def test_cli_reports_a_missing_model_without_a_traceback(tmp_path, capsys):
+def test_cli_reports_a_missing_or_broken_model_without_a_traceback(tmp_path, capsys):
     assert run_predict(_cli("--image", str(tmp_path), "--model_file", str(tmp_path / "nope.tflite"))) == 1
     assert "Model not found" in capsys.readouterr().err
+    (tmp_path / "broken.tflite").write_bytes(b"\x00" * 64)
+    assert run_predict(_cli("--image", str(tmp_path), "--model_file", str(tmp_path / "broken.tflite"))) == 1
+    assert "broken.tflite is not a valid TFLite model" in capsys.readouterr().err
 
 
 @pytest.mark.slow
