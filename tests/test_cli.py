@@ -139,3 +139,26 @@ def test_cli_trains_on_the_shared_datasets(tmp_path, name, min_accuracy):
     for variant, stats in card["tflite"].items():
         assert stats["agreement_top1_vs_keras"] >= 0.9, variant
     assert (tmp_path / "run" / "bundle.zip").exists()
+
+
+@pytest.mark.slow
+def test_bundle_predict_runs_in_a_fresh_venv_without_tensorflow(trained, tmp_path):
+    tmp, data, _, proc = trained
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundle = tmp_path / "bundle"
+    zipfile.ZipFile(tmp / "run" / "bundle.zip").extractall(bundle)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-r", str(bundle / "requirements.txt")],
+                         capture_output=True, text=True, timeout=600)
+    if pip.returncode != 0:
+        pytest.skip(f"could not install the bundle's requirements from the package registry: {pip.stderr[-500:]}")
+    image = next((data / "shapes").iterdir())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([str(venv / "bin" / "python"), "predict.py", str(image)], cwd=bundle, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = [line for line in run.stdout.splitlines() if TOP5_LINE.match(line)]
+    assert lines[0].endswith(": shapes")
+    no_tf = subprocess.run([str(venv / "bin" / "python"), "-c", "import tensorflow"], capture_output=True)
+    assert no_tf.returncode != 0  # the bundle really runs without TensorFlow
