@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -162,3 +164,28 @@ def test_bundle_predict_runs_in_a_fresh_venv_without_tensorflow(trained, tmp_pat
     assert lines[0].endswith(": shapes")
     no_tf = subprocess.run([str(venv / "bin" / "python"), "-c", "import tensorflow"], capture_output=True)
     assert no_tf.returncode != 0  # the bundle really runs without TensorFlow
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_run_cancelled_and_leaves_no_bundle(tmp_path):
+    data = make_demo_dataset(tmp_path / "images", per_class=6, seed=4)
+    run = tmp_path / "run"
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "train", "--image_dir", str(data), "--run_dir", str(run),
+                             "--train_epochs", "100000", "--early_stopping_patience", "100000"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and '"type": "epoch"' not in _read(run / "events.jsonl"):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "cancelled"
+    assert not (run / "bundle.zip").exists()
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before  # no image lost or changed
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
