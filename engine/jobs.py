@@ -307,7 +307,7 @@ def list_runs(project: Project) -> list[dict[str, Any]]:
         cfg = _read_json(run_dir / "config.json")
         metrics = load_metrics(run_dir) if status["state"] == "succeeded" else None
         val_acc = metrics.get("val_accuracy") if metrics else None
-        if val_acc is None and status["state"] != "running":
+        if val_acc is None:
             val_acc = next((e.get("val_accuracy") for e in reversed(events(run_dir)) if e.get("type") == "result"),
                            None)
         started = status.get("started") or meta.get("started")

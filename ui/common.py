@@ -217,18 +217,27 @@ def fmt_pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
-def pick_run(project: Project, label: str = "Trained model") -> Path | None:
-    """Select box over the project's succeeded runs (default: the one chosen on the Train page, else the newest)."""
+def pick_run(project: Project, label: str = "Trained model", while_exporting: bool = False) -> Path | None:
+    """Select box over the project's succeeded runs (default: the one chosen on the Train page, else the newest).
+
+    with while_exporting, a running job whose metrics are already written counts too: training takes seconds and
+    export most of a minute, so Review can start while the models are still being converted."""
     from engine import jobs
 
-    runs = [r for r in jobs.list_runs(project) if r["state"] == "succeeded"]
+    def usable(r: dict) -> bool:
+        if r["state"] == "succeeded":
+            return True
+        return while_exporting and r["state"] == "running" and (jobs.run_path(project, r["run_id"]) /
+                                                               "metrics.json").exists()
+
+    runs = [r for r in jobs.list_runs(project) if usable(r)]
     if not runs:
         return None
     ids = [r["run_id"] for r in runs]
     current = st.session_state.get("run_id")
     current = current if current in ids else ids[0]
     names = {r["run_id"]: f"{r['run_id']} · val accuracy {fmt_pct(r['val_accuracy'])} · {r['backbone']}"
-             for r in runs}
+             + (" · exporting…" if r["state"] == "running" else "") for r in runs}
     key = f"pick_run_{current}"
 
     def _changed() -> None:

@@ -16,7 +16,7 @@ project = common.require_project()
 st.title(f"Review · {project.name}")
 common.show_flash()
 
-run_dir = common.pick_run(project)
+run_dir = common.pick_run(project, while_exporting=True)
 if run_dir is None:
     st.info("No finished training run yet. Train a model first; then its mistakes show up here.")
     st.page_link(common.TRAIN, label="Go to Train", icon=":material/model_training:")

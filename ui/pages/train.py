@@ -166,6 +166,11 @@ def _render_run(run_dir: Path) -> dict:
                 if embed.get("cached"):
                     text += f" · {embed['cached']} from cache"
                 st.progress(min(1.0, done / max(1, total)), text=text)
+            result = next((e for e in reversed(events) if e.get("type") == "result"), None)
+            if result is not None:
+                st.info(f"Trained: validation accuracy {common.fmt_pct(result.get('val_accuracy'))}. The models are "
+                        "being exported; the mistakes can be reviewed already.")
+                st.page_link(common.REVIEW, label="Review mistakes now", icon=":material/fact_check:")
         with c2:
             if st.button("Cancel", key="cancel_run", icon=":material/stop:"):
                 with st.spinner("Stopping…"):
