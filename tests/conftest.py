@@ -24,3 +24,13 @@ def _isolated_cache(tmp_path_factory):
     """Tests use their own embedding cache but share the converted backbone, which is slow to rebuild."""
     os.environ.setdefault("RETRAIN_STUDIO_CACHE", str(Path.home() / ".cache" / "retrain-studio"))
     yield
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001 - pytest hook signature
+    """List the artefacts tests left for people to look at (browser screenshots, the reliability table)."""
+    folder = REPO / "artifacts"
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    if files:
+        terminalreporter.section("artifacts")
+        for path in files:
+            terminalreporter.write_line(f"{path.relative_to(REPO)}  ({path.stat().st_size} bytes)")
