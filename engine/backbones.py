@@ -224,7 +224,12 @@ def save_hub_module(model: keras.Model, path: Path) -> None:
         serve = tf.function(lambda images: {"feature_vector": model(images, training=False)},
                             input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
         tf.saved_model.save(model, str(tmp), signatures={"serving_default": serve})
-        os.replace(tmp, path) if not path.exists() else shutil.rmtree(tmp)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (path / "saved_model.pb").exists():
+                raise
+            shutil.rmtree(tmp)  # another process converted it first: theirs is identical
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

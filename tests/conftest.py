@@ -19,13 +19,6 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory):
-    """Tests use their own embedding cache but share the converted backbone, which is slow to rebuild."""
-    os.environ.setdefault("RETRAIN_STUDIO_CACHE", str(Path.home() / ".cache" / "retrain-studio"))
-    yield
-
-
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001 - pytest hook signature
     """List the artefacts tests left for people to look at (browser screenshots, the reliability table)."""
     folder = REPO / "artifacts"
