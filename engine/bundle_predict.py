@@ -8,11 +8,14 @@ labels.txt and model_card.json are read from this file's folder. Preprocessing r
 EXIF orientation, RGB with transparency on white, optional centre crop of images longer than 1.5:1, then a
 plain stretch to the model's size with the same filters as training's OpenCV resize (INTER_AREA when the image
 has more pixels than the model's input, else INTER_LINEAR), re-implemented in NumPy so OpenCV is not needed.
+
+serve.py (the HTTP server) imports this file's functions, so the bundle holds one copy of the preprocessing.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -22,9 +25,26 @@ from PIL import Image, ImageOps
 
 HERE = Path(__file__).resolve().parent
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# Pillow's plugin names for the formats training reads (engine.images.SUPPORTED), for load_rgb(formats=...)
+TRAINING_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF")
+# What Pillow raises on a file it cannot decode (UnidentifiedImageError is an OSError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
-def make_interpreter(model_path: str):
+class TooManyPixels(ValueError):
+    """The image's header gives more pixels than the limit passed to load_rgb; nothing was decoded."""
+
+
+def read_card(folder: Path = HERE) -> dict:
+    return json.loads((Path(folder) / "model_card.json").read_text(encoding="utf-8"))
+
+
+def read_labels(folder: Path = HERE) -> list[str]:
+    text = (Path(folder) / "labels.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def make_interpreter(model_path: str, num_threads: int | None = None):
     """ai-edge-litert, else the older tflite-runtime, else full TensorFlow: whichever is installed."""
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -33,14 +53,21 @@ def make_interpreter(model_path: str):
             from tflite_runtime.interpreter import Interpreter
         except ImportError:
             from tensorflow.lite import Interpreter
-    interpreter = Interpreter(model_path=model_path)
+    interpreter = Interpreter(model_path=model_path, num_threads=num_threads)
     interpreter.allocate_tensors()
     return interpreter
 
 
-def load_rgb(path: str) -> np.ndarray:
-    """HxWx3 uint8 RGB decoded as training decoded it (engine.images.load_image)."""
-    with Image.open(path) as im:
+def load_rgb(source, max_pixels: int | None = None, formats: tuple[str, ...] | None = None) -> np.ndarray:
+    """HxWx3 uint8 RGB decoded as training decoded it (engine.images.load_image). source: a path, bytes or a binary
+    file. max_pixels: refuse (TooManyPixels) an image whose header gives more pixels, before decoding it; formats:
+    Pillow format names to try (None: all of Pillow's)."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        source = io.BytesIO(source)
+    with Image.open(source, formats=formats) as im:
+        if max_pixels is not None and im.width * im.height > max_pixels:
+            raise TooManyPixels(f"{im.width}x{im.height} = {im.width * im.height} pixels is over the "
+                                f"{max_pixels}-pixel limit")
         try:
             im = ImageOps.exif_transpose(im)
         except Exception:  # noqa: BLE001 - a malformed EXIF tag costs the rotation, never the photo
@@ -99,8 +126,10 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
 
 
-def prepare(path: str, size: int, center_crop: bool) -> np.ndarray:
-    img = load_rgb(path)
+def prepare(source, size: int, center_crop: bool, max_pixels: int | None = None,
+            formats: tuple[str, ...] | None = None) -> np.ndarray:
+    """Decode (see load_rgb), optionally centre-crop, resize: uint8 size x size x 3, what classify() takes."""
+    img = load_rgb(source, max_pixels=max_pixels, formats=formats)
     h, w = img.shape[:2]
     if center_crop and max(h, w) > 1.5 * min(h, w):  # label_image's rule: crop a centred square first
         side = min(h, w)
@@ -126,6 +155,11 @@ def classify(interpreter, pixels: np.ndarray) -> np.ndarray:
     return y.astype(np.float32)
 
 
+def top_predictions(probs: np.ndarray, labels: list[str], k: int) -> list[dict]:
+    """[{"label", "probability"}] for the k most probable classes, most probable first (ties: label order)."""
+    return [{"label": labels[i], "probability": float(probs[i])} for i in np.argsort(-probs, kind="stable")[:k]]
+
+
 def image_paths(items: list[str]) -> list[str]:
     paths = []
     for item in items:
@@ -135,8 +169,7 @@ def image_paths(items: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    card = json.loads((HERE / "model_card.json").read_text(encoding="utf-8"))
-    labels = [line.strip() for line in (HERE / "labels.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    card, labels = read_card(), read_labels()
     parser = argparse.ArgumentParser(description="Classify images with this bundle's model.")
     parser.add_argument("images", nargs="+", help="image files or folders")
     parser.add_argument("--model", default=card.get("default_model", "model_float32.tflite"),
@@ -158,13 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         try:
             probs = classify(interpreter, prepare(path, card["image_size"], card["preprocessing"]["center_crop"]))
-        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:  # Pillow's errors
+        except DECODE_ERRORS as exc:  # Pillow's errors
             print(f"error: {path}: could not be read ({exc})", file=sys.stderr)
             failed += 1
             continue
-        top = np.argsort(-probs, kind="stable")[: args.top_k]
-        results.append({"path": path, "predictions": [{"label": labels[i], "probability": float(probs[i])}
-                                                      for i in top]})
+        results.append({"path": path, "predictions": top_predictions(probs, labels, args.top_k)})
     if args.json:
         print(json.dumps(results, indent=2))
     for r in [] if args.json else results:
