@@ -39,6 +39,11 @@ VARIANTS = ("float32", "dynamic", "int8")
 BUNDLE_PREDICT = Path(__file__).with_name("bundle_predict.py")
 # The bundle's requirements, pinned to what this engine was tested with (installed versions win when present).
 BUNDLE_REQUIREMENTS = {"ai-edge-litert": "2.3.0", "numpy": "2.2.6", "pillow": "13.0.0"}
+# --- HTTP server (issue 4): serve.py and its own requirements file, so a predict-only bundle stays small.
+BUNDLE_SERVE = Path(__file__).with_name("bundle_serve.py")
+BUNDLE_SERVE_REQUIREMENTS = {"fastapi": "0.163.2", "starlette": "1.10.0", "pydantic": "2.14.4", "uvicorn": "0.54.0",
+                             "python-multipart": "0.0.34"}
+# --- end HTTP server
 # engine.images.resize_for_model uses OpenCV; the standalone predict.py cannot, and Pillow's filters differ from
 # OpenCV's (its BOX is not an exact area average), so predict.py re-implements the two OpenCV filters in NumPy.
 TRAINING_RESAMPLING = "OpenCV INTER_AREA when the image has more than SxS pixels, else INTER_LINEAR"
@@ -272,9 +277,9 @@ def export_model(model, labels: list[str], out_dir: str | Path, *, image_size: i
     return result
 
 
-def _requirements() -> str:
+def _requirements(pins: dict[str, str] = BUNDLE_REQUIREMENTS) -> str:
     lines = []
-    for name, pin in BUNDLE_REQUIREMENTS.items():
+    for name, pin in pins.items():
         try:
             pin = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -306,6 +311,21 @@ venv/bin/python predict.py --model model_int8.tflite --json photo.jpg
 
 `predict.py` needs only NumPy, Pillow and `ai-edge-litert` (it also works with `tflite-runtime` or full
 TensorFlow installed instead).
+
+## Serve it over HTTP
+
+```bash
+venv/bin/pip install -r requirements-serve.txt      # requirements.txt plus FastAPI and uvicorn
+venv/bin/python serve.py --port 8080                # 127.0.0.1 only unless --host 0.0.0.0
+curl -F upload=@photo.jpg http://127.0.0.1:8080/classify
+```
+
+`POST /classify` takes the form field `upload` (an image, or a zip of images) and answers
+`{{"photo.jpg": {{"preds": [{{"tagName": "...", "probablity": 0.97, "probability": 0.97}}, ...]}}}}` (top 5);
+`POST /v1/predict?top_k=3` adds the model name and the latency; `GET /v1/model`, `GET /healthz`, and the OpenAPI
+spec at `/openapi.json`. `python serve.py --help` lists the limits (upload size, zip files and size, pixels).
+The server's packages are in their own `requirements-serve.txt` so that `predict.py` alone still needs only the
+three packages above.
 
 ## Files
 
@@ -355,6 +375,8 @@ def write_bundle(out_dir: str | Path, bundle_path: str | Path) -> Path:
                     zf.write(p, p.relative_to(out).as_posix())
             zf.write(BUNDLE_PREDICT, "predict.py")
             zf.writestr("requirements.txt", _requirements())
+            zf.write(BUNDLE_SERVE, "serve.py")  # HTTP server (issue 4)
+            zf.writestr("requirements-serve.txt", "-r requirements.txt\n" + _requirements(BUNDLE_SERVE_REQUIREMENTS))
             zf.writestr("README.md", _readme(card))
         os.replace(tmp, bundle)
     except BaseException:
