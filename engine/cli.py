@@ -19,7 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from engine.config import TrainConfig
 
 log = logging.getLogger("engine")
-COMMANDS = ("train", "predict", "backbones")
+COMMANDS = ("train", "predict", "backbones", "serve")
 
 
 def parse_bool(text: str) -> bool:
@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_predict_args(predict)
     sub.add_parser("backbones", help="List the built-in offline backbones.")
+    # --- HTTP server (issue 4)
+    serve = sub.add_parser("serve", help="Serve an exported bundle over HTTP (POST /classify, /v1/predict).",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from engine.serve import add_serve_args
+
+    add_serve_args(serve)
+    # --- end HTTP server
     return parser
 
 
@@ -145,7 +152,7 @@ class _ConsoleProgress:
                   file=sys.stderr)
         elif kind == "stage":
             self.close()
-            print(f"{event['message']} ...", file=sys.stderr)
+            print(event["message"] + ("" if event["stage"] == "done" else " ..."), file=sys.stderr)
         elif kind == "warning":
             print(f"warning: {event['message']}", file=sys.stderr)
 
@@ -181,10 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # tf_keras warns about uncompiled metrics of the loaded hub module: noise for users
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     if args.command == "train":
         return run_train(args)
     if args.command == "predict":
         from engine.predict import run_predict
 
         return run_predict(args)
+    if args.command == "serve":  # HTTP server (issue 4)
+        from engine.serve import run_serve
+
+        return run_serve(args)
     return run_backbones()

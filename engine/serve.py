@@ -1,0 +1,121 @@
+"""`python -m engine serve --bundle model_bundle.zip`: serve an exported model over HTTP.
+
+The server is the bundle's own serve.py (engine/bundle_serve.py, copied in by engine.export.write_bundle), run as
+`python serve.py` in the bundle's folder, exactly as a deployment without this engine runs it: no TensorFlow and no
+engine import in the server process. A zip is unpacked into a temporary folder first, removed when the server
+stops. A folder with model_card.json but no serve.py (a run folder, an older bundle) is served by the engine's copy
+of the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import zipfile
+from contextlib import ExitStack
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ENGINE_SERVE = Path(__file__).with_name("bundle_serve.py")
+
+
+class ServeError(ValueError):
+    """A --bundle that cannot be served, in words the user can act on."""
+
+
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", required=True,
+                        help="the exported bundle: model_bundle.zip, its unpacked folder, or a run folder")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 for every interface")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1, help="server processes, each with its own model")
+    parser.add_argument("--max_upload_mb", type=float, default=32.0, help="largest request body in MiB")
+    parser.add_argument("--top_k", type=int, default=5, help="classes per image in /classify")
+
+
+def unpack(bundle: Path, into: Path) -> Path:
+    """Unpack a bundle zip; its members' names are checked first (no absolute paths, no '..')."""
+    try:
+        with zipfile.ZipFile(bundle) as zf:
+            for name in zf.namelist():
+                if re.match(r"^([A-Za-z]:|[/\\])", name) or ".." in name.replace("\\", "/").split("/"):
+                    raise ServeError(f"{bundle} holds an unsafe path ({name!r}); it is not a bundle made here")
+            zf.extractall(into)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ServeError(f"{bundle} cannot be read as a zip ({exc})") from exc
+    return into
+
+
+def server_command(folder: Path) -> list[str]:
+    if (folder / "serve.py").is_file():
+        return [sys.executable, str(folder / "serve.py")]
+    if (folder / "model_card.json").is_file() and (folder / "labels.txt").is_file():
+        return [sys.executable, str(ENGINE_SERVE), "--bundle_dir", str(folder)]
+    raise ServeError(f"{folder} is not an exported bundle: it has no serve.py and no model_card.json/labels.txt")
+
+
+def default_name(bundle: Path) -> str:
+    """The bundle's name: its file or folder name, or its run folder's when it is the generic bundle.zip."""
+    path = bundle.resolve()
+    stem = path.stem if path.is_file() else path.name
+    return path.parent.name if stem == "bundle" and path.parent.name else stem
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    bundle = Path(args.bundle)
+    with ExitStack() as stack:
+        try:
+            if bundle.is_dir():
+                folder = bundle.resolve()
+            elif bundle.is_file():
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="retrain-bundle-"))
+                folder = unpack(bundle, Path(tmp))
+                log.info("Unpacked %s into %s (removed when the server stops)", bundle, folder)
+            else:
+                raise ServeError(f"{bundle} does not exist")
+            cmd = server_command(folder)
+        except ServeError as exc:
+            log.error("%s", exc)
+            return 1
+        cmd += ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
+                "--max_upload_mb", str(args.max_upload_mb), "--top_k", str(args.top_k),
+                "--name", default_name(bundle)]
+        log.info("Running %s", " ".join(cmd))
+        return _run_forwarding_signals(cmd, cwd=folder)
+    return 1  # unreachable; keeps type checkers content
+
+
+def _run_forwarding_signals(cmd: list[str], cwd: Path) -> int:
+    """Run the server in its own session and pass Ctrl-C / SIGTERM on to it once, so it shuts down gracefully and
+    the temporary folder is removed after it has exited."""
+    proc = subprocess.Popen(cmd, cwd=cwd, start_new_session=True)
+    forwarded: list[int] = []
+
+    def forward(signum, _frame):
+        if proc.poll() is None:
+            forwarded.append(signum)
+            proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = proc.wait()
+        # uvicorn shuts down gracefully, then re-raises the signal: being stopped as asked is a clean exit
+        if rc < 0:
+            return 0 if -rc in forwarded else 128 - rc
+        return rc
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
