@@ -128,6 +128,20 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
+def float32_only(page: Page) -> None:
+    """Export only the float32 TFLite model (each conversion costs ~20 s on two cores)."""
+    quantize = page.locator(".st-key-cfg_quantize")
+    for variant in ("dynamic", "int8"):
+        remove = quantize.get_by_role("button", name=f"Remove {variant}")
+        for _ in range(3):  # a click that lands while a rerun is in flight can be lost: retry
+            if remove.count() == 0:
+                break
+            remove.click()
+            settle(page)
+        expect(remove).to_have_count(0)
+    expect(quantize.get_by_role("button", name="Remove float32")).to_be_visible()
+
+
 def goto(page: Page, server: str, path: str, slug: str | None = None) -> None:
     page.goto(f"{server}/{path}" + (f"?project={slug}" if slug else ""))
     expect(page.locator('[data-testid="stSidebar"]')).to_be_visible()
@@ -249,13 +263,7 @@ def test_train_review_export(browser_page: Page, server: str, workspace_root: Pa
     goto(page, server, "train", project.slug)
     # advanced options: export only the float32 TFLite model (each conversion costs ~20 s on two cores)
     page.get_by_text("Advanced options").click()
-    quantize = page.locator(".st-key-cfg_quantize")
-    for variant in ("dynamic", "int8"):
-        # one at a time: a click that lands while the previous one's rerun is in flight can be lost
-        quantize.get_by_role("button", name=f"Remove {variant}").click()
-        expect(quantize.get_by_role("button", name=f"Remove {variant}")).to_have_count(0)
-        settle(page)
-    expect(quantize.get_by_role("button", name="Remove float32")).to_be_visible()
+    float32_only(page)
     shot(page, "05-train-form")
     page.get_by_role("button", name="Start training").click()
     expect(page.get_by_text("Done: validation accuracy")).to_be_visible(timeout=240_000)
@@ -271,6 +279,39 @@ def test_train_review_export(browser_page: Page, server: str, workspace_root: Pa
     page.get_by_text("Low confidence", exact=True).click()
     settle(page)
     shot(page, "07-review")
+
+    # Fix a label from the Review page, then retrain: the features come from the cache, so it takes seconds.
+    page.get_by_role("slider").first.focus()
+    page.keyboard.press("End")  # confidence below 100%: every validation image is listed
+    settle(page)
+    card_buttons = page.get_by_role("button", name="Move", exact=True)
+    expect(card_buttons.first).to_be_visible()
+    labels_before = {r.sha256: r.class_name for r in project.images(limit=10_000)}
+    card_buttons.first.click()
+    settle(page)
+    for _ in range(50):  # the move lands when the click's rerun runs
+        labels_after = {r.sha256: r.class_name for r in project.images(limit=10_000)}
+        if labels_after != labels_before:
+            break
+        page.wait_for_timeout(200)
+    shot(page, "07b-review-relabelled")
+    assert sum(labels_before[k] != labels_after[k] for k in labels_before) == 1
+    assert project.consistency_check().ok
+
+    goto(page, server, "train", project.slug)
+    settle(page)
+    page.get_by_text("Advanced options").click()
+    float32_only(page)
+    page.get_by_role("button", name="Start training").click()
+    deadline = time.time() + 240
+    while time.time() < deadline and jobs.latest_run(project) == run_id:
+        page.wait_for_timeout(500)
+    retrain_id = jobs.latest_run(project)
+    assert retrain_id != run_id, "the retrain did not finish"
+    expect(page.get_by_text("Done: validation accuracy")).to_be_visible(timeout=30_000)
+    retrain_events = jobs.events(jobs.run_path(project, retrain_id))
+    last_embed = [e for e in retrain_events if e.get("type") == "embed"][-1]
+    assert last_embed["cached"] == last_embed["total"]  # nothing re-embedded after the relabel
 
     goto(page, server, "export", project.slug)
     button = page.get_by_role("button", name="Download everything (bundle.zip")
