@@ -578,8 +578,26 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
         if str(HERE) not in sys.path:
             sys.path.append(str(HERE))
-        uvicorn.run(f"{Path(__file__).stem}:create_app", factory=True, workers=cfg.workers, **common)
+        _run_workers(uvicorn.Config(f"{Path(__file__).stem}:create_app", factory=True, workers=cfg.workers,
+                                    **common))
     return 0
+
+
+def _run_workers(config) -> None:
+    """uvicorn.run's multi-process path, with one fix: uvicorn binds the shared socket with proto 0, so asyncio
+    never sets TCP_NODELAY on the connections it accepts and every keep-alive response waits ~40 ms for the
+    client's delayed ACK (uvicorn issue 3149). Rebuilding the socket object with proto TCP restores NODELAY."""
+    import socket
+
+    from uvicorn.supervisors import Multiprocess
+
+    sock = config.bind_socket()
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
+        sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":
