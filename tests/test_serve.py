@@ -477,6 +477,30 @@ def test_spooled_uploads_stay_in_the_servers_temp_folder_which_goes_on_shutdown(
 
 
 @pytest.mark.slow
+def test_two_worker_processes_serve_and_shut_down_cleanly(unpacked, tmp_path, images):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    port = free_port()
+    srv = start([sys.executable, "serve.py", "--port", str(port), "--workers", "2"], unpacked, tmp_path / "log", port,
+                env=clean_env(TMPDIR=str(tmp)))
+    try:
+        status, info = request(srv.url + "/v1/model")
+        assert status == 200 and info["runtime"]["workers"] == 2 and info["runtime"]["threads"] >= 1
+        assert info["runtime"]["tensorflow_imported"] is False
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # keep-alive: one worker, many requests
+        body, ctype = multipart({"upload": ("c.png", images[1])})
+        for _ in range(10):
+            conn.request("POST", "/classify", body=body, headers={"Content-Type": ctype})
+            resp = conn.getresponse()
+            assert resp.status == 200 and json.loads(resp.read())["c.png"]["preds"][0]["tagName"] == "red circle"
+        conn.close()
+    finally:
+        srv.stop(signal.SIGINT)
+    assert list(tmp.iterdir()) == [] and not list(unpacked.rglob("__pycache__"))
+    assert "Traceback" not in srv.output()
+
+
+@pytest.mark.slow
 def test_engine_serve_unpacks_a_zip_serves_it_and_removes_it(bundle, tmp_path, images):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
