@@ -1,4 +1,4 @@
-"""Command line: `python -m engine train|predict|backbones`.
+"""Command line: `python -m engine train|predict|backbones|serve`.
 
 `train` takes TF Hub make_image_classifier's flags (generated from TrainConfig, so the CLI, the app and the trainer
 share one set of names, defaults and help texts); a command line that starts with a flag is treated as `train`,

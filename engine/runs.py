@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -54,8 +55,6 @@ def write_status(run_dir: Path, state: str, message: str = "", **extra: Any) -> 
     status: dict[str, Any] = {}
     if status_path.exists():
         try:
-            import json
-
             status = json.loads(status_path.read_text())
         except ValueError:
             status = {}
