@@ -64,7 +64,9 @@ class TrainConfig:
     do_fine_tuning: bool = _opt(False, "After the head, also train the backbone on images with augmentation "
                                        "(slower; often a little more accurate).")
     fine_tune_epochs: int = _opt(5, "Epochs of fine-tuning.")
-    fine_tune_learning_rate: float = _opt(0.0005, "Learning rate while fine-tuning.")
+    fine_tune_learning_rate: float = _opt(0.00001, "Learning rate while fine-tuning (small: the backbone is "
+                                                   "already good; the epoch with the best validation loss is kept, "
+                                                   "the head-only model counting as epoch 0).")
     do_data_augmentation: bool = _opt(True, "Random flips, rotations and zooms while fine-tuning (head-only "
                                             "training runs on cached features and has none).")
     rotation_range: float = _opt(10.0, "Augmentation: maximum rotation in degrees.")

@@ -6,8 +6,8 @@ only those 10.
 
 The backbone runs as a float32 TFLite model converted once from the same `hub.KerasLayer` every handle goes
 through: on CPU, LiteRT's XNNPACK kernels are about twice as fast as TF for this network, and the features agree
-with the Keras model to ~1e-5 (checked in tests). Decoding runs in a thread pool ahead of inference (OpenCV and
-Pillow release the GIL), so the two overlap.
+with the Keras model to ~1e-5 (checked in tests). Decoding runs in a worker thread ahead of inference (OpenCV and
+Pillow release the GIL), so the two overlap; one decoder beats two on 2 cores, where LiteRT already uses both.
 """
 
 from __future__ import annotations
@@ -127,16 +127,23 @@ class Embedder:
         return path
 
     def __call__(self, image_uint8: np.ndarray) -> np.ndarray:
-        x = (image_uint8.astype(np.float32) * (1.0 / 255.0))[None]
-        self.interpreter.set_tensor(self._in, x)
+        return self.from_unit_float(to_unit_float(image_uint8))
+
+    def from_unit_float(self, x: np.ndarray) -> np.ndarray:
+        """Features of one HxWx3 float32 image in [0, 1]."""
+        self.interpreter.set_tensor(self._in, x[None])
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._out)[0].copy()
 
 
+def to_unit_float(image_uint8: np.ndarray) -> np.ndarray:
+    return image_uint8.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
 def _prepare(path: str, size: int, center_crop: bool) -> np.ndarray | str:
-    """Decoded, resized image, or the reason it could not be read (a worker must not raise)."""
+    """Decoded, resized [0, 1] float image, or the reason it could not be read (a worker must not raise)."""
     try:
-        return images.prepare(path, size, center_crop)
+        return to_unit_float(images.prepare(path, size, center_crop))
     except images.ImageError as exc:
         return str(exc)
     except (OSError, ValueError) as exc:
@@ -152,7 +159,7 @@ def embed_files(
     store: EmbeddingStore | None = None,
     embedder: Embedder | None = None,
     progress: ProgressCallback | None = None,
-    workers: int = 2,
+    workers: int = 1,
 ) -> EmbedResult:
     """Features for each path (cached ones from the store); unreadable images are reported, not raised."""
     store = store or EmbeddingStore()
@@ -201,7 +208,7 @@ def _embed_missing(paths, shas, todo, resolved, center_crop, embedder, store, pr
                 failed.append((i, img))
                 log.warning("Skipping %s", img)
             else:
-                out[i] = embedder(img)
+                out[i] = embedder.from_unit_float(img)
                 pending.append((shas[i], out[i]))
             if len(pending) >= 64:
                 store.put_many(pending, resolved.backbone_id, prep)

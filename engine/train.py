@@ -276,6 +276,11 @@ def fine_tune(classifier: keras.Model, data: PreparedData, cfg: TrainConfig,
                     metrics=["accuracy"])
     history: list[dict] = []
     t0 = time.perf_counter()
+    val = (x_val / 255.0, tf.one_hot(y_all[data.val_idx], n)) if len(x_val) else None
+    # On a few hundred images fine-tuning can as well hurt as help: keep the weights with the best validation
+    # loss, counting the head-only starting point as epoch 0, so opting in never ends worse on validation.
+    best = {"loss": trainer.evaluate(*val, verbose=0)[0] if val else np.inf, "weights": classifier.get_weights(),
+            "epoch": 0}
 
     class _Report(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -285,11 +290,15 @@ def fine_tune(classifier: keras.Model, data: PreparedData, cfg: TrainConfig,
                    "val_accuracy": logs.get("val_accuracy"), "elapsed": time.perf_counter() - t0}
             history.append(row)
             emit(progress, "epoch", **row)
+            if val is not None and row["val_loss"] is not None and row["val_loss"] < best["loss"]:
+                best.update(loss=row["val_loss"], weights=classifier.get_weights(), epoch=epoch + 1)
 
-    val = (x_val / 255.0, tf.one_hot(y_all[data.val_idx], n)) if len(x_val) else None
     trainer.fit(x_tr / 255.0, tf.one_hot(y_all[data.train_idx], n), batch_size=min(cfg.batch_size, 16),
                 epochs=cfg.fine_tune_epochs, validation_data=val, verbose=0, callbacks=[_Report()],
                 shuffle=True)
+    if val is not None:
+        classifier.set_weights(best["weights"])
+        log.info("Fine-tuning: kept epoch %d (validation loss %.4f)", best["epoch"], best["loss"])
     return history
 
 

@@ -124,7 +124,8 @@ def test_unreadable_images_are_skipped_with_a_warning(tmp_path, store):
 @pytest.mark.slow
 def test_fine_tuning_changes_the_backbone_and_still_classifies(tmp_path, store):
     root = make_demo_dataset(tmp_path / "d", per_class=6, seed=8)
-    cfg = TrainConfig(image_dir=str(root), do_fine_tuning=True, fine_tune_epochs=1, validation_split=0.34)
+    cfg = TrainConfig(image_dir=str(root), do_fine_tuning=True, fine_tune_epochs=1, validation_split=0.34,
+                      fine_tune_learning_rate=1e-4)
     res = train(cfg, store=store)
     assert [h["phase"] for h in res.history][-1] == "fine_tune"
     layer = res.model.get_layer("feature_extractor")
