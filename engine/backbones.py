@@ -8,6 +8,7 @@ From then on it is loaded with `hub.KerasLayer`, exactly like any other `--tfhub
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -204,6 +205,13 @@ def cache_root() -> Path:
 
 
 def _weights_digest(path: Path) -> str:
+    stat = path.stat()
+    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 - size/mtime are the cache key
+    """Hashing 18 MB of weights costs ~25 ms: once per process per file version is enough."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
