@@ -27,7 +27,14 @@ from typing import Any
 
 from engine.config import TrainConfig
 from engine.events import read_events
-from engine.workspace import INBOX, Project, WorkspaceError, _atomic_write_json, _pid_exists
+from engine.workspace import (
+    INBOX,
+    Project,
+    WorkspaceError,
+    _atomic_write_json,
+    _pid_exists,
+    storage_error_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,21 +128,27 @@ def start_training(project: Project, config: TrainConfig | dict[str, Any] | None
             command = json.loads(os.environ[COMMAND_ENV])
         except ValueError as exc:
             raise JobError(f"${COMMAND_ENV} is not a JSON list: {exc}") from exc
-    project.runs_dir.mkdir(parents=True, exist_ok=True)
-    lock_path = project.runs_dir / ".start.lock"
-    with _START_LOCK, open(lock_path, "a+") as lock_fh:
-        _lock_file(lock_fh)
-        try:
-            running = active_run(project)
-            if running is not None:
-                raise JobError(f"A training job of this project is already running ({running}); "
-                               "wait for it or cancel it first.")
-            run_id = new_run_id()
-            run_dir = project.runs_dir / run_id
-            run_dir.mkdir(parents=True)
-            return _launch(project, cfg, run_id, run_dir, counts, command)
-        finally:
-            _unlock_file(lock_fh)
+    try:
+        project.runs_dir.mkdir(parents=True, exist_ok=True)
+        lock_path = project.runs_dir / ".start.lock"
+        with _START_LOCK, open(lock_path, "a+") as lock_fh:
+            _lock_file(lock_fh)
+            try:
+                running = active_run(project)
+                if running is not None:
+                    raise JobError(f"A training job of this project is already running ({running}); "
+                                   "wait for it or cancel it first.")
+                run_id = new_run_id()
+                run_dir = project.runs_dir / run_id
+                run_dir.mkdir(parents=True)
+                return _launch(project, cfg, run_id, run_dir, counts, command)
+            finally:
+                _unlock_file(lock_fh)
+    except OSError as exc:
+        message = storage_error_message("Starting training", exc)
+        if message is None:
+            raise
+        raise JobError(message) from exc
 
 
 def _launch(project: Project, cfg: TrainConfig, run_id: str, run_dir: Path, counts: dict[str, int],

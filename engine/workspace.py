@@ -19,6 +19,8 @@ sanitised names, never from what a browser or a zip file says.
 
 from __future__ import annotations
 
+import errno
+import functools
 import io
 import json
 import logging
@@ -30,7 +32,7 @@ import tempfile
 import time
 import unicodedata
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,52 @@ _KIND_EXTENSION = {"jpeg": ".jpg", "png": ".png", "gif": ".gif", "bmp": ".bmp", 
 
 class WorkspaceError(ValueError):
     """A user-facing problem (bad name, missing project, ...); the message says what to do."""
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# disk-full and permission errors: in the user's words, never a traceback
+# ------------------------------------------------------------------------------------------------------------------
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def storage_error_message(what: str, exc: BaseException) -> str | None:
+    """'<what>: the disk is full ...' for disk-full, permission and read-only errors (OSError or SQLite); None for
+    anything else (a bug, which should surface as one)."""
+    if isinstance(exc, OSError):
+        full, denied = exc.errno in _DISK_FULL, exc.errno in _NO_PERMISSION
+        where = f" ({exc.filename})" if exc.filename else ""
+    elif isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        full = "disk is full" in text or "disk i/o error" in text
+        denied = "readonly" in text or "read-only" in text or "unable to open" in text
+        where = " (project.db)"
+    else:
+        return None
+    if full:
+        return (f"{what}: the disk is full{where}. Free some space and try again; nothing that was already saved "
+                "is lost.")
+    if denied:
+        return (f"{what}: no permission to write to the workspace{where}. Check that the folder is writable "
+                f"(owner, permissions, not a read-only disk) or set {WORKSPACE_ENV} to another folder.")
+    return None
+
+
+def _storage_errors(what: str) -> Callable:
+    """Decorator: disk-full and permission errors of a workspace operation become a WorkspaceError."""
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (OSError, sqlite3.OperationalError) as exc:
+                message = storage_error_message(what, exc)
+                if message is None:
+                    raise
+                log.warning("%s failed: %r", what, exc)
+                raise WorkspaceError(message) from exc
+        return inner
+    return wrap
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -213,13 +261,14 @@ class Workspace:
         for p in self._project_dirs():
             try:
                 out.append(Project(p).info())
-            except (sqlite3.Error, OSError) as exc:
+            except (sqlite3.Error, OSError, WorkspaceError) as exc:
                 log.warning("skipping unreadable project %s: %s", p, exc)
         return out
 
     def exists(self, slug: str) -> bool:
         return bool(slug) and slug == slugify(slug) and (self.root / slug / "project.db").exists()
 
+    @_storage_errors("Creating the project")
     def create_project(self, name: str) -> Project:
         name = str(name).strip()
         if not name:
@@ -238,11 +287,13 @@ class Workspace:
             return Project.create(path, name)
         raise WorkspaceError(f"Too many projects called '{name}'.")
 
+    @_storage_errors("Opening the project")
     def open_project(self, slug: str) -> Project:
         if not self.exists(slug):
             raise WorkspaceError(f"There is no project '{slug}' in {self.root}. Pick or create one on the Home page.")
         return Project(self.root / slug)
 
+    @_storage_errors("Renaming the project")
     def rename_project(self, slug: str, new_name: str) -> Project:
         """Changes the display name; the folder (slug) stays, so links and running jobs keep working."""
         project = self.open_project(slug)
@@ -252,6 +303,7 @@ class Workspace:
         project.set_meta("name", new_name[:100])
         return project
 
+    @_storage_errors("Deleting the project")
     def delete_project(self, slug: str) -> None:
         project = self.open_project(slug)
         if project.running_job() is not None:
@@ -338,6 +390,7 @@ class Project:
             row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default
 
+    @_storage_errors("Saving the project")
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
@@ -409,6 +462,7 @@ class Project:
         row = db.execute("SELECT name FROM classes WHERE lower(name) = lower(?)", (name,)).fetchone()
         return row[0] if row else None
 
+    @_storage_errors("Creating the class")
     def create_class(self, name: str) -> str:
         name = sanitize_class_name(name)
         with self._tx() as db:
@@ -424,6 +478,7 @@ class Project:
             raise WorkspaceError(f"There is no class '{name}'.")
         return row[0]
 
+    @_storage_errors("Renaming the class")
     def rename_class(self, old: str, new: str) -> str:
         new = sanitize_class_name(new)
         with self._tx() as db:
@@ -454,6 +509,7 @@ class Project:
                 raise
         return new
 
+    @_storage_errors("Merging the classes")
     def merge_classes(self, sources: Iterable[str], target: str) -> int:
         """Move every image of `sources` into `target` (created if needed) and remove the source classes."""
         sources = [s for s in dict.fromkeys(sources) if s != target]
@@ -471,6 +527,7 @@ class Project:
             self._drop_class(s)
         return moved
 
+    @_storage_errors("Deleting the class")
     def delete_class(self, name: str) -> int:
         """Remove a class; its images go to the inbox (nothing is deleted). Returns how many were moved."""
         with self._db() as db:
@@ -539,6 +596,7 @@ class Project:
                            "WHERE filename = ? AND status = 'ok'", (filename,)).fetchone()
         return ImageRecord(r[0], r[1], r[2], r[3] or r[2], r[4], self._location(r[1], r[2])) if r else None
 
+    @_storage_errors("Moving images")
     def move(self, shas: Iterable[str], class_name: str | None) -> int:
         """Move images to a class (or to the inbox with None). Returns how many actually changed place."""
         if class_name == INBOX:
@@ -573,6 +631,7 @@ class Project:
         elif not dst.exists():
             raise WorkspaceError(f"The file of image {sha[:12]} is missing ({src}); run the consistency check.")
 
+    @_storage_errors("Deleting images")
     def delete_images(self, shas: Iterable[str]) -> int:
         """Move images to the project's trash/ folder and drop them from training. Returns how many."""
         done = 0
@@ -601,6 +660,7 @@ class Project:
                               "WHERE status = 'trashed' ORDER BY added_at").fetchall()
         return [ImageRecord(r[0], r[1], r[2], r[3] or r[2], r[4], self.trash_dir / r[2]) for r in rows]
 
+    @_storage_errors("Restoring images")
     def restore_images(self, shas: Iterable[str]) -> int:
         """Bring trashed images back to their class (or the inbox if the class is gone)."""
         done = 0
@@ -621,6 +681,7 @@ class Project:
         return done
 
     # --- adding ---------------------------------------------------------------------------------------------------
+    @_storage_errors("Adding files")
     def add_files(self, items: Iterable[tuple[str, bytes] | str | Path], class_name: str | None = None,
                   *, create_class: bool = True) -> AddReport:
         """Add images from (name, bytes) pairs or file paths to a class (None: the inbox).
@@ -646,7 +707,15 @@ class Project:
             if data is None:
                 report.rejected.append((name, reason or "unreadable"))
                 continue
-            self._add_one(name, data, class_name, report, seen)
+            try:
+                self._add_one(name, data, class_name, report, seen)
+            except (OSError, sqlite3.OperationalError) as exc:
+                message = storage_error_message(f"Adding {name}", exc)
+                if message is None:
+                    raise
+                log.warning("adding %s failed: %r", name, exc)
+                raise WorkspaceError(f"{message} {len(report.added)} file(s) of this batch were added before it; "
+                                     "the rest were not.") from exc
         if report.added:
             log.info("%s: %s", self.slug, report.summary())
         return report
@@ -731,6 +800,7 @@ class Project:
         except Exception as exc:  # a thumbnail is a cache: never fail an upload over it
             log.warning("thumbnail for %s failed: %r", name, exc)
 
+    @_storage_errors("Adding the zip")
     def add_zip(self, source: str | Path | bytes | io.IOBase, class_name: str | None = None, *,
                 max_files: int = MAX_ZIP_FILES, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES) -> AddReport:
         """Add the images of a zip file.
@@ -801,6 +871,7 @@ class Project:
             report.merge(self.add_files(items, target))
         return report
 
+    @_storage_errors("Importing the folder")
     def import_image_dir(self, path: str | Path) -> AddReport:
         """Add an existing image_dir (one subfolder per class; loose files go to the inbox). Nothing is moved."""
         root = Path(path).expanduser()
@@ -858,6 +929,7 @@ class Project:
             raise WorkspaceError(str(exc)) from exc
 
     # --- consistency ----------------------------------------------------------------------------------------------
+    @_storage_errors("Checking the project")
     def consistency_check(self, repair: bool = False) -> ConsistencyReport:
         """Compare the index with the folders (someone may have edited them by hand).
 
@@ -1002,3 +1074,4 @@ def _pid_exists(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return True
+
