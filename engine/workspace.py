@@ -185,12 +185,14 @@ class AddReport:
     duplicates: list[str] = field(default_factory=list)  # names of files already in the project (or the batch)
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     classes_created: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # things done differently than asked, e.g. a folder -> inbox
 
     def merge(self, other: AddReport) -> AddReport:
         self.added += other.added
         self.duplicates += other.duplicates
         self.rejected += other.rejected
         self.classes_created += [c for c in other.classes_created if c not in self.classes_created]
+        self.notes += other.notes
         return self
 
     def summary(self) -> str:
@@ -866,7 +868,7 @@ class Project:
                 try:
                     target = sanitize_class_name(target)
                 except WorkspaceError as exc:
-                    log.info("folder %r is no valid class (%s); using the inbox", target, exc)
+                    report.notes.append(_inbox_note(target, exc, len(items)))
                     target = None
             report.merge(self.add_files(items, target))
         return report
@@ -879,14 +881,28 @@ class Project:
             raise WorkspaceError(f"Folder not found: {root}")
         report = AddReport()
         loose = []
+        inside = root.resolve()
+
+        def leads_outside(p: Path) -> bool:
+            # a link to a file or folder elsewhere on the disk is not part of the folder the user picked
+            if p.is_symlink() and not p.resolve().is_relative_to(inside):
+                report.rejected.append((str(p.relative_to(root)), "a link to something outside the imported folder "
+                                                                  "(not followed)"))
+                return True
+            return False
+
         for child in sorted(root.iterdir()):
             if child.name.startswith(".") or child.name.lower() in _IGNORED_NAMES or child.name == "__MACOSX":
                 continue
+            if leads_outside(child):
+                continue
             if child.is_dir():
-                files = sorted(p for p in child.rglob("*") if p.is_file() and not _hidden(p.relative_to(child)))
+                files = sorted(p for p in child.rglob("*") if not _hidden(p.relative_to(child))
+                               and not leads_outside(p) and p.is_file())
                 try:
                     cls = sanitize_class_name(child.name)
-                except WorkspaceError:
+                except WorkspaceError as exc:
+                    report.notes.append(_inbox_note(child.name, exc, len(files)))
                     report.merge(self.add_files(files, None))
                     continue
                 report.merge(self.add_files(files, cls))
@@ -1010,6 +1026,12 @@ class Project:
 
 class _TooBig(Exception):
     pass
+
+
+def _inbox_note(folder: str, exc: Exception, n_files: int) -> str:
+    shown = folder if len(folder) <= 40 else folder[:37] + "..."
+    return (f"Folder '{shown}' cannot be a class ({str(exc).rstrip('.')}); its {n_files} file(s) went to the inbox "
+            "instead.")
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:

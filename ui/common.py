@@ -124,7 +124,8 @@ def guarded(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
 
 def report_to_state(report: AddReport) -> dict[str, Any]:
     return {"summary": report.summary(), "added": len(report.added), "duplicates": list(report.duplicates),
-            "rejected": [list(r) for r in report.rejected], "classes_created": list(report.classes_created)}
+            "rejected": [list(r) for r in report.rejected], "classes_created": list(report.classes_created),
+            "notes": list(report.notes)}
 
 
 def show_report(report: dict[str, Any] | None) -> None:
@@ -132,6 +133,8 @@ def show_report(report: dict[str, Any] | None) -> None:
     if not report:
         return
     (st.success if report["added"] else st.warning)(report["summary"])
+    for note in report.get("notes", [])[:50]:
+        st.info(note)
     if report["duplicates"]:
         with st.expander(f"{len(report['duplicates'])} duplicate(s) skipped: the same image is already here"):
             st.write(", ".join(report["duplicates"][:500]))
