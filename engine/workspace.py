@@ -19,6 +19,7 @@ sanitised names, never from what a browser or a zip file says.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import functools
 import io
@@ -28,6 +29,7 @@ import os
 import re
 import shutil
 import sqlite3
+import sys
 import tempfile
 import time
 import unicodedata
@@ -1097,3 +1099,61 @@ def _pid_exists(pid: int) -> bool:
     except OSError:
         return True
 
+
+# ------------------------------------------------------------------------------------------------------------------
+# command line: python -m engine.workspace check <project> [--repair]
+# ------------------------------------------------------------------------------------------------------------------
+def _print_check(report: ConsistencyReport, names: dict[str, str]) -> None:
+    sections = [("rows whose file is gone", [names.get(s, s) for s in report.missing_files]),
+                ("files moved to another folder by hand", [names.get(s, s) for s in report.misplaced]),
+                ("files the index does not know", report.untracked_files),
+                ("folders in images/ that are no class", report.unknown_folders)]
+    for title, items in sections:
+        if items:
+            print(f"{len(items)} {title}:")
+            for item in items[:200]:
+                print(f"  {item}")
+    for note in report.notes:
+        print(f"repaired: {note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`check`: compare a project's folders with its index; 0 when they agree (after --repair: when repaired)."""
+    parser = argparse.ArgumentParser(prog="python -m engine.workspace",
+                                     description="Project maintenance for Retrain Studio workspaces.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="Report (and with --repair fix) differences between folders and index.")
+    check.add_argument("project", help=f"a project folder, or a project name (slug) in ${WORKSPACE_ENV}")
+    check.add_argument("--repair", action="store_true",
+                       help="rows follow files moved by hand, rows of vanished files are dropped, unknown files are "
+                            "added (unreadable ones go to trash/); nothing is deleted")
+    args = parser.parse_args(argv)
+    path = Path(args.project).expanduser()
+    if not (path / "project.db").is_file():
+        ws = Workspace()
+        if not ws.exists(args.project):
+            print(f"error: {args.project} is not a project folder (no project.db), nor a project in {ws.root}",
+                  file=sys.stderr)
+            return 2
+        path = ws.root / args.project
+    try:
+        project = Project(path)
+        with project._db() as db:
+            names = dict(db.execute("SELECT sha256, filename FROM images WHERE status = 'ok'").fetchall())
+        report = project.consistency_check(repair=args.repair)
+        _print_check(report, names)
+        if args.repair:
+            report = project.consistency_check()
+            _print_check(report, names)
+    except (WorkspaceError, sqlite3.Error, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if report.ok:
+        print(f"OK: the folders of {path} agree with its index.")
+        return 0
+    print(f"{path}: the folders and the index disagree; run again with --repair to fix it.")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
