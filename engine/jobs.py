@@ -108,6 +108,23 @@ def active_run(project: Project) -> str | None:
     return None
 
 
+def data_problem(counts: dict[str, int], min_images_per_class: int = 2) -> str | None:
+    """Why these class counts cannot train (in the user's words), or None. The engine refuses a class folder with
+    fewer than `min_images_per_class` images, so such a class is named here before a job is started for nothing."""
+    counts = {k: v for k, v in counts.items() if k != INBOX}
+    usable = {k: v for k, v in counts.items() if v >= min_images_per_class}
+    if len(usable) < 2:
+        return (f"Training needs at least 2 classes with {min_images_per_class}+ images each "
+                f"(now: {', '.join(f'{k}: {v}' for k, v in counts.items()) or 'no classes'}). "
+                "Add and sort images on the Data page.")
+    small = [f"'{k}' ({v})" for k, v in counts.items() if 0 < v < min_images_per_class]
+    if small:
+        return (f"Every class needs at least {min_images_per_class} images to train; too few in "
+                f"{', '.join(small)}. Add images to it, or delete the class on the Data page (its images go to the "
+                "inbox).")
+    return None
+
+
 def start_training(project: Project, config: TrainConfig | dict[str, Any] | None = None, *,
                    command: list[str] | None = None, min_images_per_class: int = 2) -> str:
     """Start a training job for the project and return its run id.
@@ -118,11 +135,9 @@ def start_training(project: Project, config: TrainConfig | dict[str, Any] | None
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config or {}))
     counts = {k: v for k, v in project.counts().items() if k != INBOX}
-    usable = {k: v for k, v in counts.items() if v >= min_images_per_class}
-    if len(usable) < 2:
-        raise JobError(f"Training needs at least 2 classes with {min_images_per_class}+ images each "
-                       f"(now: {', '.join(f'{k}: {v}' for k, v in counts.items()) or 'no classes'}). "
-                       "Add and sort images on the Data page.")
+    problem = data_problem(counts, min_images_per_class)
+    if problem:
+        raise JobError(problem)
     if command is None and os.environ.get(COMMAND_ENV):
         try:
             command = json.loads(os.environ[COMMAND_ENV])
@@ -358,6 +373,6 @@ def delete_run(project: Project, run_id: str) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-__all__ = ["COMMAND_ENV", "DIED_MESSAGE", "JobError", "WorkspaceError", "active_run", "cancel", "delete_run",
-           "events", "job_status", "latest_run", "list_runs", "load_metrics", "log_tail", "new_run_id", "run_path",
-           "start_training", "wait"]
+__all__ = ["COMMAND_ENV", "DIED_MESSAGE", "JobError", "WorkspaceError", "active_run", "cancel", "data_problem",
+           "delete_run", "events", "job_status", "latest_run", "list_runs", "load_metrics", "log_tail", "new_run_id",
+           "run_path", "start_training", "wait"]

@@ -45,7 +45,8 @@ LABELS = {"tfhub_module": "Backbone", "train_epochs": "Max epochs", "do_fine_tun
 
 counts = project.counts()
 class_counts = {c: n for c, n in counts.items() if c != INBOX}
-ready = sum(1 for n in class_counts.values() if n >= 2) >= 2
+problem = jobs.data_problem(class_counts)
+ready = problem is None
 active = jobs.active_run(project)
 
 
@@ -56,9 +57,12 @@ def _data_check() -> None:
         st.warning("This project has no sorted images yet. Add images and sort them into at least two classes on "
                    "the Data page — or create the demo project on the Projects page.")
         st.page_link(common.DATA, label="Go to Data", icon=":material/photo_library:")
-    elif not ready:
+    elif sum(1 for n in class_counts.values() if n >= 2) < 2:
         st.warning("Training needs at least 2 classes with 2 or more images each (now: "
                    + ", ".join(f"{c}: {n}" for c, n in class_counts.items()) + "). Sort more images on the Data page.")
+        st.page_link(common.DATA, label="Go to Data", icon=":material/photo_library:")
+    elif not ready:
+        st.warning(problem)
         st.page_link(common.DATA, label="Go to Data", icon=":material/photo_library:")
     else:
         st.caption(f"{n_train} images in {len(class_counts)} classes: "
