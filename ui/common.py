@@ -10,6 +10,7 @@ from typing import Any
 
 import streamlit as st
 
+from engine.images import SUPPORTED
 from engine.workspace import INBOX, AddReport, ImageRecord, Project, Workspace, WorkspaceError
 
 log = logging.getLogger("retrain_studio.ui")
@@ -21,6 +22,9 @@ REVIEW = "ui/pages/review.py"
 EXPORT = "ui/pages/export.py"
 
 INBOX_LABEL = "Unsorted (inbox)"
+# What the file pickers accept: every format training reads, plus formats people bring that we cannot use (HEIC
+# from phones, SVG drawings), so the engine can say why. Streamlit refuses any other extension with an exception.
+IMAGE_UPLOAD_TYPES = [*(e.lstrip(".") for e in SUPPORTED), "heic", "heif", "svg"]
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine.images import SUPPORTED
 from engine.workspace import INBOX
 from ui import common
 
@@ -15,7 +14,7 @@ project = common.require_project()
 st.title(f"Data · {project.name}")
 common.show_flash()
 
-UPLOAD_TYPES = [*(e.lstrip(".") for e in SUPPORTED), "zip"]
+UPLOAD_TYPES = [*common.IMAGE_UPLOAD_TYPES, "zip"]
 # keys for the sorter: C and R are reserved by Streamlit; S skips, X trashes, U undoes
 SORT_KEYS = [*"1234567890", *"ABDEFGHIJKLMNOPQTVWYZ"]
 PAGE_SIZES = [24, 48, 96]

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine.images import SUPPORTED
 from ui import common
 
 project = common.require_project()
@@ -116,7 +115,7 @@ else:
     c1, c2 = st.columns([1, 2], gap="large")
     with c1:
         model_name = st.selectbox("Model", models, key="try_model")
-        up = st.file_uploader("Image", type=[e.lstrip(".") for e in SUPPORTED], key="try_image")
+        up = st.file_uploader("Image", type=common.IMAGE_UPLOAD_TYPES, key="try_image")
     with c2:
         if up is not None:
             with common.user_errors("Predicting"):
