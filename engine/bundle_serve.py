@@ -148,9 +148,10 @@ def unsafe_member_reason(name: str) -> str | None:
 
 
 def _ignored_member(info: zipfile.ZipInfo) -> bool:
-    """Folders and macOS metadata (__MACOSX/, ._name) are not files the user meant to classify."""
+    """Folders and macOS metadata (__MACOSX/, ._name, .DS_Store) are not files the user meant to classify."""
     name = info.filename.replace("\\", "/")
-    return info.is_dir() or name.startswith("__MACOSX/") or name.rsplit("/", 1)[-1].startswith("._")
+    base = name.rsplit("/", 1)[-1]
+    return info.is_dir() or name.startswith("__MACOSX/") or base.startswith("._") or base == ".DS_Store"
 
 
 class Classifier:
@@ -244,7 +245,7 @@ class Classifier:
         """Every file of the upload, classified or with its reason; ApiError when none could be classified."""
         loop = asyncio.get_running_loop()
         if not data:
-            raise ApiError(400, "the upload is empty (0 bytes)")
+            raise ApiError(400, f"{filename or 'upload'}: the upload is empty (0 bytes)")
         if data[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
             result = await loop.run_in_executor(self.executor, self.classify_file, filename or "upload", data)
             if result.error:
