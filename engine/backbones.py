@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.images import file_sha256
 from engine.tfcompat import hub, keras, tf
 from engine.torch_legacy import load_state_dict
 
@@ -212,11 +213,7 @@ def _weights_digest(path: Path) -> str:
 @functools.lru_cache(maxsize=8)
 def _digest(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 - size/mtime are the cache key
     """Hashing 18 MB of weights costs ~25 ms: once per process per file version is enough."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
+    return file_sha256(path)[:12]
 
 
 def cached_module_path(name: str) -> Path:

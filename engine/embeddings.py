@@ -13,9 +13,7 @@ Pillow release the GIL), so the two overlap; one decoder beats two on 2 cores, w
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
-import tempfile
 import threading
 import time
 from collections import deque
@@ -29,6 +27,7 @@ import numpy as np
 from engine import images
 from engine.backbones import ResolvedBackbone, cache_root, load_feature_layer
 from engine.events import ProgressCallback, emit
+from engine.fileio import atomic_write_bytes
 from engine.tfcompat import keras, tf, tflite_interpreter
 
 log = logging.getLogger(__name__)
@@ -119,11 +118,7 @@ class Embedder:
         size = resolved.image_size
         model = keras.Sequential([keras.Input((size, size, 3), batch_size=1), load_feature_layer(resolved)])
         blob = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, blob)
         return path
 
     def __call__(self, image_uint8: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ import numpy as np
 
 from engine import __version__
 from engine.events import ProgressCallback, emit
+from engine.fileio import atomic_path, atomic_write_bytes, atomic_write_text, json_default
 
 log = logging.getLogger(__name__)
 
@@ -73,31 +74,6 @@ class ExportResult:
 # ----------------------------------------------------------------------------------------------------------------
 # Atomic writes
 # ----------------------------------------------------------------------------------------------------------------
-def _write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _write_bytes(path, text.encode("utf-8"))
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
 def _replace_dir(tmp: Path, final: Path) -> None:
     """Swap a finished temporary folder in; a folder cannot be os.replace'd over a non-empty one."""
     if final.exists():
@@ -249,7 +225,7 @@ def export_model(model, labels: list[str], out_dir: str | Path, *, image_size: i
     emit(progress, "stage", stage="export", message="Saving the TensorFlow SavedModel")
     save_saved_model(model, out / "saved_model", image_size, labels)
     labels_path = out / "labels.txt"
-    _write_text(labels_path, "\n".join(labels) + "\n")
+    atomic_write_text(labels_path, "\n".join(labels) + "\n")
 
     keras_top1 = keras_accuracy = None
     if validation is not None:
@@ -263,16 +239,16 @@ def export_model(model, labels: list[str], out_dir: str | Path, *, image_size: i
             continue
         emit(progress, "stage", stage="export", message=f"Converting the {variant} TFLite model")
         path = out / f"model_{variant}.tflite"
-        _write_bytes(path, convert_tflite(out / "saved_model", variant, representative))
+        atomic_write_bytes(path, convert_tflite(out / "saved_model", variant, representative))
         result.tflite[variant] = path
         result.stats[variant] = _tflite_stats(path, variant, keras_top1, validation)
         log.info("%s: %d bytes, top-1 agreement with Keras %s", path.name, result.stats[variant]["bytes"],
                  result.stats[variant]["agreement_top1_vs_keras"])
 
     result.card = _card(card, labels, image_size, center_crop, result.stats, keras_accuracy)
-    text = json.dumps(result.card, indent=2, default=_json_default)
-    _write_text(result.card_path, text)
-    _write_text(result.saved_model_dir / "assets" / "model_card.json", text)
+    text = json.dumps(result.card, indent=2, default=json_default)
+    atomic_write_text(result.card_path, text)
+    atomic_write_text(result.saved_model_dir / "assets" / "model_card.json", text)
     log.info("Exported to %s in %.1f s", out, time.perf_counter() - t0)
     return result
 
@@ -364,31 +340,24 @@ def write_bundle(out_dir: str | Path, bundle_path: str | Path) -> Path:
     card = json.loads(card_path.read_text(encoding="utf-8"))
     files = [p for p in [card_path, out / "labels.txt", *sorted(out.glob("model_*.tflite"))] if p.exists()]
     bundle.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=bundle.parent, prefix=f".{bundle.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for p in files:
-                zf.write(p, p.name)
-            for p in sorted((out / "saved_model").rglob("*")):
-                if p.is_file():
-                    zf.write(p, p.relative_to(out).as_posix())
-            zf.write(BUNDLE_PREDICT, "predict.py")
-            zf.writestr("requirements.txt", _requirements())
-            zf.write(BUNDLE_SERVE, "serve.py")  # HTTP server (issue 4)
-            zf.writestr("requirements-serve.txt", "-r requirements.txt\n" + _requirements(BUNDLE_SERVE_REQUIREMENTS))
-            zf.writestr("README.md", _readme(card))
-        os.replace(tmp, bundle)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(bundle) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for p in files:
+            zf.write(p, p.name)
+        for p in sorted((out / "saved_model").rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(out).as_posix())
+        zf.write(BUNDLE_PREDICT, "predict.py")
+        zf.writestr("requirements.txt", _requirements())
+        zf.write(BUNDLE_SERVE, "serve.py")  # HTTP server (issue 4)
+        zf.writestr("requirements-serve.txt", "-r requirements.txt\n" + _requirements(BUNDLE_SERVE_REQUIREMENTS))
+        zf.writestr("README.md", _readme(card))
     log.info("Bundle written: %s (%.1f MB)", bundle, bundle.stat().st_size / 1e6)
     return bundle
 
 
 def _copy_file(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    _write_bytes(dst, src.read_bytes())
+    atomic_write_bytes(dst, src.read_bytes())
 
 
 def write_legacy_outputs(export_result: ExportResult, saved_model_dir: str | None = None,

@@ -27,11 +27,11 @@ from typing import Any
 
 from engine.config import TrainConfig
 from engine.events import read_events
+from engine.fileio import atomic_write_json, read_json
 from engine.workspace import (
     INBOX,
     Project,
     WorkspaceError,
-    _atomic_write_json,
     _pid_exists,
     storage_error_message,
 )
@@ -50,14 +50,6 @@ _START_LOCK = threading.Lock()
 
 class JobError(RuntimeError):
     """A user-facing problem starting or stopping a job."""
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _proc_start_time(pid: int) -> str | None:
@@ -176,11 +168,11 @@ def _launch(project: Project, cfg: TrainConfig, run_id: str, run_dir: Path, coun
     fill = {"run_dir": str(run_dir), "image_dir": str(image_dir), "config": str(config_path)}
     argv = [str(a).format(**fill) for a in command] if command else _engine_command(image_dir, run_dir, config_path)
     started = time.time()
-    _atomic_write_json(run_dir / "status.json",
+    atomic_write_json(run_dir / "status.json",
                        {"state": "running", "pid": None, "started": started, "finished": None, "message": "starting"})
     meta = {"run_id": run_id, "project": project.slug, "started": started, "command": argv, "counts": counts,
             "n_images": sum(counts.values()), "backbone": cfg.tfhub_module}
-    _atomic_write_json(run_dir / "run.json", meta)
+    atomic_write_json(run_dir / "run.json", meta)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
@@ -190,7 +182,7 @@ def _launch(project: Project, cfg: TrainConfig, run_id: str, run_dir: Path, coun
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
                                 cwd=str(REPO_ROOT), env=env, start_new_session=True)
     except OSError as exc:
-        _atomic_write_json(run_dir / "status.json", {"state": "failed", "pid": None, "started": started,
+        atomic_write_json(run_dir / "status.json", {"state": "failed", "pid": None, "started": started,
                                                      "finished": time.time(),
                                                      "message": f"could not start training: {exc}"})
         raise JobError(f"Could not start the training process: {exc}") from exc
@@ -198,7 +190,7 @@ def _launch(project: Project, cfg: TrainConfig, run_id: str, run_dir: Path, coun
         log_fh.close()
     _PROCS[proc.pid] = proc
     meta.update(pid=proc.pid, proc_start=_proc_start_time(proc.pid))
-    _atomic_write_json(run_dir / "run.json", meta)
+    atomic_write_json(run_dir / "run.json", meta)
     log.info("started run %s of %s (pid %d): %s", run_id, project.slug, proc.pid, shlex.join(argv))
     return run_id
 
@@ -228,8 +220,8 @@ def job_status(run_dir: str | Path) -> dict[str, Any]:
     downloadable (bundle.zip exists).
     """
     run_dir = Path(run_dir)
-    status = _read_json(run_dir / "status.json")
-    meta = _read_json(run_dir / "run.json")
+    status = read_json(run_dir / "status.json")
+    meta = read_json(run_dir / "run.json")
     state = status.get("state")
     if state is None:
         status = {"state": "unknown", "message": "no status.json in this run folder", "pid": None,
@@ -240,12 +232,12 @@ def job_status(run_dir: str | Path) -> dict[str, Any]:
         if pid is None and time.time() - float(status.get("started") or 0) < 30:
             pass  # being started right now
         elif not _alive(pid, proc_start):
-            status = _read_json(run_dir / "status.json") or status  # it may have finished a moment ago
+            status = read_json(run_dir / "status.json") or status  # it may have finished a moment ago
             if status.get("state") == "running":
                 cancelled = (run_dir / "cancel").exists()
                 status.update(state="cancelled" if cancelled else "failed", finished=time.time(),
                               message="cancelled by the user" if cancelled else DIED_MESSAGE)
-                _atomic_write_json(run_dir / "status.json", status)
+                atomic_write_json(run_dir / "status.json", status)
     status.setdefault("message", "")
     status["downloadable"] = (run_dir / "bundle.zip").exists()
     return status
@@ -258,7 +250,7 @@ def cancel(run_dir: str | Path, timeout: float = 10.0) -> dict[str, Any]:
     if status["state"] != "running":
         return status
     (run_dir / "cancel").write_text(str(time.time()))
-    meta = _read_json(run_dir / "run.json")
+    meta = read_json(run_dir / "run.json")
     pid = status.get("pid") or meta.get("pid")
     if isinstance(pid, int) and _alive(pid, meta.get("proc_start") if meta.get("pid") == pid else None):
         _signal_group(pid, signal.SIGTERM)
@@ -270,11 +262,11 @@ def cancel(run_dir: str | Path, timeout: float = 10.0) -> dict[str, Any]:
             deadline = time.time() + 5
             while time.time() < deadline and _alive(pid):
                 time.sleep(0.1)
-    status = _read_json(run_dir / "status.json")
+    status = read_json(run_dir / "status.json")
     if status.get("state") not in ("succeeded",):
         status.update(state="cancelled", finished=status.get("finished") or time.time(),
                       message="cancelled by the user")
-        _atomic_write_json(run_dir / "status.json", status)
+        atomic_write_json(run_dir / "status.json", status)
     return job_status(run_dir)
 
 
@@ -300,7 +292,7 @@ def wait(run_dir: str | Path, timeout: float = 600, poll: float = 0.2) -> dict[s
 
 def load_metrics(run_dir: str | Path) -> dict[str, Any] | None:
     path = Path(run_dir) / "metrics.json"
-    return _read_json(path) if path.exists() else None
+    return read_json(path) if path.exists() else None
 
 
 def events(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -331,8 +323,8 @@ def list_runs(project: Project) -> list[dict[str, Any]]:
         if not (run_dir / "status.json").exists() and not (run_dir / "run.json").exists():
             continue
         status = job_status(run_dir)
-        meta = _read_json(run_dir / "run.json")
-        cfg = _read_json(run_dir / "config.json")
+        meta = read_json(run_dir / "run.json")
+        cfg = read_json(run_dir / "config.json")
         metrics = load_metrics(run_dir) if status["state"] == "succeeded" else None
         val_acc = metrics.get("val_accuracy") if metrics else None
         if val_acc is None:

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -21,6 +20,7 @@ import numpy as np
 
 from engine.config import TrainConfig
 from engine.events import EventLog, ProgressCallback, emit, tee
+from engine.fileio import atomic_write_json, read_json
 from engine.train import (
     AccuracyError,
     TrainResult,
@@ -28,7 +28,6 @@ from engine.train import (
     load_images,
     model_card,
     train,
-    write_json,
 )
 
 log = logging.getLogger(__name__)
@@ -52,18 +51,13 @@ def default_run_dir(base: str | Path = "runs") -> Path:
 
 def write_status(run_dir: Path, state: str, message: str = "", **extra: Any) -> None:
     status_path = run_dir / "status.json"
-    status: dict[str, Any] = {}
-    if status_path.exists():
-        try:
-            status = json.loads(status_path.read_text())
-        except ValueError:
-            status = {}
+    status = read_json(status_path)
     status.update(state=state, message=message, pid=os.getpid(), **extra)
     if state == "running":
         status.setdefault("started", time.time())
     else:
         status["finished"] = time.time()
-    write_json(status_path, status)
+    atomic_write_json(status_path, status)
 
 
 def execute(cfg: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
@@ -99,7 +93,7 @@ def _execute(cfg: TrainConfig, run_dir: Path, progress: ProgressCallback) -> Tra
     result.run_dir = run_dir
     metrics = {**result.metrics, "history": result.history, "timings": result.timings,
                "skipped": [{"path": s.path, "reason": s.reason} for s in result.data.dataset.skipped]}
-    write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(run_dir / "metrics.json", metrics)
     emit(progress, "result", val_accuracy=result.val_accuracy, metrics_file=str(run_dir / "metrics.json"))
     check_accuracy(result, cfg.assert_accuracy_at_least)
     emit(progress, "stage", stage="export", message="Exporting SavedModel and TFLite models")

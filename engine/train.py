@@ -7,9 +7,7 @@ weights restored) because an epoch there costs milliseconds; make_image_classifi
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +18,7 @@ import numpy as np
 from engine import __version__, images
 from engine.backbones import ResolvedBackbone, load_feature_layer, resolve
 from engine.config import TrainConfig
-from engine.dataset import Dataset, DatasetError, ImageItem, Skipped, scan_image_dir, split_dataset
+from engine.dataset import Dataset, ImageItem, Skipped, scan_image_dir, split_dataset, validate
 from engine.embeddings import EmbeddingStore, embed_files
 from engine.events import ProgressCallback, emit
 from engine.tfcompat import hub, keras, set_seed, tf
@@ -100,12 +98,7 @@ def _drop_unreadable(ds: Dataset, failed: list[tuple[int, str]]) -> Dataset:
     items: list[ImageItem] = [it for i, it in enumerate(ds.items) if i not in bad]
     skipped = ds.skipped + [Skipped(ds.items[i].path, reason) for i, reason in failed]
     kept = Dataset(ds.root, ds.labels, items, skipped)
-    for label, count in kept.class_counts().items():
-        if count < 2:
-            raise DatasetError(
-                f"class '{label}' has {count} usable image{'s' if count != 1 else ''} after skipping unreadable "
-                f"files; need at least 2. Add images to {Path(ds.root) / label} or remove that folder."
-            )
+    validate(kept)  # a class may now be too small; its message counts the skipped files
     return kept
 
 
@@ -395,17 +388,3 @@ def model_card(result: TrainResult) -> dict[str, Any]:
         "history_epochs": len(result.history),
         "timings": result.timings,
     }
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)

@@ -30,7 +30,6 @@ import re
 import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 import unicodedata
 import zipfile
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.fileio import TEMP_PREFIX, atomic_write_bytes
 from engine.images import SUPPORTED, ImageError, bytes_sha256, load_image, sniff_kind
 
 log = logging.getLogger(__name__)
@@ -158,24 +158,6 @@ def sanitize_class_name(name: str) -> str:
 def sniff_extension(data: bytes) -> str | None:
     """The file extension matching the image's content (".jpg", ...), or None."""
     return _KIND_EXTENSION.get(sniff_kind(data) or "")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -791,7 +773,7 @@ class Project:
             if class_name is not None:
                 self._ensure_class(db, class_name)
             dest = self._location(class_name, final)
-            _atomic_write(dest, data)
+            atomic_write_bytes(dest, data)
             try:
                 db.execute("INSERT INTO images (sha256, class, filename, source_name, added_at, status) "
                            "VALUES (?, ?, ?, ?, ?, 'ok')", (sha, class_name, final, name[:255], time.time()))
@@ -923,7 +905,7 @@ class Project:
         buf = io.BytesIO()
         img.convert("RGB").save(buf, format="JPEG", quality=85)
         data = buf.getvalue()
-        _atomic_write(self.thumbs_dir / f"{sha}.jpg", data)
+        atomic_write_bytes(self.thumbs_dir / f"{sha}.jpg", data)
         return data
 
     def thumbnail(self, sha: str) -> bytes:
@@ -967,7 +949,7 @@ class Project:
                 untracked_dirs.append(folder)
             for f in folder.iterdir() if folder.is_dir() else []:
                 if f.is_file():
-                    if f.name.startswith(".tmp-"):
+                    if f.name.startswith(TEMP_PREFIX):
                         if repair and time.time() - f.stat().st_mtime > 3600:
                             f.unlink(missing_ok=True)
                         continue

@@ -34,6 +34,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -53,7 +54,7 @@ if str(REPO) not in sys.path:  # the app's pages import ui/ and engine/ from the
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from engine import jobs  # noqa: E402
+from engine import fileio, jobs  # noqa: E402
 from engine import workspace as wsmod  # noqa: E402
 from engine.config import TrainConfig  # noqa: E402
 from engine.demo import bad_file_corpus, make_demo_dataset  # noqa: E402
@@ -1361,7 +1362,8 @@ def test_disk_full_is_a_clear_message_and_loses_nothing(tmp_path, monkeypatch):
     project.create_class("b")
     before = image_files(project)
     with monkeypatch.context() as m:
-        m.setattr(wsmod, "os", FaultyModule(os, replace=fails_with(errno.ENOSPC)))
+        for module in (wsmod, fileio):  # the workspace writes through engine.fileio too
+            m.setattr(module, "os", FaultyModule(os, replace=fails_with(errno.ENOSPC)))
         with pytest.raises(WorkspaceError, match="the disk is full") as exc:
             project.add_files([("new1.png", img(490)), ("new2.png", img(491))], "a")
         assert "new1.png" in str(exc.value) and "0 file(s) of this batch were added" in str(exc.value)
@@ -1387,8 +1389,9 @@ def test_permission_errors_are_clear_messages(tmp_path, monkeypatch):
     project.add_files([(f"b{i}.png", img(496 + i)) for i in range(2)], "b")
     before = image_files(project)
     with monkeypatch.context() as m:
-        m.setattr(wsmod, "tempfile", FaultyModule(wsmod.tempfile, mkstemp=fails_with(errno.EACCES)))
-        m.setattr(wsmod, "os", FaultyModule(os, replace=fails_with(errno.EROFS)))
+        m.setattr(fileio, "tempfile", FaultyModule(tempfile, mkstemp=fails_with(errno.EACCES)))
+        for module in (wsmod, fileio):  # the workspace writes through engine.fileio too
+            m.setattr(module, "os", FaultyModule(os, replace=fails_with(errno.EROFS)))
         with pytest.raises(WorkspaceError, match="no permission to write"):
             project.add_files([("new.png", img(499))])
         with pytest.raises(WorkspaceError, match="no permission to write"):
