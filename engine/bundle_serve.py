@@ -5,12 +5,14 @@
     python serve.py --port 8080                       # 127.0.0.1 unless --host says otherwise
     curl -F upload=@photo.jpg http://127.0.0.1:8080/classify
 
-    POST /classify      form field `upload`: an image (JPEG, PNG, BMP, WebP, GIF, TIFF) or a zip of images ->
+    POST /classify      form field `upload`: an image (JPEG, PNG, BMP, WebP, GIF, TIFF; HEIC when pillow-heif is
+                        installed) or a zip of images ->
                         {"<file name>": {"preds": [{"tagName": "cat", "probablity": 0.97, "probability": 0.97}]}},
                         top 5, most probable first: the text/non-text server's answer (`probablity` spelled as it
-                        was there, for drop-in compatibility, and `probability` beside it)
-    POST /v1/predict    the same upload, ?top_k=N -> {"model", "top_k", "latency_ms", "results": [{"filename",
-                        "predictions": [{"label", "probability"}], "error"}]}
+                        was there, for drop-in compatibility, and `probability` beside it), plus "unknown": true
+                        when the top probability is below the model card's threshold
+    POST /v1/predict    the same upload, ?top_k=N&threshold=T -> {"model", "top_k", "threshold", "latency_ms",
+                        "results": [{"filename", "predictions": [{"label", "probability"}], "unknown", "error"}]}
     GET  /v1/model      labels, input size, the model card's metrics, this server's limits and runtime
     GET  /healthz       {"status": "ok"}
     GET  /openapi.json  the OpenAPI spec (/docs renders it where the browser can load Swagger UI)
@@ -84,7 +86,9 @@ CONFIG_ENV = "RETRAIN_SERVE_CONFIG"  # how `--workers N` hands the configuration
 MIB = 1024 * 1024
 ZIP_RATIO_MIN_BYTES = MIB  # the compression-ratio limit applies to members larger than this
 DRAIN_LIMIT = 64 * MIB  # an over-limit body is read and dropped up to this much, so the client sees the 413
-FORMATS = "JPEG, PNG, BMP, WebP, GIF or TIFF"
+# HEIC only where pillow-heif is installed (predict.py registers it); it is not in requirements-serve.txt
+FORMATS = "JPEG, PNG, BMP, WebP, GIF, TIFF or HEIC" if bp.HEIF else \
+    "JPEG, PNG, BMP, WebP, GIF or TIFF; HEIC after pip install pillow-heif"
 _UNSAFE_NAME = re.compile(r"^([A-Za-z]:|[/\\])")
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit answers first, with a clear 413
 
@@ -103,6 +107,7 @@ class ServeConfig:
     max_zip_ratio: float = 100.0  # uncompressed/compressed size, for members over 1 MiB
     max_pixels: int = 80_000_000  # what training accepts (engine.images.MAX_PIXELS)
     max_inflight: int = 32  # requests being handled at once per worker; more get a 503
+    threshold: float | None = None  # "unknown" below this top probability; None: the model card's (0: never)
 
     def resolved_threads(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // max(1, self.workers))
@@ -166,6 +171,7 @@ class Classifier:
         model = Path(cfg.model or self.card.get("default_model") or "model_float32.tflite")
         self.model_path = model if model.is_absolute() else folder / model
         self.name = cfg.name or self.card.get("name") or folder.name
+        self.threshold = bp.card_threshold(self.card) if cfg.threshold is None else float(cfg.threshold)
         self.threads = cfg.resolved_threads()
         self._pool: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(self.threads):
@@ -356,6 +362,8 @@ class SeedPrediction(BaseModel):
 
 class SeedResult(BaseModel):
     preds: list[SeedPrediction] = Field(description="top classes, most probable first; empty when the file failed")
+    unknown: bool | None = Field(None, description="true when the top probability is below the model's threshold "
+                                                   "(absent when the file failed)")
     error: str | None = Field(None, description="why this file was not classified (absent when it was)")
 
 
@@ -371,12 +379,16 @@ class Prediction(BaseModel):
 class FilePrediction(BaseModel):
     filename: str
     predictions: list[Prediction]
+    unknown: bool | None = Field(None, description="true when the top probability is below `threshold`; null when "
+                                                   "the file failed")
     error: str | None = None
 
 
 class PredictResponse(BaseModel):
     model: str
     top_k: int
+    threshold: float = Field(description="answers whose top probability is below this are unknown (0: none); the "
+                                         "model card's unless the request or --threshold gave one")
     latency_ms: float = Field(description="server time for this request once its upload was received: unzipping, "
                                           "decoding, preprocessing and inference")
     results: list[FilePrediction]
@@ -393,6 +405,7 @@ class ModelInfo(BaseModel):
     created: str | None = None
     engine_version: str | None = None
     metrics: dict[str, Any] | None = None
+    threshold: float = Field(description="the \"unknown\" threshold answers use by default")
     limits: dict[str, float | int]
     runtime: dict[str, Any]
 
@@ -492,7 +505,8 @@ def create_app(cfg: ServeConfig | None = None) -> FastAPI:
                 key = f"{r.name} ({n})"
             if r.error is None:
                 out[key] = {"preds": [{"tagName": p["label"], "probablity": p["probability"],
-                                       "probability": p["probability"]} for p in clf.top(r.probs, cfg.top_k)]}
+                                       "probability": p["probability"]} for p in clf.top(r.probs, cfg.top_k)],
+                            "unknown": bp.is_unknown(r.probs, clf.threshold)}
             else:
                 out[key] = {"preds": [], "error": r.error}
         return JSONResponse(out)
@@ -500,14 +514,18 @@ def create_app(cfg: ServeConfig | None = None) -> FastAPI:
     @app.post("/v1/predict", response_model=PredictResponse, responses=UPLOAD_ERRORS,
               summary="Top-k classes per image, with the model's name and the server's latency")
     async def predict(upload: Upload,
-                      top_k: Annotated[int | None, Query(ge=1, le=1000, description="default: --top_k")] = None
+                      top_k: Annotated[int | None, Query(ge=1, le=1000, description="default: --top_k")] = None,
+                      threshold: Annotated[float | None, Query(ge=0, le=1, description="unknown below this top "
+                                                               "probability; default: the model card's")] = None
                       ) -> JSONResponse:
         t0 = time.perf_counter()
         k = min(top_k or cfg.top_k, len(clf.labels))
+        thr = clf.threshold if threshold is None else float(threshold)
         results = await clf.classify_upload(await _read(upload), upload.filename)
-        body = {"model": clf.name, "top_k": k, "latency_ms": 0.0,
+        body = {"model": clf.name, "top_k": k, "threshold": thr, "latency_ms": 0.0,
                 "results": [{"filename": r.name, "predictions": [] if r.error else clf.top(r.probs, k),
-                             "error": r.error} for r in results]}
+                             "unknown": None if r.error else bp.is_unknown(r.probs, thr), "error": r.error}
+                            for r in results]}
         body["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         return JSONResponse(body)
 
@@ -518,6 +536,7 @@ def create_app(cfg: ServeConfig | None = None) -> FastAPI:
             name=clf.name, labels=clf.labels, num_classes=len(clf.labels), image_size=clf.size,
             input_dtype=clf.input_dtype, model_file=clf.model_path.name, center_crop=clf.center_crop,
             created=card.get("created"), engine_version=card.get("engine_version"), metrics=card.get("metrics"),
+            threshold=clf.threshold,
             limits={"max_upload_bytes": int(cfg.max_upload_mb * MIB), "max_zip_files": cfg.max_zip_files,
                     "max_zip_uncompressed_bytes": int(cfg.max_zip_mb * MIB), "max_zip_ratio": cfg.max_zip_ratio,
                     "max_pixels": cfg.max_pixels, "max_inflight": cfg.max_inflight, "top_k": cfg.top_k},
@@ -548,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="a .tflite file of the bundle (default: the card's default_model)")
     p.add_argument("--name", default=None, help="model name shown by the API (default: the bundle folder's name)")
     p.add_argument("--top_k", type=int, default=d.top_k, help="classes per image in /classify; /v1/predict's default")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="answers whose top probability is below this are marked unknown (default: the model card's "
+                        "threshold, read off cross-validated predictions; 0: never)")
     p.add_argument("--max_upload_mb", type=float, default=d.max_upload_mb, help="largest request body")
     p.add_argument("--max_zip_files", type=int, default=d.max_zip_files, help="most files in one zip")
     p.add_argument("--max_zip_mb", type=float, default=d.max_zip_mb, help="largest total uncompressed size of a zip")

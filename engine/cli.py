@@ -1,4 +1,4 @@
-"""Command line: `python -m engine train|predict|backbones|serve`.
+"""Command line: `python -m engine train|predict|backbones|serve|embed|inspect`.
 
 `train` takes TF Hub make_image_classifier's flags (generated from TrainConfig, so the CLI, the app and the trainer
 share one set of names, defaults and help texts); a command line that starts with a flag is treated as `train`,
@@ -19,7 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from engine.config import TrainConfig
 
 log = logging.getLogger("engine")
-COMMANDS = ("train", "predict", "backbones", "serve")
+COMMANDS = ("train", "predict", "backbones", "serve", "embed", "inspect")
 
 
 def parse_bool(text: str) -> bool:
@@ -87,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_args(serve)
     # --- end HTTP server
+    # --- embed, locally or on a Ray cluster (issue 12, engine/distributed.py)
+    embed = sub.add_parser("embed", help="Compute backbone features for a folder into the cache (--ray: on a cluster).",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from engine.distributed import add_embed_args
+
+    add_embed_args(embed)
+    # --- inspect: label issues, near-duplicates, outliers (issue 10, engine/curate.py)
+    inspect = sub.add_parser("inspect", help="Find label issues, near-duplicates and outliers in an image folder.")
+    from engine.curate import add_inspect_args
+
+    add_inspect_args(inspect)
     return parser
 
 
@@ -103,6 +114,18 @@ def run_train(args: argparse.Namespace) -> int:
     from engine.train import AccuracyError
 
     cfg = config_from_args(args)
+    if cfg.set_memory_growth:  # before make_strategy below puts the GPUs to use
+        from engine.tfcompat import set_memory_growth
+
+        set_memory_growth()
+    if cfg.distribution_strategy == "multi_worker":  # TF allows collective ops only if set up before anything runs
+        from engine.distributed import DistributedError, make_strategy
+
+        try:
+            make_strategy(cfg.distribution_strategy)
+        except DistributedError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     signal.signal(signal.SIGTERM, _sigterm_to_exception)
     progress = _ConsoleProgress()
     try:
@@ -123,7 +146,12 @@ def run_train(args: argparse.Namespace) -> int:
 def _print_summary(result) -> None:
     acc = result.val_accuracy
     print(f"Classes: {', '.join(result.labels)}")
-    print(f"Validation accuracy: {acc:.4f}" if acc is not None else "Validation accuracy: n/a (no validation split)")
+    print(f"Validation accuracy: {acc:.4f} ({result.metrics.get('evaluation', 'validation')})" if acc is not None
+          else "Validation accuracy: n/a (no validation split)")
+    threshold = result.metrics.get("threshold") or {}
+    if threshold.get("value") is not None:
+        print(f"Unknown below {threshold['value']:.3f} confidence (precision {threshold['precision']:.3f}, "
+              f"coverage {threshold['coverage']:.3f} in {result.metrics.get('evaluation', 'validation')})")
     t = result.timings
     print(f"Time: {t['total_s']:.1f} s (features {t['embed_s']:.1f} s for {t['embedded_new']} new images, "
           f"head {t['head_s']:.2f} s)")
@@ -196,6 +224,14 @@ def main(argv: list[str] | None = None) -> int:
         from engine.predict import run_predict
 
         return run_predict(args)
+    if args.command == "inspect":  # issue 10
+        from engine.curate import run_inspect
+
+        return run_inspect(args)
+    if args.command == "embed":  # issue 12
+        from engine.distributed import run_embed
+
+        return run_embed(args)
     if args.command == "serve":  # HTTP server (issue 4)
         from engine.serve import run_serve
 

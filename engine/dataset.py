@@ -1,14 +1,22 @@
-"""An `image_dir` (one subfolder per class, as make_image_classifier takes it): scanning and splitting.
+"""An `image_dir` (one subfolder per class, as make_image_classifier takes it): scanning, splitting, snapshots.
 
 Labels are the sorted folder names. Files that are not images are reported with the reason and left alone; nothing
 here ever deletes or moves a user's file.
+
+A run trains on a snapshot: the (SHA-256, label) pairs seen by the scan. People keep sorting while it trains, so
+every later read of an image goes through `resolve_path()`, which finds the bytes by content when the file is no
+longer where the scan saw it (a workspace project asks its index, which also knows the trash; a plain folder is
+rescanned for the content), and raises `ImageGone` (an ImageError naming the file) when they are nowhere.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,10 +24,12 @@ import numpy as np
 
 from engine import images
 from engine.events import ProgressCallback, emit
+from engine.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 MIN_PER_CLASS = 2
+SNAPSHOT_FILE = "snapshot.json"
 
 
 class DatasetError(ValueError):
@@ -120,6 +130,166 @@ def _class_dirs(root: Path, image_dir: str | Path, skipped: list[Skipped]) -> li
     return dirs
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# reading by content: what the scan saw, and where those bytes are now
+# ------------------------------------------------------------------------------------------------------------------
+class ImageGone(images.ImageError):
+    """An image of the snapshot whose bytes are nowhere any more (moved out of the folder, or deleted)."""
+
+
+@dataclass(frozen=True)
+class _Seen:
+    sha256: str
+    size: int
+    mtime_ns: int
+    root: str
+
+
+_SEEN: dict[str, _Seen] = {}  # path as scanned -> what was there (filled by scan_image_dir)
+_FOUND: dict[str, dict[str, str]] = {}  # root -> {sha256: path} learnt by rescans
+_LOCK = threading.Lock()
+
+
+def _forget(root: Path) -> None:
+    """A new scan of `root` replaces what earlier scans saw there (a long-lived worker scans many times)."""
+    with _LOCK:
+        for key in [k for k, v in _SEEN.items() if v.root == str(root)]:
+            del _SEEN[key]
+        _FOUND.pop(str(root), None)
+
+
+def _remember(path: Path, root: Path, sha: str, stat: os.stat_result) -> None:
+    _SEEN[str(path)] = _Seen(sha, stat.st_size, stat.st_mtime_ns, str(root))
+
+
+def resolve_path(path: str | Path | ImageItem) -> str:
+    """Where the bytes the scan saw at `path` are now: `path` itself while its file is unchanged (same size and
+    modification time; a move keeps both), else the file with that SHA-256. Paths no scan saw are returned as is.
+    Raises ImageGone when the content is nowhere in the project or folder."""
+    key = str(path.path if isinstance(path, ImageItem) else path)
+    seen = _SEEN.get(key)
+    if seen is None:
+        return key
+    try:
+        st = os.stat(key)
+        if st.st_size == seen.size and st.st_mtime_ns == seen.mtime_ns:
+            return key
+    except OSError:
+        pass
+    found = _find_content(seen)
+    if found is None:
+        raise ImageGone(f"{Path(key).name}: moved out of {seen.root} or deleted while training, and not found "
+                        "again by its content")
+    log.info("%s changed place while training; reading it from %s", key, found)
+    return found
+
+
+def prepare_image(path: str | Path | ImageItem, size: int, center_crop: bool = False) -> np.ndarray:
+    """images.prepare() on the bytes the scan saw at `path`, wherever they are now (see resolve_path)."""
+    key = str(path.path if isinstance(path, ImageItem) else path)
+    if key not in _SEEN:
+        return images.prepare(key, size, center_crop)
+    name = Path(key).name
+    for _ in range(4):
+        where = resolve_path(key)
+        try:
+            data = Path(where).read_bytes()
+        except FileNotFoundError:
+            continue  # moved again between being found and being read: look again
+        except OSError as exc:
+            raise images.ImageError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
+        return images.prepare(data, size, center_crop, name=name)
+    raise ImageGone(f"{name}: kept moving while training and could not be read")
+
+
+def _find_content(seen: _Seen) -> str | None:
+    root = Path(seen.root)
+    if root.name == "images" and (root.parent / "project.db").is_file():  # a workspace project: ask its index
+        from engine.workspace import Project
+
+        try:
+            where = Project(root.parent).locate(seen.sha256)
+        except Exception as exc:  # noqa: BLE001 - a busy or broken index: fall back to looking at the files
+            log.warning("project index unavailable (%r); searching %s by content", exc, root)
+            where = None
+        if where is not None and where.is_file():
+            return str(where)
+    with _LOCK:
+        known = _FOUND.setdefault(seen.root, {})
+        hit = known.get(seen.sha256)
+        if hit and _size(hit) == seen.size and images.file_sha256(hit) == seen.sha256:
+            return hit
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            dirnames[:] = [d for d in dirnames if not _hidden(d)]
+            for fname in filenames:
+                candidate = os.path.join(dirpath, fname)
+                if _hidden(fname) or _size(candidate) != seen.size:
+                    continue
+                try:
+                    known[images.file_sha256(candidate)] = candidate
+                except OSError:
+                    continue
+                if known.get(seen.sha256) == candidate:
+                    return candidate
+    return None
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+@dataclass
+class Snapshot:
+    """What a run trained on: (sha256, label, path relative to root) for every image, and their hash (the same as
+    Dataset.dataset_hash(), which the model card records)."""
+    hash: str
+    root: str
+    created: float
+    items: list[tuple[str, str, str]]
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> Snapshot:
+        root = Path(dataset.root)
+        rows = []
+        for it in dataset.items:
+            rel = Path(it.path).relative_to(root) if Path(it.path).is_relative_to(root) else Path(it.path)
+            rows.append((it.sha256 or "", it.label, rel.as_posix()))
+        return cls(dataset.dataset_hash(), str(root), time.time(), sorted(rows))
+
+    def save(self, run_dir: str | Path) -> Path:
+        path = Path(run_dir) / SNAPSHOT_FILE
+        atomic_write_json(path, {"hash": self.hash, "root": self.root, "created": self.created,
+                                 "n_images": len(self.items), "items": [list(r) for r in self.items]})
+        return path
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Snapshot | None:
+        try:
+            data = json.loads((Path(run_dir) / SNAPSHOT_FILE).read_text())
+            return cls(str(data["hash"]), str(data["root"]), float(data["created"]),
+                       [tuple(r) for r in data["items"]])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def labels(self) -> dict[str, str]:
+        return {sha: label for sha, label, _ in self.items}
+
+    def changed(self, current: dict[str, str]) -> int:
+        """How many images differ from `current` ({sha256: label} now): added, removed or relabelled."""
+        before = self.labels()
+        return sum(1 for sha in before.keys() | current.keys() if before.get(sha) != current.get(sha))
+
+
+def write_snapshot(dataset: Dataset, run_dir: str | Path) -> Snapshot:
+    """Save the snapshot a run trains on as <run_dir>/snapshot.json."""
+    snap = Snapshot.of(dataset)
+    snap.save(run_dir)
+    return snap
+
+
 def scan_image_dir(image_dir: str | Path, check_images: bool = True, max_pixels: int = images.MAX_PIXELS,
                    progress: ProgressCallback | None = None) -> Dataset:
     """Labels and images of an image_dir; unreadable or non-image files go to `skipped` with the reason."""
@@ -127,6 +297,7 @@ def scan_image_dir(image_dir: str | Path, check_images: bool = True, max_pixels:
     if not root.is_dir():
         raise DatasetError(f"Image folder '{image_dir}' does not exist (or is not a folder)")
     skipped: list[Skipped] = []
+    _forget(root)
     class_dirs = _class_dirs(root, image_dir, skipped)
     per_class = {d.name: _class_files(root, d, skipped) for d in class_dirs}
     items, labels, done, total = [], [], 0, sum(len(v) for v in per_class.values())
@@ -135,7 +306,7 @@ def scan_image_dir(image_dir: str | Path, check_images: bool = True, max_pixels:
         candidates = 0
         for path in files:
             done += 1
-            candidates += _check_file(path, label, check_images, max_pixels, skipped, items)
+            candidates += _check_file(path, label, check_images, max_pixels, skipped, items, root)
             if done % 50 == 0 or done == total:
                 emit(progress, "scan", done=done, total=total)
         if candidates:
@@ -149,7 +320,7 @@ def scan_image_dir(image_dir: str | Path, check_images: bool = True, max_pixels:
 
 
 def _check_file(path: Path, label: str, check_images: bool, max_pixels: int, skipped: list[Skipped],
-                items: list[ImageItem]) -> bool:
+                items: list[ImageItem], root: Path) -> bool:
     """Append the file to items or skipped; True when it looked like an image (usable or not)."""
     try:
         if not _is_candidate(path):
@@ -157,9 +328,15 @@ def _check_file(path: Path, label: str, check_images: bool, max_pixels: int, ski
             return False
         if check_images:
             images.load_image(path, max_pixels=max_pixels)
-        items.append(ImageItem(str(path), label, images.file_sha256(path)))
+        stat = path.stat()
+        sha = images.file_sha256(path)
+        items.append(ImageItem(str(path), label, sha))
+        _remember(path, root, sha, stat)
     except images.ImageError as exc:
-        skipped.append(Skipped(str(path), str(exc)))
+        gone = not os.path.lexists(path)
+        skipped.append(Skipped(str(path), "moved or deleted while the folder was being read" if gone else str(exc)))
+    except FileNotFoundError:
+        skipped.append(Skipped(str(path), "moved or deleted while the folder was being read"))
     except OSError as exc:
         skipped.append(Skipped(str(path), f"cannot be read ({exc.strerror or exc})"))
     return True

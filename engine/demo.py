@@ -113,6 +113,15 @@ def _exif_rotated(orientation: int) -> bytes:
     return _encode(im, "JPEG", exif=exif.tobytes())
 
 
+def _heic(im: Image.Image) -> bytes:
+    """An iPhone-style HEIC photo (pillow-heif); where pillow-heif is missing, a HEIC header that nothing decodes."""
+    from engine.images import HEIF_SUPPORTED  # importing engine.images registers the HEIF plugin
+
+    if HEIF_SUPPORTED:
+        return _encode(im, "HEIF", quality=90)
+    return b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\0" * 64
+
+
 def bad_file_corpus() -> dict[str, tuple[str, bytes]]:
     """kind -> (file name, bytes) for the odd and broken inputs users bring."""
     rgb = Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (48, 1, 3)))
@@ -146,7 +155,7 @@ def bad_file_corpus() -> dict[str, tuple[str, bytes]]:
         "bmp": ("pic.bmp", _encode(rgb, "BMP")),
         "tiff": ("pic.tiff", _encode(rgb, "TIFF")),
         "svg": ("drawing.svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>'),
-        "heic": ("phone.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\0" * 64),
+        "heic": ("phone.heic", _heic(Image.fromarray(np.ascontiguousarray(np.asarray(rgb)[:, ::-1])))),
         "one_pixel": ("dot.png", _encode(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG")),
         "bomb_header": ("bomb.png", _png_header_only(20000, 20000)),
         "wide_strip": ("strip.png", _encode(Image.new("RGB", (5000, 50), (0, 200, 0)), "PNG")),

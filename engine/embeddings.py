@@ -28,7 +28,7 @@ from engine import images
 from engine.backbones import ResolvedBackbone, cache_root, load_feature_layer
 from engine.events import ProgressCallback, emit
 from engine.fileio import atomic_write_bytes
-from engine.tfcompat import keras, tf, tflite_interpreter
+from engine.litert import tflite_interpreter
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Embedder:
 
     def __init__(self, resolved: ResolvedBackbone, num_threads: int | None = None):
         self.resolved = resolved
-        self.path = self._ensure_tflite(resolved)
+        self.path = self.tflite_path(resolved)
         self.interpreter = tflite_interpreter(model_path=str(self.path), num_threads=num_threads)
         self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]["index"]
@@ -110,11 +110,18 @@ class Embedder:
         self.feature_size = int(self.interpreter.get_output_details()[0]["shape"][-1])
 
     @staticmethod
-    def _ensure_tflite(resolved: ResolvedBackbone) -> Path:
-        path = cache_root() / "embedders" / f"{resolved.backbone_id}-{resolved.image_size}-{EMBEDDER_VERSION}.tflite"
+    def cached_tflite(resolved: ResolvedBackbone) -> Path:
+        return cache_root() / "embedders" / f"{resolved.backbone_id}-{resolved.image_size}-{EMBEDDER_VERSION}.tflite"
+
+    @staticmethod
+    def tflite_path(resolved: ResolvedBackbone) -> Path:
+        """The float32 backbone .tflite (batch 1), compiled on first use; also the float32 export's backbone."""
+        path = Embedder.cached_tflite(resolved)
         if path.exists():
             return path
         log.info("Compiling %s at %d px for fast CPU embedding (once)", resolved.handle, resolved.image_size)
+        from engine.tfcompat import keras, tf
+
         size = resolved.image_size
         model = keras.Sequential([keras.Input((size, size, 3), batch_size=1), load_feature_layer(resolved)])
         blob = tf.lite.TFLiteConverter.from_keras_model(model).convert()
@@ -131,14 +138,29 @@ class Embedder:
         return self.interpreter.get_tensor(self._out)[0].copy()
 
 
+def backbone_ready(handle: str, image_size: int | None = None) -> bool:
+    """Whether this backbone is already converted and compiled on this machine (else the first run spends ~30 s
+    preparing it, and should say so)."""
+    from engine.backbones import BACKBONES, cached_module_path, resolve
+
+    if handle in BACKBONES and not (cached_module_path(handle) / "saved_model.pb").exists():
+        return False
+    try:
+        return Embedder.cached_tflite(resolve(handle, image_size)).exists()
+    except Exception:  # noqa: BLE001 - an unusable handle fails later with its own clear message
+        return True
+
+
 def to_unit_float(image_uint8: np.ndarray) -> np.ndarray:
     return image_uint8.astype(np.float32) * np.float32(1.0 / 255.0)
 
 
 def _prepare(path: str, size: int, center_crop: bool) -> np.ndarray | str:
     """Decoded, resized [0, 1] float image, or the reason it could not be read (a worker must not raise)."""
+    from engine.dataset import prepare_image  # moved since the scan: found by content (a run trains on a snapshot)
+
     try:
-        return to_unit_float(images.prepare(path, size, center_crop))
+        return to_unit_float(prepare_image(path, size, center_crop))
     except images.ImageError as exc:
         return str(exc)
     except (OSError, ValueError) as exc:

@@ -4,10 +4,12 @@ A training job writes its events to `<run_dir>/events.jsonl`; the app polls that
 second browser tab sees the same job, and a worker never needs to touch the UI.
 
 Event kinds (every event has "type" and "time"):
-  {"type": "stage", "stage": "scan"|"embed"|"train"|"fine_tune"|"export"|"done", "message": str}
+  {"type": "stage", "stage": "scan"|"prepare"|"embed"|"train"|"fine_tune"|"export"|"done", "message": str}
+  {"type": "export", "done": int, "total": int, "file": str}   one artefact written (export progress)
   {"type": "embed", "done": int, "total": int, "cached": int, "images_per_s": float}
   {"type": "epoch", "phase": "head"|"fine_tune", "epoch": int, "loss": float, "accuracy": float,
-                    "val_loss": float|None, "val_accuracy": float|None, "elapsed": float}
+                    "val_loss": float|None, "val_accuracy": float|None, "elapsed": float, "l2": float (head)}
+                    (head: one event per L2 value tried by cross-validation; fine_tune: one per epoch)
   {"type": "warning", "message": str, "path": str|None}
   {"type": "result", "val_accuracy": float|None, "metrics_file": str}
   {"type": "error", "message": str}

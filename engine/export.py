@@ -14,7 +14,6 @@ Every file is written to a temporary name and renamed, so a crash never leaves a
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import json
 import logging
 import os
@@ -22,29 +21,36 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine import __version__
 from engine.events import ProgressCallback, emit
 from engine.fileio import atomic_path, atomic_write_bytes, atomic_write_text, json_default
+from engine.head import Head
+
+if TYPE_CHECKING:
+    from engine.backbones import ResolvedBackbone
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 VARIANTS = ("float32", "dynamic", "int8")
 BUNDLE_PREDICT = Path(__file__).with_name("bundle_predict.py")
-# The bundle's requirements, pinned to what this engine was tested with (installed versions win when present).
-BUNDLE_REQUIREMENTS = {"ai-edge-litert": "2.3.0", "numpy": "2.2.6", "pillow": "13.0.0"}
+# The bundle's requirements are ranges, so that it installs on the user's Python rather than only on ours: from the
+# oldest versions that predict.py and serve.py were run with (tests/test_serve.py::test_the_lowest_versions_...,
+# opt-in: RETRAIN_STUDIO_FRESH_VENV_TEST=1) to below the next major version.
+BUNDLE_REQUIREMENTS = {"ai-edge-litert": ">=1.0.1,<3", "numpy": ">=1.24,<3", "pillow": ">=9.5,<14"}
 # --- HTTP server (issue 4): serve.py and its own requirements file, so a predict-only bundle stays small.
 BUNDLE_SERVE = Path(__file__).with_name("bundle_serve.py")
-BUNDLE_SERVE_REQUIREMENTS = {"fastapi": "0.163.2", "starlette": "1.10.0", "pydantic": "2.14.4", "uvicorn": "0.54.0",
-                             "python-multipart": "0.0.34"}
+BUNDLE_SERVE_REQUIREMENTS = {"fastapi": ">=0.115,<1", "starlette": ">=0.37.2,<2", "pydantic": ">=2.7,<3",
+                             "uvicorn": ">=0.30,<1", "python-multipart": ">=0.0.9,<1"}
 # --- end HTTP server
+BUNDLE_DOCKERFILE = Path(__file__).with_name("bundle_Dockerfile")  # serve.py on LiteRT in a container (issue 12)
 # engine.images.resize_for_model uses OpenCV; the standalone predict.py cannot, and Pillow's filters differ from
 # OpenCV's (its BOX is not an exact area average), so predict.py re-implements the two OpenCV filters in NumPy.
 TRAINING_RESAMPLING = "OpenCV INTER_AREA when the image has more than SxS pixels, else INTER_LINEAR"
@@ -102,23 +108,12 @@ def save_saved_model(model, path: Path, image_size: int, labels: list[str]) -> N
             log.warning("Keras could not save this model (%s); writing a plain TF SavedModel instead", exc)
             shutil.rmtree(tmp)
             tf.saved_model.save(model, str(tmp), signatures={"serving_default": serve})
-        # A SavedModel copied elsewhere (--saved_model_dir) still knows its label order.
         (tmp / "assets").mkdir(exist_ok=True)
         (tmp / "assets" / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _calibration(representative: np.ndarray) -> Iterator[list[np.ndarray]]:
-    for i, image in enumerate(representative):
-        x = image.astype(np.float32)[None] / 255.0
-        if i == 0:
-            # The input's quantization comes from the calibrated min/max; one black and one white pixel pin it
-            # to exactly [0, 1] so the int8 model's uint8 input is the raw pixel (scale 1/255, zero point 0).
-            x[0, 0, 0, :], x[0, 0, 1, :] = 0.0, 1.0
-        yield [x]
 
 
 def convert_tflite(saved_model_dir: Path, variant: str, representative: np.ndarray | None = None) -> bytes:
@@ -131,7 +126,9 @@ def convert_tflite(saved_model_dir: Path, variant: str, representative: np.ndarr
         if representative is None or not len(representative):
             raise ValueError("The int8 model needs calibration images (representative); none were given.")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: _calibration(representative)
+        from engine.compose import _calibration_batches
+
+        converter.representative_dataset = lambda: _calibration_batches(representative)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
@@ -140,11 +137,13 @@ def convert_tflite(saved_model_dir: Path, variant: str, representative: np.ndarr
     return converter.convert()
 
 
-def _tflite_stats(path: Path, variant: str, keras_top1: np.ndarray | None,
-                  validation: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
+def _tflite_stats(path: Path, variant: str, reference_top1: np.ndarray | None,
+                  checks: tuple[np.ndarray, np.ndarray] | None, num_threads: int | None = None) -> dict[str, Any]:
+    """Size, input/output types and, on the check images, top-1 agreement with the reference model (the SavedModel,
+    i.e. the float head on the same backbone) and accuracy against the labels."""
     from engine.predict import TFLiteModel
 
-    runner = TFLiteModel(path)
+    runner = TFLiteModel(path, num_threads=num_threads)
     stats: dict[str, Any] = {"file": path.name, "bytes": path.stat().st_size, "input_dtype": runner.input_dtype,
                              "output_dtype": runner.output_dtype, **VARIANT_DOCS[variant],
                              "input_quantization": runner.input_quantization,
@@ -156,10 +155,10 @@ def _tflite_stats(path: Path, variant: str, keras_top1: np.ndarray | None,
             log.warning("int8 input quantization is scale %g, zero point %d, not raw pixels; predict.py still "
                         "quantizes correctly, other runtimes must do the same", scale, zero)
             stats["input"] = f"uint8; q = round(pixel/255 / {scale:g} + {zero})"
-    if validation is not None and keras_top1 is not None and len(keras_top1):
-        x, y = validation
+    if checks is not None and reference_top1 is not None and len(reference_top1):
+        x, y = checks
         top1 = np.array([int(np.argmax(runner.probabilities(img))) for img in x])
-        stats["agreement_top1_vs_keras"] = float(np.mean(top1 == keras_top1))
+        stats["agreement_top1_vs_keras"] = float(np.mean(top1 == reference_top1))
         stats["val_accuracy"] = float(np.mean(top1 == np.asarray(y)))
         stats["n_validation"] = int(len(x))
     return stats
@@ -174,7 +173,7 @@ def _card(card: dict[str, Any], labels: list[str], image_size: int, center_crop:
     default = next((f"model_{v}.tflite" for v in VARIANTS if v in stats), "saved_model")
     ours = {
         "format_version": FORMAT_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "engine_version": __version__,
         "labels": list(labels),
         "image_size": int(image_size),
@@ -206,21 +205,95 @@ def _check_images(name: str, x: np.ndarray, image_size: int) -> None:
                          f"{x.dtype} {x.shape}")
 
 
-def export_model(model, labels: list[str], out_dir: str | Path, *, image_size: int, center_crop: bool,
-                 representative: np.ndarray, validation: tuple[np.ndarray, np.ndarray] | None,
-                 card: dict[str, Any], variants: tuple[str, ...] | list[str] = VARIANTS,
-                 progress: ProgressCallback | None = None) -> ExportResult:
-    """Write the SavedModel, the TFLite variants, labels.txt and model_card.json into out_dir."""
+def _prepare_out(out_dir: str | Path, variants, checks) -> tuple[Path, tuple | None]:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"Unknown TFLite variant(s) {', '.join(unknown)}: use {', '.join(VARIANTS)}")
+    if checks is not None and not len(checks[0]):
+        checks = None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out, checks
+
+
+def _finish(result: ExportResult, card: dict[str, Any], labels: list[str], image_size: int, center_crop: bool,
+            reference_accuracy: float | None, t0: float) -> ExportResult:
+    result.card = _card(card, labels, image_size, center_crop, result.stats, reference_accuracy)
+    text = json.dumps(result.card, indent=2, default=json_default)
+    atomic_write_text(result.card_path, text)
+    assets = result.saved_model_dir / "assets"
+    assets.mkdir(exist_ok=True)
+    # A SavedModel copied elsewhere (--saved_model_dir) still knows its label order and how it was made.
+    atomic_write_text(assets / "labels.txt", "\n".join(labels) + "\n")
+    atomic_write_text(assets / "model_card.json", text)
+    log.info("Exported to %s in %.1f s", result.out_dir, time.perf_counter() - t0)
+    return result
+
+
+def export_composed(head: Head, resolved: ResolvedBackbone, labels: list[str], out_dir: str | Path, *,
+                    center_crop: bool, features: np.ndarray, checks: tuple[np.ndarray, np.ndarray] | None,
+                    card: dict[str, Any], variants: tuple[str, ...] | list[str] = VARIANTS,
+                    progress: ProgressCallback | None = None) -> ExportResult:
+    """Export a head trained on cached features by composing it onto the cached backbone (engine.compose).
+
+    features: the training features (the int8 head's output range comes from them). checks: (uint8 images, labels)
+    to measure each variant's agreement with the SavedModel. TensorFlow is imported only the first time a
+    backbone variant or a SavedModel template for this class count is built (and cached).
+    """
+    from engine import compose
+
+    out, checks = _prepare_out(out_dir, variants, checks)
+    t0 = time.perf_counter()
+    labels_path = out / "labels.txt"
+    atomic_write_text(labels_path, "\n".join(labels) + "\n")
+    result = ExportResult(out, out / "saved_model", labels_path, out / "model_card.json")
+    wanted = [v for v in VARIANTS if v in variants]
+    for n, variant in enumerate(wanted, start=1):
+        path = out / f"model_{variant}.tflite"
+        first = variant != "float32" and not compose.backbone_tflite_cached(resolved, variant)
+        emit(progress, "stage", stage="export", message=f"Writing {path.name}" + (
+            f" (first {variant} export of this backbone: converting it once, ~30 s)" if first else ""))
+        compose.compose_file(resolved, head, variant, path, features)
+        result.tflite[variant] = path
+        emit(progress, "export", done=n, total=len(wanted) + 1, file=path.name)
+    first = not compose.has_template(resolved, head.n_classes)
+    emit(progress, "stage", stage="export", message="Writing the SavedModel" + (
+        f" (first {head.n_classes}-class model of this backbone: tracing it once, ~15 s)" if first else ""))
+    compose.saved_model_from_template(resolved, head, result.saved_model_dir)
+    emit(progress, "export", done=len(wanted) + 1, total=len(wanted) + 1, file="saved_model")
+    reference_top1 = reference_accuracy = None
+    if checks is not None:
+        reference = checks[2] if len(checks) > 2 else None
+        reference_top1 = np.argmax(reference, axis=1) if reference is not None else None
+        if reference_top1 is not None:
+            reference_accuracy = float(np.mean(reference_top1 == np.asarray(checks[1])))
+    # One thread per variant: LiteRT releases the GIL while it runs, so the checks overlap (~2x on two cores).
+    with ThreadPoolExecutor(max_workers=max(1, len(result.tflite))) as pool:
+        futures = {v: pool.submit(_tflite_stats, p, v, reference_top1, checks[:2] if checks else None, 1)
+                   for v, p in result.tflite.items()}
+        result.stats.update({v: f.result() for v, f in futures.items()})
+    card = {**card, "export": {"method": "composed: cached backbone .tflite + this run's head (engine.compose)",
+                               "int8_calibration": f"{compose.CALIBRATION_IMAGES} generated images, seed "
+                                                   f"{compose.CALIBRATION_SEED} (engine.compose.calibration_images)",
+                               "checked_on": "labelled images the shipped model was trained on" if checks else None}}
+    return _finish(result, card, labels, resolved.image_size, center_crop, reference_accuracy, t0)
+
+
+def export_model(model, labels: list[str], out_dir: str | Path, *, image_size: int, center_crop: bool,
+                 representative: np.ndarray | None = None, validation: tuple[np.ndarray, np.ndarray] | None,
+                 card: dict[str, Any], variants: tuple[str, ...] | list[str] = VARIANTS,
+                 progress: ProgressCallback | None = None) -> ExportResult:
+    """Export a whole Keras model (a fine-tuned backbone) by tracing and converting it: slow, but any model.
+
+    representative: int8 calibration images (default: engine.compose's generated set)."""
+    if representative is None:
+        from engine.compose import calibration_images
+
+        representative = calibration_images(image_size)
     _check_images("Calibration", representative, image_size)
     if validation is not None:
         _check_images("Validation", validation[0], image_size)
-        if not len(validation[0]):
-            validation = None
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out, validation = _prepare_out(out_dir, variants, validation)
     t0 = time.perf_counter()
     emit(progress, "stage", stage="export", message="Saving the TensorFlow SavedModel")
     save_saved_model(model, out / "saved_model", image_size, labels)
@@ -244,24 +317,12 @@ def export_model(model, labels: list[str], out_dir: str | Path, *, image_size: i
         result.stats[variant] = _tflite_stats(path, variant, keras_top1, validation)
         log.info("%s: %d bytes, top-1 agreement with Keras %s", path.name, result.stats[variant]["bytes"],
                  result.stats[variant]["agreement_top1_vs_keras"])
-
-    result.card = _card(card, labels, image_size, center_crop, result.stats, keras_accuracy)
-    text = json.dumps(result.card, indent=2, default=json_default)
-    atomic_write_text(result.card_path, text)
-    atomic_write_text(result.saved_model_dir / "assets" / "model_card.json", text)
-    log.info("Exported to %s in %.1f s", out, time.perf_counter() - t0)
-    return result
+    card = {**card, "export": {"method": "converted: the whole Keras model through the TFLite converter"}}
+    return _finish(result, card, labels, image_size, center_crop, keras_accuracy, t0)
 
 
-def _requirements(pins: dict[str, str] = BUNDLE_REQUIREMENTS) -> str:
-    lines = []
-    for name, pin in pins.items():
-        try:
-            pin = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-        lines.append(f"{name}=={pin}")
-    return "\n".join(lines) + "\n"
+def _requirements(ranges: dict[str, str] = BUNDLE_REQUIREMENTS) -> str:
+    return "".join(f"{name}{spec}\n" for name, spec in ranges.items())
 
 
 def _readme(card: dict[str, Any]) -> str:
@@ -286,7 +347,9 @@ venv/bin/python predict.py --model model_int8.tflite --json photo.jpg
 ```
 
 `predict.py` needs only NumPy, Pillow and `ai-edge-litert` (it also works with `tflite-runtime` or full
-TensorFlow installed instead).
+TensorFlow installed instead); `requirements.txt` gives version ranges, not exact pins, so it installs on Python
+3.10 to 3.13. iPhone photos (HEIC/HEIF) are read too once `pillow-heif` is installed: `venv/bin/pip install
+pillow-heif`.
 
 ## Serve it over HTTP
 
@@ -303,11 +366,24 @@ spec at `/openapi.json`. `python serve.py --help` lists the limits (upload size,
 The server's packages are in their own `requirements-serve.txt` so that `predict.py` alone still needs only the
 three packages above.
 
+## Run it in a container, scale it out
+
+```bash
+docker build -t my-classifier . && docker run --rm -p 8080:8080 -e WORKERS=2 my-classifier
+```
+
+The `Dockerfile` serves the TFLite models with LiteRT (no TensorFlow). `serve.py --workers N` runs N processes on
+one port; for more, run more containers behind any load balancer and let it probe `GET /healthz`.
+
 ## Files
 
-| file | size | input | output | top-1 agreement with Keras | validation accuracy |
+| file | size | input | output | top-1 agreement with the SavedModel | accuracy on the checked images |
 |---|---|---|---|---|---|
 {rows}
+
+The last two columns come from a few labelled images run through each file (with cross-validation these are images
+the model was trained on, so the agreement is the number to read; the cross-validated accuracy is in
+`model_card.json` under `metrics`).
 
 - `saved_model/`: TensorFlow SavedModel. `tf.saved_model.load("saved_model").signatures["serving_default"]`
   takes `images` (float32 `[N,{size},{size},3]`, RGB in [0,1]) and returns `probabilities`.
@@ -330,6 +406,12 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.1%}"
 
 
+def _zip_file(zf: zipfile.ZipFile, path: Path, name: str) -> None:
+    # Weights barely compress (~7%) and deflating 30 MB of them costs seconds per bundle: store them as they are.
+    weights = path.suffix == ".tflite" or path.name.startswith("variables.data")
+    zf.write(path, name, compress_type=zipfile.ZIP_STORED if weights else zipfile.ZIP_DEFLATED)
+
+
 def write_bundle(out_dir: str | Path, bundle_path: str | Path) -> Path:
     """Zip the exported files with predict.py, requirements.txt and README.md; atomically, so a bundle that exists
     is complete."""
@@ -342,15 +424,17 @@ def write_bundle(out_dir: str | Path, bundle_path: str | Path) -> Path:
     bundle.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(bundle) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for p in files:
-            zf.write(p, p.name)
+            _zip_file(zf, p, p.name)
         for p in sorted((out / "saved_model").rglob("*")):
             if p.is_file():
-                zf.write(p, p.relative_to(out).as_posix())
+                _zip_file(zf, p, p.relative_to(out).as_posix())
         zf.write(BUNDLE_PREDICT, "predict.py")
         zf.writestr("requirements.txt", _requirements())
         zf.write(BUNDLE_SERVE, "serve.py")  # HTTP server (issue 4)
         zf.writestr("requirements-serve.txt", "-r requirements.txt\n" + _requirements(BUNDLE_SERVE_REQUIREMENTS))
         zf.writestr("README.md", _readme(card))
+        if BUNDLE_DOCKERFILE.exists():
+            zf.write(BUNDLE_DOCKERFILE, "Dockerfile")
     log.info("Bundle written: %s (%.1f MB)", bundle, bundle.stat().st_size / 1e6)
     return bundle
 

@@ -18,6 +18,10 @@ from typing import Any
 import numpy as np
 
 TEMP_PREFIX = ".tmp-"
+# mkstemp makes 0600 files; a model or bundle must get the mode any other new file gets (a container's non-root
+# user has to read what a Dockerfile copies in). Read once: os.umask can only be read by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @contextmanager
@@ -29,6 +33,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

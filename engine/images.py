@@ -2,7 +2,8 @@
 
 Decoding goes by content, not extension; the pixel count is checked from the header before any pixel is decoded
 (decompression bombs); EXIF rotation is applied; grayscale, palette, 16-bit, CMYK and alpha images all become
-8-bit RGB, with transparent areas composited on white. Every failure is an ImageError naming the file.
+8-bit RGB, with transparent areas composited on white. HEIC/HEIF photos (iPhones) are read through pillow-heif's
+Pillow plugin when it is installed (requirements.txt). Every failure is an ImageError naming the file.
 """
 
 from __future__ import annotations
@@ -22,7 +23,22 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 log = logging.getLogger(__name__)
 
 MAX_PIXELS = 80_000_000
-SUPPORTED = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+SUPPORTED = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".heic", ".heif")
+HEIF_PIN = "pillow-heif==1.8.1"  # as in requirements.txt: named in the message when it is missing
+
+
+def _register_heif() -> bool:
+    """Teach Pillow HEIC/HEIF once, at import (registering while a thread pool decodes would race)."""
+    try:
+        import pillow_heif
+    except ImportError:
+        log.info("pillow-heif is not installed: HEIC/HEIF images are refused (pip install %s)", HEIF_PIN)
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+HEIF_SUPPORTED = _register_heif()
 # Pillow's own guard warns above its limit and raises DecompressionBombError above twice it. Our check (same limit,
 # clearer message) replaces the warning; it is silenced once here because warnings.catch_warnings() is not
 # thread-safe and images are decoded in a thread pool.
@@ -123,6 +139,8 @@ def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: 
         raise ImageError(f"{label}: {_bomb_pixels(exc)} is over the {min(max_pixels, 2 * MAX_PIXELS)}-pixel limit "
                          "(decompression bomb protection); downscale it first") from exc
     except UnidentifiedImageError as exc:
+        if sniff_kind(data) == "heic":  # pillow-heif does not claim a HEIF box structure it cannot parse
+            raise ImageError(f"{label}: truncated or corrupt HEIC (its structure cannot be read)") from exc
         raise ImageError(f"{label}: not an image ({_describe(data)})") from exc
     except ImageError:
         raise
@@ -170,8 +188,8 @@ def _read_bytes(source: str | Path | bytes, label: str) -> bytes:
 
 def _refuse_unsupported(data: bytes, label: str) -> None:
     kind = sniff_kind(data)
-    if kind == "heic":
-        raise ImageError(f"{label}: HEIC images are not supported; convert to JPEG or PNG")
+    if kind == "heic" and not HEIF_SUPPORTED:
+        raise ImageError(f"{label}: HEIC images need pillow-heif (pip install {HEIF_PIN}); or convert to JPEG or PNG")
     if kind == "svg":
         raise ImageError(f"{label}: SVG is a vector drawing, not a photo; export it to PNG first")
     if kind == "zip":

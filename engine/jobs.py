@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 # A JSON list that replaces the engine command line (tests and development; placeholders as in start_training).
 COMMAND_ENV = "RETRAIN_STUDIO_TRAIN_CMD"
+WORKER_ENV = "RETRAIN_STUDIO_WORKER"  # "0": start every job as a fresh `python -m engine` process
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DIED_MESSAGE = "the training process stopped unexpectedly"
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -76,7 +77,10 @@ def _alive(pid: int | None, start_time: str | None = None) -> bool:
 
 
 def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    """Sortable by start time to the millisecond (two quick runs must not list in random order)."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return f"{stamp}-{int(now * 1000) % 1000:03d}-{secrets.token_hex(2)}"
 
 
 def run_path(project: Project, run_id: str) -> Path:
@@ -173,26 +177,58 @@ def _launch(project: Project, cfg: TrainConfig, run_id: str, run_dir: Path, coun
     meta = {"run_id": run_id, "project": project.slug, "started": started, "command": argv, "counts": counts,
             "n_images": sum(counts.values()), "backbone": cfg.tfhub_module}
     atomic_write_json(run_dir / "run.json", meta)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    log_fh = open(run_dir / "log.txt", "ab")
+    env = _job_env()
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
-                                cwd=str(REPO_ROOT), env=env, start_new_session=True)
+        pid = _spawn(argv, run_dir / "log.txt", env, use_worker=command is None)
     except OSError as exc:
         atomic_write_json(run_dir / "status.json", {"state": "failed", "pid": None, "started": started,
                                                      "finished": time.time(),
                                                      "message": f"could not start training: {exc}"})
         raise JobError(f"Could not start the training process: {exc}") from exc
-    finally:
-        log_fh.close()
-    _PROCS[proc.pid] = proc
-    meta.update(pid=proc.pid, proc_start=_proc_start_time(proc.pid))
+    meta.update(pid=pid, proc_start=_proc_start_time(pid))
     atomic_write_json(run_dir / "run.json", meta)
-    log.info("started run %s of %s (pid %d): %s", run_id, project.slug, proc.pid, shlex.join(argv))
+    log.info("started run %s of %s (pid %d): %s", run_id, project.slug, pid, shlex.join(argv))
     return run_id
+
+
+def _spawn(argv: list[str], log_path: Path, env: dict[str, str], use_worker: bool) -> int:
+    """Start the job and return its pid: forked from the long-lived worker (engine.worker: no start-up imports)
+    when it runs the engine itself, else (a custom command, or the worker cannot start) as a plain subprocess."""
+    if use_worker and os.environ.get(WORKER_ENV, "1") != "0" and argv[1:3] == ["-m", "engine"]:
+        from engine.worker import CLIENT, WorkerError
+
+        try:
+            return CLIENT.submit(argv[3:], str(log_path), str(REPO_ROOT), env)
+        except WorkerError as exc:
+            log.warning("%s; starting the job as a plain process", exc)
+    with open(log_path, "ab") as log_fh:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
+                                cwd=str(REPO_ROOT), env=env, start_new_session=True)
+    _PROCS[proc.pid] = proc
+    # Reap it when it ends, whether or not anyone asks for its status again (no <defunct> left behind).
+    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
+    return proc.pid
+
+
+def warm_worker() -> None:
+    """Start the worker ahead of the first click (its imports take a couple of seconds); never raises."""
+    if os.environ.get(WORKER_ENV, "1") == "0" or os.environ.get(COMMAND_ENV):
+        return
+    from engine.worker import CLIENT, WorkerError
+
+    env = _job_env()
+    try:
+        CLIENT.ensure(env, str(REPO_ROOT))
+    except (WorkerError, OSError) as exc:
+        log.warning("could not start the training worker: %s", exc)
+
+
+def _job_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
 
 
 def _lock_file(fh) -> None:

@@ -40,7 +40,7 @@ class TFLiteModel:
     """One .tflite model; quantized inputs and outputs are converted with the model's own scale and zero point."""
 
     def __init__(self, path: str | Path, num_threads: int | None = None):
-        from engine.tfcompat import tflite_interpreter
+        from engine.litert import tflite_interpreter
 
         self.path = Path(path)
         try:
@@ -156,6 +156,12 @@ class Predictor:
     @property
     def kind(self) -> str:
         return "tflite" if isinstance(self.backend, TFLiteModel) else "saved_model"
+
+    @property
+    def threshold(self) -> float:
+        """The model card's "unknown" threshold: answers whose top probability is below it are unknown (0: none)."""
+        value = ((self.card or {}).get("threshold") or {}).get("value")
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """Any HxWx3 uint8 RGB image -> the model's S x S input: the crop and resize of images.prepare."""
@@ -299,6 +305,10 @@ def add_predict_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top_k", type=int, default=5, help="How many labels to print per image.")
     parser.add_argument("--num_threads", type=int, default=None, help="Interpreter threads (default: all cores).")
     parser.add_argument("--json", action="store_true", help="Print JSON instead of 'probability: label' lines.")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="Call an image 'unknown' when its top probability is below this (default: the model "
+                             "card's threshold, read off cross-validated predictions for its target precision; "
+                             "0: never).")
 
 
 def expand_images(inputs: list[str]) -> list[str]:
@@ -328,18 +338,23 @@ def run_predict(args: argparse.Namespace) -> int:
     if not paths:
         print("error: no images found in " + ", ".join(args.image), file=sys.stderr)
         return 1
-    results = predictor.predict_files(paths, top_k=args.top_k)
+    threshold = predictor.threshold if getattr(args, "threshold", None) is None else float(args.threshold)
+    # The top-1 probability decides "unknown", whatever --top_k prints.
+    results = predictor.predict_files(paths, top_k=max(1, args.top_k))
+    unknown = [bool(top) and threshold > 0 and top[0][1] < threshold for _, top, _ in results]
+    results = [(p, top[: args.top_k] if top else top, err) for p, top, err in results]
     if args.json:
         print(json.dumps([{"path": p, "predictions": [{"label": lab, "probability": round(pr, 6)} for lab, pr in
-                                                      top] if top else None, "error": err}
-                          for p, top, err in results], indent=2))
+                                                      top] if top is not None else None, "error": err,
+                           "unknown": unk if err is None else None, "threshold": threshold}
+                          for (p, top, err), unk in zip(results, unknown, strict=True)], indent=2))
     else:
-        _print_lines(results, several=len(paths) > 1)
+        _print_lines(results, unknown, threshold, several=len(paths) > 1)
     return 1 if any(err for _, _, err in results) else 0
 
 
-def _print_lines(results, several: bool) -> None:
-    for path, top, err in results:
+def _print_lines(results, unknown: list[bool], threshold: float, several: bool) -> None:
+    for (path, top, err), unk in zip(results, unknown, strict=True):
         if err:
             print(f"error: {err}", file=sys.stderr)
             continue
@@ -347,3 +362,5 @@ def _print_lines(results, several: bool) -> None:
             print(path)
         for label, prob in top:
             print(f"{prob:.6f}: {label}")
+        if unk:
+            print(f"unknown: the top probability is below the {threshold:.6f} threshold")

@@ -3,13 +3,16 @@
     <run_dir>/config.json      the TrainConfig used
     <run_dir>/events.jsonl     progress events (engine.events), polled by the app
     <run_dir>/status.json      {"state": running|succeeded|failed|cancelled, "pid", "started", "finished", "message"}
-    <run_dir>/metrics.json     per-class metrics, confusion matrix, per-image validation predictions, history
+    <run_dir>/metrics.json     per-class metrics, confusion matrix, per-image predictions, history: Review opens
+    <run_dir>/head.npz         the trained head (kernel, bias, temperature), for scoring cached embeddings
+    <run_dir>/snapshot.json    (sha256, label) of every image the run trained on
     <run_dir>/model_card.json, labels.txt, saved_model/, model_*.tflite   (engine.export)
     <run_dir>/bundle.zip       written last and atomically: if it exists, the run is complete and downloadable
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import time
@@ -19,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from engine.config import TrainConfig
+from engine.dataset import write_snapshot
 from engine.events import EventLog, ProgressCallback, emit, tee
-from engine.fileio import atomic_write_json, read_json
+from engine.fileio import atomic_write_bytes, atomic_write_json, read_json
+from engine.head import Head
 from engine.train import (
     AccuracyError,
     TrainResult,
@@ -32,7 +37,8 @@ from engine.train import (
 
 log = logging.getLogger(__name__)
 
-REPRESENTATIVE_IMAGES = 100  # int8 calibration set size, as the TFLite docs suggest
+CHECK_IMAGES = 32  # images run through every exported variant to measure agreement (~0.5 s in all)
+HEAD_FILE = "head.npz"
 
 
 class Cancelled(Exception):
@@ -87,39 +93,68 @@ def execute(cfg: TrainConfig, progress: ProgressCallback | None = None) -> Train
 
 
 def _execute(cfg: TrainConfig, run_dir: Path, progress: ProgressCallback) -> TrainResult:
-    from engine.export import export_model, write_bundle, write_legacy_outputs
+    from engine.export import export_composed, export_model, write_bundle, write_legacy_outputs
 
     result = train(cfg, progress)
     result.run_dir = run_dir
+    write_snapshot(result.data.dataset, run_dir)  # what this run trained on: (sha256, label) of every image
     metrics = {**result.metrics, "history": result.history, "timings": result.timings,
                "skipped": [{"path": s.path, "reason": s.reason} for s in result.data.dataset.skipped]}
     atomic_write_json(run_dir / "metrics.json", metrics)
+    if cfg.summaries_dir:  # make_image_classifier's TensorBoard output (imports TensorFlow: only when asked)
+        from engine.summaries import write_summaries
+
+        write_summaries(cfg.summaries_dir, result.history)
+    write_head(run_dir / HEAD_FILE, result.head)
     emit(progress, "result", val_accuracy=result.val_accuracy, metrics_file=str(run_dir / "metrics.json"))
     check_accuracy(result, cfg.assert_accuracy_at_least)
     emit(progress, "stage", stage="export", message="Exporting SavedModel and TFLite models")
-    representative, validation = _export_images(result)
-    result.export = export_model(
-        result.model, result.labels, run_dir, image_size=result.data.resolved.image_size,
-        center_crop=cfg.center_crop, representative=representative, validation=validation,
-        card=model_card(result), variants=tuple(cfg.quantize), progress=progress,
-    )
+    data, size = result.data, result.data.resolved.image_size
+    idx, checks = _check_images(result)
+    if result.fine_tuned_model is None:
+        result.export = export_composed(
+            result.head, data.resolved, result.labels, run_dir, center_crop=cfg.center_crop,
+            features=data.features, checks=(*checks, result.head.probabilities(data.features[idx])) if checks else None,
+            card=model_card(result), variants=tuple(cfg.quantize), progress=progress)
+    else:
+        result.export = export_model(
+            result.model, result.labels, run_dir, image_size=size, center_crop=cfg.center_crop,
+            validation=checks, card=model_card(result), variants=tuple(cfg.quantize), progress=progress)
+    emit(progress, "stage", stage="export", message="Writing bundle.zip")
     write_bundle(run_dir, run_dir / "bundle.zip")
     write_legacy_outputs(result.export, saved_model_dir=cfg.saved_model_dir,
                          labels_output_file=cfg.labels_output_file, tflite_output_file=cfg.tflite_output_file)
     return result
 
 
-def _export_images(result: TrainResult) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-    """Calibration images (training split) and validation images with labels, as uint8 at the model's size."""
+def write_head(path: Path, head: Head) -> None:
+    """The trained head as NumPy arrays (kernel, bias, temperature): what Curate scores inbox images with."""
+    buf = io.BytesIO()
+    np.savez(buf, kernel=head.kernel, bias=head.bias, temperature=np.float32(head.temperature))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _check_images(result: TrainResult) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """A few labelled images (held-out ones when there is a validation split) to measure each exported variant's
+    agreement with the SavedModel. Images that moved or vanished since the scan are skipped, not fatal."""
     data, cfg = result.data, result.config
     items, size = data.dataset.items, data.resolved.image_size
-    rng = np.random.default_rng(cfg.seed)
-    rep_idx = rng.permutation(data.train_idx)[:REPRESENTATIVE_IMAGES]
-    representative = load_images([items[i].path for i in rep_idx], size, cfg.center_crop)
-    if not len(data.val_idx):
-        return representative, None
-    x_val = load_images([items[i].path for i in data.val_idx], size, cfg.center_crop)
-    return representative, (x_val, data.dataset.y[data.val_idx])
+    pool = data.val_idx if len(data.val_idx) else np.arange(len(items))
+    order = np.random.default_rng(cfg.seed).permutation(pool)
+    kept, pixels = [], []
+    for i in order:
+        if len(kept) >= CHECK_IMAGES:
+            break
+        try:
+            pixels.append(load_images([items[i].path], size, cfg.center_crop)[0])
+        except (OSError, ValueError) as exc:  # ImageError is a ValueError
+            log.info("Not checking %s: %s", items[i].path, exc)
+            continue
+        kept.append(int(i))
+    idx = np.asarray(kept, int)
+    if not len(idx):
+        return idx, None
+    return idx, (np.stack(pixels), data.dataset.y[idx])
 
 
 __all__ = ["AccuracyError", "Cancelled", "default_run_dir", "execute", "write_status"]

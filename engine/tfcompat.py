@@ -17,7 +17,9 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_hub as hub  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-__all__ = ["tf", "hub", "keras", "set_seed"]
+from engine.litert import tflite_interpreter  # noqa: E402,F401 - re-exported for callers that have TF anyway
+
+__all__ = ["tf", "hub", "keras", "set_memory_growth", "set_seed", "tflite_interpreter"]
 
 
 def set_seed(seed: int) -> None:
@@ -25,12 +27,17 @@ def set_seed(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def tflite_interpreter(model_path: str | None = None, model_content: bytes | None = None,
-                       num_threads: int | None = None):
-    """A LiteRT interpreter: `ai_edge_litert` when installed (tf.lite.Interpreter is deprecated), else tf.lite."""
-    threads = num_threads or os.cpu_count() or 1
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - depends on what is installed
-        Interpreter = tf.lite.Interpreter  # noqa: N806
-    return Interpreter(model_path=model_path, model_content=model_content, num_threads=threads)
+def set_memory_growth() -> list[str]:
+    """--set_memory_growth: every GPU takes memory as needed instead of all at once. TF only allows it before the
+    GPUs are first used, so it runs before any model is built; the GPUs it applies to (none on a CPU machine)."""
+    import logging
+
+    done = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            if not tf.config.experimental.get_memory_growth(gpu):
+                tf.config.experimental.set_memory_growth(gpu, True)
+            done.append(gpu.name)
+        except RuntimeError as exc:  # this process used the GPU already: too late, and not worth failing the run
+            logging.getLogger(__name__).warning("--set_memory_growth ignored for %s: %s", gpu.name, exc)
+    return done

@@ -15,6 +15,13 @@ within the project, so moving it between classes never collides. A move renames 
 one `BEGIN IMMEDIATE` transaction, so two browser sessions sorting the same project serialise on the database lock
 and the folders always agree with the index. File names from uploads are only used as labels: paths are built from
 sanitised names, never from what a browser or a zip file says.
+
+Several people may sort one project at once, and a training run may read it meanwhile, so every change says what
+it expects: `act()` moves, trashes or restores an image only if it is still where the user saw it, and returns a
+`Conflict` ("already moved to roses by someone else") otherwise. Every change bumps the image's `version` and
+records the session that made it; `undo()` reverts a `Change` only while the image still has that version, so one
+person's undo never reverts another person's decision. Sorters take a short lease on the inbox image they are
+looking at (`lease_next()`), so two sorters are shown different images.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import sys
 import time
 import unicodedata
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +53,8 @@ log = logging.getLogger(__name__)
 
 WORKSPACE_ENV = "RETRAIN_STUDIO_WORKSPACE"
 INBOX = "__inbox__"  # pseudo class name for unsorted images (images(), counts())
+TRASH = "__trash__"  # pseudo place of an image in the project's trash/ folder (act(), Change, Conflict)
+LEASE_SECONDS = 90.0  # how long a sorter holds the inbox image it is looking at without touching the page
 SCHEMA_VERSION = "1"
 
 IMAGE_EXTENSIONS = tuple(SUPPORTED)  # what the engine scans in an image_dir
@@ -58,7 +67,8 @@ THUMB_SIZE = 256
 
 _IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini", ".gitkeep", ".gitignore"}
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
-_KIND_EXTENSION = {"jpeg": ".jpg", "png": ".png", "gif": ".gif", "bmp": ".bmp", "webp": ".webp", "tiff": ".tif"}
+_KIND_EXTENSION = {"jpeg": ".jpg", "png": ".png", "gif": ".gif", "bmp": ".bmp", "webp": ".webp", "tiff": ".tif",
+                   "heic": ".heic"}
 
 
 class WorkspaceError(ValueError):
@@ -200,6 +210,74 @@ class ImageRecord:
     path: Path
 
 
+def place_label(place: str | None) -> str:
+    """How a place reads in a message: 'roses', 'the inbox', 'the trash'."""
+    if place in (None, INBOX):
+        return "the inbox"
+    if place == TRASH:
+        return "the trash"
+    return f"'{place}'"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One applied change to one image: enough to undo it, and to tell whether someone changed it since."""
+    sha256: str
+    filename: str
+    before: str  # a class name, INBOX or TRASH
+    after: str
+    version: int  # the image's version right after this change
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """An action refused because the image is no longer where the user saw it (or changed since)."""
+    sha256: str
+    filename: str
+    expected: str  # where the user saw it
+    actual: str | None  # where it is now (class, INBOX, TRASH), None: no longer in the project
+    by_other: bool  # the last change was made by another session (or by hand)
+    undo: bool = False
+
+    def message(self) -> str:
+        who = " by someone else" if self.by_other else ""
+        if self.actual is None:
+            return f"'{self.filename}' is no longer in the project (removed{who})."
+        if self.undo:
+            if self.actual == self.expected:
+                return f"'{self.filename}' was changed{who} since; not undone (it stays in {place_label(self.actual)})."
+            return f"'{self.filename}' was moved to {place_label(self.actual)}{who} since; not undone."
+        if self.actual == TRASH:
+            return f"'{self.filename}' was already moved to the trash{who}."
+        return f"'{self.filename}' was already moved to {place_label(self.actual)}{who}."
+
+
+@dataclass
+class ActionResult:
+    changes: list[Change] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return len(self.changes)
+
+    def conflict_message(self) -> str | None:
+        """One line for the user (the first few conflicts by name), or None when there were none."""
+        if not self.conflicts:
+            return None
+        shown = " ".join(c.message() for c in self.conflicts[:3])
+        more = f" (and {len(self.conflicts) - 3} more)" if len(self.conflicts) > 3 else ""
+        return shown + more + " The view shows where the images are now."
+
+
+class StaleActionError(WorkspaceError):
+    """Some images were not where the caller expected: the others were changed, these were left alone."""
+
+    def __init__(self, result: ActionResult):
+        super().__init__(result.conflict_message() or "Nothing was changed.")
+        self.result = result
+
+
 @dataclass(frozen=True)
 class ProjectInfo:
     slug: str
@@ -317,7 +395,17 @@ CREATE TABLE IF NOT EXISTS images (
 CREATE INDEX IF NOT EXISTS images_class ON images(status, class);
 CREATE TABLE IF NOT EXISTS classes (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS leases (sha256 TEXT PRIMARY KEY, session TEXT NOT NULL, expires REAL NOT NULL);
 """
+# columns added after the first release: (table, column, declaration); projects made before get them on open
+_ADDED_COLUMNS = [
+    ("images", "version", "INTEGER NOT NULL DEFAULT 0"),  # bumped by every move, trash and restore
+    ("images", "changed_by", "TEXT"),  # the session of the last change ("someone else" or you)
+    ("classes", "shortcut", "TEXT"),  # the sorter key, kept when other classes come and go
+]
+
+
+_MIGRATED: set[str] = set()  # project.db files this process has already brought up to the current schema
 
 
 class Project:
@@ -330,8 +418,18 @@ class Project:
         self.trash_dir = self.path / "trash"
         self.thumbs_dir = self.path / "thumbs"
         self.runs_dir = self.path / "runs"
+        if str(self.db_path) in _MIGRATED and self.db_path.exists():
+            return
         with self._db() as db:
             db.executescript(_SCHEMA)
+            for table, column, decl in _ADDED_COLUMNS:
+                if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                    try:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                    except sqlite3.OperationalError as exc:  # another process added it a moment ago
+                        if "duplicate column" not in str(exc):
+                            raise
+        _MIGRATED.add(str(self.db_path))
 
     @classmethod
     def create(cls, path: Path, name: str) -> Project:
@@ -409,6 +507,27 @@ class Project:
                              (sha,)).fetchone()
         return self._location(row[0], row[1]) if row else None
 
+    def locate(self, sha: str) -> Path | None:
+        """Where the image's bytes are now: its class folder, the inbox or trash/ (None: not in the project)."""
+        with self._db() as db:
+            row = db.execute("SELECT class, filename, status FROM images WHERE sha256 = ?", (sha,)).fetchone()
+        if row is None:
+            return None
+        return self.trash_dir / row[1] if row[2] == "trashed" else self._location(row[0], row[1])
+
+    def labels(self) -> dict[str, str]:
+        """{sha256: class} of every sorted image (what a training run would see now)."""
+        with self._db() as db:
+            return dict(db.execute("SELECT sha256, class FROM images WHERE status = 'ok' AND class IS NOT NULL"))
+
+    def changed_since(self, run_dir: str | Path) -> int | None:
+        """How many images were sorted, moved, added or deleted since the run took its snapshot (None: the run
+        has no snapshot.json)."""
+        from engine.dataset import Snapshot
+
+        snap = Snapshot.load(run_dir)
+        return None if snap is None else snap.changed(self.labels())
+
     def running_job(self) -> Path | None:
         """The run folder of a live training job, if any (status.json says running and its pid exists)."""
         if not self.runs_dir.is_dir():
@@ -437,10 +556,100 @@ class Project:
         out.setdefault(INBOX, 0)
         return out
 
+    @_storage_errors("Saving the class keys")
+    def class_keys(self, keys: Sequence[str]) -> dict[str, str]:
+        """{class: shortcut key}. A class keeps its key for good (renames too); a class without one gets the first
+        free key of `keys` (in the caller's order), so creating a class never renumbers the others."""
+        keys = list(keys)
+        with self._db() as db:
+            rows = db.execute("SELECT name, shortcut FROM classes ORDER BY name").fetchall()
+        assigned = {n: k for n, k in rows if k in keys}
+        if len(assigned) == len(rows) or len(assigned) >= len(keys):
+            return assigned
+        with self._tx() as db:  # re-read: another session may be assigning at the same moment
+            rows = db.execute("SELECT name, shortcut FROM classes ORDER BY name").fetchall()
+            assigned = {n: k for n, k in rows if k in keys}
+            free = [k for k in keys if k not in set(assigned.values())]
+            for name, _ in rows:
+                if name not in assigned and free:
+                    assigned[name] = free.pop(0)
+                    db.execute("UPDATE classes SET shortcut = ? WHERE name = ?", (assigned[name], name))
+        return assigned
+
+    # --- leases: sorters are shown different inbox images ---------------------------------------------------------
+    @_storage_errors("Sorting")
+    def lease_next(self, session: str, skip: Iterable[str] = (), ttl: float = LEASE_SECONDS) -> ImageRecord | None:
+        """The inbox image this session should sort next, leased to it for `ttl` seconds (renewed by each call).
+
+        It keeps the image it already holds (unless skipped); otherwise it gets the oldest inbox image nobody else
+        holds. A lease ends when the image is acted on, after `ttl`, or with release_leases()."""
+        skip = set(skip)
+        now = time.time()
+        with self._tx() as db:
+            db.execute("DELETE FROM leases WHERE expires < ?", (now,))
+            rows = db.execute(
+                "SELECT i.sha256, i.class, i.filename, i.source_name, i.added_at, l.session FROM images i "
+                "LEFT JOIN leases l ON l.sha256 = i.sha256 WHERE i.status = 'ok' AND i.class IS NULL "
+                "AND (l.session IS NULL OR l.session = ?) "
+                "ORDER BY (l.session IS NULL), l.expires DESC, i.added_at, i.filename LIMIT ?",
+                (session, len(skip) + 4)).fetchall()
+            pick = next((r for r in rows if r[0] not in skip), None)
+            db.execute("DELETE FROM leases WHERE session = ? AND sha256 != ?", (session, pick[0] if pick else ""))
+            if pick is None:
+                return None
+            db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (pick[0], session, now + ttl))
+        return ImageRecord(pick[0], None, pick[2], pick[3] or pick[2], pick[4], self._location(None, pick[2]))
+
+    @_storage_errors("Sorting")
+    def lease_in_order(self, session: str, order: Sequence[str], skip: Iterable[str] = (),
+                       ttl: float = LEASE_SECONDS) -> ImageRecord | None:
+        """lease_next, but a new lease follows `order` (sha256s, e.g. least confident model suggestion first;
+        engine.curate); inbox images missing from `order` come after it, oldest first."""
+        skip = set(skip)
+        now = time.time()
+        with self._tx() as db:
+            db.execute("DELETE FROM leases WHERE expires < ?", (now,))
+            held = dict(db.execute("SELECT sha256, session FROM leases ORDER BY expires DESC").fetchall())
+            inbox = {r[0]: r for r in db.execute(
+                "SELECT sha256, filename, source_name, added_at FROM images WHERE status = 'ok' AND class IS NULL "
+                "ORDER BY added_at, filename")}
+            mine = [s for s, who in held.items() if who == session and s in inbox and s not in skip]
+            rank = {s: i for i, s in enumerate(order)}
+            free = sorted((s for s in inbox if s not in held and s not in skip), key=lambda s: rank.get(s, len(rank)))
+            pick = (mine or free or [None])[0]
+            db.execute("DELETE FROM leases WHERE session = ? AND sha256 != ?", (session, pick or ""))
+            if pick is None:
+                return None
+            db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (pick, session, now + ttl))
+        r = inbox[pick]
+        return ImageRecord(r[0], None, r[1], r[2] or r[1], r[3], self._location(None, r[1]))
+
+    def inbox_queue(self, session: str, skip: Iterable[str] = (), limit: int = 6) -> list[ImageRecord]:
+        """Inbox images nobody else is looking at (for a 'next up' preview; not leased)."""
+        skip = set(skip)
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT i.sha256, i.filename, i.source_name, i.added_at FROM images i LEFT JOIN leases l "
+                "ON l.sha256 = i.sha256 AND l.expires >= ? WHERE i.status = 'ok' AND i.class IS NULL "
+                "AND (l.session IS NULL OR l.session = ?) ORDER BY i.added_at, i.filename LIMIT ?",
+                (time.time(), session, len(skip) + limit)).fetchall()
+        return [ImageRecord(r[0], None, r[1], r[2] or r[1], r[3], self._location(None, r[1]))
+                for r in rows if r[0] not in skip][:limit]
+
+    def leased_by_others(self, session: str) -> int:
+        with self._db() as db:
+            return db.execute("SELECT COUNT(*) FROM leases WHERE session != ? AND expires >= ?",
+                              (session, time.time())).fetchone()[0]
+
+    @_storage_errors("Sorting")
+    def release_leases(self, session: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM leases WHERE session = ?", (session,))
+
     def _ensure_class(self, db: sqlite3.Connection, name: str) -> bool:
         """Inside a transaction: make sure class `name` exists (row + folder). Returns True if it was created."""
         (self.images_dir / name).mkdir(parents=True, exist_ok=True)
-        cur = db.execute("INSERT OR IGNORE INTO classes VALUES (?, ?)", (name, time.time()))
+        cur = db.execute("INSERT OR IGNORE INTO classes (name, created_at) VALUES (?, ?)", (name, time.time()))
         return cur.rowcount > 0
 
     def _find_class(self, db: sqlite3.Connection, name: str) -> str | None:
@@ -583,62 +792,118 @@ class Project:
         return ImageRecord(r[0], r[1], r[2], r[3] or r[2], r[4], self._location(r[1], r[2])) if r else None
 
     @_storage_errors("Moving images")
-    def move(self, shas: Iterable[str], class_name: str | None) -> int:
-        """Move images to a class (or to the inbox with None). Returns how many actually changed place."""
-        if class_name == INBOX:
-            class_name = None
-        if class_name is not None:
-            with self._db() as db:
-                self._require_class(db, class_name)
-        moved = 0
-        for sha in dict.fromkeys(shas):
-            with self._tx() as db:  # one transaction per image: short lock, DB and folder always agree
-                if class_name is not None:
-                    self._require_class(db, class_name)
-                    (self.images_dir / class_name).mkdir(parents=True, exist_ok=True)
-                row = db.execute("SELECT class, filename FROM images WHERE sha256 = ? AND status = 'ok'",
-                                 (sha,)).fetchone()
-                if row is None or row[0] == class_name:
-                    continue
-                src, dst = self._location(row[0], row[1]), self._location(class_name, row[1])
-                self._move_file(src, dst, sha)
-                try:
-                    db.execute("UPDATE images SET class = ? WHERE sha256 = ?", (class_name, sha))
-                except BaseException:
-                    self._move_file(dst, src, sha)
-                    raise
-                moved += 1
-        return moved
+    def move(self, shas: Iterable[str], class_name: str | None, *, expected: Mapping[str, str | None] | None = None,
+             session: str | None = None) -> int:
+        """Move images to a class (or to the inbox with None). Returns how many actually changed place.
 
-    def _move_file(self, src: Path, dst: Path, sha: str) -> None:
+        With `expected` ({sha: the class the user saw it in, INBOX/None for the inbox}) an image that is no longer
+        there is left alone, and StaleActionError says where it went (after the others were moved)."""
+        return self._checked(self.act(shas, INBOX if class_name is None else class_name, expected=expected,
+                                      session=session), expected)
+
+    @_storage_errors("Deleting images")
+    def delete_images(self, shas: Iterable[str], *, expected: Mapping[str, str | None] | None = None,
+                      session: str | None = None) -> int:
+        """Move images to the project's trash/ folder and drop them from training. Returns how many."""
+        return self._checked(self.act(shas, TRASH, expected=expected, session=session), expected)
+
+    @staticmethod
+    def _checked(result: ActionResult, expected: Mapping | None) -> int:
+        if expected is not None and result.conflicts:
+            raise StaleActionError(result)
+        return result.done
+
+    @_storage_errors("Changing images")
+    def act(self, shas: Iterable[str], to: str | None, *, expected: Mapping[str, str | None] | None = None,
+            session: str | None = None) -> ActionResult:
+        """Move images to `to` (a class, INBOX or TRASH), each only if it is still where `expected` says.
+
+        Images missing from `expected` (or all, when it is None) are moved from wherever they are; images already
+        at `to` are left alone. Each image is changed in its own transaction (short lock; folder and index always
+        agree), its version is bumped and its lease released. Returns the changes (for undo) and the conflicts."""
+        to = INBOX if to is None else to
+        if to not in (INBOX, TRASH):
+            with self._db() as db:
+                self._require_class(db, to)
+        result = ActionResult()
+        for sha in dict.fromkeys(shas):
+            want = expected.get(sha, ...) if expected is not None else ...
+            want = INBOX if want is None else want
+            with self._tx() as db:
+                outcome = self._relocate(db, sha, to, want, None, session)
+            if isinstance(outcome, Change):
+                result.changes.append(outcome)
+            elif isinstance(outcome, Conflict):
+                result.conflicts.append(outcome)
+        return result
+
+    @_storage_errors("Undoing")
+    def undo(self, changes: Iterable[Change], session: str | None = None) -> ActionResult:
+        """Revert changes (newest first), each only if nobody changed the image since (its version still matches).
+        A class that no longer exists sends the image to the inbox."""
+        result = ActionResult()
+        for change in reversed(list(changes)):
+            with self._tx() as db:
+                back = change.before
+                if back not in (INBOX, TRASH) and self._find_class(db, back) != back:
+                    back = INBOX
+                outcome = self._relocate(db, change.sha256, back, change.after, change.version, session,
+                                         undo=True)
+                if isinstance(outcome, Change) and back == INBOX and session:  # the sorter shows it again next
+                    db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)",
+                               (change.sha256, session, time.time() + LEASE_SECONDS))
+            if isinstance(outcome, Change):
+                result.changes.append(outcome)
+            elif isinstance(outcome, Conflict):
+                result.conflicts.append(outcome)
+        return result
+
+    def _relocate(self, db: sqlite3.Connection, sha: str, to: str, expect: Any, expect_version: int | None,
+                  session: str | None, undo: bool = False) -> Change | Conflict | None:
+        """Inside a write transaction: move one image's file and row; None when there is nothing to do."""
+        row = db.execute("SELECT class, filename, status, version, changed_by FROM images WHERE sha256 = ?",
+                         (sha,)).fetchone()
+        if row is None:
+            actual, filename = None, sha[:12]
+        else:
+            actual, filename = (TRASH if row[2] == "trashed" else row[0] or INBOX), row[1]
+        if expect is not ...:
+            stale = actual != expect or (expect_version is not None and row is not None and row[3] != expect_version)
+            if stale:
+                by_other = row is None or session is None or row[4] != session
+                return Conflict(sha, filename, expect, actual, by_other, undo=undo)
+        if row is None or actual == to or (expect is ... and actual == TRASH):  # only restore brings one back
+            return None
+        if to not in (INBOX, TRASH):
+            self._require_class(db, to)
+        old_class, status = row[0], row[2]
+        src = self.trash_dir / filename if status == "trashed" else self._location(old_class, filename)
+        dst = self.trash_dir / filename if to == TRASH else self._location(None if to == INBOX else to, filename)
+        if not self._move_file(src, dst, sha, missing_ok=to == TRASH):
+            if status == "trashed":  # a trashed file removed by hand cannot come back
+                return None
+        new_class = old_class if to == TRASH else (None if to == INBOX else to)  # the trash remembers the class
+        try:
+            db.execute("UPDATE images SET status = ?, class = ?, version = version + 1, changed_by = ? "
+                       "WHERE sha256 = ?", ("trashed" if to == TRASH else "ok", new_class, session, sha))
+            db.execute("DELETE FROM leases WHERE sha256 = ?", (sha,))
+        except BaseException:
+            if dst.exists():
+                os.replace(dst, src)
+            raise
+        return Change(sha, filename, actual, to, int(row[3]) + 1)
+
+    def _move_file(self, src: Path, dst: Path, sha: str, missing_ok: bool = False) -> bool:
+        """Move the file; False if it was nowhere and missing_ok (else WorkspaceError)."""
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.exists():
             os.replace(src, dst)
-        elif not dst.exists():
-            raise WorkspaceError(f"The file of image {sha[:12]} is missing ({src}); run the consistency check.")
-
-    @_storage_errors("Deleting images")
-    def delete_images(self, shas: Iterable[str]) -> int:
-        """Move images to the project's trash/ folder and drop them from training. Returns how many."""
-        done = 0
-        self.trash_dir.mkdir(parents=True, exist_ok=True)
-        for sha in dict.fromkeys(shas):
-            with self._tx() as db:
-                row = db.execute("SELECT class, filename FROM images WHERE sha256 = ? AND status = 'ok'",
-                                 (sha,)).fetchone()
-                if row is None:
-                    continue
-                src, dst = self._location(row[0], row[1]), self.trash_dir / row[1]
-                if src.exists():
-                    os.replace(src, dst)
-                try:
-                    db.execute("UPDATE images SET status = 'trashed', class = ? WHERE sha256 = ?", (row[0], sha))
-                except BaseException:
-                    if dst.exists():
-                        os.replace(dst, src)
-                    raise
-                done += 1
-        return done
+            return True
+        if dst.exists():
+            return True
+        if missing_ok or src.parent == self.trash_dir:
+            return False
+        raise WorkspaceError(f"The file of image {sha[:12]} is missing ({src}); run the consistency check.")
 
     def trashed(self) -> list[ImageRecord]:
         with self._db() as db:
@@ -647,29 +912,23 @@ class Project:
         return [ImageRecord(r[0], r[1], r[2], r[3] or r[2], r[4], self.trash_dir / r[2]) for r in rows]
 
     @_storage_errors("Restoring images")
-    def restore_images(self, shas: Iterable[str]) -> int:
+    def restore_images(self, shas: Iterable[str], session: str | None = None) -> int:
         """Bring trashed images back to their class (or the inbox if the class is gone)."""
         done = 0
         for sha in dict.fromkeys(shas):
             with self._tx() as db:
-                row = db.execute("SELECT class, filename FROM images WHERE sha256 = ? AND status = 'trashed'",
+                row = db.execute("SELECT class FROM images WHERE sha256 = ? AND status = 'trashed'",
                                  (sha,)).fetchone()
                 if row is None:
                     continue
-                cls = row[0] if row[0] is not None and self._find_class(db, row[0]) == row[0] else None
-                src, dst = self.trash_dir / row[1], self._location(cls, row[1])
-                if not src.exists():
-                    continue
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dst)
-                db.execute("UPDATE images SET status = 'ok', class = ? WHERE sha256 = ?", (cls, sha))
-                done += 1
+                cls = row[0] if row[0] is not None and self._find_class(db, row[0]) == row[0] else INBOX
+                done += isinstance(self._relocate(db, sha, cls, TRASH, None, session), Change)
         return done
 
     # --- adding ---------------------------------------------------------------------------------------------------
     @_storage_errors("Adding files")
     def add_files(self, items: Iterable[tuple[str, bytes] | str | Path], class_name: str | None = None,
-                  *, create_class: bool = True) -> AddReport:
+                  *, create_class: bool = True, progress: Callable[[int], None] | None = None) -> AddReport:
         """Add images from (name, bytes) pairs or file paths to a class (None: the inbox).
 
         Each file is decoded once (engine.images.load_image) so broken files are rejected with the reason;
@@ -688,7 +947,9 @@ class Project:
                 if self._ensure_class(db, class_name):
                     report.classes_created.append(class_name)
         seen: set[str] = set()
-        for item in items:
+        for n, item in enumerate(items, start=1):
+            if progress is not None and n % 20 == 0:
+                progress(20)  # a big import shows a count, not a bare spinner
             name, data, reason = self._read_item(item)
             if data is None:
                 report.rejected.append((name, reason or "unreadable"))
@@ -756,7 +1017,7 @@ class Project:
             # keep the name but give the file an extension that says what it is, so any tool can read the folder
             sniffed = sniff_extension(data)
             if sniffed is None:
-                report.rejected.append((name, "unsupported image format (use JPEG, PNG, BMP, GIF, WebP or TIFF)"))
+                report.rejected.append((name, "unsupported image format (use JPEG, PNG, BMP, GIF, WebP, TIFF or HEIC)"))
                 return
             stem, ext = (filename if not dot else f"{stem}_{ext}"), sniffed[1:]
         with self._tx() as db:
@@ -858,8 +1119,10 @@ class Project:
         return report
 
     @_storage_errors("Importing the folder")
-    def import_image_dir(self, path: str | Path) -> AddReport:
-        """Add an existing image_dir (one subfolder per class; loose files go to the inbox). Nothing is moved."""
+    def import_image_dir(self, path: str | Path, progress: Callable[[int, int], None] | None = None) -> AddReport:
+        """Add an existing image_dir (one subfolder per class; loose files go to the inbox). Nothing is moved.
+
+        progress(done, total) is called every few files."""
         root = Path(path).expanduser()
         if not root.is_dir():
             raise WorkspaceError(f"Folder not found: {root}")
@@ -875,25 +1138,36 @@ class Project:
                 return True
             return False
 
+        groups: list[tuple[Path, list[Path]]] = []
         for child in sorted(root.iterdir()):
             if child.name.startswith(".") or child.name.lower() in _IGNORED_NAMES or child.name == "__MACOSX":
                 continue
             if leads_outside(child):
                 continue
             if child.is_dir():
-                files = sorted(p for p in child.rglob("*") if not _hidden(p.relative_to(child))
-                               and not leads_outside(p) and p.is_file())
-                try:
-                    cls = sanitize_class_name(child.name)
-                except WorkspaceError as exc:
-                    report.notes.append(_inbox_note(child.name, exc, len(files)))
-                    report.merge(self.add_files(files, None))
-                    continue
-                report.merge(self.add_files(files, cls))
+                groups.append((child, sorted(p for p in child.rglob("*") if not _hidden(p.relative_to(child))
+                                             and not leads_outside(p) and p.is_file())))
             elif child.is_file():
                 loose.append(child)
+        total, done = sum(len(files) for _, files in groups) + len(loose), 0
+
+        def step(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(min(done, total), total)
+
+        for child, files in groups:
+            try:
+                cls = sanitize_class_name(child.name)
+            except WorkspaceError as exc:
+                report.notes.append(_inbox_note(child.name, exc, len(files)))
+                cls = None
+            report.merge(self.add_files(files, cls, progress=step))
+            step(len(files) % 20)
         if loose:
-            report.merge(self.add_files(loose, None))
+            report.merge(self.add_files(loose, None, progress=step))
+            step(len(loose) % 20)
         return report
 
     # --- thumbnails -----------------------------------------------------------------------------------------------
@@ -975,7 +1249,8 @@ class Project:
                     with self._tx() as db:
                         if new_cls is not None:
                             self._ensure_class(db, new_cls)
-                        db.execute("UPDATE images SET class = ? WHERE sha256 = ?", (new_cls, sha))
+                        db.execute("UPDATE images SET class = ?, version = version + 1, changed_by = NULL "
+                                   "WHERE sha256 = ?", (new_cls, sha))
                     report.notes.append(f"{filename} is in {new_cls or 'the inbox'} now")
         untracked = [p for name, p in on_disk.items() if name not in tracked]
         report.untracked_files = sorted(str(p.relative_to(self.path)) for p in untracked)

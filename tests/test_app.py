@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ if str(REPO) not in sys.path:  # the pages import ui/ and engine/ from the repo 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from engine import jobs  # noqa: E402
+from engine.config import TrainConfig  # noqa: E402
 from engine.workspace import INBOX, Workspace  # noqa: E402
 
 
@@ -137,11 +140,20 @@ def test_home_import_folder(ws, tmp_path):
         (src / cls).mkdir(parents=True)
         for i in range(2):
             (src / cls / f"{i}.png").write_bytes(png(10 * k + i))
-    at = ok(app().run())
+    old = ws.create_project("Older")
+    at = ok(app(old.slug).run())
+    assert at.selectbox(key=f"home_open_pick_{old.slug}").value == old.slug
     next(t for t in at.text_input if t.label == "Path").input(str(src))
     ok(button(at, "Import from path").click().run())
-    (info,) = ws.list_projects()
+    info = next(p for p in ws.list_projects() if p.slug != old.slug)
     assert info.name == "image_dir" and info.n_images == 4 and info.n_classes == 2
+    # the new project is the open one and the one "Open" would open; the inputs are empty for the next import
+    assert at.session_state["project"] == info.slug
+    assert at.selectbox(key=f"home_open_pick_{info.slug}").value == info.slug
+    assert next(t for t in at.text_input if t.label == "Path").value == ""
+    assert next(t for t in at.text_input if t.label == "Project name for the import").value == ""
+    ok(button(at, "Import from path").click().run())  # a second click imports nothing
+    assert "Nothing found at" in texts(at) and len(ws.list_projects()) == 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -225,7 +237,7 @@ def test_train_runs_a_job_and_shows_it(ws):
     project = sorted_project(ws)
     at = page(ok(app(project.slug).run()), "ui/pages/train.py")
     assert not button(at, "Start training").disabled
-    next(n for n in at.number_input if n.label == "Max epochs").set_value(11)
+    next(n for n in at.number_input if n.label == "Max iterations").set_value(11)
     ok(button(at, "Start training").click().run())
     (row,) = jobs.list_runs(project)
     run_dir = jobs.run_path(project, row["run_id"])
@@ -235,6 +247,48 @@ def test_train_runs_a_job_and_shows_it(ws):
     shown = texts(at)
     assert "Done: validation accuracy" in shown and "Run history" in shown
     assert at.session_state["run_id"] == row["run_id"]
+
+
+def test_train_running_job_shows_its_progress_in_the_history(ws, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "sleep")
+    monkeypatch.setenv("FAKE_SLEEP", "30")
+    project = sorted_project(ws)
+    run_id = jobs.start_training(project)
+    run_dir = jobs.run_path(project, run_id)
+    try:
+        deadline = time.time() + 30
+        while not any(e["type"] == "embed" and e["done"] == e["total"] for e in jobs.events(run_dir)):
+            assert time.time() < deadline, jobs.log_tail(run_dir)
+            time.sleep(0.1)
+        at = page(ok(app(project.slug).run()), "ui/pages/train.py")
+        history = next(df.value for df in at.dataframe if "result" in df.value)
+        row = history.iloc[0]
+        assert row["state"] == "running" and row["result"] == "features 6/6", row.to_dict()
+        assert row["duration"].endswith("s so far")
+    finally:
+        jobs.cancel(run_dir)
+
+
+def test_train_history_explains_the_kept_step_and_compares_runs(ws):
+    project = sorted_project(ws)
+    first = jobs.start_training(project, {"train_epochs": 7})
+    assert jobs.wait(jobs.run_path(project, first), timeout=60)["state"] == "succeeded"
+    project.move([project.images("cats")[0].sha256], "dogs")
+    second = jobs.start_training(project)
+    assert jobs.wait(jobs.run_path(project, second), timeout=60)["state"] == "succeeded"
+    at = page(ok(app(project.slug).run()), "ui/pages/train.py")
+    shown = texts(at)
+    # the fake engine writes 5 steps in a few milliseconds, its lowest validation loss at the last one
+    assert "5 training step(s)" in shown and "from step 5 (lowest validation loss" in shown
+    assert "faster than this page refreshes" in shown
+    assert "Compare two runs" in shown
+    # (two runs started within one second may be listed in either order)
+    a, b = at.selectbox(key="compare_a").value, at.selectbox(key="compare_b").value
+    assert {a, b} == {first, second}
+    epochs = {first: "7", second: str(TrainConfig().train_epochs)}
+    settings = next(df.value for df in at.dataframe if "setting" in df.value)
+    assert settings.set_index("setting").loc["train_epochs"].tolist() == [epochs[a], epochs[b]]
+    assert "Now right" in [m.label for m in at.metric]
 
 
 def test_train_failure_is_shown_without_traceback(ws, monkeypatch):
@@ -278,6 +332,22 @@ def test_review_relabel_and_confusion_cell(ws):
     assert rec.class_name == first["predicted"]
     assert "Moved" in texts(at)
 
+    # retrain with the same settings from Review; afterwards the page says what changed
+    assert "What changed" not in texts(at) and not [e for e in at.expander if "What changed" in e.label]
+    ok(button(at, "Retrain now").click().run())
+    new_runs = {r["run_id"] for r in jobs.list_runs(project)} - {run_id}
+    assert len(new_runs) == 1, texts(at)
+    (retrain_id,) = new_runs
+    assert jobs.wait(jobs.run_path(project, retrain_id), timeout=60)["state"] == "succeeded"
+    ok(at.run())
+    assert at.session_state["run_id"] == retrain_id
+    (changed,) = [e for e in at.expander if "What changed since the previous run" in e.label]
+    assert run_id in changed.label
+    assert {"Now right", "Now wrong"} <= {m.label for m in at.metric}
+    assert json.loads((jobs.run_path(project, retrain_id) / "config.json").read_text())["train_epochs"] == \
+        json.loads((jobs.run_path(project, run_id) / "config.json").read_text())["train_epochs"]
+    metrics = jobs.load_metrics(jobs.run_path(project, retrain_id))  # the page now shows the new run
+
     at.segmented_control(key="review_mode").set_value("Low confidence")
     ok(at.run())
     assert "confidence" in texts(at)
@@ -300,7 +370,40 @@ def test_export_offers_downloads(ws):
                  "model_card.json"):
         assert any(lb.startswith(name) for lb in labels), labels
     assert any(lb.startswith("SavedModel") for lb in labels)
-    assert any("python -m engine serve --bundle" in c.value for c in at.code)
+    code = [c.value for c in at.code]
+    # the bundle's own commands come first; the repository's server after them
+    assert "pip install -r requirements.txt" in code[0] and "python predict.py" in code[0]
+    assert "python serve.py" in code[0]
+    assert any("python -m engine serve --bundle" in c for c in code[1:])
+
+
+def test_export_shows_the_variants_table_and_only_files_that_exist(ws):
+    project, run_id = trained(ws)
+    run_dir = jobs.run_path(project, run_id)
+    card = {"labels": ["cats", "dogs"], "tflite": {
+        "float32": {"file": "model_float32.tflite", "bytes": 3_500_000, "val_accuracy": 0.9,
+                    "agreement_top1_vs_keras": 1.0, "input": "float32", "n_validation": 10},
+        "int8": {"file": "model_int8.tflite", "bytes": 1_200_000, "val_accuracy": 0.8,
+                 "agreement_top1_vs_keras": 0.9, "input": "uint8", "n_validation": 10}}}
+    (run_dir / "model_card.json").write_text(json.dumps(card))
+    at = page(ok(app(project.slug).run()), "ui/pages/export.py")
+    table = next(df.value for df in at.dataframe if "same answer as the SavedModel" in df.value)
+    assert table["model"].tolist() == ["model_float32.tflite", "model_int8.tflite"]
+    assert table["size"].tolist() == ["3.3 MB", "1.1 MB"]
+    assert table["accuracy on the checked images"].tolist() == [0.9, 0.8]
+    assert table["same answer as the SavedModel"].tolist() == [1.0, 0.9]
+
+    # while the export is still running, files appear one by one and bundle.zip only once it is written
+    (run_dir / "bundle.zip").unlink()
+    (run_dir / "model_int8.tflite").unlink()
+    # a live process (this one) stands in for the exporting job
+    (run_dir / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid(), "started": time.time()}))
+    at = page(ok(app(project.slug).run()), "ui/pages/export.py")
+    labels = [b.label for b in at.get("download_button")]
+    assert not any("bundle.zip" in lb for lb in labels) and not any(lb.startswith("SavedModel") for lb in labels)
+    assert any(lb.startswith("model_float32.tflite") for lb in labels)
+    assert not any(lb.startswith("model_int8.tflite") for lb in labels)
+    assert "bundle.zip is written last" in texts(at)
 
 
 def test_export_try_with_a_broken_model_shows_an_error(ws):

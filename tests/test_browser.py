@@ -2,6 +2,11 @@
 
 Screenshots of each page go to artifacts/screenshots/ (gitignored). Needs `pip install playwright` (no
 `playwright install`: the browser is /usr/bin/chromium from `apt-get install chromium`); skipped otherwise.
+
+The server runs with the shipped .streamlit/config.toml (only the port is given). Every step waits for the app to
+be idle (act/click/settle: no script or fragment run in flight) instead of sleeping or retrying, and every page
+visited must make no request to another host (Watch) and show no traceback. Other browser test modules import
+these helpers and fixtures (browser_page, server, watch, workspace_root, goto, click, shot, settle, float32_only).
 """
 
 from __future__ import annotations
@@ -9,12 +14,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -37,6 +44,7 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
 
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -67,11 +75,9 @@ def server(workspace_root) -> Iterator[str]:
     env.pop("RETRAIN_STUDIO_TRAIN_CMD", None)
     log_path = workspace_root / "streamlit.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # only the port on the command line: everything else comes from the shipped .streamlit/config.toml
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
+                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
@@ -98,14 +104,65 @@ def server(workspace_root) -> Iterator[str]:
             proc.wait(5)
 
 
+# Counts script runs: each time the app's root element enters the "running" state. Lets a step wait for the rerun
+# its own click caused, not just for a moment of quiet before that rerun has even started.
+COUNT_RUNS = """
+window.__stRuns = 0;
+new MutationObserver((mutations) => {
+  for (const m of mutations) {
+    if (m.target.getAttribute && m.target.getAttribute('data-test-script-state') === 'running') window.__stRuns++;
+  }
+}).observe(document, {subtree: true, attributes: true, attributeFilter: ['data-test-script-state']});
+"""
+# Idle: connected, no script (or fragment) run in flight, no running indicator in the status widget.
+IDLE = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  return !!app && app.getAttribute('data-test-connection-state') === 'CONNECTED'
+    && app.getAttribute('data-test-script-state') === 'notRunning'
+    && !document.querySelector('[data-testid="stStatusWidgetRunningIcon"]');
+}"""
+
+
+class Watch:
+    """What the browser did that an offline app must not do: requests to other hosts, chart warnings."""
+
+    def __init__(self, server: str):
+        self.host = urllib.parse.urlsplit(server).netloc
+        self.outside: list[str] = []
+        self.chart_warnings: list[str] = []
+
+    def request(self, request) -> None:
+        url = urllib.parse.urlsplit(request.url)
+        if url.scheme in ("data", "blob", "about") or url.netloc == self.host:
+            return
+        self.outside.append(f"{request.method} {request.url}")
+
+    def console(self, message) -> None:
+        if "Infinite extent" in message.text:
+            self.chart_warnings.append(message.text)
+
+    def check(self, where: str) -> None:
+        assert not self.outside, f"requests to outside hosts on {where}: {self.outside}"
+
+
 @pytest.fixture(scope="module")
-def browser_page(server) -> Iterator[Page]:
+def watch(server) -> Watch:
+    return Watch(server)
+
+
+@pytest.fixture(scope="module")
+def browser_page(server, watch) -> Iterator[Page]:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        # a fake camera, allowed without a prompt: st.camera_input works headless
+        args = [*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
         context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         context.set_default_timeout(30_000)
+        context.add_init_script(COUNT_RUNS)
+        context.on("request", watch.request)
         page = context.new_page()
+        page.on("console", watch.console)
         try:
             yield page
         finally:
@@ -113,39 +170,56 @@ def browser_page(server) -> Iterator[Page]:
             browser.close()
 
 
-def settle(page: Page, timeout: float = 30_000) -> None:
-    """Wait until the script run finished (the 'Running...' status widget is gone)."""
-    page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
-        timeout=timeout)
-    page.wait_for_timeout(200)
+def settle(page: Page, timeout: float = 60_000) -> None:
+    """Wait until the app is idle, and still idle a moment later (a queued rerun starts within that moment)."""
+    page.wait_for_function(IDLE, timeout=timeout, polling=50)
+    page.wait_for_timeout(150)
+    page.wait_for_function(IDLE, timeout=timeout, polling=50)
 
 
-def shot(page: Page, name: str) -> None:
+def act(page: Page, action, rerun: bool = True, timeout: float = 60_000) -> None:
+    """Wait for idle, act, then wait for the rerun the action causes (if any) to start and finish."""
+    settle(page, timeout)
+    runs = page.evaluate("window.__stRuns")
+    action()
+    if rerun:
+        try:
+            page.wait_for_function(f"window.__stRuns > {runs}", timeout=3_000, polling=20)
+        except PlaywrightTimeout:
+            pass  # the rerun was quicker than one animation frame; settle() still waits for idle
+    settle(page, timeout)
+
+
+def click(page: Page, locator, rerun: bool = True) -> None:
+    act(page, locator.click, rerun=rerun)
+
+
+def shot(page: Page, watch: Watch, name: str, show=None) -> None:
+    """A screenshot of the viewport (Streamlit scrolls inside it), scrolled to `show` when given."""
     settle(page)
+    if show is not None:
+        show.first.evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(100)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    watch.check(name)
 
 
 def float32_only(page: Page) -> None:
-    """Export only the float32 TFLite model (each conversion costs ~20 s on two cores)."""
+    """Export only the float32 TFLite model (each conversion costs seconds on two cores)."""
     quantize = page.locator(".st-key-cfg_quantize")
     for variant in ("dynamic", "int8"):
         remove = quantize.get_by_role("button", name=f"Remove {variant}")
-        for _ in range(3):  # a click that lands while a rerun is in flight can be lost: retry
-            if remove.count() == 0:
-                break
-            remove.click()
-            settle(page)
+        click(page, remove, rerun=False)  # a widget in a form: no rerun until the form is submitted
         expect(remove).to_have_count(0)
     expect(quantize.get_by_role("button", name="Remove float32")).to_be_visible()
 
 
-def goto(page: Page, server: str, path: str, slug: str | None = None) -> None:
+def goto(page: Page, watch: Watch, server: str, path: str, slug: str | None = None) -> None:
     page.goto(f"{server}/{path}" + (f"?project={slug}" if slug else ""))
     expect(page.locator('[data-testid="stSidebar"]')).to_be_visible()
     settle(page)
+    expect(page.locator('[data-testid="stException"]')).to_have_count(0)  # no traceback on any page
+    watch.check(f"/{path}")
 
 
 def sample_images(tmp_path: Path, per_class: int) -> dict[str, list[Path]]:
@@ -172,84 +246,105 @@ def sample_images(tmp_path: Path, per_class: int) -> dict[str, list[Path]]:
     return {c.name: sorted(c.iterdir())[:per_class] for c in sorted(root.iterdir()) if c.is_dir()}
 
 
-def test_projects_upload_and_sort(browser_page: Page, server: str, workspace_root: Path, tmp_path: Path):
+def test_projects_upload_and_sort(browser_page: Page, server: str, watch: Watch, workspace_root: Path,
+                                  tmp_path: Path):
     page = browser_page
     # a deep link as the very first request still goes through app.py's navigation
-    goto(page, server, "data")
+    goto(page, watch, server, "data")
     expect(page.get_by_text("No project is open")).to_be_visible()
     expect(page.locator('[data-testid="stSidebarNav"]').get_by_text("Projects")).to_be_visible()
-    goto(page, server, "")
+    goto(page, watch, server, "")
     expect(page.get_by_text("No projects yet in")).to_be_visible()
-    shot(page, "01-projects-empty")
+    # the page icon is drawn locally (a data: URL), not fetched from a font CDN
+    assert page.locator("link[rel='shortcut icon']").get_attribute("href").startswith("data:")
+    shot(page, watch, "01-projects-empty")
 
     page.get_by_label("New project name").fill("Browser flowers")
-    page.get_by_role("button", name="Create project").click()
+    click(page, page.get_by_role("button", name="Create project"))
     expect(page.get_by_text("Created project 'Browser flowers'")).to_be_visible()
     from engine.workspace import INBOX, Workspace
 
-    project = Workspace(workspace_root).open_project("browser-flowers")
+    ws = Workspace(workspace_root)
+    project = ws.open_project("browser-flowers")
+    images = sample_images(tmp_path, per_class=4)
+
+    # import a folder: the new project is opened and preselected, the inputs are emptied (no duplicate import)
+    src = tmp_path / "import_me"
+    for cls, paths in images.items():
+        (src / cls).mkdir(parents=True)
+        for p in paths[:2]:
+            shutil.copy(p, src / cls / p.name)
+    page.get_by_label("Path", exact=True).fill(str(src))
+    click(page, page.get_by_role("button", name="Import from path"))
+    expect(page.get_by_text("Imported into 'import_me'")).to_be_visible()
+    expect(page.get_by_role("combobox", name="Open a project")).to_have_value(re.compile(r"import_me"))
+    expect(page.get_by_label("Path", exact=True)).to_have_value("")
+    expect(page.get_by_label("Project name for the import")).to_have_value("")
+    shot(page, watch, "01b-projects-imported")
+    click(page, page.get_by_role("button", name="Import from path"))
+    expect(page.get_by_text("Nothing found at")).to_be_visible()
+    assert sorted(p.slug for p in ws.list_projects()) == ["browser-flowers", "import-me"]
 
     # upload into the inbox
-    images = sample_images(tmp_path, per_class=4)
-    goto(page, server, "data", project.slug)
+    goto(page, watch, server, "data", project.slug)
     files = [p for paths in images.values() for p in paths]
-    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(p) for p in files])
+    act(page, lambda: page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+        [str(p) for p in files]))
     add = page.get_by_role("button", name=f"Add {len(files)} file(s)")
     expect(add).to_be_enabled()
-    add.click()
+    click(page, add)
     expect(page.get_by_text(f"{len(files)} added")).to_be_visible()
     assert project.counts()[INBOX] == len(files)
-    shot(page, "02-data-uploaded")
+    shot(page, watch, "02-data-uploaded")
 
     # classes, named after the folders the images came from
-    page.get_by_text("Classes", exact=True).click()
-    settle(page)
+    click(page, page.get_by_text("Classes", exact=True))
     for cls in images:
         page.get_by_label("New class").fill(cls)
-        page.get_by_role("button", name="Create class").click()
+        click(page, page.get_by_role("button", name="Create class"))
         expect(page.get_by_text(f"Created class '{cls}'")).to_be_visible()
     assert sorted(project.classes()) == sorted(images)
 
     # keyboard sorting: one key per class
-    page.get_by_text("Sort inbox", exact=True).click()
-    settle(page)
-    shot(page, "03-data-sort-inbox")
+    click(page, page.get_by_text("Sort inbox", exact=True))
+    shot(page, watch, "03-data-sort-inbox")
     classes = sorted(images)
     truth = {p.name: cls for cls, paths in images.items() for p in paths}
+
+    def sorted_now(sha: str) -> None:
+        deadline = time.time() + 20
+        while project.get(sha).class_name is None and time.time() < deadline:
+            time.sleep(0.1)
+
     for _ in range(3):
         rec = project.images(INBOX, limit=1)[0]
         key = str(classes.index(truth[rec.source_name]) + 1)
         page.evaluate("() => document.activeElement && document.activeElement.blur()")
-        page.keyboard.press(key)
-        deadline = time.time() + 20
-        while project.get(rec.sha256).class_name is None and time.time() < deadline:
-            time.sleep(0.2)
+        act(page, lambda key=key: page.keyboard.press(key))
+        sorted_now(rec.sha256)
         assert project.get(rec.sha256).class_name == truth[rec.source_name]
-        settle(page)
     # and the buttons for the rest
     while project.count(INBOX):
         rec = project.images(INBOX, limit=1)[0]
-        page.locator(f".st-key-sort_to_{classes.index(truth[rec.source_name])} button").click()
-        deadline = time.time() + 20
-        while project.get(rec.sha256).class_name is None and time.time() < deadline:
-            time.sleep(0.2)
-        settle(page)
+        click(page, page.locator(f".st-key-sort_to_{classes.index(truth[rec.source_name])} button"))
+        sorted_now(rec.sha256)
+    settle(page)
     expect(page.get_by_text("The inbox is empty")).to_be_visible()
     assert project.counts() == {**{c: len(p) for c, p in images.items()}, INBOX: 0}
 
-    page.get_by_text("Browse", exact=True).click()
-    settle(page)
+    click(page, page.get_by_text("Browse", exact=True))
     expect(page.locator('[data-testid="stImage"]').first).to_be_visible()
-    shot(page, "04-data-browse")
+    shot(page, watch, "04-data-browse")
     assert project.consistency_check().ok
+    watch.check("the Data page")
 
 
-def test_train_review_export(browser_page: Page, server: str, workspace_root: Path, tmp_path: Path):
+def test_train_review_export(browser_page: Page, server: str, watch: Watch, workspace_root: Path, tmp_path: Path):
     reason = _engine_missing()
     if reason:
         pytest.skip(f"training in the browser skipped: {reason}")
     from engine import jobs
-    from engine.workspace import Workspace
+    from engine.workspace import INBOX, Workspace
 
     page = browser_page
     project = Workspace(workspace_root).create_project("Browser training")
@@ -260,63 +355,66 @@ def test_train_review_export(browser_page: Page, server: str, workspace_root: Pa
             shutil.copy(p, src / cls / p.name)
     project.import_image_dir(src)
 
-    goto(page, server, "train", project.slug)
-    # advanced options: export only the float32 TFLite model (each conversion costs ~20 s on two cores)
-    page.get_by_text("Advanced options").click()
+    goto(page, watch, server, "train", project.slug)
+    # advanced options: export only the float32 TFLite model (each conversion costs seconds)
+    click(page, page.get_by_text("Advanced options"), rerun=False)
     float32_only(page)
-    shot(page, "05-train-form")
-    page.get_by_role("button", name="Start training").click()
+    shot(page, watch, "05-train-form")
+    click(page, page.get_by_role("button", name="Start training"))
     expect(page.get_by_text("Done: validation accuracy")).to_be_visible(timeout=240_000)
     run_id = jobs.latest_run(project)
     assert run_id is not None
     assert json.loads((jobs.run_path(project, run_id) / "config.json").read_text())["quantize"] == ["float32"]
     expect(page.get_by_text("Loss (train / validation)")).to_be_visible()
     expect(page.locator('[data-testid="stVegaLiteChart"]').first).to_be_visible()
-    shot(page, "06-train-done")
+    # the chart's caption says which step was kept, and that a run this quick could not be watched live
+    expect(page.get_by_text("training step(s)")).to_be_visible()
+    shot(page, watch, "06-train-done", show=page.get_by_text("Loss (train / validation)"))
 
-    goto(page, server, "review", project.slug)
+    goto(page, watch, server, "review", project.slug)
     expect(page.get_by_text("Confusion matrix")).to_be_visible()
-    page.get_by_text("Low confidence", exact=True).click()
-    settle(page)
-    shot(page, "07-review")
+    expect(page.get_by_role("button", name="Retrain now")).to_be_enabled()
+    click(page, page.get_by_text("Low confidence", exact=True))
+    shot(page, watch, "07-review")
 
-    # Fix a label from the Review page, then retrain: the features come from the cache, so it takes seconds.
-    page.get_by_role("slider").first.focus()
-    page.keyboard.press("End")  # confidence below 100%: every validation image is listed
-    settle(page)
+    # Fix a label from the Review page, then retrain from there: features come from the cache, so it takes seconds.
+    act(page, lambda: (page.get_by_role("slider").first.focus(), page.keyboard.press("End")))  # every image
     card_buttons = page.get_by_role("button", name="Move", exact=True)
     expect(card_buttons.first).to_be_visible()
     labels_before = {r.sha256: r.class_name for r in project.images(limit=10_000)}
-    card_buttons.first.click()
-    settle(page)
-    for _ in range(50):  # the move lands when the click's rerun runs
-        labels_after = {r.sha256: r.class_name for r in project.images(limit=10_000)}
-        if labels_after != labels_before:
-            break
-        page.wait_for_timeout(200)
-    shot(page, "07b-review-relabelled")
+    click(page, card_buttons.first)
+    labels_after = {r.sha256: r.class_name for r in project.images(limit=10_000)}
+    shot(page, watch, "07b-review-relabelled")
     assert sum(labels_before[k] != labels_after[k] for k in labels_before) == 1
     assert project.consistency_check().ok
 
-    goto(page, server, "train", project.slug)
-    settle(page)
-    page.get_by_text("Advanced options").click()
-    float32_only(page)
-    page.get_by_role("button", name="Start training").click()
-    deadline = time.time() + 240
-    while time.time() < deadline and jobs.latest_run(project) == run_id:
-        page.wait_for_timeout(500)
-    retrain_id = jobs.latest_run(project)
-    assert retrain_id != run_id, "the retrain did not finish"
-    expect(page.get_by_text("Done: validation accuracy")).to_be_visible(timeout=30_000)
-    retrain_events = jobs.events(jobs.run_path(project, retrain_id))
-    last_embed = [e for e in retrain_events if e.get("type") == "embed"][-1]
+    click(page, page.get_by_role("button", name="Retrain now"))
+    changed = page.get_by_text("What changed since the previous run")
+    expect(changed).to_be_visible(timeout=240_000)
+    (retrain_id,) = {r["run_id"] for r in jobs.list_runs(project)} - {run_id}
+    assert run_id in changed.inner_text()
+    expect(page.get_by_text("Now right", exact=True)).to_be_visible()
+    retrain_dir = jobs.run_path(project, retrain_id)
+    assert json.loads((retrain_dir / "config.json").read_text())["quantize"] == ["float32"]  # the same settings
+    shot(page, watch, "07c-review-what-changed", show=changed)
+    assert jobs.wait(retrain_dir, timeout=240)["state"] == "succeeded", jobs.log_tail(retrain_dir)
+    last_embed = [e for e in jobs.events(retrain_dir) if e.get("type") == "embed"][-1]
     assert last_embed["cached"] == last_embed["total"]  # nothing re-embedded after the relabel
 
-    goto(page, server, "export", project.slug)
+    if (REPO / "ui" / "pages" / "curate.py").exists():  # every page renders, offline, without a traceback
+        goto(page, watch, server, "curate", project.slug)
+    goto(page, watch, server, "train", project.slug)
+    expect(page.get_by_text("Compare two runs")).to_be_visible()
+    shot(page, watch, "08-train-history-compare", show=page.get_by_text("Run history"))
+    shot(page, watch, "08b-train-compare-matrices", show=page.get_by_text("Confusion matrices"))
+
+    goto(page, watch, server, "export", project.slug)
     button = page.get_by_role("button", name="Download everything (bundle.zip")
     expect(button).to_be_visible()
-    shot(page, "08-export")
+    expect(page.get_by_text("pip install -r requirements.txt")).to_be_visible()
+    if json.loads((retrain_dir / "model_card.json").read_text()).get("tflite"):
+        expect(page.get_by_text("Each exported file run on a few labelled images")).to_be_visible()
+    shot(page, watch, "09-export")
     with page.expect_download(timeout=60_000) as dl:
         button.click()
     target = tmp_path / "bundle.zip"
@@ -326,9 +424,50 @@ def test_train_review_export(browser_page: Page, server: str, workspace_root: Pa
     assert any(n.endswith("labels.txt") for n in names), names
     assert any(n.endswith(".tflite") for n in names), names
     assert any("saved_model" in n for n in names), names
+    # the bundle's own predict.py on a folder of class subfolders: recursive, with the accuracy per class
+    unpacked = tmp_path / "bundle"
+    with zipfile.ZipFile(target) as zf:
+        zf.extractall(unpacked)
+    predict_py = next(unpacked.rglob("predict.py"))
+    run = subprocess.run([sys.executable, str(predict_py), "--top_k", "1", str(src)], cwd=predict_py.parent,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = run.stdout[run.stdout.index("accuracy per class"):].splitlines()
+    assert [line.split()[0] for line in summary[1:]] == [*sorted(p.name for p in src.iterdir()), "all"], summary
 
     if importlib.util.find_spec("engine.predict") is not None:
-        sample = next(p for p in sorted(src.rglob("*")) if p.is_file())
-        page.locator('.st-key-try_image [data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(sample))
+        # try a photo, then add it to the data under the class the model predicted (preselected)
+        from PIL import Image
+
+        sample = tmp_path / "new_photo.jpg"  # a new photo: re-encoded, so its bytes are not in the project yet
+        with Image.open(next(p for p in sorted(src.rglob("*")) if p.is_file())) as im:
+            im.convert("RGB").save(sample, quality=80)
+        upload = page.locator('.st-key-try_image [data-testid="stFileUploaderDropzoneInput"]')
+        act(page, lambda: upload.set_input_files(str(sample)))
         expect(page.get_by_text("Prediction", exact=True)).to_be_visible(timeout=60_000)
-        shot(page, "09-export-try")
+        predicted = page.locator('[data-testid="stMetricValue"]').first.inner_text().strip()
+        n_before = project.count(predicted)
+        add = page.get_by_role("button", name="Add this photo to the data", exact=True)
+        click(page, add)
+        expect(page.get_by_text(f"Added new_photo.jpg to '{predicted}'")).to_be_visible()
+        assert project.count(predicted) == n_before + 1
+        shot(page, watch, "10-export-try-add", show=page.get_by_text("Prediction", exact=True))
+
+        # the webcam as a source: Chromium's fake camera
+        click(page, page.get_by_text("Camera", exact=True))
+        take = page.get_by_role("button", name="Take Photo")
+        expect(take).to_be_enabled(timeout=30_000)
+        click(page, take)
+        expect(page.get_by_text("Prediction", exact=True)).to_be_visible(timeout=60_000)
+        n_inbox = project.count(INBOX)
+        choose = page.get_by_role("combobox", name="Add this photo to the data as")
+        click(page, choose, rerun=False)
+        click(page, page.get_by_role("option", name="Unsorted (inbox)"))
+        expect(choose).to_have_value("Unsorted (inbox)")
+        click(page, page.get_by_role("button", name="Add this photo to the data", exact=True))
+        expect(page.get_by_text("to 'Unsorted (inbox)'")).to_be_visible()
+        assert project.count(INBOX) == n_inbox + 1
+        shot(page, watch, "11-export-camera", show=page.get_by_text("Take a photo"))
+        shot(page, watch, "12-export-use-elsewhere", show=page.get_by_text("Use it elsewhere"))
+    watch.check("the Export page")
+    assert not watch.chart_warnings, watch.chart_warnings[:3]

@@ -23,7 +23,9 @@ MAKE_IMAGE_CLASSIFIER_FLAGS = [
     "--image_dir", "--tfhub_module", "--image_size", "--saved_model_dir", "--labels_output_file",
     "--tflite_output_file", "--train_epochs", "--batch_size", "--learning_rate", "--momentum", "--dropout_rate",
     "--label_smoothing", "--l1_regularizer", "--l2_regularizer", "--validation_split", "--do_fine_tuning",
-    "--assert_accuracy_at_least", "--do_data_augmentation",
+    "--assert_accuracy_at_least", "--do_data_augmentation", "--rotation_range", "--horizontal_flip", "--zoom_range",
+    "--width_shift_range", "--height_shift_range", "--shear_range", "--summaries_dir", "--set_memory_growth",
+    "--distribution_strategy", "--early_stopping_patience",
 ]
 TOP5_LINE = re.compile(r"^\d\.\d{6}: \S.*$")
 
@@ -42,7 +44,7 @@ def trained(tmp_path_factory):
     out = tmp / "out"
     proc = engine("--image_dir", str(data), "--saved_model_dir", str(out / "model"), "--labels_output_file",
                   str(out / "labels.txt"), "--tflite_output_file", str(out / "model.tflite"), "--run_dir",
-                  str(tmp / "run"))
+                  str(tmp / "run"), "--summaries_dir", str(out / "tb"), "--set_memory_growth")
     return tmp, data, out, proc
 
 
@@ -60,6 +62,7 @@ def test_train_writes_make_image_classifier_outputs(trained):
     assert (out / "model" / "saved_model.pb").exists()
     assert (out / "labels.txt").read_text().split() == ["shapes", "text"]
     assert (out / "model.tflite").stat().st_size > 1_000_000
+    assert list((out / "tb" / "head").glob("events.out.tfevents.*"))  # --summaries_dir (test_make_image_classifier)
     assert "Validation accuracy" in proc.stdout
 
 
@@ -149,8 +152,9 @@ def test_bundle_predict_runs_in_a_fresh_venv_without_tensorflow(trained, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     bundle = tmp_path / "bundle"
     zipfile.ZipFile(tmp / "run" / "bundle.zip").extractall(bundle)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    venv = tmp_path / "venv"  # RETRAIN_STUDIO_BUNDLE_PYTHON=/path/to/python3.x: on another Python than the trainer's
+    subprocess.run([os.environ.get("RETRAIN_STUDIO_BUNDLE_PYTHON", sys.executable), "-m", "venv", str(venv)],
+                   check=True)
     pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-r", str(bundle / "requirements.txt")],
                          capture_output=True, text=True, timeout=600)
     if pip.returncode != 0:
@@ -166,6 +170,57 @@ def test_bundle_predict_runs_in_a_fresh_venv_without_tensorflow(trained, tmp_pat
     assert no_tf.returncode != 0  # the bundle really runs without TensorFlow
 
 
+def _lowest_versions(requirements: str) -> list[str]:
+    """'name>=low,<high' lines -> 'name==low': the oldest versions a bundle's requirements claim to work with."""
+    out = []
+    for line in requirements.splitlines():
+        found = re.fullmatch(r"([\w-]+)>=([\w.]+),<[\w.]+", line.strip())
+        if found:
+            out.append(f"{found[1]}=={found[2]}")
+        else:
+            assert line.startswith("-r ") or not line.strip(), f"not a range: {line!r}"
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("RETRAIN_STUDIO_FRESH_VENV_TEST") != "1",
+                    reason="set RETRAIN_STUDIO_FRESH_VENV_TEST=1: installs old package versions from the registry")
+def test_the_bundle_works_with_the_lowest_versions_its_requirements_allow(trained, tmp_path):
+    # RETRAIN_STUDIO_BUNDLE_PYTHON=/path/to/python3.x runs it on another Python than the trainer's (run on 3.10 and
+    # 3.11; the oldest versions have no builds for 3.13, where pip picks newer ones: the test above)
+    from test_serve import _curl_upload, clean_env, free_port, start
+
+    tmp, data, _, proc = trained
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundle = tmp_path / "bundle"
+    zipfile.ZipFile(tmp / "run" / "bundle.zip").extractall(bundle)
+    lowest = _lowest_versions((bundle / "requirements.txt").read_text()
+                              + (bundle / "requirements-serve.txt").read_text())
+    assert {v.split("==")[0] for v in lowest} >= {"ai-edge-litert", "numpy", "pillow", "fastapi", "uvicorn"}
+    venv = tmp_path / "venv"
+    python = os.environ.get("RETRAIN_STUDIO_BUNDLE_PYTHON", sys.executable)
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *lowest], capture_output=True, text=True,
+                         timeout=900)
+    if pip.returncode != 0 and "matching distribution" not in pip.stderr:
+        pytest.skip(f"could not reach the package registry: {pip.stderr[-500:]}")
+    assert pip.returncode == 0, f"the lowest versions do not install: {pip.stderr[-2000:]}"
+    freeze = subprocess.run([str(venv / "bin" / "pip"), "freeze"], capture_output=True, text=True).stdout.lower()
+    assert all(v.lower().replace("_", "-") in freeze.replace("_", "-") for v in lowest), (lowest, freeze)
+    image = next((data / "shapes").iterdir())
+    for model in sorted(bundle.glob("model_*.tflite")):  # each variant: older runtimes may lack newer op versions
+        run = subprocess.run([str(venv / "bin" / "python"), "predict.py", "--model", model.name, str(image)],
+                             cwd=bundle, env=clean_env(), capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert [ln for ln in run.stdout.splitlines() if TOP5_LINE.match(ln)][0].endswith(": shapes"), model.name
+    port = free_port()
+    srv = start([str(venv / "bin" / "python"), "serve.py", "--port", str(port)], bundle, tmp_path / "log", port)
+    try:
+        assert _curl_upload(srv.url + "/classify", image)[image.name]["preds"][0]["tagName"] == "shapes"
+    finally:
+        srv.stop()
+
+
 @pytest.mark.slow
 def test_sigterm_marks_the_run_cancelled_and_leaves_no_bundle(tmp_path):
     data = make_demo_dataset(tmp_path / "images", per_class=6, seed=4)
@@ -173,7 +228,7 @@ def test_sigterm_marks_the_run_cancelled_and_leaves_no_bundle(tmp_path):
     before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "engine", "train", "--image_dir", str(data), "--run_dir", str(run),
-                             "--train_epochs", "100000", "--early_stopping_patience", "100000"],
+                             "--do_fine_tuning", "--fine_tune_epochs", "100000"],  # minutes of training
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and '"type": "epoch"' not in _read(run / "events.jsonl"):

@@ -1,4 +1,4 @@
-"""Export: SavedModel + three TFLite variants + card + bundle, converted for real (one shared export, it is slow)."""
+"""Export: SavedModel + three TFLite variants + card + bundle, made for real (one shared export for several modules)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 
 from engine import export
-from engine.backbones import load_feature_layer, resolve
+from engine.backbones import resolve
+from engine.embeddings import Embedder
+from engine.head import Head
 from engine.tfcompat import hub, keras, tf
+from engine.train import build_classifier
 
 # Deliberately not alphabetical, one with a space: labels.txt must keep the caller's order verbatim.
 CLASSES = ["stripes", "red circle", "checker", "blank", "noise"]
@@ -58,46 +61,56 @@ def save_rgb(path: Path, rgb: np.ndarray) -> Path:
 
 @dataclass
 class Exported:
-    model: keras.Model
+    model: keras.Model  # the same classifier as a Keras model (backbone + head), for comparisons
     result: export.ExportResult
     out: Path
     x_val: np.ndarray
     y_val: np.ndarray
     root: Path
+    head: Head
+    f_tr: np.ndarray
+    f_val: np.ndarray
+
+
+def fit_head(feats: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> Head:
+    """A converged logistic regression on the features, as engine.train fits it (no TensorFlow)."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=1.0, max_iter=2000).fit(feats, y)
+    return Head(clf.coef_.T, clf.intercept_, temperature)
 
 
 def build_model(x: np.ndarray, y: np.ndarray) -> keras.Model:
-    """The classifier train.py builds: [0,1] RGB -> hub feature layer -> Dropout -> softmax Dense, head fitted."""
-    feature = load_feature_layer(resolve("efficientnet-lite0"))
-    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), feature, keras.layers.Dropout(0.2),
-                              keras.layers.Dense(len(CLASSES), activation="softmax")])
-    feats = feature(x.astype(np.float32) / 255.0).numpy()
-    keras.utils.set_random_seed(0)
-    head = keras.Sequential([keras.Input((feats.shape[1],)), keras.layers.Dense(len(CLASSES), activation="softmax")])
-    head.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
-    head.fit(feats, y, epochs=60, batch_size=16, verbose=0)
-    model.layers[-1].set_weights(head.layers[-1].get_weights())
-    return model
+    """The classifier train.py builds: [0,1] RGB -> hub feature layer -> softmax Dense, with a fitted head."""
+    resolved = resolve("efficientnet-lite0")
+    embedder = Embedder(resolved)
+    return build_classifier(resolved, fit_head(np.stack([embedder(img) for img in x]), y))
 
 
 _SHARED: dict[str, Exported] = {}
 
 
 def exported_once(tmp_path_factory) -> Exported:
-    """One real export for test_export.py and test_predict.py together (conversion takes ~30 s)."""
+    """One real export for test_export.py, test_compose.py, test_predict.py and others together: a head fitted on
+    real backbone features, composed onto the cached backbone variants the way every training run exports."""
     if "exp" not in _SHARED:
         root = tmp_path_factory.mktemp("export")
         x_tr, y_tr = make_set(6, seed=1)
         x_val, y_val = make_set(4, seed=2)
-        model = build_model(x_tr, y_tr)
+        resolved = resolve("efficientnet-lite0")
+        embedder = Embedder(resolved)
+        f_tr = np.stack([embedder(img) for img in x_tr])
+        f_val = np.stack([embedder(img) for img in x_val])
+        head = fit_head(f_tr, y_tr, temperature=1.5)
         card = {"backbone": {"handle": "efficientnet-lite0"}, "config": {"seed": 42}, "dataset_hash": "ab" * 32,
                 "class_counts": {c: 10 for c in CLASSES}, "metrics": {"val_accuracy": 1.0}, "extra": "kept"}
         events: list[dict] = []
-        result = export.export_model(model, CLASSES, root / "run", image_size=SIZE, center_crop=False,
-                                     representative=x_tr, validation=(x_val, y_val), card=card,
-                                     progress=events.append)
+        result = export.export_composed(head, resolved, CLASSES, root / "run", center_crop=False, features=f_tr,
+                                        checks=(x_val, y_val, head.probabilities(f_val)), card=card,
+                                        progress=events.append)
         result.events = events
-        _SHARED["exp"] = Exported(model, result, root / "run", x_val, y_val, root)
+        _SHARED["exp"] = Exported(build_classifier(resolved, head), result, root / "run", x_val, y_val, root, head,
+                                  f_tr, f_val)
     return _SHARED["exp"]
 
 
@@ -213,8 +226,12 @@ def test_bundle_holds_everything_and_no_temporary_file_remains(exp, bundle):
     assert any(n.startswith("saved_model/variables/") for n in names)
     assert [p.name for p in bundle.parent.iterdir()] == ["bundle.zip"]
     reqs = zipfile.ZipFile(bundle).read("requirements.txt").decode().split()
-    assert [r.split("==")[0] for r in reqs] == ["ai-edge-litert", "numpy", "pillow"]
-    assert all(re.fullmatch(r"[\w-]+==\d+(\.\d+)+", r) for r in reqs)
+    assert [re.split("[<>=]", r)[0] for r in reqs] == ["ai-edge-litert", "numpy", "pillow"]
+    # ranges, not the trainer's exact versions: lowest tested version up to the next major (test_serve.py tests both)
+    assert all(re.fullmatch(r"[\w-]+>=\d+(\.\d+)*,<\d+", r) for r in reqs), reqs
+    serve = zipfile.ZipFile(bundle).read("requirements-serve.txt").decode().split()
+    assert serve[:2] == ["-r", "requirements.txt"] and all(re.fullmatch(r"[\w-]+>=\d+(\.\d+)*,<\d+", r)
+                                                          for r in serve[2:]), serve
 
 
 @pytest.mark.slow
@@ -268,3 +285,14 @@ def test_legacy_outputs_are_copied_to_the_flag_paths(exp, tmp_path):
     assert (tmp_path / "a" / "labels.txt").read_text().splitlines() == CLASSES
     assert (tmp_path / "b" / "model.tflite").read_bytes() == (exp.out / "model_float32.tflite").read_bytes()
     assert export.write_legacy_outputs(exp.result) == {}
+
+
+@pytest.mark.slow
+def test_exported_files_are_readable_by_others_like_any_new_file(exp, bundle):
+    """A Dockerfile's non-root user must be able to read the models it copies in (mkstemp alone makes 0600)."""
+    for p in (exp.out / "model_float32.tflite", exp.out / "model_card.json", bundle):
+        assert p.stat().st_mode & 0o044 == 0o044, p
+    with zipfile.ZipFile(bundle) as zf:
+        for info in zf.infolist():
+            if info.filename.endswith((".tflite", ".json", ".txt")):
+                assert (info.external_attr >> 16) & 0o044 == 0o044, info.filename

@@ -6,8 +6,11 @@ import hashlib
 import io
 import logging
 import struct
+import subprocess
+import sys
 import time
 import zipfile
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -128,7 +131,6 @@ def test_animated_images_give_the_first_frame(corpus):
         ("random_bytes", "not an image"),
         ("text_as_png", "not an image (the file starts with text)"),
         ("svg", "SVG"),
-        ("heic", "HEIC images are not supported; convert to JPEG or PNG"),
         ("bomb_header", "80000000-pixel limit"),
     ],
 )
@@ -138,6 +140,58 @@ def test_bad_files_raise_with_name_and_reason(corpus, kind, reason):
         images.load_image(path)
     message = str(err.value)
     assert message.startswith(f"{path.name}: ") and reason in message
+
+
+# ------------------------------------------------------------------------------------------------ HEIC (iPhones)
+def _heic_photo(width: int = 64, height: int = 48, exif_orientation: int | None = None) -> bytes:
+    """A real HEIC written by pillow-heif (the left third blue, the rest red), as an iPhone writes them."""
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[:] = (220, 20, 20)
+    rgb[:, : width // 3] = (20, 20, 220)
+    kw = {}
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kw["exif"] = exif.tobytes()
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "HEIF", quality=95, **kw)
+    return buf.getvalue()
+
+
+def test_heic_photo_decodes_like_the_same_photo_as_png():
+    assert images.HEIF_SUPPORTED and {".heic", ".heif"} <= set(images.SUPPORTED)
+    data = _heic_photo()
+    assert images.sniff_kind(data) == "heic"
+    img = images.load_image(data, name="IMG_0001.HEIC")
+    assert img.shape == (48, 64, 3) and img.dtype == np.uint8
+    assert np.abs(img[:, 30:].astype(int) - (220, 20, 20)).max() < 20  # lossy HEVC, but clearly the same colours
+    assert np.abs(img[:, :15].astype(int) - (20, 20, 220)).max() < 20
+
+
+def test_heic_orientation_is_applied_once():
+    # pillow-heif applies the HEIF rotation and resets EXIF orientation to 1: exif_transpose must not turn it again
+    img = images.load_image(_heic_photo(exif_orientation=6))  # 6: turn 90 degrees clockwise to display
+    assert img.shape == (64, 48, 3)
+    assert img[:10, :, 2].mean() > 180 and img[-10:, :, 0].mean() > 180  # the blue left third is now on top
+
+
+def test_truncated_heic_is_refused_as_corrupt():
+    data = _heic_photo()
+    with pytest.raises(ImageError, match=r"^IMG_0002\.HEIC: truncated or corrupt HEIC"):
+        images.load_image(data[: len(data) // 2], name="IMG_0002.HEIC")
+
+
+def test_without_pillow_heif_heic_is_refused_with_the_install_command(tmp_path):
+    # A real interpreter where pillow-heif cannot be imported (as on a machine that did not install it)
+    path = tmp_path / "IMG_0003.HEIC"
+    path.write_bytes(_heic_photo())
+    code = ("import sys; sys.modules['pillow_heif'] = None\n"
+            "from engine import images\n"
+            "try:\n    images.load_image(sys.argv[1])\nexcept images.ImageError as exc:\n    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.stdout.strip() == ("IMG_0003.HEIC: HEIC images need pillow-heif (pip install pillow-heif==1.8.1); or "
+                                   "convert to JPEG or PNG"), proc.stderr[-2000:]
 
 
 def test_truncated_images_are_not_loaded_leniently():

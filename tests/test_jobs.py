@@ -18,6 +18,7 @@ from PIL import Image
 
 from engine import jobs
 from engine.config import TrainConfig
+from engine.fileio import read_json
 from engine.workspace import Workspace
 
 # A stand-in for `python -m engine train`: same arguments, same files in the run folder.
@@ -275,3 +276,48 @@ def test_real_training_on_demo_dataset(tmp_path, monkeypatch):
         names = zf.namelist()
     assert any(n.endswith("labels.txt") for n in names)
     assert any(n.endswith(".tflite") for n in names)
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[-1].split()[1])
+    except OSError:
+        return None
+
+
+@pytest.mark.slow
+def test_jobs_fork_from_one_worker_and_leave_no_zombies(tmp_path, monkeypatch):
+    """The app's jobs start from the long-lived worker (no per-run imports) and are reaped when they end."""
+    reason = _real_engine_available()
+    if reason:
+        pytest.skip(f"real engine not available: {reason}")
+    from engine.demo import make_demo_dataset
+    from engine.worker import CLIENT
+
+    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.delenv(jobs.COMMAND_ENV, raising=False)
+    monkeypatch.delenv(jobs.WORKER_ENV, raising=False)
+    project = Workspace().create_project("worker")
+    project.import_image_dir(make_demo_dataset(tmp_path / "demo", per_class=8))
+    jobs.warm_worker()
+    assert CLIENT.alive()
+    worker_pid = CLIENT._proc.pid
+    cfg = TrainConfig(quantize=["float32"])
+    pids = []
+    for _ in range(2):
+        run_dir = jobs.run_path(project, jobs.start_training(project, cfg))
+        pid = read_json(run_dir / "run.json")["pid"]
+        assert _ppid(pid) in (worker_pid, None)  # None: it already ended and was reaped
+        status = jobs.wait(run_dir, timeout=300)
+        assert status["state"] == "succeeded", jobs.log_tail(run_dir)
+        assert (run_dir / "bundle.zip").is_file() and "Run saved" in jobs.log_tail(run_dir)
+        pids.append(pid)
+    assert CLIENT._proc.pid == worker_pid  # the same worker served both runs
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{p}").exists() for p in pids), "a finished job was left as a zombie"
+    # cancel reaches a forked job through its own process group
+    run_dir = jobs.run_path(project, jobs.start_training(project, TrainConfig(do_fine_tuning=True)))
+    assert jobs.cancel(run_dir)["state"] == "cancelled"

@@ -1,4 +1,5 @@
-"""Training: head on cached features, early stopping, metrics, determinism, fine-tuning, unreadable files."""
+"""Training: cross-validated head on cached features, metrics, calibration, threshold, determinism, the
+make_image_classifier hold-out mode, fine-tuning, unreadable files."""
 
 from __future__ import annotations
 
@@ -11,7 +12,17 @@ from engine.config import TrainConfig
 from engine.dataset import DatasetError
 from engine.demo import make_demo_dataset
 from engine.embeddings import EmbeddingStore
-from engine.train import AccuracyError, check_accuracy, evaluate, sample_weights, train, train_head
+from engine.head import Head
+from engine.train import (
+    AccuracyError,
+    check_accuracy,
+    evaluate,
+    fit_head,
+    model_card,
+    sample_weights,
+    train,
+    train_head,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,38 +43,90 @@ def result(demo_dir, store):
     return res
 
 
-def test_head_learns_the_demo_classes(result):
+def test_head_learns_the_demo_classes_judged_by_cross_validation(result):
     assert result.labels == ["shapes", "text"]
     assert result.val_accuracy >= 0.9
+    assert result.metrics["evaluation"] == "cross-validation (5 folds)" and result.metrics["cross_validated"]
     assert result.timings["head_s"] < 30
+    assert isinstance(result.head, Head) and result.head.kernel.shape == (result.data.features.shape[1], 2)
+    # the shipped head is fitted on every image
+    assert len(result.data.train_idx) == len(result.data.dataset.items) and len(result.data.val_idx) == 0
+    probs = result.head.probabilities(result.data.features)
+    assert np.mean(probs.argmax(1) == result.data.dataset.y) == 1.0
 
 
-def test_early_stopping_ends_before_the_epoch_cap(result):
-    assert 1 < len(result.history) < result.config.train_epochs
-    epochs = [e for e in result.events if e["type"] == "epoch"]
-    assert len(epochs) == len(result.history)
-    assert {"loss", "accuracy", "val_loss", "val_accuracy", "elapsed"} <= set(epochs[0])
-
-
-def test_metrics_are_consistent(result):
-    m = result.metrics
+def test_every_labelled_image_gets_an_out_of_fold_prediction(result):
+    m, items = result.metrics, result.data.dataset.items
+    assert len(m["predictions"]) == len(items) == m["n_evaluated"]
+    assert {p["sha256"] for p in m["predictions"]} == {it.sha256 for it in items}
+    assert {p["fold"] for p in m["predictions"]} == set(range(5))
     cm = np.array(m["confusion_matrix"])
-    assert cm.shape == (2, 2) and cm.sum() == len(m["predictions"]) == len(result.data.val_idx)
+    assert cm.shape == (2, 2) and cm.sum() == len(items)
     assert np.trace(cm) / cm.sum() == pytest.approx(m["val_accuracy"])
     for p in m["predictions"]:
+        assert {"path", "true", "predicted", "probability", "probs", "sha256", "fold"} <= set(p)
         assert p["predicted"] == m["labels"][int(np.argmax(p["probs"]))]
         assert p["probability"] == pytest.approx(max(p["probs"]), abs=1e-5)
+    assert [f["fold"] for f in m["folds"]] == list(range(5)) and m["accuracy_min"] <= m["val_accuracy"]
+
+
+def test_grid_points_are_epoch_events_and_the_choice_is_reported(result):
+    epochs = [e for e in result.events if e["type"] == "epoch"]
+    assert len(epochs) == len(result.history) >= 5
+    assert {"phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "elapsed"} <= set(epochs[0])
+    assert [e["epoch"] for e in epochs] == list(range(1, len(epochs) + 1))
+    m = result.metrics
+    lowest = min(r["val_loss"] for r in m["l2_search"])
+    chosen = next(r for r in m["l2_search"] if r["l2"] == m["l2"])
+    assert m["l2_chosen"] and chosen["val_loss"] <= lowest + m["l2_se"]  # the one-standard-error rule
+    assert all(r["l2"] <= m["l2"] for r in m["l2_search"] if r["val_loss"] <= lowest + m["l2_se"])
+
+
+def test_calibration_and_threshold_reach_metrics_and_the_model_card(result):
+    m = result.metrics
+    assert m["calibration"]["temperature"] == result.head.temperature > 0
+    assert {"ece_before", "ece_after"} <= set(m["calibration"])
+    card = model_card(result)
+    assert card["threshold"]["value"] == m["threshold"]["value"] is not None
+    assert card["threshold"]["target_precision"] == 0.95 and 0 < card["threshold"]["coverage"] <= 1
+    assert card["evaluation"] == m["evaluation"] and card["temperature"] == result.head.temperature
+    assert "predictions" not in card["metrics"] and len(m["threshold"]["curve"]) > 10
 
 
 def test_retrain_uses_the_cache_and_is_deterministic(demo_dir, store, result):
     again = train(TrainConfig(image_dir=str(demo_dir)), store=store)
     assert again.timings["embedded_new"] == 0
     assert [p["probs"] for p in again.metrics["predictions"]] == [p["probs"] for p in result.metrics["predictions"]]
+    assert np.array_equal(again.head.kernel, result.head.kernel)
 
 
-def test_different_seed_gives_a_different_split(demo_dir, store, result):
+def test_different_seed_gives_different_folds(demo_dir, store, result):
     other = train(TrainConfig(image_dir=str(demo_dir), seed=7), store=store)
-    assert {p["path"] for p in other.metrics["predictions"]} != {p["path"] for p in result.metrics["predictions"]}
+    assert {(p["sha256"], p["fold"]) for p in other.metrics["predictions"]} != {
+        (p["sha256"], p["fold"]) for p in result.metrics["predictions"]}
+
+
+def test_validation_split_keeps_make_image_classifiers_hold_out(demo_dir, store):
+    res = train(TrainConfig(image_dir=str(demo_dir), validation_split=0.25), store=store)
+    m = res.metrics
+    assert len(res.data.val_idx) == 6 and len(m["predictions"]) == 6 and not m["cross_validated"]
+    assert m["evaluation"].startswith("held-out validation") and m["val_accuracy"] >= 0.8
+    assert {p["fold"] for p in m["predictions"]} == {None}
+    assert m["calibration"]["measured_on"] == "the held-out validation images"
+
+
+def test_duplicates_share_a_fold_and_a_fixed_l2_is_used(tmp_path, store):
+    root = make_demo_dataset(tmp_path / "d", per_class=8, seed=3)
+    for name in ("shapes", "text"):
+        first = sorted((root / name).iterdir())[0]
+        for i in range(3):
+            (root / name / f"copy{i}{first.suffix}").write_bytes(first.read_bytes())
+    res = train(TrainConfig(image_dir=str(root), l2_regularizer=0.01), store=store)
+    folds: dict[str, set] = {}
+    for p in res.metrics["predictions"]:
+        folds.setdefault(p["sha256"], set()).add(p["fold"])
+    assert max(len(v) for v in folds.values()) == 1 and len(res.metrics["predictions"]) == 22
+    assert res.metrics["l2"] == 0.01 and not res.metrics["l2_chosen"] and len(res.history) == 1
 
 
 def test_evaluate_matches_sklearn_definitions():
@@ -89,12 +152,23 @@ def test_head_converges_to_separable_features():
     x = centres[y] + rng.normal(0, 0.3, (300, 64)).astype(np.float32)
     head, history = train_head(x[:240], y[:240], x[240:], y[240:], 3, TrainConfig())
     assert history[-1]["val_accuracy"] == 1.0
-    assert np.mean(np.argmax(head(x[240:]), 1) == y[240:]) == 1.0
+    assert np.mean(np.argmax(head.probabilities(x[240:]), 1) == y[240:]) == 1.0
+
+
+def test_no_temperature_or_threshold_from_a_class_with_one_distinct_image():
+    rng = np.random.default_rng(3)
+    y = np.array([0] * 10 + [1] * 3)
+    x = rng.normal(0, 1, (13, 8)).astype(np.float32) + 2 * y[:, None]
+    groups = np.r_[np.arange(10), [10, 10, 10]]  # class 1: three copies of one photo
+    fit = fit_head(x, y, 2, TrainConfig(), groups)
+    assert fit.head.temperature == 1.0 and fit.threshold["value"] is None and "note" in fit.threshold
+    assert fit_head(x, y, 2, TrainConfig(), np.arange(13)).threshold["value"] is not None
 
 
 def test_accuracy_assertion():
     class R:
         val_accuracy = 0.5
+        metrics = {"evaluation": "cross-validation (5 folds)"}
 
     with pytest.raises(AccuracyError, match="below"):
         check_accuracy(R(), 0.9)
@@ -122,18 +196,24 @@ def test_unreadable_images_are_skipped_with_a_warning(tmp_path, store):
 
 
 @pytest.mark.slow
-def test_fine_tuning_changes_the_backbone_and_still_classifies(tmp_path, store):
+def test_fine_tuning_changes_the_backbone_validates_on_one_fold_and_bakes_the_temperature(tmp_path, store):
     root = make_demo_dataset(tmp_path / "d", per_class=6, seed=8)
-    cfg = TrainConfig(image_dir=str(root), do_fine_tuning=True, fine_tune_epochs=1, validation_split=0.34,
-                      fine_tune_learning_rate=1e-4)
+    cfg = TrainConfig(image_dir=str(root), do_fine_tuning=True, fine_tune_epochs=1, fine_tune_learning_rate=1e-4)
     res = train(cfg, store=store)
     assert [h["phase"] for h in res.history][-1] == "fine_tune"
+    assert res.metrics["evaluation"].startswith("one held-out fold") and not res.metrics["cross_validated"]
+    assert len(res.data.val_idx) and len(res.metrics["predictions"]) == len(res.data.val_idx)
+    assert not set(res.data.val_idx) & set(res.data.train_idx)
     layer = res.model.get_layer("feature_extractor")
     assert layer.trainable and len(layer.trainable_weights) > 100
     pretrained = load_feature_layer(resolve("efficientnet-lite0"))
     before = {w.name: w.numpy() for w in pretrained.weights}
     changed = [w.name for w in layer.trainable_weights if not np.allclose(w.numpy(), before[w.name])]
     assert len(changed) > 50  # gradients reached the backbone
+    kernel, bias = res.model.get_layer("probabilities").get_weights()
+    w, b = res.head.calibrated()
+    np.testing.assert_allclose(kernel, w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias, b, rtol=1e-5, atol=1e-6)
     x = cv2.resize(cv2.imread(str(next((root / "text").iterdir())))[:, :, ::-1], (224, 224))
     probs = res.model.predict(x[None].astype(np.float32) / 255.0, verbose=0)[0]
     assert probs.shape == (2,) and probs.sum() == pytest.approx(1.0, abs=1e-4)

@@ -234,6 +234,19 @@ def test_import_image_dir(project, tmp_path):
         project.import_image_dir(tmp_path / "nope")
 
 
+def test_import_image_dir_reports_progress_up_to_the_total(project, tmp_path):
+    for cls, n in (("a", 45), ("b", 3)):
+        (tmp_path / "src" / cls).mkdir(parents=True)
+        for i in range(n):
+            (tmp_path / "src" / cls / f"{i}.png").write_bytes(png(1000 * len(cls) + i + (0 if cls == "a" else 500)))
+    (tmp_path / "src" / "loose.png").write_bytes(png(9999))
+    seen: list[tuple[int, int]] = []
+    report = project.import_image_dir(tmp_path / "src", progress=lambda done, total: seen.append((done, total)))
+    assert len(report.added) == 49
+    assert seen and {t for _, t in seen} == {49} and seen[-1][0] == 49
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) >= 3  # steps, not one jump
+
+
 def test_import_demo_dataset(project, tmp_path):
     demo = pytest.importorskip("engine.demo", reason="engine.demo is not written yet")
     root = demo.make_demo_dataset(tmp_path / "demo", per_class=4)
@@ -382,3 +395,157 @@ def test_consistency_check_and_repair(project):
     assert (project.trash_dir / "junk.png").exists()
     assert project.consistency_check().ok
     assert (Path(project.path) / "images" / "c" / "new.png").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# two people on one project: stale actions, undo, leases, class keys (issue 14)
+# ----------------------------------------------------------------------------------------------------------------
+def sorted_inbox(project, n: int = 4, seed: int = 700):
+    for cls in ("cats", "dogs"):
+        project.create_class(cls)
+    project.add_files([(f"{i}.png", png(seed + i)) for i in range(n)])
+    return [r.sha256 for r in project.images(INBOX)]
+
+
+def test_stale_actions_are_refused_and_say_where_the_image_went(project):
+    from engine.workspace import TRASH, StaleActionError
+
+    a, b, c = sorted_inbox(project, 3)
+    assert project.act([a], "dogs", expected={a: INBOX}, session="B").done == 1
+    # A still sees it in the inbox and presses "cats": refused, named, nothing overwritten
+    result = project.act([a, b], "cats", expected={a: INBOX, b: INBOX}, session="A")
+    assert [ch.sha256 for ch in result.changes] == [b]
+    (conflict,) = result.conflicts
+    assert conflict.actual == "dogs" and conflict.by_other
+    assert "already moved to 'dogs' by someone else" in result.conflict_message()
+    assert project.get(a).class_name == "dogs" and project.get(b).class_name == "cats"
+    # a stale Browse selection: both saw c in the inbox, B trashes it first; A's "Delete 1" ... and A's move
+    project.act([c], TRASH, expected={c: INBOX}, session="B")
+    with pytest.raises(StaleActionError, match="already moved to the trash by someone else"):
+        project.move([c], "cats", expected={c: INBOX}, session="A")
+    with pytest.raises(StaleActionError, match="already moved to 'dogs'"):
+        project.delete_images([a], expected={a: "cats"}, session="A")  # a is in dogs, not where A saw it
+    assert project.get(a).class_name == "dogs" and [r.sha256 for r in project.trashed()] == [c]
+    # without an expectation the old behaviour stays: moved from wherever it is; trashed images are left alone
+    assert project.move([a], "cats") == 1 and project.move([c], "cats") == 0
+    assert_consistent(project)
+
+
+def test_undo_reverts_only_your_own_unchanged_actions(project):
+    from engine.workspace import TRASH
+
+    a, b, c, d = sorted_inbox(project, 4)
+    steps = [project.act([a], "cats", session="A").changes, project.act([b], TRASH, session="A").changes,
+             project.act([c], "dogs", session="A").changes]
+    # multi-step: newest first, each back where it was (b out of the trash)
+    for step in reversed(steps):
+        assert project.undo(step, session="A").done == 1
+    assert project.counts() == {"cats": 0, "dogs": 0, INBOX: 4} and not project.trashed()
+    # A sorts d, B re-sorts it: A's undo leaves B's decision alone
+    mine = project.act([d], "cats", session="A").changes
+    project.act([d], "dogs", expected={d: "cats"}, session="B")
+    result = project.undo(mine, session="A")
+    assert result.done == 0 and project.get(d).class_name == "dogs"
+    assert "moved to 'dogs' by someone else since; not undone" in result.conflict_message()
+    # ... also when B put it back where A had left it (the version tells)
+    project.act([d], "cats", session="B")
+    mine = project.act([d], "dogs", session="A").changes
+    project.act([d], "cats", session="B")
+    project.act([d], "dogs", session="B")
+    result = project.undo(mine, session="A")
+    assert result.done == 0 and "changed by someone else since" in result.conflict_message()
+    # undo into a class that was deleted meanwhile: the image goes to the inbox
+    mine = project.act([a], "dogs", session="A").changes
+    project.create_class("birds")
+    step = project.act([a], "birds", session="A").changes
+    project.delete_class("birds")
+    assert project.get(a).class_name is None
+    assert project.undo(step, session="A").done == 0  # delete_class moved it: not A's last state any more
+    assert project.undo(mine, session="A").done == 0
+    # undo back into a class deleted meanwhile: the image goes to the inbox
+    project.create_class("birds")
+    project.act([b], "birds", session="A")
+    step = project.act([b], "cats", session="A").changes
+    project.delete_class("birds")
+    assert project.undo(step, session="A").done == 1 and project.get(b).class_name is None
+    assert_consistent(project)
+
+
+def test_sorters_are_shown_different_images_and_leases_end(project):
+    import time
+
+    shas = sorted_inbox(project, 3)
+    one = project.lease_next("A")
+    two = project.lease_next("B")
+    assert one.sha256 == shas[0] and two.sha256 == shas[1]
+    assert project.lease_next("A").sha256 == shas[0]  # a rerun keeps showing the same image
+    assert shas[0] not in [r.sha256 for r in project.inbox_queue("B")]
+    assert project.leased_by_others("C") == 2
+    # acting releases: A sorts its image and gets the next free one, never B's
+    project.act([one.sha256], "cats", expected={one.sha256: INBOX}, session="A")
+    assert project.lease_next("A").sha256 == shas[2]
+    assert project.lease_next("A", skip=[shas[2]]) is None  # B holds the only other one
+    # leaving the sorter releases; an idle sorter's lease times out
+    project.release_leases("B")
+    assert project.lease_next("C", ttl=0.05).sha256 == shas[1]
+    time.sleep(0.1)
+    assert project.lease_next("D").sha256 == shas[1]
+    # undo gives the image back to the same sorter, first
+    step = project.act([shas[2]], "dogs", session="A").changes
+    project.undo(step, session="A")
+    assert project.lease_next("A").sha256 == shas[2]
+
+
+def _sorter(path: str, session: str, out: list) -> None:
+    from engine.workspace import Project
+
+    project = Project(path)
+    while (rec := project.lease_next(session)) is not None:
+        result = project.act([rec.sha256], "cats" if session == "A" else "dogs", expected={rec.sha256: INBOX},
+                             session=session)
+        out.append((session, result.done, len(result.conflicts)))
+
+
+def test_two_sorters_at_once_never_sort_the_same_image(project):
+    sorted_inbox(project, 24, seed=800)
+    out: list = []
+    threads = [threading.Thread(target=_sorter, args=(str(project.path), s, out)) for s in ("A", "B")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(done for _, done, _ in out) == 24 and not any(conflicts for *_, conflicts in out)
+    assert project.count(INBOX) == 0 and project.count("cats") + project.count("dogs") == 24
+    assert_consistent(project)
+
+
+def test_class_shortcut_keys_stay_when_classes_come_and_go(project):
+    keys = list("123456789")
+    for name in ("roses", "daisy", "tulips"):
+        project.create_class(name)
+    assert project.class_keys(keys) == {"daisy": "1", "roses": "2", "tulips": "3"}
+    project.create_class("dandelion")  # sorts before roses and tulips: they keep their keys
+    assert project.class_keys(keys) == {"daisy": "1", "dandelion": "4", "roses": "2", "tulips": "3"}
+    project.rename_class("tulips", "tulip")
+    project.delete_class("daisy")
+    assert project.class_keys(keys) == {"dandelion": "4", "roses": "2", "tulip": "3"}
+    project.create_class("sunflowers")
+    assert project.class_keys(keys)["sunflowers"] == "1"  # the freed key
+    assert project.class_keys(["1", "2"]) == {"roses": "2", "sunflowers": "1"}  # fewer keys than classes
+
+
+def test_changed_since_a_run_counts_against_its_snapshot(project, tmp_path):
+    from engine.dataset import scan_image_dir, write_snapshot
+
+    for cls, seed in (("cats", 900), ("dogs", 910)):
+        project.add_files([(f"{cls}{i}.png", png(seed + i)) for i in range(3)], cls)
+    project.add_files([("new.png", png(950))])
+    run = tmp_path / "run"
+    write_snapshot(scan_image_dir(project.image_dir()), run)
+    assert project.changed_since(run) == 0
+    cat, dog = project.images("cats")[0].sha256, project.images("dogs")[0].sha256
+    project.move([cat], "dogs")
+    project.delete_images([dog])
+    project.move([project.images(INBOX)[0].sha256], "cats")
+    assert project.changed_since(run) == 3
+    assert project.changed_since(tmp_path / "no-run") is None

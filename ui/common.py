@@ -22,9 +22,9 @@ REVIEW = "ui/pages/review.py"
 EXPORT = "ui/pages/export.py"
 
 INBOX_LABEL = "Unsorted (inbox)"
-# What the file pickers accept: every format training reads, plus formats people bring that we cannot use (HEIC
-# from phones, SVG drawings), so the engine can say why. Streamlit refuses any other extension with an exception.
-IMAGE_UPLOAD_TYPES = [*(e.lstrip(".") for e in SUPPORTED), "heic", "heif", "svg"]
+# What the file pickers accept: every format training reads (HEIC/HEIF from phones included), plus SVG drawings,
+# which we cannot use, so the engine can say why. Streamlit refuses any other extension with an exception.
+IMAGE_UPLOAD_TYPES = [*(e.lstrip(".") for e in SUPPORTED), "svg"]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -220,8 +220,121 @@ def predictor(model_path: Path, labels_path: Path | None):
     return _predictor(str(model_path), str(labels_path) if labels_path else None, model_path.stat().st_mtime)
 
 
+def confusion_styler(cm: Sequence[Sequence[int]], labels: Sequence[str]):
+    """The confusion matrix as a colour-shaded table (a heat-map that stays clickable in st.dataframe).
+
+    Rows: true class, columns: predicted class. Each cell is shaded by its share of its row, so a class with few
+    images is as readable as a big one; the diagonal is blue, mistakes are red."""
+    import pandas as pd
+
+    df = pd.DataFrame(cm, index=[f"true: {lb}" for lb in labels], columns=list(labels))
+
+    def shade(frame: pd.DataFrame) -> pd.DataFrame:
+        totals = frame.sum(axis=1).replace(0, 1)
+        css = pd.DataFrame("", index=frame.index, columns=frame.columns)
+        for i, row in enumerate(frame.index):
+            for j, col in enumerate(frame.columns):
+                share = float(frame.loc[row, col]) / float(totals[row])
+                if share <= 0:
+                    continue
+                rgb = (37, 99, 235) if i == j else (220, 38, 38)
+                alpha = 0.12 + 0.88 * share
+                text = "color: white; " if alpha > 0.55 else ""
+                css.loc[row, col] = f"{text}background-color: rgba({rgb[0]}, {rgb[1]}, {rgb[2]}, {alpha:.2f})"
+        return css
+
+    return df.style.apply(shade, axis=None)
+
+
+def show_run_diff(project: Project, diff: Any, before_id: str, after_id: str, key: str, max_images: int = 12) -> None:
+    """Render an engine.compare.RunDiff: accuracy change, per-class changes, flipped images, changed settings."""
+    import pandas as pd
+
+    before_acc, after_acc = diff.accuracy
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Accuracy", fmt_pct(after_acc),
+              delta=None if diff.accuracy_delta is None else f"{diff.accuracy_delta * 100:+.1f} points",
+              help=f"{after_id} compared with {before_id} ({fmt_pct(before_acc)})")
+    c2.metric("Now right", diff.fixed, help="Images the earlier run got wrong and this run gets right")
+    c3.metric("Now wrong", diff.broken, help="Images the earlier run got right and this run gets wrong")
+    st.caption(f"{diff.n_common} image(s) were validated in both runs; {len(diff.flips)} of them flipped (another "
+               "predicted class, or right/wrong after a label was fixed). Differences of one or two images on a "
+               "small validation set can be chance.")
+    if diff.per_class:
+        pct = st.column_config.NumberColumn(format="%.1f%%")
+        change = st.column_config.NumberColumn(format="%+.1f points")
+        scores = ["recall before", "recall", "recall change", "f1 before", "f1", "f1 change"]
+        table = pd.DataFrame(diff.per_class)[["class", *scores, "support"]]
+        table[scores] = table[scores].astype(float) * 100  # one number format for all: 92.3%, +9.0 points
+        st.dataframe(table, hide_index=True, width="stretch", column_config={
+            "recall before": pct, "recall": pct, "f1 before": pct, "f1": pct, "recall change": change,
+            "f1 change": change})
+    if diff.flips:
+        shown = diff.flips[:max_images]
+        st.markdown(f"**Images whose prediction flipped** ({len(diff.flips)}"
+                    + (f", first {len(shown)} shown" if len(shown) < len(diff.flips) else "") + ")")
+        per_row = 6
+        for start in range(0, len(shown), per_row):
+            cols = st.columns(per_row)
+            for col, f in zip(cols, shown[start:start + per_row], strict=False):
+                with col:
+                    rec = project.get(f["sha256"]) if f.get("sha256") else None
+                    if rec is None and f.get("path"):
+                        rec = project.find_by_filename(Path(str(f["path"])).name)
+                    data = thumbnail(project, rec.sha256) if rec is not None else None
+                    if data is not None:
+                        st.image(data, width="stretch")
+                    label = (f"relabelled {f['true before']} → **{f['true']}**" if f["true before"] != f["true"]
+                             else f"true **{f['true']}**")
+                    st.caption(f"{f['change']} · {label} · predicted {f['predicted before']} → {f['predicted']}")
+    if diff.config:
+        st.markdown("**Settings that differ**")
+        st.dataframe(pd.DataFrame([{"setting": k, before_id: str(a), after_id: str(b)} for k, a, b in diff.config]),
+                     hide_index=True, width="stretch", key=f"{key}_config")
+    else:
+        st.caption("Both runs used the same settings; only the data changed.")
+
+
+# Charts are Altair specs with their data inline: st.line_chart/st.bar_chart draw an empty named dataset first and
+# then insert the rows, and Vega logs an "Infinite extent" warning for every axis of that empty first draw.
+def line_chart(frame: Any, height: int = 260, y_title: str = "value") -> None:
+    """A line per column of `frame` (index: x axis)."""
+    import altair as alt
+
+    x = frame.index.name or "x"
+    long = frame.reset_index(names=x).melt(x, var_name="series", value_name="_value").dropna()
+    chart = alt.Chart(long).mark_line(point=len(frame) < 30).encode(
+        x=alt.X(f"{x}:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("_value:Q", title=y_title),
+        color=alt.Color("series:N", legend=alt.Legend(orient="bottom", title=None)),
+        tooltip=[f"{x}:Q", "series:N", alt.Tooltip("_value:Q", title=y_title, format=".4f")])
+    st.altair_chart(chart, height=height, width="stretch")
+
+
+def bar_chart(counts: dict[str, int], height: int | None = None, title: str = "images") -> None:
+    """Horizontal bars, one per key, in the given order."""
+    import altair as alt
+    import pandas as pd
+
+    frame = pd.DataFrame({"name": list(counts), title: list(counts.values())})
+    chart = alt.Chart(frame).mark_bar().encode(x=alt.X(f"{title}:Q"), y=alt.Y("name:N", sort=None, title=None),
+                                               tooltip=["name:N", f"{title}:Q"])
+    st.altair_chart(chart, height=height or max(120, 32 * len(counts)), width="stretch")
+
+
 def fmt_pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
+
+
+def runs_newest_first(project: Project) -> list[dict]:
+    """jobs.list_runs ordered by start time: run ids only have whole seconds, so two runs started within one second
+    (training takes seconds now) may be listed in either order."""
+    from engine import jobs
+
+    def started(row: dict) -> float:
+        value = jobs.job_status(jobs.run_path(project, row["run_id"])).get("started")
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    return sorted(jobs.list_runs(project), key=lambda r: (started(r), r["run_id"]), reverse=True)
 
 
 def pick_run(project: Project, label: str = "Trained model", while_exporting: bool = False) -> Path | None:
@@ -253,3 +366,13 @@ def pick_run(project: Project, label: str = "Trained model", while_exporting: bo
     st.selectbox(label, ids, index=ids.index(current), format_func=lambda r: names.get(r, r), key=key,
                  on_change=_changed)
     return jobs.run_path(project, current)
+
+
+def import_progress(name: str):
+    """A progress bar for a folder import, and the callback that moves it (engine's progress(done, total))."""
+    bar = st.progress(0.0, text=f"Importing {name} ...")
+
+    def update(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Importing {name}: {done:,} of {total:,} files")
+
+    return update

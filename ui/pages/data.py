@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
-from engine.workspace import INBOX
-from ui import common
+from engine.workspace import INBOX, TRASH, ActionResult
+from ui import common, suggest
 
 project = common.require_project()
 st.title(f"Data · {project.name}")
@@ -18,22 +18,74 @@ UPLOAD_TYPES = [*common.IMAGE_UPLOAD_TYPES, "zip"]
 # keys for the sorter: C and R are reserved by Streamlit; S skips, X trashes, U undoes
 SORT_KEYS = [*"1234567890", *"ABDEFGHIJKLMNOPQTVWYZ"]
 PAGE_SIZES = [24, 48, 96]
+UNDO_DEPTH = 50
 
+# One id per browser session: leases (which inbox image this sorter is looking at) and "by someone else" use it.
+session_id = st.session_state.setdefault("data_session_id", uuid.uuid4().hex[:16])
 counts = project.counts()
 classes = [c for c in counts if c != INBOX]
 n_inbox = counts.get(INBOX, 0)
+for kind, message in st.session_state.pop("data_toasts", []):
+    st.toast(message, icon=":material/warning:" if kind == "warning" else ":material/check:")
+
+
+def _tell(kind: str, message: str) -> None:
+    """From a callback: a toast (visible wherever the user has scrolled) plus a message by the action buttons."""
+    st.session_state.setdefault("data_toasts", []).append((kind, message))
+    st.session_state.setdefault("data_notes", []).append((kind, message))
+
+
+def _show_notes() -> None:
+    for kind, message in st.session_state.pop("data_notes", []):
+        (st.warning if kind == "warning" else st.success)(message)
+
+
+def _record(result: ActionResult | None, done: str | None = None) -> None:
+    """Push what was done on this session's undo stack; say what was refused because someone else was faster."""
+    if result is None:
+        return
+    if result.changes:
+        stack = st.session_state.setdefault("undo_stack", [])
+        stack.append(result.changes)
+        del stack[:-UNDO_DEPTH]
+        if done:
+            _tell("success", done.replace("{n}", str(result.done)))
+    if result.conflicts:
+        _tell("warning", result.conflict_message())
+
+
+def _undo() -> None:
+    stack = st.session_state.get("undo_stack", [])
+    if not stack:
+        return
+    step = stack.pop()
+    result = common.guarded("Undo", project.undo, step, session_id)
+    if result is not None and result.conflicts:
+        _tell("warning", result.conflict_message())
+
+
+def _undo_button(key: str, shortcut: str | None = None) -> None:
+    stack = st.session_state.get("undo_stack", [])
+    if stack:
+        last = stack[-1]
+        where = common.class_label(last[0].after) if last[0].after != TRASH else "trash"
+        st.button(f"Undo ({len(stack)})", key=key, icon=":material/undo:", shortcut=shortcut, on_click=_undo,
+                  help=f"Undo your last action ({len(last)} image(s) to {where}); several steps back. "
+                       "An image someone else changed since is left alone.")
 
 
 # --- overview ------------------------------------------------------------------------------------------------------
-def _overview() -> None:
-    cols = st.columns(min(6, len(classes) + 1))
+def _overview(compact: bool) -> None:
+    cols = st.columns(min(6, len(classes) + 1) + (1 if classes else 0))
     cols[0].metric(common.INBOX_LABEL, n_inbox)
-    for i, c in enumerate(classes[: len(cols) - 1], start=1):
+    for i, c in enumerate(classes[: len(cols) - 2], start=1):
         cols[i].metric(c, counts[c])
     if classes:
-        with st.expander("Class balance", expanded=False):
-            st.bar_chart(pd.DataFrame({"images": [counts[c] for c in classes]}, index=classes), horizontal=True,
-                         height=max(120, 32 * len(classes)))
+        # a popover floats over the page: opening it never pushes the photo being sorted below the fold
+        with cols[-1].popover("Class balance", icon=":material/bar_chart:"):
+            common.bar_chart({c: counts[c] for c in classes})
+        if compact:
+            return
         few = [c for c in classes if counts[c] < 10]
         if few:
             st.warning(f"Classes with fewer than 10 images: {', '.join(few)}. Add more for a reliable model "
@@ -44,7 +96,7 @@ def _overview() -> None:
                     "classes, or use class_weights = balanced on the Train page.")
 
 
-_overview()
+_overview(compact=st.session_state.get("data_section") == "Sort inbox")
 
 if st.session_state.get("data_section") is None:
     st.session_state["data_section"] = "Add images" if not project.count() else ("Sort inbox" if n_inbox else "Browse")
@@ -53,13 +105,22 @@ section = st.segmented_control("Section", ["Add images", "Sort inbox", "Browse",
 
 
 # --- add -----------------------------------------------------------------------------------------------------------
+def _remember_target() -> None:
+    st.session_state["upload_target_name"] = st.session_state["upload_target"]
+
+
 def _add_section() -> None:
     st.subheader("Add images")
     st.caption("Pick many images at once, or zips (a zip with one folder per class creates those classes). "
                "Duplicates are skipped; broken files are listed with the reason.")
     targets = [INBOX, *classes]
     target = st.selectbox("Add to", targets, format_func=common.class_label, key="upload_target",
+                          on_change=_remember_target,
                           help="Zips with one folder per class use their folders when you add them to the inbox.")
+    wanted = st.session_state.get("upload_target_name")
+    if wanted not in (None, INBOX) and wanted not in classes:
+        st.warning(f"Class '{wanted}' no longer exists (renamed or deleted, perhaps by someone else): files added "
+                   "now go to the Unsorted inbox unless you pick another class.")
     n = st.session_state.get("upload_n", 0)
     files = st.file_uploader("Images or zip files", type=UPLOAD_TYPES, accept_multiple_files=True,
                              key=f"uploader_{n}")
@@ -69,6 +130,12 @@ def _add_section() -> None:
 
         report = AddReport()
         with common.user_errors("Adding files"), st.spinner(f"Checking and adding {len(files)} file(s) ..."):
+            if target != INBOX and target not in project.classes():  # renamed or deleted since the page was drawn
+                wanted, target = target, INBOX
+            if wanted not in (None, INBOX) and target == INBOX and wanted not in project.classes():
+                report.notes.append(f"Class '{wanted}' no longer exists (renamed or deleted meanwhile): the "
+                                    f"{len(files)} file(s) went to the Unsorted inbox instead. Sort them from there.")
+                st.session_state.pop("upload_target_name", None)
             images = [(f.name, f.getvalue()) for f in files if not f.name.lower().endswith(".zip")]
             for z in (f for f in files if f.name.lower().endswith(".zip")):
                 try:
@@ -76,7 +143,7 @@ def _add_section() -> None:
                 except common.WorkspaceError as exc:
                     report.rejected.append((z.name, str(exc)))
             if images:
-                report.merge(project.add_files(images, target))
+                report.merge(project.add_files(images, target, create_class=target == INBOX))
             st.session_state["last_report"] = common.report_to_state(report)
             st.session_state["upload_n"] = n + 1  # a fresh uploader: the same files are not added twice
             st.rerun()
@@ -91,36 +158,25 @@ def _add_section() -> None:
                 st.error(f"Nothing found at '{path_text}'. Give the full path of a folder or .zip file.")
             else:
                 with common.user_errors("Importing"), st.spinner("Importing ..."):
-                    report = (project.import_image_dir(path) if path.is_dir()
+                    report = (project.import_image_dir(path, progress=common.import_progress(path.name))
+                              if path.is_dir()
                               else project.add_zip(path.read_bytes(), class_name=None if target == INBOX else target))
                     st.session_state["last_report"] = common.report_to_state(report)
                     st.rerun()
 
 
 # --- sort ----------------------------------------------------------------------------------------------------------
-def _sort_to(sha: str, cls: str | None) -> None:
-    previous = project.get(sha)
-    if common.guarded("Moving", project.move, [sha], cls) is not None:
-        st.session_state["sort_undo"] = (sha, previous.class_name if previous else None)
+def _sort_to(sha: str, cls: str) -> None:
+    # the image was in the inbox when the user saw it: if someone else sorted it meanwhile, say so and move on
+    _record(common.guarded("Moving", project.act, [sha], cls, expected={sha: INBOX}, session=session_id))
 
 
 def _trash(sha: str) -> None:
-    if common.guarded("Deleting", project.delete_images, [sha]):
-        st.session_state["sort_undo"] = (sha, "__trash__")
+    _record(common.guarded("Deleting", project.act, [sha], TRASH, expected={sha: INBOX}, session=session_id))
 
 
 def _skip(sha: str) -> None:
     st.session_state.setdefault("sort_skipped", []).append(sha)
-
-
-def _undo() -> None:
-    sha, where = st.session_state.pop("sort_undo", (None, None))
-    if sha is None:
-        return
-    if where == "__trash__":
-        common.guarded("Undo", project.restore_images, [sha])
-    else:
-        common.guarded("Undo", project.move, [sha], where)
 
 
 def _sort_section() -> None:
@@ -128,20 +184,25 @@ def _sort_section() -> None:
     if not classes:
         st.info("Create classes first (Classes section), then press a class key for each image.")
         return
-    skipped = set(st.session_state.get("sort_skipped", []))
-    queue = [r for r in project.images(INBOX, limit=len(skipped) + 6) if r.sha256 not in skipped]
-    if st.session_state.get("sort_undo"):
-        st.button("Undo last", key="sort_undo_btn", icon=":material/undo:", shortcut="U", on_click=_undo)
-    if not queue:
+    skipped = st.session_state.get("sort_skipped", [])
+    rec, sugg = suggest.lease(project, session_id, skipped)  # model-suggested order and classes (issue 10)
+    st.session_state["sort_leasing"] = True
+    _show_notes()
+    _undo_button("sort_undo_btn", shortcut="U")
+    if rec is None:
+        busy = project.leased_by_others(session_id)
         if skipped:
             st.info(f"{len(skipped)} skipped image(s) left in the inbox.")
             if st.button("Show skipped again", key="sort_reset"):
                 st.session_state["sort_skipped"] = []
                 st.rerun()
+        elif busy:
+            st.info(f"The other {busy} inbox image(s) are being sorted by someone else right now.")
+            st.button("Check again", key="sort_refresh")
         else:
             st.success("The inbox is empty: everything is sorted.")
         return
-    rec = queue[0]
+    keys = project.class_keys(SORT_KEYS)
     st.caption(f"{n_inbox} left · press a key or click a class · S skips · X moves to trash · U undoes")
     img_col, btn_col = st.columns([3, 2], gap="large")
     with img_col:
@@ -154,69 +215,113 @@ def _sort_section() -> None:
             else:
                 st.warning(f"Cannot show {rec.source_name}; skip or delete it.")
     with btn_col:
+        suggest.accept_button(project, rec, sugg, _sort_to)
+        # no class is highlighted: a coloured first button reads as a suggestion
         for i, cls in enumerate(classes):
-            key = SORT_KEYS[i] if i < len(SORT_KEYS) else None
-            st.button(cls, key=f"sort_to_{i}", shortcut=key, width="stretch", on_click=_sort_to,
-                      args=(rec.sha256, cls), type="primary" if i == 0 else "secondary")
+            st.button(cls, key=f"sort_to_{i}", shortcut=keys.get(cls), width="stretch", on_click=_sort_to,
+                      args=(rec.sha256, cls))
         c1, c2 = st.columns(2)
         c1.button("Skip", key="sort_skip", shortcut="S", width="stretch", on_click=_skip, args=(rec.sha256,))
         c2.button("Trash", key="sort_trash", shortcut="X", width="stretch", icon=":material/delete:",
                   on_click=_trash, args=(rec.sha256,))
-    if len(queue) > 1:
+    queue = suggest.next_up(project, session_id, [*skipped, rec.sha256])
+    suggest.bulk_accept(project, sugg)
+    if queue:
         st.caption("Next up")
         nxt = st.columns(6)
-        for col, r in zip(nxt, queue[1:7], strict=False):
+        for col, r in zip(nxt, queue, strict=False):
             data = common.thumbnail(project, r.sha256)
             if data:
                 col.image(data, width="stretch")
 
 
 # --- browse --------------------------------------------------------------------------------------------------------
+GRID_CSS = """<style>
+.st-key-browse_grid [data-testid="stImage"] img {aspect-ratio: 1 / 1; object-fit: cover; width: 100%;}
+.st-key-browse_grid [data-testid="stCheckbox"] p {white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
+  font-size: 0.8rem;}
+.st-key-browse_grid [data-testid="stCheckbox"] label {max-width: 100%;}
+</style>"""
+
+
+def _short(name: str, limit: int = 18) -> str:
+    """A file name that fits one line: the middle gives way, so the start and the extension stay readable."""
+    return name if len(name) <= limit else f"{name[: limit - 9]}…{name[-8:]}"
+
+
+def _turn_page(key: str, delta: int, n_pages: int) -> None:
+    st.session_state[key] = min(n_pages, max(1, int(st.session_state.get(key, 1)) + delta))
+
+
 def _browse_section() -> None:
     st.subheader("Browse")
     views = [INBOX, *classes]
     c1, c2, c3 = st.columns([2, 1, 1])
+    # the choice is the class name itself (counts are shown apart): a count that changes never resets the choice
     if st.session_state.get("browse_view") not in views:
         st.session_state["browse_view"] = classes[0] if classes and not n_inbox else INBOX
-    view = c1.selectbox("Show", views, format_func=lambda v: f"{common.class_label(v)} ({counts.get(v, 0)})",
-                        key="browse_view")
+    view = c1.selectbox("Show", views, format_func=common.class_label, key="browse_view")
     size = c2.selectbox("Per page", PAGE_SIZES, key="browse_size")
     total = counts.get(view, 0)
     n_pages = max(1, -(-total // size))
-    page = c3.number_input("Page", min_value=1, max_value=n_pages, value=1, step=1, key=f"browse_page_{view}")
+    page_key = f"browse_page_{view}"
+    if int(st.session_state.get(page_key, 1)) > n_pages:
+        st.session_state[page_key] = n_pages
+    page = c3.number_input("Page", min_value=1, max_value=n_pages, value=1, step=1, key=page_key)
     records = project.images(view, offset=(int(page) - 1) * size, limit=size)
     shas = [r.sha256 for r in records]
     sel_key = f"sel_{view}"
     if not records:
+        _show_notes()
+        _undo_button("browse_undo")
         st.info(f"No images in {common.class_label(view)}. Add some in the Add images section.")
         return
     chosen = common.selected(sel_key, shas)
-    a1, a2, a3, a4, a5 = st.columns([1, 1, 2, 1, 1], vertical_alignment="bottom")
+    a1, a2, a3, a4, a5, a6 = st.columns([1, 1, 2, 1, 1, 1], vertical_alignment="bottom")
     a1.button("Select all", key="browse_all", on_click=common.set_selection, args=(sel_key, shas, True))
     a2.button("Clear", key="browse_none", on_click=common.set_selection, args=(sel_key, shas, False))
     dest_options = [c for c in [INBOX, *classes] if c != view]
     dest = a3.selectbox("Move selected to", dest_options, format_func=common.class_label, key="browse_dest")
 
-    def move_selected() -> None:
+    def act(to: str, done: str) -> None:
         picked = common.selected(sel_key, shas)
-        moved = common.guarded("Moving", project.move, picked, dest)
-        if moved is not None:
+        # each image is expected where this page showed it: one that someone else moved meanwhile is left alone
+        result = common.guarded("Moving", project.act, picked, to, expected=dict.fromkeys(picked, view),
+                                session=session_id)
+        if result is not None:
             common.set_selection(sel_key, picked, False)
-            common.flash("success", f"Moved {moved} image(s) to {common.class_label(dest)}.")
-
-    def trash_selected() -> None:
-        picked = common.selected(sel_key, shas)
-        done = common.guarded("Deleting", project.delete_images, picked)
-        if done is not None:
-            common.set_selection(sel_key, picked, False)
-            common.flash("success", f"Moved {done} image(s) to the project's trash/ folder.")
+            _record(result, done)
 
     a4.button(f"Move {len(chosen)}", key="browse_move", type="primary", disabled=not chosen or not dest_options,
-              on_click=move_selected)
-    a5.button(f"Delete {len(chosen)}", key="browse_delete", disabled=not chosen, on_click=trash_selected,
-              icon=":material/delete:")
-    st.caption(f"{total} image(s) · page {int(page)} of {n_pages}")
-    common.image_grid(project, records, sel_key, caption=lambda r: r.source_name[:28])
+              on_click=act, args=(dest, "Moved {n} image(s) to " + common.class_label(dest) + "."))
+    a5.button(f"Delete {len(chosen)}", key="browse_delete", disabled=not chosen, on_click=act,
+              args=(TRASH, "Moved {n} image(s) to the project's trash/ folder."), icon=":material/delete:")
+    with a6:
+        _undo_button("browse_undo")
+    _show_notes()
+    st.caption(f"{common.class_label(view)}: {total} image(s) · page {int(page)} of {n_pages}")
+    st.markdown(GRID_CSS, unsafe_allow_html=True)
+    columns = 6
+    with st.container(key="browse_grid"):
+        for start in range(0, len(records), columns):
+            cols = st.columns(columns)
+            for col, rec in zip(cols, records[start:start + columns], strict=False):
+                with col:
+                    data = common.thumbnail(project, rec.sha256)
+                    if data is None:
+                        st.caption("(unreadable)")
+                    else:
+                        st.image(data, width="stretch")
+                    short = _short(rec.source_name)
+                    st.checkbox(short, key=f"{sel_key}-{rec.sha256}",
+                                help=rec.source_name if short != rec.source_name else None)
+    if n_pages > 1:
+        b1, b2, b3 = st.columns([1, 2, 1], vertical_alignment="center")
+        b1.button("Previous page", key="browse_prev", icon=":material/chevron_left:", disabled=int(page) <= 1,
+                  on_click=_turn_page, args=(page_key, -1, n_pages))
+        b2.caption(f"page {int(page)} of {n_pages}")
+        b3.button("Next page", key="browse_next", icon=":material/chevron_right:", disabled=int(page) >= n_pages,
+                  on_click=_turn_page, args=(page_key, 1, n_pages))
 
 
 # --- classes -------------------------------------------------------------------------------------------------------
@@ -292,5 +397,7 @@ def _classes_section() -> None:
             st.write(", ".join(r.source_name for r in trashed[:200]))
 
 
+if section != "Sort inbox" and st.session_state.pop("sort_leasing", False):
+    common.guarded("Sorting", project.release_leases, session_id)  # the image held in the sorter is free again
 {"Add images": _add_section, "Sort inbox": _sort_section, "Browse": _browse_section,
  "Classes": _classes_section}.get(section or "Add images", _add_section)()

@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import json
 import os
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+from engine import jobs
 from ui import common
 
 project = common.require_project()
 st.title(f"Export & try · {project.name}")
 common.show_flash()
 
-run_dir = common.pick_run(project)
+run_dir = common.pick_run(project, while_exporting=True)
 if run_dir is None:
     st.info("No finished training run yet. Train a model first; then you can download it here.")
     st.page_link(common.TRAIN, label="Go to Train", icon=":material/model_training:")
     st.stop()
+exporting = jobs.job_status(run_dir)["state"] == "running"
 
 FILES = [
     ("model_float32.tflite", "TFLite, float32", "application/octet-stream"),
@@ -54,90 +58,226 @@ def _saved_model_zip() -> bytes:
     return target.read_bytes()
 
 
-def _size(path: Path) -> str:
-    if path.is_dir():
-        total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    else:
-        total = path.stat().st_size
+def _fmt_bytes(total: int | float | None) -> str:
+    if total is None:
+        return "–"
     if total >= 2**20:
         return f"{total / 2**20:.1f} MB"
-    return f"{total / 1024:.0f} KB" if total >= 1024 else f"{total} bytes"
+    return f"{total / 1024:.0f} KB" if total >= 1024 else f"{int(total)} bytes"
+
+
+def _size(path: Path) -> str:
+    if path.is_dir():
+        return _fmt_bytes(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()))
+    return _fmt_bytes(path.stat().st_size)
+
+
+def _read_card() -> dict | None:
+    try:
+        card = json.loads((run_dir / "model_card.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) else None
+
+
+def _variants_table(card: dict) -> None:
+    """The TFLite variants side by side: what each costs in size and accuracy (from the model card)."""
+    rows = []
+    for variant, s in (card.get("tflite") or {}).items():
+        if not isinstance(s, dict):
+            continue
+        path = run_dir / str(s.get("file") or f"model_{variant}.tflite")
+        size = s.get("bytes") or (path.stat().st_size if path.exists() else None)
+        rows.append({"model": path.name, "size": _fmt_bytes(size),
+                     "same answer as the SavedModel": s.get("agreement_top1_vs_keras"),
+                     "accuracy on the checked images": s.get("val_accuracy"),
+                     "images checked": s.get("n_validation"), "input": s.get("input")})
+    if not rows:
+        return
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+        "accuracy on the checked images": st.column_config.NumberColumn(format="percent"),
+        "same answer as the SavedModel": st.column_config.NumberColumn(format="percent"),
+    })
+    st.caption("Each exported file run on a few labelled images: how often it gives the full model's answer "
+               "(smaller, quantized files may lose a little) and its accuracy there. Those images may have been "
+               "used for training; the accuracy to expect on new photos is the one on the Review page.")
 
 
 # --- downloads -----------------------------------------------------------------------------------------------------
-st.subheader("Download")
 bundle = run_dir / "bundle.zip"
 slug = project.slug
-if bundle.exists():
-    st.download_button(f"Download everything (bundle.zip, {_size(bundle)})", data=_reader(bundle),
-                       file_name=f"{slug}-{run_dir.name}.zip", mime="application/zip", type="primary",
-                       icon=":material/download:", on_click="ignore", key="dl_bundle")
-    st.caption("The bundle holds the SavedModel, the TFLite models, labels, the model card and a README.")
-else:
-    st.warning("This run has no bundle.zip (it is written last; the export may have failed). Single files that "
-               "exist are offered below.")
+bundle_name = f"{slug}-{run_dir.name}.zip"
 
-cols = st.columns(3)
-i = 0
-if (run_dir / "saved_model").is_dir():
-    cols[i % 3].download_button(f"SavedModel (zip, {_size(run_dir / 'saved_model')})", data=_saved_model_zip,
-                                file_name=f"{slug}-saved_model.zip", mime="application/zip", on_click="ignore",
-                                key="dl_saved_model", width="stretch")
-    i += 1
-for name, text, mime in FILES:
-    path = run_dir / name
-    if path.exists():
-        cols[i % 3].download_button(f"{name} ({_size(path)})", data=_reader(path), file_name=name, mime=mime,
-                                    help=text, on_click="ignore", key=f"dl_{name}", width="stretch")
+
+@st.fragment(run_every=2.0 if exporting else None)
+def downloads() -> None:
+    """Each file as soon as it exists (the export writes them one by one, atomically; bundle.zip comes last)."""
+    still_exporting = jobs.job_status(run_dir)["state"] == "running"
+    if exporting and not still_exporting:
+        st.rerun(scope="app")  # the export finished: redraw the whole page (models to try, bundle)
+    st.subheader("Download")
+    if bundle.exists():
+        st.download_button(f"Download everything (bundle.zip, {_size(bundle)})", data=_reader(bundle),
+                           file_name=bundle_name, mime="application/zip", type="primary",
+                           icon=":material/download:", on_click="ignore", key="dl_bundle")
+        st.caption("The bundle holds the SavedModel, the TFLite models, labels, the model card, predict.py, "
+                   "serve.py and a README.")
+    elif still_exporting:
+        st.info("The models are being exported. Each file appears below as soon as it is ready; the complete "
+                "bundle.zip is written last.", icon=":material/hourglass_top:")
+    else:
+        st.warning("This run has no bundle.zip (it is written last; the export may have failed). Single files "
+                   "that exist are offered below.")
+
+    cols = st.columns(3)
+    i = 0
+    # the SavedModel folder is written file by file: offer it once the run is complete
+    if (run_dir / "saved_model").is_dir() and not still_exporting:
+        cols[i % 3].download_button(f"SavedModel (zip, {_size(run_dir / 'saved_model')})", data=_saved_model_zip,
+                                    file_name=f"{slug}-saved_model.zip", mime="application/zip",
+                                    on_click="ignore", key="dl_saved_model", width="stretch")
         i += 1
-if i == 0 and not bundle.exists():
-    st.error("No exported files in this run. Train again; if it keeps failing, the log on the Train page says why.")
+    for name, text, mime in FILES:
+        path = run_dir / name
+        if path.exists():
+            cols[i % 3].download_button(f"{name} ({_size(path)})", data=_reader(path), file_name=name, mime=mime,
+                                        help=text, on_click="ignore", key=f"dl_{name}", width="stretch")
+            i += 1
+    if i == 0 and not bundle.exists() and not still_exporting:
+        st.error("No exported files in this run. Train again; if it keeps failing, the log on the Train page says "
+                 "why.")
 
-card_path = run_dir / "model_card.json"
-if card_path.exists():
-    with st.expander("Model card"):
-        try:
-            st.json(json.loads(card_path.read_text()))
-        except ValueError:
-            st.code(card_path.read_text()[:20000], language=None)
+    card = _read_card()
+    if card is not None:
+        _variants_table(card)
+        with st.expander("Model card (JSON)"):
+            st.json(card, expanded=1)
+
+
+downloads()
+
+
+def _threshold_chart() -> None:
+    """Precision against coverage of the cross-validated predictions, with the model's "unknown" threshold."""
+    thr = (jobs.load_metrics(run_dir) or {}).get("threshold") or {}
+    curve = [p for p in thr.get("curve") or [] if p.get("precision") is not None]
+    if not curve or thr.get("value") is None:
+        return
+    import altair as alt
+
+    pct = alt.Axis(format="%")
+    line = alt.Chart(pd.DataFrame(curve)).mark_line().encode(
+        x=alt.X("coverage", title="answered (coverage)", axis=pct, scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("precision", title="right when answered (precision)", axis=pct, scale=alt.Scale(zero=False)),
+        tooltip=["threshold", "coverage", "precision"])
+    chosen = pd.DataFrame([{"coverage": thr["coverage"], "precision": thr["precision"], "threshold": thr["value"]}])
+    dot = alt.Chart(chosen).mark_point(size=140, filled=True, color="#d62728").encode(
+        x="coverage", y="precision", tooltip=["threshold", "coverage", "precision"])
+    st.subheader("Unknown threshold")
+    st.altair_chart(line + dot, height=240)
+    target = f"target {thr.get('target_precision', 0):.0%}"
+    if not thr["value"]:
+        st.caption(f"No \"unknown\" threshold needed: {thr['precision']:.0%} of all cross-validated answers were "
+                   f"right ({target}).")
+    else:
+        st.caption(f"Below {thr['value']:.0%} confidence the model answers \"unknown\" (predict.py, the server): "
+                   f"chosen so that {thr['precision']:.0%} of the answers it gives were right in cross-validation "
+                   f"({target}), answering {thr['coverage']:.0%} of the images.")
+
+
+_threshold_chart()
 
 # --- try -----------------------------------------------------------------------------------------------------------
 st.divider()
 st.subheader("Try an image")
 models = [p for p in ("model_float32.tflite", "model_dynamic.tflite", "model_int8.tflite", "saved_model")
-          if (run_dir / p).exists()]
+          if (run_dir / p).exists() and not (p == "saved_model" and exporting)]
+
+
+def _add_to_data(data: bytes, name: str, class_key: str, done_key: str) -> None:
+    choice = st.session_state.get(class_key)
+    target = None if choice in (None, common.INBOX_LABEL) else choice
+    report = common.guarded("Adding the photo", project.add_files, [(name, data)], target)
+    if report is not None:
+        where = common.class_label(target)
+        if report.added:
+            st.session_state[done_key] = ("success", f"Added {name} to '{where}'. Retrain to use it.")
+        else:
+            st.session_state[done_key] = ("warning", f"{name} was not added: {report.summary()}")
+
+
+def _try(up, label: str) -> None:
+    """Predict one uploaded/captured image; offer to add it to the project under the predicted class."""
+    with common.user_errors("Predicting"):
+        from engine.images import load_image
+
+        data = up.getvalue()
+        pixels = load_image(data, name=label)
+        labels_path = run_dir / "labels.txt"
+        predictor = common.predictor(run_dir / model_name, labels_path if labels_path.exists() else None)
+        top = predictor.predict(pixels, top_k=5)
+        i1, i2 = st.columns([1, 1])
+        i1.image(data, caption=label, width="stretch")
+        with i2:
+            if top:
+                st.metric("Prediction", top[0][0])
+                st.caption(f"{top[0][1]:.1%} confident · top {len(top)} below")
+            st.dataframe(pd.DataFrame(top, columns=["label", "probability"]), hide_index=True,
+                         width="stretch",
+                         column_config={"probability": st.column_config.ProgressColumn(
+                             "probability", min_value=0.0, max_value=1.0, format="percent")})
+            # a photo the model gets wrong (or a new kind of photo) is the most useful one to add
+            options = [*project.classes(), common.INBOX_LABEL]
+            predicted = top[0][0] if top else None
+            ident = hashlib.sha256(data).hexdigest()[:16]
+            class_key, done_key = f"try_add_cls_{ident}", f"try_added_{ident}"
+            st.selectbox("Add this photo to the data as", options,
+                         index=options.index(predicted) if predicted in options else len(options) - 1,
+                         key=class_key, help="Preselected: the predicted class. Correct it if the model is wrong.")
+            st.button("Add this photo to the data", key=f"try_add_{ident}", icon=":material/add_photo_alternate:",
+                      on_click=_add_to_data, args=(data, label, class_key, done_key),
+                      disabled=done_key in st.session_state, width="stretch")
+            if done_key in st.session_state:
+                kind, message = st.session_state[done_key]
+                (st.success if kind == "success" else st.warning)(message)
+
+
 if importlib.util.find_spec("engine.predict") is None:
     st.warning("Predictions are not available in this installation (engine.predict is missing). The downloads above "
                "work; update Retrain Studio to try images here.")
 elif not models:
-    st.warning("This run has no exported model to try.")
+    st.warning("This run has no exported model to try yet." if exporting else "This run has no exported model to "
+               "try.")
 else:
     c1, c2 = st.columns([1, 2], gap="large")
     with c1:
         model_name = st.selectbox("Model", models, key="try_model")
-        up = st.file_uploader("Image", type=common.IMAGE_UPLOAD_TYPES, key="try_image")
+        source = st.segmented_control("Image from", ["File", "Camera"], default="File", key="try_source",
+                                      required=True)
+        if source == "Camera":
+            up = st.camera_input("Take a photo", key="try_camera")
+            label = f"camera-{time.strftime('%Y%m%d-%H%M%S')}.jpg"
+        else:
+            up = st.file_uploader("Image", type=common.IMAGE_UPLOAD_TYPES, key="try_image")
+            label = up.name if up is not None else ""
     with c2:
         if up is not None:
-            with common.user_errors("Predicting"):
-                from engine.images import load_image
-
-                pixels = load_image(up.getvalue(), name=up.name)
-                labels_path = run_dir / "labels.txt"
-                predictor = common.predictor(run_dir / model_name, labels_path if labels_path.exists() else None)
-                top = predictor.predict(pixels, top_k=5)
-                i1, i2 = st.columns([1, 1])
-                i1.image(up.getvalue(), caption=up.name, width="stretch")
-                with i2:
-                    if top:
-                        st.metric("Prediction", top[0][0])
-                        st.caption(f"{top[0][1]:.1%} confident · top {len(top)} below")
-                    st.dataframe(pd.DataFrame(top, columns=["label", "probability"]), hide_index=True,
-                                 width="stretch",
-                                 column_config={"probability": st.column_config.ProgressColumn(
-                                     "probability", min_value=0.0, max_value=1.0, format="percent")})
+            if source == "Camera":  # one name per photo, not per rerun
+                label = st.session_state.setdefault(f"camera_name_{up.file_id}", label)
+            _try(up, label)
 
 # --- serve ---------------------------------------------------------------------------------------------------------
 st.divider()
 st.subheader("Use it elsewhere")
+st.markdown("The bundle runs on its own — no Retrain Studio, no TensorFlow. Unzip it and use its scripts:")
+st.code(f"""unzip {bundle_name} -d {slug}-model && cd {slug}-model
+pip install -r requirements.txt
+python predict.py photo.jpg some_folder/    # class subfolders: also prints the accuracy per class
+
+pip install -r requirements-serve.txt       # an HTTP server
+python serve.py --port 8080
+curl -F upload=@photo.jpg http://127.0.0.1:8080/classify""", language="bash")
+st.caption("The bundle's README explains the server's endpoints and how to run the .tflite models on phones and "
+           "microcontrollers.")
+st.markdown("Or serve it from this Retrain Studio installation:")
 st.code(f"python -m engine serve --bundle {bundle}", language="bash")
-st.caption("The bundle's README explains how to run the .tflite models on phones and microcontrollers.")

@@ -60,9 +60,13 @@ with left:
         slugs = [p.slug for p in projects]
         names = {p.slug: p.name for p in projects}
         c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-        pick = c1.selectbox("Open a project", slugs, index=slugs.index(current) if current in slugs else 0,
-                            format_func=lambda s: f"{names[s]}  ({s})", key="home_open_pick")
-        c2.button("Open", key="home_open", type="primary", on_click=common.guarded, args=("Open", _open, pick))
+        # keyed by the open project: after a create or import the picker starts at the new project, not at the
+        # choice left over from before (which "Open" would switch back to)
+        pick_key = f"home_open_pick_{current}"
+        c1.selectbox("Open a project", slugs, index=slugs.index(current) if current in slugs else 0,
+                     format_func=lambda s: f"{names[s]}  ({s})", key=pick_key)
+        c2.button("Open", key="home_open", type="primary",
+                  on_click=lambda: common.guarded("Open", _open, st.session_state[pick_key]))
 
 with right:
     st.subheader("Start something")
@@ -84,6 +88,9 @@ st.divider()
 st.subheader("Import an existing dataset")
 st.caption("A folder with one subfolder per class (the `image_dir` layout), or a zip of one. Loose images go to "
            "the Unsorted inbox. Files are copied; the original stays untouched.")
+if st.session_state.pop("_import_done", False):  # empty the inputs, so a second click cannot import a duplicate
+    st.session_state["import_name"] = ""
+    st.session_state["import_path"] = ""
 imp_name = st.text_input("Project name for the import", key="import_name", placeholder="defaults to the folder name")
 tab_path, tab_zip = st.tabs(["Folder or zip on this computer", "Upload a zip"])
 with tab_path:
@@ -99,12 +106,14 @@ with tab_path:
             with common.user_errors("Importing"), st.spinner(f"Importing {path.name} ..."):
                 project = ws.create_project(imp_name.strip() or path.stem)
                 try:
-                    report = project.import_image_dir(path) if path.is_dir() else project.add_zip(path.read_bytes())
+                    report = (project.import_image_dir(path, progress=common.import_progress(path.name))
+                              if path.is_dir() else project.add_zip(path.read_bytes()))
                 except Exception:
                     ws.delete_project(project.slug)
                     raise
                 common.set_project(project.slug)
                 st.session_state["last_report"] = common.report_to_state(report)
+                st.session_state["_import_done"] = True
                 common.flash("success", f"Imported into '{project.name}': {report.summary()}")
                 st.rerun()
 with tab_zip:
@@ -120,6 +129,7 @@ with tab_zip:
             common.set_project(project.slug)
             st.session_state["last_report"] = common.report_to_state(report)
             st.session_state["import_zip_n"] = st.session_state.get("import_zip_n", 0) + 1
+            st.session_state["_import_done"] = True
             common.flash("success", f"Imported into '{project.name}': {report.summary()}")
             st.rerun()
 common.show_report(st.session_state.get("last_report"))

@@ -3,6 +3,8 @@ each with one click to relabel it in the project."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,97 @@ if not metrics or not metrics.get("labels"):
     st.error(f"This run has no readable metrics.json ({run_dir}). Pick another run or train again.")
     st.stop()
 
+
+def _retrain() -> None:
+    import dataclasses
+
+    from engine.config import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}  # a setting an older version wrote is dropped
+    data = {k: v for k, v in _read_json(run_dir / "config.json").items() if k in known}
+    cfg = common.guarded("Reading the run's settings", TrainConfig.from_dict, data)
+    run_id = common.guarded("Starting training", jobs.start_training, project, cfg) if cfg is not None else None
+    if run_id:
+        st.session_state["retrain_id"] = run_id
+        st.session_state["run_id"] = run_id  # shown here as soon as its metrics are written
+
+
+def _retrain_and_changes() -> None:
+    """A "Retrain now" button (the shown run's settings); while that runs, its progress; after it, what changed."""
+    active = jobs.active_run(project)
+    pending = st.session_state.get("retrain_id")
+    if pending and not (jobs.run_path(project, pending) / "metrics.json").exists() \
+            and jobs.job_status(jobs.run_path(project, pending))["state"] == "running":
+        _watch_retrain(pending)
+        return
+    if pending:
+        st.session_state.pop("retrain_id", None)
+        state = jobs.job_status(jobs.run_path(project, pending))["state"]
+        if state != "succeeded" and not (jobs.run_path(project, pending) / "metrics.json").exists():
+            st.error(f"Retraining ({pending}) {state}: the Train page shows why.")
+    c1, c2 = st.columns([1, 3], vertical_alignment="center")
+    c1.button("Retrain now", key="review_retrain", type="primary", icon=":material/replay:", on_click=_retrain,
+              disabled=active is not None, width="stretch",
+              help="Train again with this run's settings on the project's current labels.")
+    with c2:
+        if active:
+            _wait_for(active)
+        else:
+            changed = project.changed_since(run_dir)  # against the run's snapshot.json
+            st.caption(f"Same settings as {run_dir.name}, on the current labels: "
+                       + (f"**{changed} image(s) changed since this run** (sorted, moved, added or deleted); "
+                          "retrain to include them." if changed else "after moving images, retrain to see what "
+                          "changed."))
+    previous = _previous_run()
+    if previous is None:
+        return
+    from engine.compare import diff_runs
+
+    before = jobs.load_metrics(previous) or {}
+    diff = diff_runs(before, metrics, _read_json(previous / "config.json"), _read_json(run_dir / "config.json"))
+    with st.expander(f"What changed since the previous run ({previous.name})", expanded=True):
+        common.show_run_diff(project, diff, previous.name, run_dir.name, key="review_diff")
+
+
+@st.fragment(run_every=1.5)
+def _watch_retrain(run_id: str) -> None:
+    run = jobs.run_path(project, run_id)
+    status = jobs.job_status(run)
+    if (run / "metrics.json").exists() or status["state"] != "running":
+        st.rerun(scope="app")
+    events = jobs.events(run)
+    stage = next((e.get("message") for e in reversed(events) if e.get("type") == "stage"), None)
+    st.info(f"Retraining ({run_id}): {stage or status.get('message') or 'starting…'} The new result appears here "
+            "when training is done.", icon=":material/progress_activity:")
+
+
+@st.fragment(run_every=2.0)
+def _wait_for(run_id: str) -> None:
+    """While another job runs (or the last one still exports), say so; redraw the page when it ends."""
+    if jobs.job_status(jobs.run_path(project, run_id))["state"] != "running":
+        st.rerun(scope="app")
+    st.caption(f"A training job ({run_id}) is running; retraining is possible when it is done.")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _previous_run() -> Path | None:
+    """The newest run before the shown one that has metrics."""
+    ids = [r["run_id"] for r in common.runs_newest_first(project)]
+    if run_dir.name not in ids:
+        return None
+    for rid in ids[ids.index(run_dir.name) + 1:]:
+        if (jobs.run_path(project, rid) / "metrics.json").exists():
+            return jobs.run_path(project, rid)
+    return None
+
+
 labels: list[str] = list(metrics["labels"])
 predictions: list[dict[str, Any]] = list(metrics.get("predictions") or [])
 classes = project.classes()
@@ -33,8 +126,10 @@ PER_PAGE = 24
 
 # --- summary -------------------------------------------------------------------------------------------------------
 c1, c2, c3 = st.columns(3)
-c1.metric("Validation accuracy", common.fmt_pct(metrics.get("val_accuracy")))
-c2.metric("Validation images", len(predictions))
+_cross_validated = bool(metrics.get("cross_validated"))  # every labelled image judged by a model that never saw it
+c1.metric("Cross-validated accuracy" if _cross_validated else "Validation accuracy",
+          common.fmt_pct(metrics.get("val_accuracy")), help=metrics.get("evaluation"))
+c2.metric("Images judged" if _cross_validated else "Validation images", len(predictions))
 c3.metric("Mistakes", sum(1 for p in predictions if p.get("true") != p.get("predicted")))
 
 left, right = st.columns(2, gap="large")
@@ -56,16 +151,20 @@ with right:
     cm = metrics.get("confusion_matrix")
     cell: tuple[str, str] | None = None
     if cm:
-        cm_df = pd.DataFrame(cm, index=[f"true: {lb}" for lb in labels], columns=labels)
-        event = st.dataframe(cm_df, width="stretch", on_select="rerun", selection_mode="single-cell", key="cm")
+        event = st.dataframe(common.confusion_styler(cm, labels), width="stretch", on_select="rerun",
+                             selection_mode="single-cell", key="cm")
         cells = event.selection.cells if event is not None else []
         if cells:
             row, col = cells[0]
             if 0 <= int(row) < len(labels) and col in labels:
                 cell = (labels[int(row)], str(col))
-        st.caption("Rows: true class · columns: predicted class. Click a cell to see its images below.")
+        st.caption("Rows: true class · columns: predicted class; the darker, the larger the share of the row (blue: "
+                   "right, red: mistaken). Click a cell to see its images below.")
     else:
         st.caption("No confusion matrix in this run.")
+
+# --- retrain, and what changed since the previous run ------------------------------------------------------------
+_retrain_and_changes()
 
 # --- images --------------------------------------------------------------------------------------------------------
 st.divider()
@@ -101,15 +200,20 @@ if items:
     page = st.number_input("Page", 1, n_pages, 1, key=f"review_page_{mode}") if n_pages > 1 else 1
     shown = items[(int(page) - 1) * PER_PAGE: int(page) * PER_PAGE]
 
-    def _move(sha: str, cls: str, name: str) -> None:
-        if common.guarded("Moving", project.move, [sha], cls) is not None:
+    # Each action carries the class the image had on this screen: if someone moved it meanwhile, it is refused
+    # with where it went, instead of silently undoing their change.
+    session_id = st.session_state.setdefault("data_session_id", uuid.uuid4().hex[:16])
+
+    def _move(sha: str, cls: str, name: str, seen: str | None) -> None:
+        if common.guarded("Moving", project.move, [sha], cls, expected={sha: seen},
+                          session=session_id) is not None:
             common.flash("success", f"Moved {name} to '{cls}'.")
 
-    def _move_picked(sha: str, key: str, name: str) -> None:
-        _move(sha, st.session_state[key], name)
+    def _move_picked(sha: str, key: str, name: str, seen: str | None) -> None:
+        _move(sha, st.session_state[key], name, seen)
 
-    def _trash(sha: str, name: str) -> None:
-        if common.guarded("Deleting", project.delete_images, [sha]):
+    def _trash(sha: str, name: str, seen: str | None) -> None:
+        if common.guarded("Deleting", project.delete_images, [sha], expected={sha: seen}, session=session_id):
             common.flash("success", f"Moved {name} to the project's trash/ folder.")
 
     per_row = 4
@@ -118,7 +222,8 @@ if items:
         for col, p in zip(cols, shown[start:start + per_row], strict=False):
             with col, st.container(border=True):
                 name = Path(str(p.get("path", ""))).name
-                rec = project.find_by_filename(name)
+                # by content: the file may have been renamed or moved to another class since the run
+                rec = project.get(p["sha256"]) if p.get("sha256") else project.find_by_filename(name)
                 data = common.thumbnail(project, rec.sha256) if rec else None
                 if data is not None:
                     st.image(data, width="stretch")
@@ -138,14 +243,14 @@ if items:
                 key = rec.sha256[:16]
                 if pred in classes and pred != now:
                     st.button(f"Move to {pred}", key=f"rv_pred_{key}", type="primary", width="stretch",
-                              on_click=_move, args=(rec.sha256, pred, name))
+                              on_click=_move, args=(rec.sha256, pred, name, now))
                 others = [c for c in classes if c != now]
                 if others:
                     b1, b2 = st.columns([3, 2], vertical_alignment="bottom")
                     b1.selectbox("Move to", others, key=f"rv_to_{key}", label_visibility="collapsed")
                     b2.button("Move", key=f"rv_move_{key}", on_click=_move_picked,
-                              args=(rec.sha256, f"rv_to_{key}", name))
+                              args=(rec.sha256, f"rv_to_{key}", name, now))
                 st.button("Trash", key=f"rv_trash_{key}", icon=":material/delete:", on_click=_trash,
-                          args=(rec.sha256, name))
+                          args=(rec.sha256, name, now))
 elif mode != "Confusion-matrix cell":
     st.success("Nothing to review here.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -20,11 +21,17 @@ project = common.require_project()
 st.title(f"Train · {project.name}")
 common.show_flash()
 
-BASIC = ["tfhub_module", "train_epochs", "validation_split", "learning_rate", "batch_size", "do_fine_tuning"]
+# the head is fitted to convergence with a cross-validated L2: epochs, rates and batch sizes only matter when
+# fine-tuning, so they wait under "Advanced options"
+BASIC = ["preset", "tfhub_module", "validation_split", "cv_folds", "target_precision", "do_fine_tuning"]
 HIDDEN = {"image_dir", "run_dir", "saved_model_dir", "labels_output_file", "tflite_output_file", "cache_dir",
-          "assert_accuracy_at_least"}
+          "assert_accuracy_at_least", "summaries_dir"}  # paths on this machine: command-line options
+# multi_worker needs one process per machine started with TF_CONFIG: a command-line feature (docs/scaling.md)
+NOT_IN_APP = {"distribution_strategy": ("multi_worker",)}
 LIMITS: dict[str, dict[str, Any]] = {
     "validation_split": {"min_value": 0.0, "max_value": 0.9, "step": 0.05},
+    "cv_folds": {"min_value": 2, "max_value": 20, "step": 1},
+    "target_precision": {"min_value": 0.5, "max_value": 1.0, "step": 0.01},
     "train_epochs": {"min_value": 1, "max_value": 10000, "step": 10},
     "batch_size": {"min_value": 1, "max_value": 4096, "step": 8},
     "learning_rate": {"min_value": 0.0, "step": 0.001},
@@ -38,10 +45,15 @@ LIMITS: dict[str, dict[str, Any]] = {
     "fine_tune_epochs": {"min_value": 1, "max_value": 1000, "step": 1},
     "rotation_range": {"min_value": 0.0, "max_value": 180.0, "step": 5.0},
     "zoom_range": {"min_value": 0.0, "max_value": 0.9, "step": 0.05},
+    "width_shift_range": {"min_value": 0.0, "max_value": 0.5, "step": 0.05},
+    "height_shift_range": {"min_value": 0.0, "max_value": 0.5, "step": 0.05},
+    "shear_range": {"min_value": 0.0, "max_value": 45.0, "step": 1.0},
     "seed": {"min_value": 0, "step": 1},
     "image_size": {"min_value": 32, "max_value": 1024, "step": 8},
 }
-LABELS = {"tfhub_module": "Backbone", "train_epochs": "Max epochs", "do_fine_tuning": "Fine-tune the backbone"}
+LIVE_EVERY_S = 1.0  # how often a running job's view refreshes (a warm retrain takes ~2-3 s in all)
+LABELS = {"tfhub_module": "Backbone", "train_epochs": "Max iterations", "do_fine_tuning": "Fine-tune the backbone",
+          "cv_folds": "Cross-validation folds", "target_precision": "Precision for the 'unknown' threshold"}
 
 counts = project.counts()
 class_counts = {c: n for c, n in counts.items() if c != INBOX}
@@ -81,7 +93,7 @@ def _field_widget(f: dataclasses.Field, hint: Any, default: Any) -> Any:
         return st.selectbox(label, names, index=names.index(default) if default in names else 0, key=key,
                             help=help_text)
     if f.metadata.get("choices"):
-        choices = list(f.metadata["choices"])
+        choices = [c for c in f.metadata["choices"] if c not in NOT_IN_APP.get(f.name, ())]
         return st.selectbox(label, choices, index=choices.index(default) if default in choices else 0, key=key,
                             help=help_text)
     base = hint
@@ -148,6 +160,29 @@ def _history_frame(events: list[dict]) -> pd.DataFrame:
     return df.set_index("step")
 
 
+def _history_note(hist: pd.DataFrame, events: list[dict], state: str) -> str:
+    """What the chart shows: the steps so far, which one was kept and why the numbers differ, and whether it was
+    too fast to watch."""
+    n = len(hist)
+    last = hist.iloc[-1]
+    # a step is an epoch, or (head fitted in closed form with cross-validation) one regularisation strength tried
+    grid = "l2" in hist and hist["l2"].notna().all()
+    text = (f"{n} training step(s) ({'regularisation strengths tried, strongest first' if grid else 'epochs'}) · "
+            f"last step: accuracy {common.fmt_pct(last.get('accuracy'))}, validation accuracy "
+            f"{common.fmt_pct(last.get('val_accuracy'))}.")
+    if "val_loss" in hist and hist["val_loss"].notna().any() and n > 1:
+        best = hist["val_loss"].astype(float).idxmin()
+        kept = f"step {best}" + (f", L2 {float(hist.loc[best, 'l2']):g}" if grid else "")
+        text += (f" The model kept is the one from {kept} (lowest validation loss, validation accuracy "
+                 f"{common.fmt_pct(hist.loc[best].get('val_accuracy'))}), not necessarily the last one, so the "
+                 "final accuracy can differ from the last point of the chart.")
+    times = [float(e["time"]) for e in events if e.get("type") == "epoch" and e.get("time") is not None]
+    if state != "running" and len(times) >= 2 and times[-1] - times[0] < 2 * LIVE_EVERY_S:
+        text += (f" Training took {times[-1] - times[0]:.1f} s — faster than this page refreshes, so the chart "
+                 "appeared complete at once instead of growing live.")
+    return text
+
+
 def _render_run(run_dir: Path) -> dict:
     status = jobs.job_status(run_dir)
     events = jobs.events(run_dir)
@@ -170,6 +205,10 @@ def _render_run(run_dir: Path) -> dict:
                 if embed.get("cached"):
                     text += f" · {embed['cached']} from cache"
                 st.progress(min(1.0, done / max(1, total)), text=text)
+            export = next((e for e in reversed(events) if e.get("type") == "export"), None)
+            if export and export.get("total"):
+                st.progress(min(1.0, int(export["done"]) / int(export["total"])),
+                            text=f"Exporting: {export.get('file')} written ({export['done']}/{export['total']})")
             result = next((e for e in reversed(events) if e.get("type") == "result"), None)
             if result is not None:
                 st.info(f"Trained: validation accuracy {common.fmt_pct(result.get('val_accuracy'))}. The models are "
@@ -185,15 +224,17 @@ def _render_run(run_dir: Path) -> dict:
         left, right = st.columns(2)
         loss_cols = [c for c in ("loss", "val_loss") if c in hist and hist[c].notna().any()]
         acc_cols = [c for c in ("accuracy", "val_accuracy") if c in hist and hist[c].notna().any()]
-        with left:
-            st.caption("Loss (train / validation)")
-            st.line_chart(hist[loss_cols], height=260)
-        with right:
-            st.caption("Accuracy (train / validation)")
-            st.line_chart(hist[acc_cols], height=260)
-        last = hist.iloc[-1]
-        st.caption(f"{len(hist)} epochs · last: accuracy {common.fmt_pct(last.get('accuracy'))}, "
-                   f"validation accuracy {common.fmt_pct(last.get('val_accuracy'))}")
+        # a chart without a single number draws an empty scale (Vega warns "Infinite extent"): skip it
+        for col, title, cols in ((left, "Loss (train / validation)", loss_cols),
+                                 (right, "Accuracy (train / validation)", acc_cols)):
+            data = hist[cols].astype(float).dropna(how="all") if cols else pd.DataFrame()
+            with col:
+                st.caption(title)
+                if data.empty:
+                    st.caption("No values yet.")
+                else:
+                    common.line_chart(data, height=260, y_title=title.split(" ")[0].lower())
+        st.caption(_history_note(hist, events, state))
     warnings = [e for e in events if e.get("type") == "warning"]
     if warnings:
         with st.expander(f"{len(warnings)} warning(s)"):
@@ -201,7 +242,9 @@ def _render_run(run_dir: Path) -> dict:
                 st.write(f"- {w.get('message')}" + (f" (`{w['path']}`)" if w.get("path") else ""))
     if state == "succeeded":
         metrics = jobs.load_metrics(run_dir) or {}
-        st.success(f"Done: validation accuracy {common.fmt_pct(metrics.get('val_accuracy'))}."
+        how = " (cross-validated: each image judged by a model that never saw it)" \
+            if metrics.get("cross_validated") else ""
+        st.success(f"Done: validation accuracy {common.fmt_pct(metrics.get('val_accuracy'))}{how}."
                    + ("" if status.get("downloadable") else " The bundle is still being written."))
         c1, c2 = st.columns(2)
         c1.page_link(common.REVIEW, label="Review mistakes", icon=":material/fact_check:")
@@ -221,6 +264,7 @@ def _render_run(run_dir: Path) -> dict:
 
 
 _data_check()
+jobs.warm_worker()  # the process that starts training jobs, imported ahead of the click
 _config_form()
 
 watched = active or st.session_state.get("run_id") or jobs.latest_run(project, state=None)
@@ -230,7 +274,7 @@ if watched:
     st.divider()
     running_now = jobs.job_status(jobs.run_path(project, watched))["state"] == "running"
 
-    @st.fragment(run_every=1.5 if running_now else None)
+    @st.fragment(run_every=LIVE_EVERY_S if running_now else None)
     def live() -> None:
         status = _render_run(jobs.run_path(project, watched))
         if running_now and status["state"] != "running":
@@ -239,19 +283,47 @@ if watched:
     live()
 
 # --- history -------------------------------------------------------------------------------------------------------
+def _progress(run_id: str) -> str:
+    """A running job's progress in a few words, from its events."""
+    evs = jobs.events(jobs.run_path(project, run_id))
+    result = next((e for e in reversed(evs) if e.get("type") == "result"), None)
+    if result is not None:
+        return f"trained ({common.fmt_pct(result.get('val_accuracy'))}), exporting…"
+    last = next((e for e in reversed(evs) if e.get("type") in ("stage", "embed", "epoch")), None)
+    if last is None:
+        return "starting…"
+    if last["type"] == "embed" and last.get("total"):
+        return f"features {last.get('done', 0)}/{last['total']}"
+    if last["type"] == "epoch":
+        return f"training, step {sum(1 for e in evs if e.get('type') == 'epoch')}"
+    return str(last.get("message") or last.get("stage") or "running…")
+
+
+def _history_table(runs: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        running = r["state"] == "running"
+        duration = r.get("duration")
+        rows.append({
+            "run_id": r["run_id"], "started": r["started"], "state": r["state"],
+            "result": _progress(r["run_id"]) if running else (
+                f"val accuracy {common.fmt_pct(r['val_accuracy'])}" if r["val_accuracy"] is not None else "–"),
+            "backbone": r["backbone"], "images": r["n_images"],
+            "duration": "–" if duration is None else (f"{duration:.0f} s so far" if running else f"{duration:.1f} s"),
+        })
+    return pd.DataFrame(rows)
+
+
 runs = jobs.list_runs(project)
 if runs:
     st.divider()
     st.subheader("Run history")
-    df = pd.DataFrame(runs)
-    st.dataframe(
-        df[["run_id", "started", "state", "val_accuracy", "backbone", "n_images", "duration"]],
-        hide_index=True, width="stretch",
-        column_config={
-            "val_accuracy": st.column_config.NumberColumn("val accuracy", format="percent"),
-            "duration": st.column_config.NumberColumn("duration (s)", format="%.0f"),
-            "n_images": st.column_config.NumberColumn("images"),
-        })
+
+    @st.fragment(run_every=LIVE_EVERY_S if active else None)
+    def history_table() -> None:
+        st.dataframe(_history_table(jobs.list_runs(project)), hide_index=True, width="stretch")
+
+    history_table()
     ids = [r["run_id"] for r in runs]
     shown = watched if watched in ids else ids[0]
 
@@ -260,3 +332,36 @@ if runs:
 
     st.selectbox("Show run", ids, index=ids.index(shown), key=f"run_pick_{shown}", on_change=_pick,
                  help="The run shown above and used on the Review and Export pages.")
+
+    # --- compare -----------------------------------------------------------------------------------------------------
+    done = [r["run_id"] for r in common.runs_newest_first(project)
+            if (jobs.run_path(project, r["run_id"]) / "metrics.json").exists()]
+    if len(done) >= 2:
+        st.subheader("Compare two runs")
+        c1, c2 = st.columns(2)
+        older = c1.selectbox("Earlier run", done, index=1, key="compare_a")
+        newer = c2.selectbox("Later run", done, index=0, key="compare_b")
+        if older == newer:
+            st.info("Pick two different runs.")
+        else:
+            from engine.compare import diff_runs
+
+            def _json(run_id: str, name: str) -> dict:
+                try:
+                    data = json.loads((jobs.run_path(project, run_id) / name).read_text())
+                except (OSError, ValueError):
+                    return {}
+                return data if isinstance(data, dict) else {}
+
+            ma, mb = _json(older, "metrics.json"), _json(newer, "metrics.json")
+            common.show_run_diff(project, diff_runs(ma, mb, _json(older, "config.json"), _json(newer, "config.json")),
+                                 older, newer, key="compare")
+            st.markdown("**Confusion matrices** (rows: true class, columns: predicted class)")
+            m1, m2 = st.columns(2)
+            for col, rid, m in ((m1, older, ma), (m2, newer, mb)):
+                with col:
+                    st.caption(rid)
+                    if m.get("confusion_matrix") and m.get("labels"):
+                        st.dataframe(common.confusion_styler(m["confusion_matrix"], m["labels"]), width="stretch")
+                    else:
+                        st.caption("No confusion matrix in this run.")

@@ -1,0 +1,118 @@
+"""Composed exports (engine.compose, engine.tfbundle) against what the TFLite converter and TensorFlow make of the
+same weights: the composed model must be the same model, only made in a fraction of the time."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from engine import compose, export, tfbundle
+from engine.backbones import resolve
+from engine.head import Head
+from engine.predict import TFLiteModel
+from tests.test_export import CLASSES, SIZE, exported_once
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    exp = exported_once(tmp_path_factory)
+    return resolve("efficientnet-lite0"), exp.head, exp.result, (exp.x_val, exp.y_val, exp.f_val), exp.root
+
+
+def _probs(path, x: np.ndarray) -> np.ndarray:
+    model = TFLiteModel(path)
+    return np.stack([model.probabilities(img) for img in x])
+
+
+def test_float32_equals_the_head_on_features_and_the_converters_model(setup):
+    resolved, head, composed, (x, _, f), root = setup
+    from engine.train import build_classifier
+
+    ours = _probs(composed.tflite["float32"], x)
+    assert np.abs(ours - head.probabilities(f)).max() <= 1e-5
+    keras_model = build_classifier(resolved, head)
+    theirs_blob = export.convert_tflite(composed.saved_model_dir, "float32")
+    (root / "converter_float32.tflite").write_bytes(theirs_blob)
+    theirs = _probs(root / "converter_float32.tflite", x)
+    assert np.abs(ours - theirs).max() <= 1e-5
+    assert np.abs(ours - keras_model.predict(x / 255.0, verbose=0)).max() <= 1e-5
+
+
+def test_dynamic_matches_the_converters_dynamic_model(setup):
+    _, _, composed, (x, _, _), root = setup
+    ours = _probs(composed.tflite["dynamic"], x)
+    (root / "converter_dynamic.tflite").write_bytes(export.convert_tflite(composed.saved_model_dir, "dynamic"))
+    theirs = _probs(root / "converter_dynamic.tflite", x)
+    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.99
+    assert np.abs(ours - theirs).max() <= 0.02  # same backbone bytes; the head quantized the converter's way
+
+
+def test_int8_takes_raw_pixels_and_agrees_with_float32(setup):
+    _, _, composed, (x, y, _), _ = setup
+    runner = TFLiteModel(composed.tflite["int8"])
+    assert runner.input_dtype == "uint8" and runner.output_dtype == "uint8"
+    scale, zero = runner.input_quantization
+    assert zero == 0 and abs(scale * 255 - 1) < 1e-4  # label_image --input_mean 0 --input_std 255 feeds pixels as-is
+    ours = _probs(composed.tflite["int8"], x)
+    floats = _probs(composed.tflite["float32"], x)
+    assert (ours.argmax(1) == floats.argmax(1)).mean() >= 0.9
+    assert abs((ours.argmax(1) == y).mean() - (floats.argmax(1) == y).mean()) <= 0.1
+    card = composed.card["tflite"]
+    assert card["int8"]["agreement_top1_vs_keras"] >= 0.9 and card["float32"]["agreement_top1_vs_keras"] == 1.0
+
+
+def test_saved_model_is_the_template_with_this_head(setup):
+    from engine.tfcompat import tf
+
+    resolved, head, composed, (x, _, f), _ = setup
+    loaded = tf.saved_model.load(str(composed.saved_model_dir))
+    out = loaded.signatures["serving_default"](images=tf.constant(x[:4] / 255.0, tf.float32))["probabilities"]
+    assert np.abs(out.numpy() - head.probabilities(f[:4])).max() <= 1e-5
+    labels = (composed.saved_model_dir / "assets" / "labels.txt").read_text().splitlines()
+    assert labels == CLASSES
+    assert compose.has_template(resolved, len(CLASSES))
+
+
+def test_another_head_reuses_the_cached_parts_without_tensorflow_conversion(setup, tmp_path, monkeypatch):
+    resolved, head, _, (x, _, f), _ = setup
+    other = Head(head.kernel[:, ::-1], head.bias[::-1], 1.0)
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("a cached backbone was converted again")
+
+    monkeypatch.setattr(compose, "_convert_backbone", no_conversion)
+    monkeypatch.setattr(compose, "ensure_template", lambda r, k: compose._template_dir(r, k))
+    result = export.export_composed(other, resolved, CLASSES, tmp_path / "again", center_crop=False, features=f,
+                                    checks=None, card={})
+    probs = _probs(result.tflite["float32"], x)
+    assert np.abs(probs - other.probabilities(f)).max() <= 1e-5
+
+
+def test_bundle_rewrite_refuses_other_shapes_and_unknown_tensors(setup, tmp_path):
+    _, head, composed, _, _ = setup
+    sm = tmp_path / "sm"
+    shutil.copytree(composed.saved_model_dir, sm)
+    prefix = sm / "variables" / "variables"
+    keys = {k for k, e in tfbundle.read_index(prefix.with_name("variables.index")).items() if e.dtype == 1}
+    kernel_key = next(k for k in keys if tfbundle.read_tensor(prefix, k).size == head.kernel.size)
+    with pytest.raises(tfbundle.BundleError, match="holds"):
+        tfbundle.overwrite_tensors(prefix, {kernel_key: np.zeros(3, np.float32)})
+    with pytest.raises(tfbundle.BundleError, match="no tensor"):
+        tfbundle.overwrite_tensors(prefix, {"no/such/tensor": np.zeros(3, np.float32)})
+    before = tfbundle.read_tensor(prefix, kernel_key)
+    tfbundle.overwrite_tensors(prefix, {kernel_key: np.full(head.kernel.shape, 0.25, np.float32)})
+    assert np.all(tfbundle.read_tensor(prefix, kernel_key) == 0.25) and not np.all(before == 0.25)
+
+
+def test_crc32c_matches_the_published_check_value():
+    assert tfbundle.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value (RFC 3720)
+
+
+def test_calibration_images_are_fixed_and_photo_like():
+    a, b = compose.calibration_images(SIZE, n=4), compose.calibration_images(SIZE, n=4)
+    assert a.dtype == np.uint8 and a.shape == (4, SIZE, SIZE, 3) and np.array_equal(a, b)
+    assert 20 < a.std() < 120  # neither flat nor pure noise

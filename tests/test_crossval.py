@@ -1,0 +1,246 @@
+"""Cross-validation on features: the fit, the folds, the L2 search, calibration, the threshold; and the threshold
+in every output (predict CLI, the bundle's predict.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from engine import crossval
+
+
+def blobs(n_per_class: list[int], d: int = 16, spread: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (len(n_per_class), d))
+    y = np.concatenate([np.full(n, c) for c, n in enumerate(n_per_class)])
+    return (centres[y] + rng.normal(0, spread, (len(y), d))).astype(np.float32), y
+
+
+def test_fit_matches_a_converged_sklearn_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = blobs([60, 50, 40], d=8, spread=1.5)
+    l2 = 1e-2
+    kernel, bias, _ = crossval.fit_logreg(x, y, 3, l2, tol=1e-8)
+    ref = LogisticRegression(C=1 / (2 * len(y) * l2), tol=1e-9, max_iter=5000).fit(x, y)
+    # sklearn's multinomial model is identified up to a constant per feature: compare centred weights
+    centre = lambda w: w - w.mean(axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(centre(kernel.T), centre(ref.coef_), atol=2e-3)
+    np.testing.assert_allclose(crossval.softmax(x @ kernel + bias), ref.predict_proba(x), atol=2e-3)
+
+
+def test_every_row_is_held_out_once_and_copies_share_a_fold():
+    x, y = blobs([30, 30, 30])
+    groups = np.arange(len(y))
+    groups[[1, 2, 40, 41, 42]] = 1  # one group spanning rows of two classes (a mislabelled copy)
+    groups[[60, 61]] = 60
+    oof = crossval.out_of_fold(x, y, 3, groups=groups, n_folds=5, seed=3)
+    assert oof.n_folds == 5 and set(oof.fold.tolist()) == set(range(5))
+    assert len(set(oof.fold[[1, 2, 40, 41, 42]].tolist())) == 1 and oof.fold[60] == oof.fold[61]
+    assert oof.probs.shape == (90, 3) and np.allclose(oof.probs.sum(1), 1, atol=1e-5)
+    # out of fold for real: each fold's rows are predicted by a head fitted on the other folds only
+    f = oof.fold[0]
+    kernel, bias, _ = crossval.fit_logreg(x[oof.fold != f], y[oof.fold != f], 3, oof.l2,
+                                          tol=crossval.SEARCH_TOL)
+    np.testing.assert_allclose(oof.probs[oof.fold == f], crossval.softmax(x[oof.fold == f] @ kernel + bias),
+                               atol=0.02)
+    again = crossval.out_of_fold(x, y, 3, groups=groups, n_folds=5, seed=3)
+    assert np.array_equal(again.fold, oof.fold) and np.allclose(again.probs, oof.probs)
+
+
+def test_folds_are_stratified_and_balanced():
+    y = np.repeat([0, 1, 2], [50, 30, 20])
+    fold, k = crossval.assign_folds(y, None, 5, seed=0)
+    per_fold = np.array([np.bincount(y[fold == f], minlength=3) for f in range(k)])
+    assert k == 5 and (np.abs(per_fold - [10, 6, 4]) <= 1).all()
+    other, _ = crossval.assign_folds(y, None, 5, seed=1)
+    assert not np.array_equal(fold, other)
+
+
+def test_tiny_classes_smaller_than_the_fold_count():
+    x, y = blobs([25, 25, 2, 3])  # class 2: 2 images, class 3: 3 images, 5 folds
+    groups = np.arange(len(y))
+    groups[y == 3] = 99  # class 3's three images are one near-duplicate group: held out together
+    oof = crossval.out_of_fold(x, y, 4, groups=groups, n_folds=5)
+    assert oof.n_folds == 5 and np.isfinite(oof.logits).all()
+    assert len(set(oof.fold[y == 2].tolist())) == 2  # split, so each is judged by a head that saw the other
+    # class 3 was absent from its fold's training data: never favoured there, and no NaN
+    assert (oof.probs[y == 3].argmax(1) != 3).all()
+
+
+def test_fewer_distinct_images_than_folds_uses_fewer_folds_and_one_refuses():
+    x, y = blobs([2, 2])
+    assert crossval.out_of_fold(x, y, 2, n_folds=5).n_folds == 4  # one image per fold
+    with pytest.raises(ValueError, match="at least 2 different images"):
+        crossval.out_of_fold(x, y, 2, groups=np.zeros(4, int))
+
+
+def test_near_duplicates_share_a_group_unless_the_group_would_not_fit_a_fold():
+    x, _ = blobs([10, 10], d=32, spread=1.0)
+    x[1] = x[0] * 1.01  # a near-copy
+    shas = [f"s{i}" for i in range(20)]
+    shas[5] = shas[4]  # an exact copy
+    groups, how = crossval.fold_groups(x, shas, n_folds=5)
+    assert groups[0] == groups[1] and groups[4] == groups[5] and "near-duplicates" in how
+    look_alike = np.ones((20, 32), np.float32)  # e.g. noise frames the backbone cannot tell apart
+    groups, how = crossval.fold_groups(look_alike, shas, n_folds=5)
+    assert len(set(groups.tolist())) == 19 and "larger than a fold" in how
+
+
+def test_l2_search_reports_each_point_and_steps_past_the_grid_edge():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(80, 16)).astype(np.float32), rng.integers(0, 2, 80)  # noise: strongest L2 wins
+    seen = []
+    oof = crossval.out_of_fold(x, y, 2, on_grid_point=seen.append)
+    assert [r["l2"] for r in seen[:5]] == sorted(crossval.L2_GRID, reverse=True)
+    assert oof.l2 >= 0.1 and max(r["l2"] for r in seen) > max(crossval.L2_GRID)
+    assert {"step", "l2", "loss", "accuracy", "val_loss", "val_accuracy", "elapsed"} <= set(seen[0])
+    assert crossval.out_of_fold(x, y, 2, l2=1e-3).grid[0]["l2"] == 1e-3  # a given L2 is used as is
+
+
+def test_temperature_scaling_fixes_an_overconfident_model():
+    rng = np.random.default_rng(2)
+    n, k = 2000, 4
+    y = rng.integers(0, k, n)
+    true_logits = rng.normal(0, 1, (n, k))
+    true_logits[np.arange(n), y] += 1.5
+    p = crossval.softmax(true_logits)
+    y = np.array([rng.choice(k, p=row) for row in p])  # labels drawn from the calibrated probabilities
+    overconfident = 4.0 * true_logits
+    t = crossval.fit_temperature(overconfident, y)
+    before = crossval.expected_calibration_error(crossval.softmax(overconfident), y)
+    after = crossval.expected_calibration_error(crossval.softmax(overconfident / t), y)
+    assert t == pytest.approx(4.0, rel=0.15)
+    assert before > 0.15 and after < 0.04
+    assert crossval.fit_temperature(np.eye(3) * 5, np.arange(3)) == 1.0  # no mistake: nothing to calibrate
+
+
+def test_threshold_reaches_the_target_precision_with_the_most_coverage():
+    conf = np.linspace(0.99, 0.5, 100)
+    correct = np.ones(100, bool)
+    correct[60:] = np.arange(40) % 2 == 0  # below rank 60, half wrong
+    probs = np.stack([conf, 1 - conf], 1)
+    y = np.where(correct, 0, 1)
+    th = crossval.choose_threshold(probs, y, 0.9)
+    kept = conf >= th["value"]
+    assert th["reached"] and np.mean(correct[kept]) >= 0.9 and th["coverage"] == pytest.approx(kept.mean())
+    assert np.mean(correct[conf >= conf[kept.sum()]]) < 0.9  # one more image and the target is missed
+    assert th["curve"][0]["coverage"] == 1.0 and th["curve"][-1]["coverage"] == 0.0
+    assert crossval.choose_threshold(probs, y, 0.5)["value"] == 0.0  # every answer is good enough: keep all
+    impossible = crossval.choose_threshold(probs, np.ones(100, int), 0.95)
+    assert not impossible["reached"]
+
+
+HEAD_ONLY = textwrap.dedent("""
+    import sys, types
+    import cv2, numpy as np
+    from pathlib import Path
+    from engine.config import TrainConfig
+    from engine.dataset import scan_image_dir, split_dataset
+    from engine.train import PreparedData, model_card, train
+
+    root = Path(sys.argv[1])
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            cv2.imwrite(str(root / c / f"{i}.png"), rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    ds = scan_image_dir(root)
+    feats = rng.normal(0, 1, (len(ds.items), 8)).astype(np.float32) + 3 * ds.y[:, None]
+    resolved = types.SimpleNamespace(handle="x", backbone_id="x", image_size=16, path="x")
+    tr, va = split_dataset(ds, 0.0, 0)
+    res = train(TrainConfig(image_dir=str(root)), data=PreparedData(ds, resolved, feats, tr, va))
+    card = model_card(res)
+    assert res.metrics["evaluation"].startswith("cross-validation") and card["threshold"]["value"] is not None
+    print([m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras", "tensorflow_hub", "keras")])
+""")
+
+
+def test_head_only_training_imports_no_tensorflow(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", HEAD_ONLY, str(tmp_path / "d")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The threshold in the outputs (a real exported model: the one test_export.py makes once per session)
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The shared export's float32 model, labels and card, with images to classify."""
+    from test_export import CLASSES, draw, exported_once, save_rgb
+
+    exp = exported_once(tmp_path_factory)
+    folder = tmp_path_factory.mktemp("threshold")
+    for name in ("model_float32.tflite", "labels.txt", "model_card.json"):
+        shutil.copy(exp.out / name, folder / name)
+    rng = np.random.default_rng(5)
+    (folder / "images").mkdir()
+    imgs = [save_rgb(folder / "images" / f"{i}.png", draw(i, rng)) for i in range(len(CLASSES))]
+    return folder, imgs
+
+
+def _set_card_threshold(folder, value: float) -> None:
+    card = json.loads((folder / "model_card.json").read_text())
+    card["threshold"] = {"value": value, "target_precision": 0.95, "coverage": 0.5}
+    (folder / "model_card.json").write_text(json.dumps(card))
+
+
+def _between(tops: list[float]) -> float:
+    """A threshold with some answers above it and some below."""
+    s = sorted(tops)
+    return (s[0] + s[-1]) / 2 if s[0] < s[-1] else s[0] + 1e-3
+
+
+@pytest.mark.slow
+def test_predict_cli_marks_answers_below_the_cards_threshold_unknown(model_dir, capsys):
+    import argparse
+
+    from engine.predict import add_predict_args, run_predict
+
+    folder, imgs = model_dir
+
+    def run(*extra: str) -> list[dict]:
+        parser = argparse.ArgumentParser()
+        add_predict_args(parser)
+        run_predict(parser.parse_args(["--model_file", str(folder / "model_float32.tflite"), "--json", "--image",
+                                       *map(str, imgs), *extra]))
+        return json.loads(capsys.readouterr().out)
+
+    tops = [r["predictions"][0]["probability"] for r in run("--threshold", "0")]
+    threshold = _between(tops)
+    _set_card_threshold(folder, threshold)
+    out = run()
+    assert all(r["threshold"] == threshold for r in out)
+    assert [r["unknown"] for r in out] == [t < threshold for t in tops] and any(t < threshold for t in tops)
+    assert not any(r["unknown"] for r in run("--threshold", "0"))
+
+
+@pytest.mark.slow
+def test_bundle_predict_py_marks_unknown_by_the_cards_threshold(model_dir):
+    folder, imgs = model_dir
+    shutil.copy(REPO / "engine" / "bundle_predict.py", folder / "predict.py")
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "predict.py", *extra, *map(str, imgs)], cwd=folder,
+                              capture_output=True, text=True, timeout=120)
+
+    plain = run("--json", "--threshold", "0")
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    tops = [r["predictions"][0]["probability"] for r in json.loads(plain.stdout)]
+    threshold = _between(tops)
+    _set_card_threshold(folder, threshold)
+    out = json.loads(run("--json").stdout)
+    assert [r["unknown"] for r in out] == [t < threshold for t in tops] and out[0]["threshold"] == threshold
+    text = run().stdout
+    assert text.count("unknown: the top probability is below") == sum(t < threshold for t in tops)

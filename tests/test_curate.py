@@ -1,0 +1,427 @@
+"""Curate (issue 10): near-duplicates, label issues, outliers, the model-assisted inbox, the map, the `inspect` CLI
+and the Curate page, on images made here with OpenCV and the real backbone (embeddings are cached by SHA-256)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from engine import curate  # noqa: E402
+from engine.head import Head  # noqa: E402
+from engine.workspace import INBOX, Workspace  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# generated photos: red discs, blue squares and green stripes on textured backgrounds
+# ----------------------------------------------------------------------------------------------------------------
+def drawing(kind: str, seed: int, size: int = 128) -> np.ndarray:
+    """A 'photo': a random two-colour gradient with clutter, and 1-3 objects of the class at random places."""
+    rng = np.random.default_rng(seed)
+    c0, c1 = rng.integers(40, 230, 3), rng.integers(40, 230, 3)
+    angle = rng.uniform(0, np.pi)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    t = (np.cos(angle) * xx + np.sin(angle) * yy)[..., None]
+    img = (c0 * (1 - t) + c1 * t + rng.normal(0, 12, (size, size, 3))).clip(0, 255).astype(np.uint8)
+    for _ in range(int(rng.integers(3, 8))):  # clutter: grey-ish blobs anywhere
+        cv2.ellipse(img, (int(rng.integers(0, size)), int(rng.integers(0, size))),
+                    (int(rng.integers(4, 20)), int(rng.integers(4, 20))), float(rng.uniform(0, 180)), 0, 360,
+                    tuple(int(v) for v in rng.integers(60, 200, 3)), -1)
+    for _ in range(int(rng.integers(1, 4))):
+        cx, cy = (int(v) for v in rng.integers(size // 5, 4 * size // 5, 2))
+        r = int(rng.integers(size // 10, size // 4))
+        if kind == "red":
+            cv2.circle(img, (cx, cy), r, (30, 30, 220), -1)
+        elif kind == "blue":
+            cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), (220, 60, 30), -1)
+        else:
+            cv2.line(img, (cx - r, cy - 2 * r), (cx + r, cy + 2 * r), (40, 200, 40), 6)
+            cv2.line(img, (cx - r + 12, cy - 2 * r), (cx + r + 12, cy + 2 * r), (40, 200, 40), 6)
+    return img
+
+
+def jpeg(img: np.ndarray, quality: int = 90) -> bytes:
+    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+def altered(img: np.ndarray) -> bytes:
+    """The bench's alteration: 90% centre crop, half size, +15% brightness, JPEG quality 40."""
+    h, w = img.shape[:2]
+    crop = img[round(h * 0.05): h - round(h * 0.05), round(w * 0.05): w - round(w * 0.05)]
+    small = cv2.resize(crop, (crop.shape[1] // 2, crop.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    return jpeg(np.clip(small.astype(np.float32) * 1.15, 0, 255).astype(np.uint8), 40)
+
+
+KINDS = ("red", "blue", "green")
+PER_CLASS = 8
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> Path:
+    """3 classes x 8, plus: a red disc labelled blue, an altered copy of red/0 in green, a blank image in red."""
+    root = tmp_path_factory.mktemp("curate") / "image_dir"
+    for k, kind in enumerate(KINDS):
+        (root / kind).mkdir(parents=True)
+        for i in range(PER_CLASS):
+            (root / kind / f"{kind}{i}.jpg").write_bytes(jpeg(drawing(kind, 100 * k + i)))
+    (root / "blue" / "mislabelled.jpg").write_bytes(jpeg(drawing("red", 999)))
+    (root / "green" / "copy_of_red0.jpg").write_bytes(altered(drawing("red", 0)))
+    (root / "red" / "blank.jpg").write_bytes(jpeg(np.full((128, 128, 3), 128, np.uint8)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(image_dir) -> dict:
+    return curate.inspect_image_dir(image_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# engine: near-duplicates
+# ----------------------------------------------------------------------------------------------------------------
+def test_near_duplicate_groups_sha_cosine_and_singletons():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(6, 32)).astype(np.float32)
+    f[3] = f[1] * 2 + rng.normal(scale=0.01, size=32)  # same direction: cosine ~1
+    groups = curate.near_duplicate_groups(f, ["a", "b", "c", "d", "a", "e"])
+    assert groups.tolist() == [0, 1, 2, 1, 0, 3]  # ids in order of first appearance
+    assert curate.near_duplicate_groups(f, list("abcdef"), threshold=1.01).tolist() == list(range(6))
+    assert curate.near_duplicate_groups(np.zeros((0, 4)), []).tolist() == []
+    with pytest.raises(ValueError, match="file hashes"):
+        curate.near_duplicate_groups(f, ["a"])
+
+
+def test_perceptual_hash_groups_an_altered_copy_and_not_a_different_photo(tmp_path):
+    original, other = drawing("red", 1, 256), drawing("green", 2, 256)
+    paths = []
+    for name, data in (("orig.jpg", jpeg(original)), ("copy.jpg", altered(original)), ("other.jpg", jpeg(other))):
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    stats = curate.image_stats(paths, ["s1", "s2", "s3"], cache=False)
+    assert stats.readable.all() and stats.hashes.shape == (3, len(curate.HASH_SCALES), 63)
+    # embeddings that agree only loosely (cosine 0.6), as a shrunken copy's do: the hash decides
+    f = np.array([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.6, 0.0, 0.8]], np.float32)
+    groups = curate.near_duplicate_groups(f, ["s1", "s2", "s3"], hashes=stats.hashes)
+    assert groups[0] == groups[1] and groups[2] != groups[0]
+    assert len(set(curate.near_duplicate_groups(f, ["s1", "s2", "s3"]).tolist())) == 3  # without hashes: apart
+    # the hash alone is not enough: a veto when the embeddings disagree
+    far = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.0, 0.8]], np.float32)
+    assert len(set(curate.near_duplicate_groups(far, ["s1", "s2", "s3"], hashes=stats.hashes).tolist())) == 3
+
+
+def test_odd_images_have_reasons(tmp_path):
+    grad = np.tile(np.linspace(0, 255, 256, dtype=np.float32), (256, 1))
+    texture = drawing("red", 5, 256)
+    cases = {
+        "blank": np.full((200, 200, 3), 127, np.uint8),
+        "dark": (texture * 0.06).astype(np.uint8),
+        "bright": np.clip(texture.astype(np.int32) + 200, 0, 255).astype(np.uint8),
+        "blurry": cv2.cvtColor(cv2.GaussianBlur(grad, (0, 0), 8).astype(np.uint8), cv2.COLOR_GRAY2BGR),
+        "panorama": cv2.resize(texture, (900, 120)),
+        "normal": texture,
+    }
+    paths = []
+    for name, img in cases.items():
+        cv2.imwrite(str(tmp_path / f"{name}.png"), img)
+        paths.append(str(tmp_path / f"{name}.png"))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    paths.append(str(tmp_path / "broken.png"))
+    stats = curate.image_stats(paths, [f"x{i}" for i in range(len(paths))], cache=False)
+    reasons = {name: {r for r, _ in rs} for name, rs in zip([*cases, "broken"], curate.odd_image_reasons(stats),
+                                                             strict=True)}
+    assert "near-blank" in reasons["blank"]
+    assert "very dark" in reasons["dark"]
+    assert "very bright" in reasons["bright"]
+    assert "blurry" in reasons["blurry"]
+    assert "extreme aspect" in reasons["panorama"]
+    assert reasons["normal"] == set()
+    assert reasons["broken"] == {"unreadable"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# engine: label issues, class outliers
+# ----------------------------------------------------------------------------------------------------------------
+def blobs(n_per: int = 40, k: int = 3, d: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Separable classes whose members are not near-duplicates of each other (cosine ~0.5, as photos)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=1.0, size=(k, d))
+    y = np.repeat(np.arange(k), n_per)
+    return (centres[y] + rng.normal(size=(len(y), d))).astype(np.float32), y
+
+
+def test_label_issues_find_flipped_labels():
+    x, y = blobs()
+    flipped = np.array([3, 50, 100])
+    y_noisy = y.copy()
+    y_noisy[flipped] = (y[flipped] + 1) % 3
+    found = curate.find_issues(x, y_noisy, 3, [f"s{i}" for i in range(len(y))])
+    top = [li.index for li in found.label_issues[:3]]
+    assert set(top) == set(flipped.tolist())
+    for li in found.label_issues[:3]:
+        assert li.given == y_noisy[li.index] and li.suggested == y[li.index] and 0.5 < li.score <= 1
+    assert found.timings["out_of_fold_s"] >= 0
+
+
+def test_label_issues_tolerate_an_empty_class_column():
+    x, y = blobs(k=2)
+    probs = np.column_stack([np.where(y == 0, 0.9, 0.1), np.where(y == 0, 0.1, 0.9), np.zeros(len(y))])
+    probs[5] = [0.05, 0.95, 0.0]  # a class-0 image the model calls class 1
+    issues = curate.label_issues(y, probs)
+    assert [li.index for li in issues] == [5] and issues[0].suggested == 1
+
+
+def test_class_outlier_and_knn_probabilities():
+    x, y = blobs(n_per=20)
+    x[7] = x[7] + 25.0  # far from its class
+    _, z = curate.class_outlier_scores(x, y)
+    assert int(np.argmax(z)) == 7 and z[7] > curate.OUTLIER_Z
+    p = curate.knn_probabilities(x, y, 3)
+    assert np.allclose(p.sum(axis=1), 1) and (p.argmax(1) == y).mean() > 0.9
+    # a copy carrying the same wrong label must not vouch for it
+    x2 = np.vstack([x, x[25:26]])
+    y2 = np.append(y, 0)
+    y2[25] = 0
+    groups = curate.near_duplicate_groups(x2, [f"s{i}" for i in range(len(y2))])
+    with_groups = curate.knn_probabilities(x2, y2, 3, groups)
+    without = curate.knn_probabilities(x2, y2, 3)
+    assert with_groups[25, 0] < without[25, 0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# an image folder and the CLI
+# ----------------------------------------------------------------------------------------------------------------
+def test_inspect_image_dir_finds_the_planted_problems(report, image_dir):
+    names = lambda paths: {Path(p).name for p in paths}  # noqa: E731
+    issue_names = [Path(r["path"]).name for r in report["label_issues"]]
+    assert "mislabelled.jpg" in issue_names[:2]
+    mis = next(r for r in report["label_issues"] if r["path"].endswith("mislabelled.jpg"))
+    assert (mis["given"], mis["suggested"]) == ("blue", "red")
+    assert any(names(g) == {"red0.jpg", "copy_of_red0.jpg"} for g in report["near_duplicates"])
+    assert any(r["path"].endswith("blank.jpg") and r["reason"] == "near-blank" for r in report["outliers"])
+    scores = [r["score"] for r in report["label_issues"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_cli_inspect_json_shape(image_dir, report, capsys):
+    from engine.cli import main
+
+    assert main(["inspect", "--image_dir", str(image_dir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"label_issues", "near_duplicates", "outliers"}
+    assert all(set(r) == {"path", "given", "suggested", "score"} for r in out["label_issues"])
+    assert all(isinstance(g, list) and len(g) >= 2 and all(isinstance(p, str) for p in g)
+               for g in out["near_duplicates"])
+    assert all(set(r) == {"path", "reason", "score"} for r in out["outliers"])
+    assert out["near_duplicates"] == report["near_duplicates"]
+    assert main(["inspect", "--image_dir", str(image_dir / "nope")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["inspect", "--image_dir", str(image_dir)]) == 0
+    assert "Label issues:" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a project: decisions, inbox suggestions, ordered leases, the map
+# ----------------------------------------------------------------------------------------------------------------
+def fake_run(project, labels: list[str], kernel: np.ndarray, bias: np.ndarray, name: str = "run1") -> Path:
+    """A run folder as the trainer leaves it (only what curate reads: head.npz and model_card.json)."""
+    run = project.runs_dir / name
+    run.mkdir(parents=True)
+    np.savez(run / "head.npz", kernel=kernel.astype(np.float32), bias=bias.astype(np.float32),
+             temperature=np.float32(1.0))
+    (run / "model_card.json").write_text(json.dumps({"labels": labels, "backbone": {"handle": "efficientnet-lite0",
+                                                                                     "image_size": 224},
+                                                     "config": {"center_crop": False}}))
+    return run
+
+
+@pytest.fixture
+def project(tmp_path, image_dir):
+    ws = Workspace(tmp_path / "ws")
+    p = ws.create_project("Shapes")
+    for kind in KINDS:
+        p.add_files([str(f) for f in sorted((image_dir / kind).glob(f"{kind}[0-4].jpg"))], kind)
+    p.add_files([str(f) for kind in KINDS for f in sorted((image_dir / kind).glob(f"{kind}[5-7].jpg"))], None)
+    return p
+
+
+def test_decisions_are_remembered(tmp_path):
+    d = curate.Decisions(tmp_path)
+    assert d.kept() == set()
+    assert d.keep("label", "abc") is True
+    assert curate.Decisions(tmp_path).kept() == {"label:abc"}
+    assert d.forget_all() == 1 and d.kept() == set()
+
+
+def test_inbox_suggestions_accept_and_refresh_without_reembedding(project):
+    assert curate.inbox_suggestions(project) == []  # no model yet
+    labelled = [r for r in project.images() if r.class_name]
+    model = curate.project_model(project)
+    feats, ok = curate.embed_records(labelled, model)
+    y = np.array([KINDS.index(labelled[i].class_name) for i in ok])
+    from engine.crossval import fit_logreg
+
+    kernel, bias, _ = fit_logreg(feats, y, 3, 1e-3)
+    run = fake_run(project, list(KINDS), kernel, bias)
+    head = curate.load_head(run)
+    assert isinstance(head, Head) and head.n_classes == 3
+    sugg = curate.inbox_suggestions(project)
+    assert len(sugg) == 9
+    truth = {r.sha256: r.source_name.rstrip("0123456789.jpg") for r in project.images(INBOX)}
+    assert sum(s.class_name == truth[s.sha256] for s in sugg) >= 8
+    ordered = curate.order_suggestions(sugg, least_confident_first=True)
+    assert [s.confidence for s in ordered] == sorted(s.confidence for s in sugg)
+    # an ordered lease hands out the least confident image first
+    first = project.lease_in_order("me", [s.sha256 for s in ordered])
+    assert first.sha256 == ordered[0].sha256
+    # a retrain: a new head, same cached embeddings (nothing embedded again)
+    from engine import embeddings
+
+    calls = []
+    original = embeddings.Embedder.__init__
+    embeddings.Embedder.__init__ = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    try:
+        fake_run(project, list(KINDS), -kernel, bias, name="run2")
+        flipped = curate.inbox_suggestions(project)
+    finally:
+        embeddings.Embedder.__init__ = original
+    assert calls == [] and len(flipped) == 9
+    assert [s.class_name for s in flipped] != [s.class_name for s in sugg]
+    # accept >= threshold moves only those
+    sure = [s for s in sugg if s.confidence >= 0.5]
+    moved = curate.accept_suggestions(project, sugg, 0.5)
+    assert moved == len(sure)
+    assert project.count(INBOX) == 9 - moved
+
+
+def test_project_findings_and_cached_map(project):
+    found = curate.project_findings(project)
+    assert len(found.shas) == 15 and found.timings["total_s"] > 0
+    feats, ok = curate.embed_records(project.images(), curate.project_model(project))
+    shas = [project.images()[i].sha256 for i in ok]
+    xy = curate.cached_map(project.path, shas, feats, "pca")
+    assert xy.shape == (len(shas), 2)
+    cached = list((project.path / "curate").glob("map-pca-*.npz"))
+    assert len(cached) == 1
+    again = curate.cached_map(project.path, list(reversed(shas)), feats[::-1], "pca")
+    assert np.allclose(again, xy[::-1])
+    assert curate.project_2d(feats, "tsne").shape == (len(shas), 2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the Curate page (AppTest)
+# ----------------------------------------------------------------------------------------------------------------
+def test_curate_page_check_keep_and_fix(tmp_path, image_dir, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    ws = Workspace()
+    p = ws.create_project("Shapes")
+    p.import_image_dir(image_dir)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.query_params["project"] = p.slug
+    at.run()
+    at.switch_page("ui/pages/curate.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    next(b for b in at.button if b.label == "Check the data").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    issues = at.session_state[f"curate::{p.slug}"]["label_issues"]
+    mis = next(r for r in issues if p.get(r["sha256"]).source_name == "mislabelled.jpg")
+    next(b for b in at.button if b.key == f"li_move_{mis['sha256']}").click().run()
+    assert p.get(mis["sha256"]).class_name == "red"  # moved by the click
+    other = next((r for r in issues if r["sha256"] != mis["sha256"]), None)
+    if other is not None:
+        next(b for b in at.button if b.key == f"li_keep_{other['sha256']}").click().run()
+        assert f"label:{other['sha256']}" in curate.Decisions(p.path).kept()
+        assert not any(b.key == f"li_keep_{other['sha256']}" for b in at.button)
+    at.segmented_control(key="curate_section").set_value(
+        next(o for o in at.segmented_control(key="curate_section").options if o.startswith("Duplicates"))).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Label conflict" in str(m.value) for m in at.markdown)
+    at.segmented_control(key="curate_section").set_value("Map").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert list((p.path / "curate").glob("map-tsne-*.npz"))
+    # a new check remembers the kept suspect
+    next(b for b in at.button if b.label == "Check again").click().run()
+    if other is not None:
+        assert all(r["sha256"] != other["sha256"] for r in at.session_state[f"curate::{p.slug}"]["label_issues"])
+
+
+def test_sorter_suggests_orders_and_accepts(project, tmp_path, monkeypatch):
+    """The Data page's Sort inbox with a trained head: Enter-able 'Accept' button, ordering, bulk accept."""
+    from streamlit.testing.v1 import AppTest
+
+    from engine.crossval import fit_logreg
+
+    labelled = [r for r in project.images() if r.class_name]
+    feats, ok = curate.embed_records(labelled, curate.project_model(project))
+    y = np.array([KINDS.index(labelled[i].class_name) for i in ok])
+    kernel, bias, _ = fit_logreg(feats, y, 3, 1e-3)
+    fake_run(project, list(KINDS), kernel, bias)
+    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(project.path.parent))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.query_params["project"] = project.slug
+    at.run()
+    at.switch_page("ui/pages/data.py").run()
+    at.segmented_control(key="data_section").set_value("Sort inbox").run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.segmented_control(key="sort_order").set_value("Least confident first").run()
+    sugg = {s.sha256: s for s in curate.inbox_suggestions(project)}
+    least = min(sugg.values(), key=lambda s: s.confidence)
+    accept = next(b for b in at.button if b.key == "sort_accept")
+    assert accept.label.startswith(f"Accept: {least.class_name}")
+    accept.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert project.get(least.sha256).class_name == least.class_name
+    at.slider(key="bulk_threshold").set_value(0.5).run()
+    rest = [s for s in sugg.values() if s.sha256 != least.sha256 and s.confidence >= 0.5]
+    next(b for b in at.button if b.key == "bulk_accept").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert project.count(INBOX) == 8 - len(rest)
+
+
+def test_curate_page_without_labelled_images(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    p = Workspace().create_project("Empty")
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
+    at.query_params["project"] = p.slug
+    at.run()
+    at.switch_page("ui/pages/curate.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("needs at least two classes" in str(i.value) for i in at.info)
+
+
+@pytest.mark.shared
+def test_altered_copies_of_real_photos_join_their_originals(tmp_path):
+    """The bench's target in small: real flowers, copies with all four alterations, no false group added."""
+    from conftest import shared_dataset
+
+    from engine import backbones
+    from engine.embeddings import embed_files
+    from engine.images import file_sha256
+
+    root = shared_dataset("flowers")
+    paths = sorted(str(p) for p in root.glob("*/*.jpg"))
+    picks = [paths[i] for i in (3, 77, 151, 230)]
+    copies = []
+    for i, src in enumerate(picks):
+        (tmp_path / f"copy{i}.jpg").write_bytes(altered(cv2.imread(src)))
+        copies.append(str(tmp_path / f"copy{i}.jpg"))
+    everything = paths + copies
+    shas = [file_sha256(p) for p in everything]
+    emb = embed_files(everything, shas, backbones.resolve("efficientnet-lite0"))
+    assert len(emb.ok) == len(everything)
+    hashes = curate.image_stats(everything, shas).hashes
+    groups = curate.near_duplicate_groups(emb.features, shas, hashes=hashes)
+    for src, copy in zip(picks, copies, strict=True):
+        assert groups[everything.index(src)] == groups[everything.index(copy)]
+    untouched = curate.groups_to_lists(groups[: len(paths)])
+    assert len(untouched) <= 2  # flowers has one real duplicate (a greyscale edit of the same photo)

@@ -1,0 +1,107 @@
+"""The Data page with two sessions (Streamlit AppTest, real project on disk): stale actions are refused and named,
+undo goes several steps back, Browse keeps its choice, shortcut keys stay, an upload to a vanished class says where
+it went."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from engine.workspace import INBOX, Workspace  # noqa: E402
+
+
+def png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    project = Workspace().create_project("Two people")
+    for cls in ("cats", "dogs"):
+        project.create_class(cls)
+    project.add_files([(f"{i}.png", png(1200 + i)) for i in range(5)])
+    return project
+
+
+def data_page(project, section: str) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
+    at.query_params["project"] = project.slug
+    at.run()
+    at.switch_page("ui/pages/data.py").run()
+    at.segmented_control(key="data_section").set_value(section).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def messages(at: AppTest) -> str:
+    return " ".join(str(e.value) for e in [*at.warning, *at.success, *at.info, *at.toast])
+
+
+def test_sorter_multi_step_undo_and_stable_keys(project):
+    at = data_page(project, "Sort inbox")
+    assert [b.proto.type for b in at.button if b.key.startswith("sort_to_")] == ["secondary", "secondary"]
+    order = [r.sha256 for r in project.images(INBOX)]
+    at.button(key="sort_to_0").click().run()
+    at.button(key="sort_to_1").click().run()
+    at.button(key="sort_trash").click().run()
+    assert [project.get(s).class_name if project.get(s) else "trash" for s in order[:3]] == ["cats", "dogs", "trash"]
+    for _ in range(3):  # three steps back, newest first
+        at.button(key="sort_undo_btn").click().run()
+    assert project.count(INBOX) == 5 and not project.trashed()
+    assert not at.exception
+    # a new class sorting before the others keeps their shortcut keys
+    keys = {b.label: b.proto.shortcut for b in at.button if b.key.startswith("sort_to_")}
+    project.create_class("ants")
+    at.run()
+    after = {b.label: b.proto.shortcut for b in at.button if b.key.startswith("sort_to_")}
+    assert after["cats"] == keys["cats"] and after["dogs"] == keys["dogs"] and after["ants"] not in keys.values()
+
+
+def test_a_stale_sort_and_undo_leave_the_other_persons_decision_alone(project):
+    one = data_page(project, "Sort inbox")
+    two = data_page(project, "Sort inbox")
+    # the two sessions are shown different images
+    first, second = project.images(INBOX)[:2]
+    one.button(key="sort_to_0").click().run()
+    assert project.get(first.sha256).class_name == "cats"
+    two.button(key="sort_to_1").click().run()
+    assert project.get(second.sha256).class_name == "dogs"
+    # two re-sorts one's image in Browse; one's undo then leaves it alone and says why
+    two.segmented_control(key="data_section").set_value("Browse").run()
+    two.selectbox(key="browse_view").set_value("cats").run()
+    two.checkbox(key=f"sel_cats-{first.sha256}").check().run()
+    two.selectbox(key="browse_dest").set_value("dogs").run()
+    two.button(key="browse_move").click().run()
+    assert project.get(first.sha256).class_name == "dogs"
+    one.button(key="sort_undo_btn").click().run()
+    assert project.get(first.sha256).class_name == "dogs"
+    assert "moved to 'dogs' by someone else since; not undone" in messages(one)
+    # the Browse choice survives the count change it caused
+    assert two.selectbox(key="browse_view").value == "cats" and not one.exception and not two.exception
+    assert project.consistency_check().ok
+
+
+def test_an_upload_to_a_class_that_was_renamed_says_where_it_went(project):
+    at = data_page(project, "Add images")
+    at.selectbox(key="upload_target").set_value("dogs").run()
+    project.rename_class("dogs", "hounds")  # someone else, meanwhile
+    at.file_uploader[0].set_value([("new.png", png(1300), "image/png")])
+    at.run()
+    at.button(key="upload_go").click().run()
+    assert not at.exception
+    assert "Class 'dogs' no longer exists" in messages(at) and "Unsorted inbox" in messages(at)
+    assert project.classes() == ["cats", "hounds"] and project.count(INBOX) == 6
