@@ -6,7 +6,8 @@
    (k = number of flips), for cleanlab's rankings.
 2. 30 altered copies (JPEG q40, half size, 90% centre crop, +15% brightness; each in a random class): share grouped
    with their original, and false groups on the untouched set; also each alteration alone.
-3. Inbox: 10 labelled photos per class, the rest unsorted: precision and coverage of suggestions >= 0.9.
+3. Inbox: 10 labelled photos per class, the rest unsorted: precision and coverage of suggestions >= 0.9 (with the
+   suggestion temperature, engine.curate.suggestion_temperature, and with the head's own for comparison).
 4. Timings on flowers_large (3,461 images, cached embeddings): all findings, the map (PCA, t-SNE).
 Embeddings come from the shared cache (engine.embeddings), so the first run embeds ~3,800 images once.
 """
@@ -84,6 +85,7 @@ def bench_flips(root: Path, seeds: int) -> None:
     rankings = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
     rec: dict[str, list[float]] = {r: [] for r in rankings}
     rec_curate, rec_outlier, rec_oof, n_flagged, secs = [], [], [], [], []
+    rec_sc: list[float] = []  # curate's list ordered by self-confidence (the ranking before normalized margin)
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         n_flip = round(0.1 * len(y0))
@@ -97,6 +99,8 @@ def bench_flips(root: Path, seeds: int) -> None:
         secs.append(time.perf_counter() - t0)
         n_flagged.append(len(issues))
         rec_curate.append(len({li.index for li in issues[:n_flip]} & set(flipped.tolist())) / n_flip)
+        issues_sc = curate.label_issues(y, probs, ranking="self_confidence")
+        rec_sc.append(len({li.index for li in issues_sc[:n_flip]} & set(flipped.tolist())) / n_flip)
         for r in rankings:
             idx = find_label_issues(y, probs, return_indices_ranked_by=r, n_jobs=1)[:n_flip]
             rec[r].append(len(set(idx.tolist()) & set(flipped.tolist())) / n_flip)
@@ -107,7 +111,7 @@ def bench_flips(root: Path, seeds: int) -> None:
         rec_outlier.append(len(set(top.tolist()) & set(flipped.tolist())) / n_flip)
     print(f"\n[1] {root.name}: flip 10% of {len(y0)} labels ({round(0.1 * len(y0))}), {seeds} seeds")
     print(f"    top-k recall of curate's suspects (engine.curate.label_issues): {np.mean(rec_curate):.3f}  "
-          f"(per seed {np.round(rec_curate, 3)})")
+          f"(per seed {np.round(rec_curate, 3)}); ranked by self-confidence {np.mean(rec_sc):.3f}")
     for r in rankings:
         print(f"    top-k recall, find_label_issues ranked by {r:28s}: {np.mean(rec[r]):.3f}  "
               f"(per seed {np.round(rec[r], 3)})")
@@ -158,22 +162,43 @@ def bench_inbox(root: Path, per_class: int = 10, seeds: int = 3, threshold: floa
     ds, paths, shas, x = load_set(root)
     y = ds.y
     k = len(ds.labels)
-    prec, cover, n_acc = [], [], []
+    from engine import crossval
+    from engine.head import Head
+
+    kinds = ("suggestions", "head alone")
+    prec: dict[str, list[float]] = {kind: [] for kind in kinds}
+    cover: dict[str, list[float]] = {kind: [] for kind in kinds}
+    n_acc: dict[str, list[int]] = {kind: [] for kind in kinds}
+    shown: dict[str, list[float]] = {kind: [] for kind in kinds}  # mean confidence of the accepted ones
+    ece: dict[str, list[float]] = {kind: [] for kind in kinds}  # calibration over the whole inbox
+    temps = []
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         labelled = np.concatenate([rng.choice(np.flatnonzero(y == c), per_class, replace=False) for c in range(k)])
         inbox = np.setdiff1d(np.arange(len(y)), labelled)
-        head = fit_head(x[labelled], y[labelled], k, TrainConfig(seed=seed)).head
-        probs = head.probabilities(x[inbox])
-        conf, pred = probs.max(1), probs.argmax(1)
-        take = conf >= threshold
-        n_acc.append(int(take.sum()))
-        prec.append(float(np.mean(pred[take] == y[inbox][take])) if take.any() else float("nan"))
-        cover.append(float(take.mean()))
+        fit = fit_head(x[labelled], y[labelled], k, TrainConfig(seed=seed))
+        head = fit.head
+        # what metrics.json stores as "predictions": out-of-fold probabilities at the head's temperature
+        oof_probs = np.round(crossval.softmax(fit.oof.logits / head.temperature), 6)
+        t = curate.suggestion_temperature(head.temperature, oof_probs, y[labelled])
+        temps.append((head.temperature, t))
+        for kind, h in zip(kinds, (Head(head.kernel, head.bias, t), head), strict=True):
+            probs = h.probabilities(x[inbox])
+            conf, pred = probs.max(1), probs.argmax(1)
+            take = conf >= threshold
+            n_acc[kind].append(int(take.sum()))
+            prec[kind].append(float(np.mean(pred[take] == y[inbox][take])) if take.any() else float("nan"))
+            cover[kind].append(float(take.mean()))
+            shown[kind].append(float(conf[take].mean()) if take.any() else float("nan"))
+            ece[kind].append(crossval.expected_calibration_error(probs, y[inbox]))
     print(f"\n[3] {root.name}: inbox with {per_class} labelled per class ({per_class * k}), "
           f"{len(y) - per_class * k} unsorted, {seeds} seeds")
-    print(f"    accept >= {threshold}: precision {np.nanmean(prec):.3f} (per seed {np.round(prec, 3)}), "
-          f"coverage {np.mean(cover):.3f} ({np.mean(n_acc):.0f} images)")
+    print(f"    temperature (head -> suggestions) per seed: {', '.join(f'{a:.2f}->{b:.2f}' for a, b in temps)}")
+    for kind in kinds:
+        print(f"    {kind:11s} accept >= {threshold}: precision {np.nanmean(prec[kind]):.3f} "
+              f"(per seed {np.round(prec[kind], 3)}), coverage {np.mean(cover[kind]):.3f} "
+              f"({np.mean(n_acc[kind]):.0f} images), their mean confidence {np.nanmean(shown[kind]):.3f}; "
+              f"ECE of all suggestions {np.mean(ece[kind]):.3f}")
 
 
 # ------------------------------------------------------------------------------------------------------------------

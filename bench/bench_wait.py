@@ -85,6 +85,30 @@ def baseline_child(image_dir: str, out: str) -> None:
                                      len(ds.labels), 0, export_dir=Path(out))
 
 
+def parity(image_dir: Path, out: Path, env: dict[str, str]) -> list[str]:
+    """Held-out accuracy of each exported variant (make_image_classifier's 80/20 split), composed models."""
+    sys.path.insert(0, str(REPO))
+    import json
+
+    import numpy as np
+
+    from engine import images
+    from engine.predict import TFLiteModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    run([sys.executable, "-m", "engine", "train", "--image_dir", str(image_dir), "--run_dir", str(out),
+         "--validation_split", "0.2"], env)
+    metrics = json.loads((out / "metrics.json").read_text())
+    labels = metrics["labels"]
+    rows = [p for p in metrics["predictions"] if Path(p["path"]).is_file()]
+    x = np.stack([images.prepare(p["path"], 224, False) for p in rows])
+    y = np.array([labels.index(p["true"]) for p in rows])
+    models = {v: TFLiteModel(out / f"model_{v}.tflite") for v in ("float32", "dynamic", "int8")}
+    top1 = {v: np.array([int(np.argmax(m.probabilities(img))) for img in x]) for v, m in models.items()}
+    return [f"{v}: held-out accuracy {np.mean(t == y):.3f}, top-1 agreement with float32 "
+            f"{np.mean(t == top1['float32']):.3f} ({len(y)} images)" for v, t in top1.items()]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The app in a browser
 # ----------------------------------------------------------------------------------------------------------------
@@ -192,6 +216,7 @@ def main() -> int:
             cli_train(large, tmp / "large-prime", warm_env)
             rows.append((f"CLI, warm, {sum(1 for _ in large.rglob('*.*'))}-photo project", cli_train(
                 large, tmp / "large", warm_env)))
+        held_out = parity(image_dir, tmp / "parity", warm_env)
         base = None
         if not args.skip_baseline:
             (tmp / "base").mkdir()
@@ -208,6 +233,9 @@ def main() -> int:
     print(f"\nDataset: {image_dir}\n{'what the user waits for':72s} {'seconds':>8s}")
     for name, seconds in rows:
         print(f"{name:72s} {seconds:8.1f}")
+    print("\nExported variants on images the model did not see:")
+    for line in held_out:
+        print("  " + line)
     for name, t in app.items():
         print(f"app, {name}: click -> Review {t['review']:.1f} s, float32 model {t['float32']:.1f} s, bundle "
               f"{t['bundle']:.1f} s (import of the folder {t['import']:.1f} s)")

@@ -155,7 +155,9 @@ def _print_summary(result) -> None:
     t = result.timings
     print(f"Time: {t['total_s']:.1f} s (features {t['embed_s']:.1f} s for {t['embedded_new']} new images, "
           f"head {t['head_s']:.2f} s)")
-    print(f"Run folder: {result.run_dir}  (bundle: {result.run_dir / 'bundle.zip'})")
+    from engine import runfolder
+
+    print(f"Run folder: {result.run_dir}  (bundle: {result.run_dir / runfolder.BUNDLE})")
     cfg = result.config
     for flag, path in (("saved_model_dir", cfg.saved_model_dir), ("labels_output_file", cfg.labels_output_file),
                        ("tflite_output_file", cfg.tflite_output_file)):

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +26,15 @@ import numpy as np
 from engine import images
 from engine.events import ProgressCallback, emit
 from engine.fileio import atomic_write_json
+from engine.runfolder import SNAPSHOT as SNAPSHOT_FILE
 
 log = logging.getLogger(__name__)
 
+# The one readiness rule ("enough images to train"): at least MIN_CLASSES classes, each with MIN_PER_CLASS images
+# (the split keeps one training and one validation image per class). `validate` applies it to a scanned folder,
+# `training_problem` to a project's class counts before a job is started.
+MIN_CLASSES = 2
 MIN_PER_CLASS = 2
-SNAPSHOT_FILE = "snapshot.json"
 
 
 class DatasetError(ValueError):
@@ -350,12 +355,29 @@ def _warn_duplicates(dataset: Dataset) -> None:
             log.warning("The same image is in classes %s: %s", ", ".join(classes), ", ".join(paths))
 
 
+def training_problem(class_counts: Mapping[str, int]) -> str | None:
+    """Why a project with these images per class ({class: n}, the inbox not included) cannot train, in the user's
+    words, or None. Same rule as `validate`: the engine would refuse such a folder, so the app says it before a job
+    is started for nothing."""
+    usable = [k for k, v in class_counts.items() if v >= MIN_PER_CLASS]
+    if len(usable) < MIN_CLASSES:
+        now = ", ".join(f"{k}: {v}" for k, v in class_counts.items()) or "no classes"
+        return (f"Training needs at least {MIN_CLASSES} classes with {MIN_PER_CLASS}+ images each (now: {now}). "
+                "Add and sort images on the Data page.")
+    small = [f"'{k}' ({v})" for k, v in class_counts.items() if 0 < v < MIN_PER_CLASS]
+    if small:
+        return (f"Every class needs at least {MIN_PER_CLASS} images to train; too few in {', '.join(small)}. Add "
+                "images to it, or delete the class on the Data page (its images go to the inbox).")
+    return None
+
+
 def validate(dataset: Dataset, image_dir: str | Path | None = None) -> None:
-    """DatasetError unless there are >= 2 classes with >= MIN_PER_CLASS usable images each."""
+    """DatasetError unless there are >= MIN_CLASSES classes with >= MIN_PER_CLASS usable images each."""
     where = image_dir or dataset.root
-    if len(dataset.labels) < 2:
+    if len(dataset.labels) < MIN_CLASSES:
         found = f"only 1 class ('{dataset.labels[0]}')" if dataset.labels else "no class with image files"
-        raise DatasetError(f"Image folder '{where}': found {found}; need at least 2 classes, one subfolder each")
+        raise DatasetError(f"Image folder '{where}': found {found}; need at least {MIN_CLASSES} classes, one "
+                           "subfolder each")
     for label, count in dataset.class_counts().items():
         if count < MIN_PER_CLASS:
             raise DatasetError(f"class '{label}' has {count} usable image{'s' if count != 1 else ''}"

@@ -27,7 +27,7 @@ import numpy as np
 from engine import images
 from engine.backbones import ResolvedBackbone, cache_root, load_feature_layer
 from engine.events import ProgressCallback, emit
-from engine.fileio import atomic_write_bytes
+from engine.fileio import atomic_write_bytes, thread_sqlite
 from engine.litert import tflite_interpreter
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,7 @@ class EmbeddingStore:
             )
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._local.conn = conn
-        return conn
+        return thread_sqlite(self._local, self.path)
 
     def get_many(self, shas: Sequence[str], backbone: str, preprocess: str) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}

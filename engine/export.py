@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine import __version__
+from engine import runfolder as rf
 from engine.events import ProgressCallback, emit
 from engine.fileio import atomic_path, atomic_write_bytes, atomic_write_text, json_default
 from engine.head import Head
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-VARIANTS = ("float32", "dynamic", "int8")
+VARIANTS = rf.VARIANTS  # file names and variants: engine.runfolder
 BUNDLE_PREDICT = Path(__file__).with_name("bundle_predict.py")
 # The bundle's requirements are ranges, so that it installs on the user's Python rather than only on ours: from the
 # oldest versions that predict.py and serve.py were run with (tests/test_serve.py::test_the_lowest_versions_...,
@@ -109,7 +110,7 @@ def save_saved_model(model, path: Path, image_size: int, labels: list[str]) -> N
             shutil.rmtree(tmp)
             tf.saved_model.save(model, str(tmp), signatures={"serving_default": serve})
         (tmp / "assets").mkdir(exist_ok=True)
-        (tmp / "assets" / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+        (tmp / "assets" / rf.LABELS).write_text("\n".join(labels) + "\n", encoding="utf-8")
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -170,7 +171,7 @@ def _tflite_stats(path: Path, variant: str, reference_top1: np.ndarray | None,
 def _card(card: dict[str, Any], labels: list[str], image_size: int, center_crop: bool,
           stats: dict[str, dict[str, Any]], keras_accuracy: float | None) -> dict[str, Any]:
     base = {"backbone": None, "config": None, "dataset_hash": None, "class_counts": None, "metrics": None}
-    default = next((f"model_{v}.tflite" for v in VARIANTS if v in stats), "saved_model")
+    default = next((rf.tflite_name(v) for v in VARIANTS if v in stats), rf.SAVED_MODEL)
     ours = {
         "format_version": FORMAT_VERSION,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -186,7 +187,7 @@ def _card(card: dict[str, Any], labels: list[str], image_size: int, center_crop:
             "resampling_training": TRAINING_RESAMPLING,
             "resampling_bundle_predict": BUNDLE_RESAMPLING,
         },
-        "saved_model": {"dir": "saved_model", "signature": "serving_default", "input": "images",
+        "saved_model": {"dir": rf.SAVED_MODEL, "signature": "serving_default", "input": "images",
                         "output": "probabilities", "input_spec": f"float32 [None,{image_size},{image_size},3] "
                                                                  "RGB in [0,1]",
                         "keras_val_accuracy": keras_accuracy},
@@ -224,8 +225,8 @@ def _finish(result: ExportResult, card: dict[str, Any], labels: list[str], image
     assets = result.saved_model_dir / "assets"
     assets.mkdir(exist_ok=True)
     # A SavedModel copied elsewhere (--saved_model_dir) still knows its label order and how it was made.
-    atomic_write_text(assets / "labels.txt", "\n".join(labels) + "\n")
-    atomic_write_text(assets / "model_card.json", text)
+    atomic_write_text(assets / rf.LABELS, "\n".join(labels) + "\n")
+    atomic_write_text(assets / rf.MODEL_CARD, text)
     log.info("Exported to %s in %.1f s", result.out_dir, time.perf_counter() - t0)
     return result
 
@@ -244,12 +245,12 @@ def export_composed(head: Head, resolved: ResolvedBackbone, labels: list[str], o
 
     out, checks = _prepare_out(out_dir, variants, checks)
     t0 = time.perf_counter()
-    labels_path = out / "labels.txt"
+    labels_path = out / rf.LABELS
     atomic_write_text(labels_path, "\n".join(labels) + "\n")
-    result = ExportResult(out, out / "saved_model", labels_path, out / "model_card.json")
+    result = ExportResult(out, out / rf.SAVED_MODEL, labels_path, out / rf.MODEL_CARD)
     wanted = [v for v in VARIANTS if v in variants]
     for n, variant in enumerate(wanted, start=1):
-        path = out / f"model_{variant}.tflite"
+        path = out / rf.tflite_name(variant)
         first = variant != "float32" and not compose.backbone_tflite_cached(resolved, variant)
         emit(progress, "stage", stage="export", message=f"Writing {path.name}" + (
             f" (first {variant} export of this backbone: converting it once, ~30 s)" if first else ""))
@@ -260,7 +261,7 @@ def export_composed(head: Head, resolved: ResolvedBackbone, labels: list[str], o
     emit(progress, "stage", stage="export", message="Writing the SavedModel" + (
         f" (first {head.n_classes}-class model of this backbone: tracing it once, ~15 s)" if first else ""))
     compose.saved_model_from_template(resolved, head, result.saved_model_dir)
-    emit(progress, "export", done=len(wanted) + 1, total=len(wanted) + 1, file="saved_model")
+    emit(progress, "export", done=len(wanted) + 1, total=len(wanted) + 1, file=rf.SAVED_MODEL)
     reference_top1 = reference_accuracy = None
     if checks is not None:
         reference = checks[2] if len(checks) > 2 else None
@@ -296,8 +297,8 @@ def export_model(model, labels: list[str], out_dir: str | Path, *, image_size: i
     out, validation = _prepare_out(out_dir, variants, validation)
     t0 = time.perf_counter()
     emit(progress, "stage", stage="export", message="Saving the TensorFlow SavedModel")
-    save_saved_model(model, out / "saved_model", image_size, labels)
-    labels_path = out / "labels.txt"
+    save_saved_model(model, out / rf.SAVED_MODEL, image_size, labels)
+    labels_path = out / rf.LABELS
     atomic_write_text(labels_path, "\n".join(labels) + "\n")
 
     keras_top1 = keras_accuracy = None
@@ -306,13 +307,13 @@ def export_model(model, labels: list[str], out_dir: str | Path, *, image_size: i
         keras_top1 = np.argmax(keras_probs, axis=1)
         keras_accuracy = float(np.mean(keras_top1 == np.asarray(validation[1])))
 
-    result = ExportResult(out, out / "saved_model", labels_path, out / "model_card.json")
+    result = ExportResult(out, out / rf.SAVED_MODEL, labels_path, out / rf.MODEL_CARD)
     for variant in VARIANTS:
         if variant not in variants:
             continue
         emit(progress, "stage", stage="export", message=f"Converting the {variant} TFLite model")
-        path = out / f"model_{variant}.tflite"
-        atomic_write_bytes(path, convert_tflite(out / "saved_model", variant, representative))
+        path = out / rf.tflite_name(variant)
+        atomic_write_bytes(path, convert_tflite(out / rf.SAVED_MODEL, variant, representative))
         result.tflite[variant] = path
         result.stats[variant] = _tflite_stats(path, variant, keras_top1, validation)
         log.info("%s: %d bytes, top-1 agreement with Keras %s", path.name, result.stats[variant]["bytes"],
@@ -412,27 +413,34 @@ def _zip_file(zf: zipfile.ZipFile, path: Path, name: str) -> None:
     zf.write(path, name, compress_type=zipfile.ZIP_STORED if weights else zipfile.ZIP_DEFLATED)
 
 
+def _zip_text(zf: zipfile.ZipFile, name: str, text: str) -> None:
+    info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
+    info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED  # writestr's default is 0600
+    zf.writestr(info, text)
+
+
 def write_bundle(out_dir: str | Path, bundle_path: str | Path) -> Path:
     """Zip the exported files with predict.py, requirements.txt and README.md; atomically, so a bundle that exists
     is complete."""
     out, bundle = Path(out_dir), Path(bundle_path)
-    card_path = out / "model_card.json"
-    if not card_path.exists() or not (out / "labels.txt").exists():
+    card_path = out / rf.MODEL_CARD
+    if not card_path.exists() or not (out / rf.LABELS).exists():
         raise FileNotFoundError(f"{out} has no exported model (model_card.json, labels.txt); export it first")
     card = json.loads(card_path.read_text(encoding="utf-8"))
-    files = [p for p in [card_path, out / "labels.txt", *sorted(out.glob("model_*.tflite"))] if p.exists()]
+    models = sorted(out / rf.tflite_name(v) for v in VARIANTS)
+    files = [p for p in [card_path, out / rf.LABELS, *models] if p.exists()]
     bundle.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(bundle) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for p in files:
             _zip_file(zf, p, p.name)
-        for p in sorted((out / "saved_model").rglob("*")):
+        for p in sorted((out / rf.SAVED_MODEL).rglob("*")):
             if p.is_file():
                 _zip_file(zf, p, p.relative_to(out).as_posix())
         zf.write(BUNDLE_PREDICT, "predict.py")
-        zf.writestr("requirements.txt", _requirements())
+        _zip_text(zf, "requirements.txt", _requirements())
         zf.write(BUNDLE_SERVE, "serve.py")  # HTTP server (issue 4)
-        zf.writestr("requirements-serve.txt", "-r requirements.txt\n" + _requirements(BUNDLE_SERVE_REQUIREMENTS))
-        zf.writestr("README.md", _readme(card))
+        _zip_text(zf, "requirements-serve.txt", "-r requirements.txt\n" + _requirements(BUNDLE_SERVE_REQUIREMENTS))
+        _zip_text(zf, "README.md", _readme(card))
         if BUNDLE_DOCKERFILE.exists():
             zf.write(BUNDLE_DOCKERFILE, "Dockerfile")
     log.info("Bundle written: %s (%.1f MB)", bundle, bundle.stat().st_size / 1e6)

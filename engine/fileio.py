@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,3 +73,14 @@ def read_json(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def thread_sqlite(local: threading.local, path: str | Path) -> sqlite3.Connection:
+    """This thread's connection to a cache database (one per thread: sqlite3 connections are not shared), in WAL
+    mode with a busy timeout so several processes can read and write it at once."""
+    conn = getattr(local, "conn", None)
+    if conn is None:
+        conn = sqlite3.connect(path, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        local.conn = conn
+    return conn

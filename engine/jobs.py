@@ -4,14 +4,19 @@ The app never holds a job in memory: everything a page needs (state, events, met
 `<project>/runs/<run_id>/`, so a reload, a second tab or a restarted server sees the same job. The subprocess is
 started in its own session (process group) with its output in `log.txt`; cancelling sends SIGTERM to the group.
 
-Files we write around the engine's own (see engine.runs):
-    run.json        what was started: run_id, project, command, pid, class counts, backbone
+Files we write around the engine's own (names and the status rule: engine.runfolder):
+    run.json        what was started: run_id, project, command, pid and its start time, class counts, backbone
     status.json     written "running" before the process starts; the engine then keeps it up to date
     cancel          marker: the user asked to stop
+
+A job that dies without writing its final state is recorded as failed (runfolder.settle) by the thread that
+launched it and watches it, or — when that process is gone too (a restarted server) — by `wait` and by the next
+`start_training` of the project. Reading a status (`job_status`, `list_runs`, `active_run`) never writes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,16 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine import runfolder
 from engine.config import TrainConfig
+from engine.dataset import training_problem
 from engine.events import read_events
 from engine.fileio import atomic_write_json, read_json
-from engine.workspace import (
-    INBOX,
-    Project,
-    WorkspaceError,
-    _pid_exists,
-    storage_error_message,
-)
+from engine.workspace import Project, WorkspaceError, storage_error_message
 
 log = logging.getLogger(__name__)
 
@@ -42,38 +43,15 @@ log = logging.getLogger(__name__)
 COMMAND_ENV = "RETRAIN_STUDIO_TRAIN_CMD"
 WORKER_ENV = "RETRAIN_STUDIO_WORKER"  # "0": start every job as a fresh `python -m engine` process
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DIED_MESSAGE = "the training process stopped unexpectedly"
-FINAL_STATES = ("succeeded", "failed", "cancelled")
+DIED_MESSAGE = runfolder.DIED_MESSAGE
+FINAL_STATES = runfolder.FINAL_STATES
+WATCH_EVERY_S = 0.5  # how often a job forked by the worker (not our child) is checked for having died
 
-_PROCS: dict[int, subprocess.Popen] = {}  # children of this process, so we can reap them (no zombies)
 _START_LOCK = threading.Lock()
 
 
 class JobError(RuntimeError):
     """A user-facing problem starting or stopping a job."""
-
-
-def _proc_start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int | None, start_time: str | None = None) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    proc = _PROCS.get(pid)
-    if proc is not None:
-        if proc.poll() is None:
-            return True
-        _PROCS.pop(pid, None)
-        return False
-    if not _pid_exists(pid):
-        return False
-    # the pid may have been reused by an unrelated process since
-    return start_time is None or _proc_start_time(pid) in (None, start_time)
 
 
 def new_run_id() -> str:
@@ -95,34 +73,13 @@ def _engine_command(image_dir: Path, run_dir: Path, config_path: Path) -> list[s
 
 
 def active_run(project: Project) -> str | None:
-    """The run id of the project's running job, if any (dead jobs are marked failed on the way)."""
-    if not project.runs_dir.is_dir():
-        return None
-    for run_dir in sorted(project.runs_dir.iterdir(), reverse=True):
-        if run_dir.is_dir() and (run_dir / "status.json").exists() and job_status(run_dir)["state"] == "running":
-            return run_dir.name
-    return None
-
-
-def data_problem(counts: dict[str, int], min_images_per_class: int = 2) -> str | None:
-    """Why these class counts cannot train (in the user's words), or None. The engine refuses a class folder with
-    fewer than `min_images_per_class` images, so such a class is named here before a job is started for nothing."""
-    counts = {k: v for k, v in counts.items() if k != INBOX}
-    usable = {k: v for k, v in counts.items() if v >= min_images_per_class}
-    if len(usable) < 2:
-        return (f"Training needs at least 2 classes with {min_images_per_class}+ images each "
-                f"(now: {', '.join(f'{k}: {v}' for k, v in counts.items()) or 'no classes'}). "
-                "Add and sort images on the Data page.")
-    small = [f"'{k}' ({v})" for k, v in counts.items() if 0 < v < min_images_per_class]
-    if small:
-        return (f"Every class needs at least {min_images_per_class} images to train; too few in "
-                f"{', '.join(small)}. Add images to it, or delete the class on the Data page (its images go to the "
-                "inbox).")
-    return None
+    """The run id of the project's running job, if any (runfolder.active_run: a dead job is not running)."""
+    run_dir = runfolder.active_run(project.runs_dir)
+    return None if run_dir is None else run_dir.name
 
 
 def start_training(project: Project, config: TrainConfig | dict[str, Any] | None = None, *,
-                   command: list[str] | None = None, min_images_per_class: int = 2) -> str:
+                   command: list[str] | None = None) -> str:
     """Start a training job for the project and return its run id.
 
     Refuses (JobError) when a job of this project is already running, or when the data cannot train.
@@ -130,8 +87,8 @@ def start_training(project: Project, config: TrainConfig | dict[str, Any] | None
     filled in. Without it, $RETRAIN_STUDIO_TRAIN_CMD (a JSON list) may do the same.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config or {}))
-    counts = {k: v for k, v in project.counts().items() if k != INBOX}
-    problem = data_problem(counts, min_images_per_class)
+    counts = project.class_counts()
+    problem = training_problem(counts)
     if problem:
         raise JobError(problem)
     if command is None and os.environ.get(COMMAND_ENV):
@@ -145,6 +102,7 @@ def start_training(project: Project, config: TrainConfig | dict[str, Any] | None
         with _START_LOCK, open(lock_path, "a+") as lock_fh:
             _lock_file(lock_fh)
             try:
+                runfolder.settle_all(project.runs_dir)  # jobs that died unwatched (their launcher restarted)
                 running = active_run(project)
                 if running is not None:
                     raise JobError(f"A training job of this project is already running ({running}); "
@@ -165,49 +123,61 @@ def start_training(project: Project, config: TrainConfig | dict[str, Any] | None
 def _launch(project: Project, cfg: TrainConfig, run_id: str, run_dir: Path, counts: dict[str, int],
             command: list[str] | None) -> str:
     image_dir = project.image_dir()
-    cfg.image_dir = str(image_dir)
-    cfg.run_dir = str(run_dir)
-    config_path = run_dir / "config.json"
+    cfg = dataclasses.replace(cfg, image_dir=str(image_dir), run_dir=str(run_dir))
+    config_path = run_dir / runfolder.CONFIG
     cfg.save(config_path)
     fill = {"run_dir": str(run_dir), "image_dir": str(image_dir), "config": str(config_path)}
     argv = [str(a).format(**fill) for a in command] if command else _engine_command(image_dir, run_dir, config_path)
     started = time.time()
-    atomic_write_json(run_dir / "status.json",
-                       {"state": "running", "pid": None, "started": started, "finished": None, "message": "starting"})
+    runfolder.write_launch_status(run_dir, runfolder.RUNNING, "starting", started)
     meta = {"run_id": run_id, "project": project.slug, "started": started, "command": argv, "counts": counts,
             "n_images": sum(counts.values()), "backbone": cfg.tfhub_module}
-    atomic_write_json(run_dir / "run.json", meta)
+    atomic_write_json(run_dir / runfolder.RUN, meta)
     env = _job_env()
     try:
-        pid = _spawn(argv, run_dir / "log.txt", env, use_worker=command is None)
+        pid, proc = _spawn(argv, run_dir / runfolder.LOG, env, use_worker=command is None)
     except OSError as exc:
-        atomic_write_json(run_dir / "status.json", {"state": "failed", "pid": None, "started": started,
-                                                     "finished": time.time(),
-                                                     "message": f"could not start training: {exc}"})
+        runfolder.write_launch_status(run_dir, "failed", f"could not start training: {exc}", started)
         raise JobError(f"Could not start the training process: {exc}") from exc
-    meta.update(pid=pid, proc_start=_proc_start_time(pid))
-    atomic_write_json(run_dir / "run.json", meta)
+    meta.update(pid=pid, proc_start=runfolder.process_start_time(pid))
+    atomic_write_json(run_dir / runfolder.RUN, meta)
+    # The launcher watches its job: one that dies without a final state is recorded failed at once.
+    threading.Thread(target=_watch, args=(run_dir, pid, meta["proc_start"], proc), daemon=True,
+                     name=f"watch-{pid}").start()
     log.info("started run %s of %s (pid %d): %s", run_id, project.slug, pid, shlex.join(argv))
     return run_id
 
 
-def _spawn(argv: list[str], log_path: Path, env: dict[str, str], use_worker: bool) -> int:
-    """Start the job and return its pid: forked from the long-lived worker (engine.worker: no start-up imports)
-    when it runs the engine itself, else (a custom command, or the worker cannot start) as a plain subprocess."""
+def _spawn(argv: list[str], log_path: Path, env: dict[str, str],
+           use_worker: bool) -> tuple[int, subprocess.Popen | None]:
+    """Start the job; (pid, the Popen when it is our own child). Forked from the long-lived worker (engine.worker:
+    no start-up imports) when it runs the engine itself, else (a custom command, or the worker cannot start) as a
+    plain subprocess."""
     if use_worker and os.environ.get(WORKER_ENV, "1") != "0" and argv[1:3] == ["-m", "engine"]:
         from engine.worker import CLIENT, WorkerError
 
         try:
-            return CLIENT.submit(argv[3:], str(log_path), str(REPO_ROOT), env)
+            return CLIENT.submit(argv[3:], str(log_path), str(REPO_ROOT), env), None
         except WorkerError as exc:
             log.warning("%s; starting the job as a plain process", exc)
     with open(log_path, "ab") as log_fh:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
                                 cwd=str(REPO_ROOT), env=env, start_new_session=True)
-    _PROCS[proc.pid] = proc
-    # Reap it when it ends, whether or not anyone asks for its status again (no <defunct> left behind).
-    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
-    return proc.pid
+    return proc.pid, proc
+
+
+def _watch(run_dir: Path, pid: int, proc_start: str | None, proc: subprocess.Popen | None) -> None:
+    """Until the job's process ends, then settle its status. Our own child is reaped here (no <defunct> left
+    behind); one forked by the worker is reaped by the worker and polled."""
+    try:
+        if proc is not None:
+            proc.wait()
+        else:
+            while runfolder.pid_alive(pid, proc_start):
+                time.sleep(WATCH_EVERY_S)
+        runfolder.settle(run_dir)
+    except Exception:  # noqa: BLE001 - a vanished run folder must not print a thread traceback in the app
+        log.debug("watching %s ended", run_dir, exc_info=True)
 
 
 def warm_worker() -> None:
@@ -250,59 +220,39 @@ def _unlock_file(fh) -> None:
 
 
 def job_status(run_dir: str | Path) -> dict[str, Any]:
-    """The run's status.json, corrected: a 'running' job whose process is gone is reported (and saved) as failed.
+    """The run's status as it is now (runfolder.read_status as a dict); never writes.
 
-    Keys: state (running|succeeded|failed|cancelled|unknown), pid, started, finished, message, and
-    downloadable (bundle.zip exists).
+    Keys: state (running|succeeded|failed|cancelled|unknown; a dead "running" job reads failed with DIED_MESSAGE),
+    pid, proc_start, started, finished, message, and downloadable (bundle.zip exists).
     """
-    run_dir = Path(run_dir)
-    status = read_json(run_dir / "status.json")
-    meta = read_json(run_dir / "run.json")
-    state = status.get("state")
-    if state is None:
-        status = {"state": "unknown", "message": "no status.json in this run folder", "pid": None,
-                  "started": meta.get("started"), "finished": None}
-    elif state == "running":
-        pid = status.get("pid") or meta.get("pid")
-        proc_start = meta.get("proc_start") if meta.get("pid") == pid else None
-        if pid is None and time.time() - float(status.get("started") or 0) < 30:
-            pass  # being started right now
-        elif not _alive(pid, proc_start):
-            status = read_json(run_dir / "status.json") or status  # it may have finished a moment ago
-            if status.get("state") == "running":
-                cancelled = (run_dir / "cancel").exists()
-                status.update(state="cancelled" if cancelled else "failed", finished=time.time(),
-                              message="cancelled by the user" if cancelled else DIED_MESSAGE)
-                atomic_write_json(run_dir / "status.json", status)
-    status.setdefault("message", "")
-    status["downloadable"] = (run_dir / "bundle.zip").exists()
-    return status
+    return runfolder.read_status(run_dir).as_dict()
 
 
 def cancel(run_dir: str | Path, timeout: float = 10.0) -> dict[str, Any]:
     """Stop a running job: SIGTERM its process group, SIGKILL after `timeout` seconds; status becomes cancelled."""
     run_dir = Path(run_dir)
-    status = job_status(run_dir)
-    if status["state"] != "running":
-        return status
-    (run_dir / "cancel").write_text(str(time.time()))
-    meta = read_json(run_dir / "run.json")
-    pid = status.get("pid") or meta.get("pid")
-    if isinstance(pid, int) and _alive(pid, meta.get("proc_start") if meta.get("pid") == pid else None):
+    status = runfolder.read_status(run_dir)
+    if not status.running:
+        return status.as_dict()
+    (run_dir / runfolder.CANCEL).write_text(str(time.time()))
+    meta = read_json(run_dir / runfolder.RUN)
+    pid = status.pid or meta.get("pid")
+    proc_start = status.proc_start or (meta.get("proc_start") if meta.get("pid") == pid else None)
+    if isinstance(pid, int) and runfolder.pid_alive(pid, proc_start):
         _signal_group(pid, signal.SIGTERM)
         deadline = time.time() + timeout
-        while time.time() < deadline and _alive(pid):
+        while time.time() < deadline and runfolder.pid_alive(pid, proc_start):
             time.sleep(0.1)
-        if _alive(pid):
+        if runfolder.pid_alive(pid, proc_start):
             _signal_group(pid, signal.SIGKILL)
             deadline = time.time() + 5
-            while time.time() < deadline and _alive(pid):
+            while time.time() < deadline and runfolder.pid_alive(pid, proc_start):
                 time.sleep(0.1)
-    status = read_json(run_dir / "status.json")
-    if status.get("state") not in ("succeeded",):
-        status.update(state="cancelled", finished=status.get("finished") or time.time(),
-                      message="cancelled by the user")
-        atomic_write_json(run_dir / "status.json", status)
+    stored = read_json(run_dir / runfolder.STATUS)
+    if stored.get("state") != "succeeded":
+        stored.update(state="cancelled", finished=stored.get("finished") or time.time(),
+                      message=runfolder.CANCELLED_MESSAGE)
+        atomic_write_json(run_dir / runfolder.STATUS, stored)
     return job_status(run_dir)
 
 
@@ -317,26 +267,29 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def wait(run_dir: str | Path, timeout: float = 600, poll: float = 0.2) -> dict[str, Any]:
-    """Block until the job is no longer running (tests, scripts). Returns the final status."""
+    """Block until the job is no longer running (tests, scripts). Returns the final status, settled: a job that
+    died is recorded as failed in status.json before this returns."""
     deadline = time.time() + timeout
     while True:
-        status = job_status(run_dir)
-        if status["state"] != "running" or time.time() > deadline:
-            return status
+        status = runfolder.read_status(run_dir)
+        if not status.running:
+            return runfolder.settle(run_dir).as_dict()
+        if time.time() > deadline:
+            return status.as_dict()
         time.sleep(poll)
 
 
 def load_metrics(run_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / "metrics.json"
+    path = Path(run_dir) / runfolder.METRICS
     return read_json(path) if path.exists() else None
 
 
 def events(run_dir: str | Path) -> list[dict[str, Any]]:
-    return read_events(Path(run_dir) / "events.jsonl")
+    return read_events(Path(run_dir) / runfolder.EVENTS)
 
 
 def log_tail(run_dir: str | Path, lines: int = 40) -> str:
-    path = Path(run_dir) / "log.txt"
+    path = Path(run_dir) / runfolder.LOG
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -352,15 +305,12 @@ def log_tail(run_dir: str | Path, lines: int = 40) -> str:
 def list_runs(project: Project) -> list[dict[str, Any]]:
     """One row per run, newest first: run_id, started, state, val_accuracy, backbone, n_images, duration (s)."""
     rows = []
-    if not project.runs_dir.is_dir():
-        return rows
-    for run_dir in sorted((p for p in project.runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                          reverse=True):
-        if not (run_dir / "status.json").exists() and not (run_dir / "run.json").exists():
+    for run_dir in runfolder.run_dirs(project.runs_dir):
+        if not (run_dir / runfolder.STATUS).exists() and not (run_dir / runfolder.RUN).exists():
             continue
         status = job_status(run_dir)
-        meta = read_json(run_dir / "run.json")
-        cfg = read_json(run_dir / "config.json")
+        meta = read_json(run_dir / runfolder.RUN)
+        cfg = read_json(run_dir / runfolder.CONFIG)
         metrics = load_metrics(run_dir) if status["state"] == "succeeded" else None
         val_acc = metrics.get("val_accuracy") if metrics else None
         if val_acc is None:
@@ -396,11 +346,11 @@ def delete_run(project: Project, run_id: str) -> None:
     import shutil
 
     run_dir = run_path(project, run_id)
-    if job_status(run_dir)["state"] == "running":
+    if runfolder.read_status(run_dir).running:
         raise JobError("This run is still training: cancel it first.")
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-__all__ = ["COMMAND_ENV", "DIED_MESSAGE", "JobError", "WorkspaceError", "active_run", "cancel", "data_problem",
-           "delete_run", "events", "job_status", "latest_run", "list_runs", "load_metrics", "log_tail", "new_run_id",
-           "run_path", "start_training", "wait"]
+__all__ = ["COMMAND_ENV", "DIED_MESSAGE", "JobError", "WorkspaceError", "active_run", "cancel", "delete_run",
+           "events", "job_status", "latest_run", "list_runs", "load_metrics", "log_tail", "new_run_id", "run_path",
+           "start_training", "wait"]

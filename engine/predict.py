@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 
 from engine import images
+from engine.runfolder import LABELS, MODEL_CARD, MODEL_PREFERENCE
 
 log = logging.getLogger(__name__)
-
-MODEL_PREFERENCE = ("model_float32.tflite", "model_dynamic.tflite", "model_int8.tflite", "saved_model")
 
 
 class PredictError(ValueError):
@@ -245,7 +244,7 @@ def _resolve(path: Path) -> tuple[Path, list[Path], Any]:
         unpacked = _unzip(path)
         path = Path(unpacked.name)
     if path.is_dir() and not (path / "saved_model.pb").exists():  # a run or bundle folder: its default model
-        path = _pick_model(path, _read_card(path / "model_card.json"))
+        path = _pick_model(path, _read_card(path / MODEL_CARD))
     if path.is_dir():
         return path, [path / "assets", path, path.parent], unpacked
     if path.is_file() and path.suffix == ".tflite":
@@ -259,7 +258,7 @@ def _resolve(path: Path) -> tuple[Path, list[Path], Any]:
 def load_predictor(model_path: str, labels_path: str | None = None, num_threads: int | None = None) -> Predictor:
     """A Predictor for a .tflite file, a SavedModel folder, a run/bundle folder or a bundle .zip."""
     model, beside, unpacked = _resolve(Path(model_path).expanduser())
-    card = _read_card(*(d / "model_card.json" for d in beside))
+    card = _read_card(*(d / MODEL_CARD for d in beside))
     backend = SavedModelBackend(model) if model.is_dir() else TFLiteModel(model, num_threads)
     labels = _labels(labels_path, beside, card, backend.n_outputs)
     size = (card or {}).get("image_size") or backend.input_size
@@ -277,7 +276,7 @@ def _labels(labels_path: str | None, beside: list[Path], card: dict | None, n_ou
             raise PredictError(f"Label file not found: {path}")
         labels = _read_labels(path)
     else:
-        found = next((d / "labels.txt" for d in beside if (d / "labels.txt").is_file()), None)
+        found = next((d / LABELS for d in beside if (d / LABELS).is_file()), None)
         labels = _read_labels(found) if found else list((card or {}).get("labels") or [])
     if not labels:
         log.warning("No labels.txt found; naming the outputs by index")

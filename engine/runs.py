@@ -1,30 +1,21 @@
-"""A training run as a self-describing folder: config, event log, status, metrics, exported models and bundle.
-
-    <run_dir>/config.json      the TrainConfig used
-    <run_dir>/events.jsonl     progress events (engine.events), polled by the app
-    <run_dir>/status.json      {"state": running|succeeded|failed|cancelled, "pid", "started", "finished", "message"}
-    <run_dir>/metrics.json     per-class metrics, confusion matrix, per-image predictions, history: Review opens
-    <run_dir>/head.npz         the trained head (kernel, bias, temperature), for scoring cached embeddings
-    <run_dir>/snapshot.json    (sha256, label) of every image the run trained on
-    <run_dir>/model_card.json, labels.txt, saved_model/, model_*.tflite   (engine.export)
-    <run_dir>/bundle.zip       written last and atomically: if it exists, the run is complete and downloadable
-"""
+"""A training run into its run folder (layout and status rules: engine.runfolder): config, event log, status,
+metrics, head, snapshot, exported models, and bundle.zip written last (if it exists, the run is complete)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
-import os
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from engine import runfolder as rf
 from engine.config import TrainConfig
 from engine.dataset import write_snapshot
 from engine.events import EventLog, ProgressCallback, emit, tee
-from engine.fileio import atomic_write_bytes, atomic_write_json, read_json
+from engine.fileio import atomic_write_bytes, atomic_write_json
 from engine.head import Head
 from engine.train import (
     AccuracyError,
@@ -38,7 +29,8 @@ from engine.train import (
 log = logging.getLogger(__name__)
 
 CHECK_IMAGES = 32  # images run through every exported variant to measure agreement (~0.5 s in all)
-HEAD_FILE = "head.npz"
+HEAD_FILE = rf.HEAD
+write_status = rf.write_status  # the training process's own status (kept here for callers of engine.runs)
 
 
 class Cancelled(Exception):
@@ -55,31 +47,20 @@ def default_run_dir(base: str | Path = "runs") -> Path:
     return path
 
 
-def write_status(run_dir: Path, state: str, message: str = "", **extra: Any) -> None:
-    status_path = run_dir / "status.json"
-    status = read_json(status_path)
-    status.update(state=state, message=message, pid=os.getpid(), **extra)
-    if state == "running":
-        status.setdefault("started", time.time())
-    else:
-        status["finished"] = time.time()
-    atomic_write_json(status_path, status)
-
-
 def execute(cfg: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
     """Run the whole job into cfg.run_dir; the status file always ends as succeeded, failed or cancelled."""
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir()
-    cfg.run_dir = str(run_dir)
+    cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("bundle.zip", "metrics.json"):  # a re-used folder must not offer an old result
+    for stale in (rf.BUNDLE, rf.METRICS):  # a re-used folder must not offer an old result
         (run_dir / stale).unlink(missing_ok=True)
-    cfg.save(run_dir / "config.json")
-    progress = tee(progress, EventLog(run_dir / "events.jsonl"))
+    cfg.save(run_dir / rf.CONFIG)
+    progress = tee(progress, EventLog(run_dir / rf.EVENTS))
     write_status(run_dir, "running", "training")
     try:
         result = _execute(cfg, run_dir, progress)
     except Cancelled as exc:
-        write_status(run_dir, "cancelled", str(exc) or "cancelled by the user")
+        write_status(run_dir, "cancelled", str(exc) or rf.CANCELLED_MESSAGE)
         emit(progress, "error", message="cancelled")
         raise
     except BaseException as exc:
@@ -100,13 +81,13 @@ def _execute(cfg: TrainConfig, run_dir: Path, progress: ProgressCallback) -> Tra
     write_snapshot(result.data.dataset, run_dir)  # what this run trained on: (sha256, label) of every image
     metrics = {**result.metrics, "history": result.history, "timings": result.timings,
                "skipped": [{"path": s.path, "reason": s.reason} for s in result.data.dataset.skipped]}
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(run_dir / rf.METRICS, metrics)
     if cfg.summaries_dir:  # make_image_classifier's TensorBoard output (imports TensorFlow: only when asked)
         from engine.summaries import write_summaries
 
         write_summaries(cfg.summaries_dir, result.history)
-    write_head(run_dir / HEAD_FILE, result.head)
-    emit(progress, "result", val_accuracy=result.val_accuracy, metrics_file=str(run_dir / "metrics.json"))
+    write_head(run_dir / rf.HEAD, result.head)
+    emit(progress, "result", val_accuracy=result.val_accuracy, metrics_file=str(run_dir / rf.METRICS))
     check_accuracy(result, cfg.assert_accuracy_at_least)
     emit(progress, "stage", stage="export", message="Exporting SavedModel and TFLite models")
     data, size = result.data, result.data.resolved.image_size
@@ -120,8 +101,8 @@ def _execute(cfg: TrainConfig, run_dir: Path, progress: ProgressCallback) -> Tra
         result.export = export_model(
             result.model, result.labels, run_dir, image_size=size, center_crop=cfg.center_crop,
             validation=checks, card=model_card(result), variants=tuple(cfg.quantize), progress=progress)
-    emit(progress, "stage", stage="export", message="Writing bundle.zip")
-    write_bundle(run_dir, run_dir / "bundle.zip")
+    emit(progress, "stage", stage="export", message=f"Writing {rf.BUNDLE}")
+    write_bundle(run_dir, run_dir / rf.BUNDLE)
     write_legacy_outputs(result.export, saved_model_dir=cfg.saved_model_dir,
                          labels_output_file=cfg.labels_output_file, tflite_output_file=cfg.tflite_output_file)
     return result

@@ -3,8 +3,8 @@
 A retrain on cached features takes about a second; starting `python -m engine train` and importing NumPy,
 scikit-learn, OpenCV and the engine takes longer than that. The worker imports them once, then forks one child per
 job. A child is an ordinary process in its own session, exactly like the subprocess it replaces: its pid goes into
-status.json, cancel signals its process group, and if it crashes the pid check marks the run failed. The worker
-reaps its children at once (no zombies) and exits when the app that started it is gone.
+status.json, cancel signals its process group, and if it crashes the app's watcher (engine.runfolder.settle) records
+the run as failed. The worker reaps its children at once (no zombies) and exits when the app that started it is gone.
 
 TensorFlow is never imported in the worker itself: its thread pools do not survive fork(). A child that needs it
 (fine-tuning, the first conversion of a backbone) imports it after forking.

@@ -30,7 +30,6 @@ import argparse
 import errno
 import functools
 import io
-import json
 import logging
 import os
 import re
@@ -46,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import runfolder
 from engine.fileio import TEMP_PREFIX, atomic_write_bytes
 from engine.images import SUPPORTED, ImageError, bytes_sha256, load_image, sniff_kind
 
@@ -529,18 +529,8 @@ class Project:
         return None if snap is None else snap.changed(self.labels())
 
     def running_job(self) -> Path | None:
-        """The run folder of a live training job, if any (status.json says running and its pid exists)."""
-        if not self.runs_dir.is_dir():
-            return None
-        for status_file in self.runs_dir.glob("*/status.json"):
-            try:
-                status = json.loads(status_file.read_text())
-            except (OSError, ValueError):
-                continue
-            pid = status.get("pid")
-            if status.get("state") == "running" and isinstance(pid, int) and _pid_exists(pid):
-                return status_file.parent
-        return None
+        """The run folder of a live training job, if any (engine.runfolder's rule, the same as engine.jobs')."""
+        return runfolder.active_run(self.runs_dir)
 
     # --- classes --------------------------------------------------------------------------------------------------
     def classes(self) -> list[str]:
@@ -555,6 +545,13 @@ class Project:
                 out[INBOX if cls is None else cls] = n
         out.setdefault(INBOX, 0)
         return out
+
+    def class_counts(self) -> dict[str, int]:
+        """Images per class, every class (also empty ones), sorted by name; the inbox is not a class
+        (its count: `count(INBOX)`)."""
+        counts = self.counts()
+        del counts[INBOX]
+        return counts
 
     @_storage_errors("Saving the class keys")
     def class_keys(self, keys: Sequence[str]) -> dict[str, str]:
@@ -1337,24 +1334,6 @@ def _zip_layout(all_parts: list[list[str]], known_classes: set[str]):
         return None
 
     return layout
-
-
-def _pid_exists(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    try:  # a zombie (exited, not yet reaped) is not running
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -143,8 +143,12 @@ def test_two_people_sort_browse_and_train_on_one_project(two, server, workspace_
     open_page(a, server, "train", project.slug)
     tb.click(a, a.get_by_text("Advanced options"), rerun=False)
     tb.float32_only(a)
+    # A head-only retrain is over in about a second, often before B's first click lands; fine-tuning reads every
+    # image again (through the run's snapshot) for tens of seconds, so B's moves surely happen during the run.
+    tb.click(a, a.get_by_text("Fine-tune the backbone"), rerun=False)
     tb.click(a, a.get_by_role("button", name="Start training"))
     run_dir = jobs.run_path(project, jobs.active_run(project) or jobs.latest_run(project, state=None))
+    assert json.loads((run_dir / "config.json").read_text())["do_fine_tuning"] is True
     acted, deadline = [], time.time() + 90
     while jobs.job_status(run_dir)["state"] == "running" and time.time() < deadline and project.count("green") > 4:
         tb.click(b, b.get_by_role("button", name="Move 1", exact=True))  # a green image to the inbox
@@ -155,7 +159,7 @@ def test_two_people_sort_browse_and_train_on_one_project(two, server, workspace_
     while project.count(INBOX):
         tb.click(b, b.locator(".st-key-sort_to_0 button"))
         acted.append(time.time())
-    expect(a.get_by_text("Done: validation accuracy")).to_be_visible(timeout=60_000)
+    expect(a.get_by_text("Done: validation accuracy")).to_be_visible(timeout=240_000)
     status = jobs.job_status(run_dir)
     assert status["state"] == "succeeded", status
     scanned = next(e["time"] for e in jobs.events(run_dir) if e.get("type") == "scan")

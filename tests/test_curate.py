@@ -169,6 +169,28 @@ def test_label_issues_find_flipped_labels():
     assert found.timings["out_of_fold_s"] >= 0
 
 
+def test_suggestion_temperature_is_conservative_only_for_small_samples():
+    from engine.crossval import fit_temperature, softmax
+
+    rng = np.random.default_rng(0)
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:  # calibrated 3-class probabilities and labels drawn from them
+        p = softmax(rng.normal(scale=3.0, size=(n, 3)))
+        return p, np.array([rng.choice(3, p=row) for row in p])
+
+    for n, head_t in ((40, 0.6), (3000, 0.6)):
+        p, y = sample(n)
+        point = fit_temperature(np.log(p) * head_t, y)  # what fit_head would choose on these rows
+        t = curate.suggestion_temperature(head_t, p, y)
+        assert t >= head_t
+        if n == 40:
+            assert t > 1.1 * point  # a small sample: the upper end of what it supports
+        else:
+            assert abs(t - point) < 0.05 * point  # thousands of rows: as fitted
+    p, y = sample(3)
+    assert curate.suggestion_temperature(0.7, p[:1], y[:1]) == 0.7  # too few rows: the head's own
+
+
 def test_label_issues_tolerate_an_empty_class_column():
     x, y = blobs(k=2)
     probs = np.column_stack([np.where(y == 0, 0.9, 0.1), np.where(y == 0, 0.1, 0.9), np.zeros(len(y))])
@@ -293,6 +315,21 @@ def test_inbox_suggestions_accept_and_refresh_without_reembedding(project):
         embeddings.Embedder.__init__ = original
     assert calls == [] and len(flipped) == 9
     assert [s.class_name for s in flipped] != [s.class_name for s in sugg]
+    # a run whose out-of-fold predictions (metrics.json) are few and partly wrong: suggestions get less sure, same class
+    from engine.crossval import softmax
+
+    run3 = fake_run(project, list(KINDS), kernel, bias, name="run3")
+    probs = softmax(feats @ kernel + bias)
+    truth_l = [KINDS[i] for i in y]
+    truth_l[0], truth_l[5] = KINDS[(y[0] + 1) % 3], KINDS[(y[5] + 1) % 3]  # two mistakes the T fit must explain
+    (run3 / "metrics.json").write_text(json.dumps({"labels": list(KINDS), "predictions": [
+        {"sha256": labelled[i].sha256, "true": t, "probs": p.tolist()} for i, t, p in zip(ok, truth_l, probs,
+                                                                                          strict=True)]}))
+    assert curate.run_suggestion_temperature(run3, curate.load_head(run3)) > 1.0
+    humble = {s.sha256: s for s in curate.inbox_suggestions(project)}
+    assert {s.sha256: s.class_name for s in sugg} == {k: s.class_name for k, s in humble.items()}
+    assert all(humble[s.sha256].confidence <= s.confidence + 1e-6 for s in sugg)
+    assert any(humble[s.sha256].confidence < s.confidence - 1e-3 for s in sugg)
     # accept >= threshold moves only those
     sure = [s for s in sugg if s.confidence >= 0.5]
     moved = curate.accept_suggestions(project, sugg, 0.5)

@@ -1125,6 +1125,9 @@ def test_kill_9_mid_epoch_and_mid_export_then_the_next_run_succeeds(tmp_path, mo
         status = wait_for(lambda run_dir=run_dir: (s := jobs.job_status(run_dir))["state"] != "running" and s, 30,
                           "the killed job to be noticed")
         assert status["state"] == "failed" and status["message"] == jobs.DIED_MESSAGE, status
+        # reading never writes: the launcher's watcher (or wait) records the death in status.json, once
+        settled = jobs.wait(run_dir, timeout=5)
+        assert (settled["state"], settled["message"]) == ("failed", jobs.DIED_MESSAGE), settled
         assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"  # saved, not just reported
         assert not status["downloadable"] and not (run_dir / "bundle.zip").exists()
         killed[moment] = run_dir

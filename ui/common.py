@@ -342,13 +342,13 @@ def pick_run(project: Project, label: str = "Trained model", while_exporting: bo
 
     with while_exporting, a running job whose metrics are already written counts too: training takes seconds and
     export most of a minute, so Review can start while the models are still being converted."""
-    from engine import jobs
+    from engine import jobs, runfolder
 
     def usable(r: dict) -> bool:
         if r["state"] == "succeeded":
             return True
         return while_exporting and r["state"] == "running" and (jobs.run_path(project, r["run_id"]) /
-                                                               "metrics.json").exists()
+                                                               runfolder.METRICS).exists()
 
     runs = [r for r in jobs.list_runs(project) if usable(r)]
     if not runs:

@@ -91,7 +91,8 @@ def accept_button(project: Project, rec: ImageRecord, sugg: dict[str, curate.Sug
         return
     st.button(f"Accept: {s.class_name} ({s.confidence:.0%})", key="sort_accept", shortcut="Enter", type="primary",
               width="stretch", icon=":material/check:", on_click=on_accept, args=(rec.sha256, s.class_name),
-              help="The newest model's suggestion for this image. Enter accepts it.")
+              help="The newest model's suggestion for this image; the confidence is checked against the images "
+              "the model was trained on (cautiously while there are few). Enter accepts it.")
 
 
 def bulk_accept(project: Project, sugg: dict[str, curate.Suggestion]) -> None:

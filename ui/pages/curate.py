@@ -19,8 +19,8 @@ common.show_flash()
 
 SHOW = 24  # findings per section on one page
 MAP_HOVER_THUMBS = 400  # above this many points the map's hover shows names only (thumbnails would weigh MBs)
-counts = project.counts()
-classes = [c for c in counts if c != INBOX]
+counts = project.class_counts()
+classes = list(counts)
 labelled = sum(counts[c] for c in classes)
 STATE = f"curate::{project.slug}"
 DONE = f"{STATE}::done"

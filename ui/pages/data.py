@@ -22,9 +22,9 @@ UNDO_DEPTH = 50
 
 # One id per browser session: leases (which inbox image this sorter is looking at) and "by someone else" use it.
 session_id = st.session_state.setdefault("data_session_id", uuid.uuid4().hex[:16])
-counts = project.counts()
-classes = [c for c in counts if c != INBOX]
-n_inbox = counts.get(INBOX, 0)
+counts = project.class_counts()
+classes = list(counts)
+n_inbox = project.count(INBOX)
 for kind, message in st.session_state.pop("data_toasts", []):
     st.toast(message, icon=":material/warning:" if kind == "warning" else ":material/check:")
 
@@ -262,7 +262,7 @@ def _browse_section() -> None:
         st.session_state["browse_view"] = classes[0] if classes and not n_inbox else INBOX
     view = c1.selectbox("Show", views, format_func=common.class_label, key="browse_view")
     size = c2.selectbox("Per page", PAGE_SIZES, key="browse_size")
-    total = counts.get(view, 0)
+    total = n_inbox if view == INBOX else counts.get(view, 0)
     n_pages = max(1, -(-total // size))
     page_key = f"browse_page_{view}"
     if int(st.session_state.get(page_key, 1)) > n_pages:

@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import jobs
+from engine import runfolder as rf
 from ui import common
 
 project = common.require_project()
@@ -29,12 +30,12 @@ if run_dir is None:
     st.stop()
 exporting = jobs.job_status(run_dir)["state"] == "running"
 
+VARIANT_TEXT = {"float32": "TFLite, float32", "dynamic": "TFLite, dynamic-range quantized (smaller)",
+                "int8": "TFLite, full int8 (microcontrollers, Edge TPU)"}
 FILES = [
-    ("model_float32.tflite", "TFLite, float32", "application/octet-stream"),
-    ("model_dynamic.tflite", "TFLite, dynamic-range quantized (smaller)", "application/octet-stream"),
-    ("model_int8.tflite", "TFLite, full int8 (microcontrollers, Edge TPU)", "application/octet-stream"),
-    ("labels.txt", "Labels (line i = output i)", "text/plain"),
-    ("model_card.json", "Model card", "application/json"),
+    *((rf.tflite_name(v), VARIANT_TEXT.get(v, f"TFLite, {v}"), "application/octet-stream") for v in rf.VARIANTS),
+    (rf.LABELS, "Labels (line i = output i)", "text/plain"),
+    (rf.MODEL_CARD, "Model card", "application/json"),
 ]
 
 
@@ -48,9 +49,9 @@ def _saved_model_zip() -> bytes:
     if not target.exists():
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for f in sorted((run_dir / "saved_model").rglob("*")):
+            for f in sorted((run_dir / rf.SAVED_MODEL).rglob("*")):
                 if f.is_file():
-                    zf.write(f, Path("saved_model") / f.relative_to(run_dir / "saved_model"))
+                    zf.write(f, Path(rf.SAVED_MODEL) / f.relative_to(run_dir / rf.SAVED_MODEL))
         fd, tmp = tempfile.mkstemp(dir=run_dir, suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(buf.getvalue())
@@ -74,7 +75,7 @@ def _size(path: Path) -> str:
 
 def _read_card() -> dict | None:
     try:
-        card = json.loads((run_dir / "model_card.json").read_text())
+        card = json.loads((run_dir / rf.MODEL_CARD).read_text())
     except (OSError, ValueError):
         return None
     return card if isinstance(card, dict) else None
@@ -86,7 +87,7 @@ def _variants_table(card: dict) -> None:
     for variant, s in (card.get("tflite") or {}).items():
         if not isinstance(s, dict):
             continue
-        path = run_dir / str(s.get("file") or f"model_{variant}.tflite")
+        path = run_dir / str(s.get("file") or rf.tflite_name(variant))
         size = s.get("bytes") or (path.stat().st_size if path.exists() else None)
         rows.append({"model": path.name, "size": _fmt_bytes(size),
                      "same answer as the SavedModel": s.get("agreement_top1_vs_keras"),
@@ -104,7 +105,7 @@ def _variants_table(card: dict) -> None:
 
 
 # --- downloads -----------------------------------------------------------------------------------------------------
-bundle = run_dir / "bundle.zip"
+bundle = run_dir / rf.BUNDLE
 slug = project.slug
 bundle_name = f"{slug}-{run_dir.name}.zip"
 
@@ -132,8 +133,8 @@ def downloads() -> None:
     cols = st.columns(3)
     i = 0
     # the SavedModel folder is written file by file: offer it once the run is complete
-    if (run_dir / "saved_model").is_dir() and not still_exporting:
-        cols[i % 3].download_button(f"SavedModel (zip, {_size(run_dir / 'saved_model')})", data=_saved_model_zip,
+    if (run_dir / rf.SAVED_MODEL).is_dir() and not still_exporting:
+        cols[i % 3].download_button(f"SavedModel (zip, {_size(run_dir / rf.SAVED_MODEL)})", data=_saved_model_zip,
                                     file_name=f"{slug}-saved_model.zip", mime="application/zip",
                                     on_click="ignore", key="dl_saved_model", width="stretch")
         i += 1
@@ -190,8 +191,7 @@ _threshold_chart()
 # --- try -----------------------------------------------------------------------------------------------------------
 st.divider()
 st.subheader("Try an image")
-models = [p for p in ("model_float32.tflite", "model_dynamic.tflite", "model_int8.tflite", "saved_model")
-          if (run_dir / p).exists() and not (p == "saved_model" and exporting)]
+models = [p for p in rf.MODEL_PREFERENCE if (run_dir / p).exists() and not (p == rf.SAVED_MODEL and exporting)]
 
 
 def _add_to_data(data: bytes, name: str, class_key: str, done_key: str) -> None:
@@ -213,7 +213,7 @@ def _try(up, label: str) -> None:
 
         data = up.getvalue()
         pixels = load_image(data, name=label)
-        labels_path = run_dir / "labels.txt"
+        labels_path = run_dir / rf.LABELS
         predictor = common.predictor(run_dir / model_name, labels_path if labels_path.exists() else None)
         top = predictor.predict(pixels, top_k=5)
         i1, i2 = st.columns([1, 1])

@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import jobs
+from engine import runfolder as rf
 from ui import common
 
 project = common.require_project()
@@ -35,7 +36,7 @@ def _retrain() -> None:
     from engine.config import TrainConfig
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}  # a setting an older version wrote is dropped
-    data = {k: v for k, v in _read_json(run_dir / "config.json").items() if k in known}
+    data = {k: v for k, v in _read_json(run_dir / rf.CONFIG).items() if k in known}
     cfg = common.guarded("Reading the run's settings", TrainConfig.from_dict, data)
     run_id = common.guarded("Starting training", jobs.start_training, project, cfg) if cfg is not None else None
     if run_id:
@@ -47,14 +48,14 @@ def _retrain_and_changes() -> None:
     """A "Retrain now" button (the shown run's settings); while that runs, its progress; after it, what changed."""
     active = jobs.active_run(project)
     pending = st.session_state.get("retrain_id")
-    if pending and not (jobs.run_path(project, pending) / "metrics.json").exists() \
+    if pending and not (jobs.run_path(project, pending) / rf.METRICS).exists() \
             and jobs.job_status(jobs.run_path(project, pending))["state"] == "running":
         _watch_retrain(pending)
         return
     if pending:
         st.session_state.pop("retrain_id", None)
         state = jobs.job_status(jobs.run_path(project, pending))["state"]
-        if state != "succeeded" and not (jobs.run_path(project, pending) / "metrics.json").exists():
+        if state != "succeeded" and not (jobs.run_path(project, pending) / rf.METRICS).exists():
             st.error(f"Retraining ({pending}) {state}: the Train page shows why.")
     c1, c2 = st.columns([1, 3], vertical_alignment="center")
     c1.button("Retrain now", key="review_retrain", type="primary", icon=":material/replay:", on_click=_retrain,
@@ -75,7 +76,7 @@ def _retrain_and_changes() -> None:
     from engine.compare import diff_runs
 
     before = jobs.load_metrics(previous) or {}
-    diff = diff_runs(before, metrics, _read_json(previous / "config.json"), _read_json(run_dir / "config.json"))
+    diff = diff_runs(before, metrics, _read_json(previous / rf.CONFIG), _read_json(run_dir / rf.CONFIG))
     with st.expander(f"What changed since the previous run ({previous.name})", expanded=True):
         common.show_run_diff(project, diff, previous.name, run_dir.name, key="review_diff")
 
@@ -84,7 +85,7 @@ def _retrain_and_changes() -> None:
 def _watch_retrain(run_id: str) -> None:
     run = jobs.run_path(project, run_id)
     status = jobs.job_status(run)
-    if (run / "metrics.json").exists() or status["state"] != "running":
+    if (run / rf.METRICS).exists() or status["state"] != "running":
         st.rerun(scope="app")
     events = jobs.events(run)
     stage = next((e.get("message") for e in reversed(events) if e.get("type") == "stage"), None)
@@ -114,7 +115,7 @@ def _previous_run() -> Path | None:
     if run_dir.name not in ids:
         return None
     for rid in ids[ids.index(run_dir.name) + 1:]:
-        if (jobs.run_path(project, rid) / "metrics.json").exists():
+        if (jobs.run_path(project, rid) / rf.METRICS).exists():
             return jobs.run_path(project, rid)
     return None
 

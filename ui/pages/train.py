@@ -13,7 +13,9 @@ import pandas as pd
 import streamlit as st
 
 from engine import jobs
+from engine import runfolder as rf
 from engine.config import TrainConfig
+from engine.dataset import training_problem
 from engine.workspace import INBOX
 from ui import common
 
@@ -55,9 +57,9 @@ LIVE_EVERY_S = 1.0  # how often a running job's view refreshes (a warm retrain t
 LABELS = {"tfhub_module": "Backbone", "train_epochs": "Max iterations", "do_fine_tuning": "Fine-tune the backbone",
           "cv_folds": "Cross-validation folds", "target_precision": "Precision for the 'unknown' threshold"}
 
-counts = project.counts()
-class_counts = {c: n for c, n in counts.items() if c != INBOX}
-problem = jobs.data_problem(class_counts)
+class_counts = project.class_counts()
+n_inbox = project.count(INBOX)
+problem = training_problem(class_counts)
 ready = problem is None
 active = jobs.active_run(project)
 
@@ -69,18 +71,14 @@ def _data_check() -> None:
         st.warning("This project has no sorted images yet. Add images and sort them into at least two classes on "
                    "the Data page — or create the demo project on the Projects page.")
         st.page_link(common.DATA, label="Go to Data", icon=":material/photo_library:")
-    elif sum(1 for n in class_counts.values() if n >= 2) < 2:
-        st.warning("Training needs at least 2 classes with 2 or more images each (now: "
-                   + ", ".join(f"{c}: {n}" for c, n in class_counts.items()) + "). Sort more images on the Data page.")
-        st.page_link(common.DATA, label="Go to Data", icon=":material/photo_library:")
     elif not ready:
         st.warning(problem)
         st.page_link(common.DATA, label="Go to Data", icon=":material/photo_library:")
     else:
         st.caption(f"{n_train} images in {len(class_counts)} classes: "
                    + ", ".join(f"{c} ({n})" for c, n in class_counts.items()))
-    if counts.get(INBOX):
-        st.info(f"{counts[INBOX]} unsorted image(s) in the inbox are not used for training.")
+    if n_inbox:
+        st.info(f"{n_inbox} unsorted image(s) in the inbox are not used for training.")
 
 
 # --- config form ---------------------------------------------------------------------------------------------------
@@ -335,7 +333,7 @@ if runs:
 
     # --- compare -----------------------------------------------------------------------------------------------------
     done = [r["run_id"] for r in common.runs_newest_first(project)
-            if (jobs.run_path(project, r["run_id"]) / "metrics.json").exists()]
+            if (jobs.run_path(project, r["run_id"]) / rf.METRICS).exists()]
     if len(done) >= 2:
         st.subheader("Compare two runs")
         c1, c2 = st.columns(2)
@@ -353,8 +351,8 @@ if runs:
                     return {}
                 return data if isinstance(data, dict) else {}
 
-            ma, mb = _json(older, "metrics.json"), _json(newer, "metrics.json")
-            common.show_run_diff(project, diff_runs(ma, mb, _json(older, "config.json"), _json(newer, "config.json")),
+            ma, mb = _json(older, rf.METRICS), _json(newer, rf.METRICS)
+            common.show_run_diff(project, diff_runs(ma, mb, _json(older, rf.CONFIG), _json(newer, rf.CONFIG)),
                                  older, newer, key="compare")
             st.markdown("**Confusion matrices** (rows: true class, columns: predicted class)")
             m1, m2 = st.columns(2)
