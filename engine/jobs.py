@@ -311,11 +311,11 @@ def list_runs(project: Project) -> list[dict[str, Any]]:
         status = job_status(run_dir)
         meta = read_json(run_dir / runfolder.RUN)
         cfg = read_json(run_dir / runfolder.CONFIG)
-        metrics = load_metrics(run_dir) if status["state"] == "succeeded" else None
-        val_acc = metrics.get("val_accuracy") if metrics else None
-        if val_acc is None:
-            val_acc = next((e.get("val_accuracy") for e in reversed(events(run_dir)) if e.get("type") == "result"),
-                           None)
+        # The "result" event carries the headline accuracy: parsing metrics.json (per-image predictions, megabytes
+        # on a big project) for every run on every refresh of the page would cost more than the retrain itself.
+        val_acc = next((e.get("val_accuracy") for e in reversed(events(run_dir)) if e.get("type") == "result"), None)
+        if val_acc is None and status["state"] == "succeeded":
+            val_acc = (load_metrics(run_dir) or {}).get("val_accuracy")
         started = status.get("started") or meta.get("started")
         finished = status.get("finished")
         duration = None

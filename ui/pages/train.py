@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import types
 import typing
 from pathlib import Path
@@ -53,7 +54,10 @@ LIMITS: dict[str, dict[str, Any]] = {
     "seed": {"min_value": 0, "step": 1},
     "image_size": {"min_value": 32, "max_value": 1024, "step": 8},
 }
-LIVE_EVERY_S = 1.0  # how often a running job's view refreshes (a warm retrain takes ~2-3 s in all)
+LIVE_EVERY_S = 1.0  # how often a running job's view refreshes
+# A warm retrain is over in a few seconds: poll faster while a run is young, so Review and the bundle show up the
+# moment they exist; after FAST_FOR_S (fine-tuning, a first run) the slower pace spares the CPU training needs.
+FAST_EVERY_S, FAST_FOR_S = 0.4, 20.0
 LABELS = {"tfhub_module": "Backbone", "train_epochs": "Max iterations", "do_fine_tuning": "Fine-tune the backbone",
           "cv_folds": "Cross-validation folds", "target_precision": "Precision for the 'unknown' threshold"}
 
@@ -270,13 +274,18 @@ if watched and not jobs.run_path(project, watched).is_dir():
     watched = active or jobs.latest_run(project, state=None)
 if watched:
     st.divider()
-    running_now = jobs.job_status(jobs.run_path(project, watched))["state"] == "running"
+    watched_status = jobs.job_status(jobs.run_path(project, watched))
+    running_now = watched_status["state"] == "running"
+    young = time.time() - float(watched_status.get("started") or 0) < FAST_FOR_S
+    every = (FAST_EVERY_S if young else LIVE_EVERY_S) if running_now else None
 
-    @st.fragment(run_every=LIVE_EVERY_S if running_now else None)
+    @st.fragment(run_every=every)
     def live() -> None:
         status = _render_run(jobs.run_path(project, watched))
         if running_now and status["state"] != "running":
             st.rerun(scope="app")  # the job ended: re-render the whole page (form enabled, history updated)
+        elif every == FAST_EVERY_S and time.time() - float(status.get("started") or 0) >= FAST_FOR_S:
+            st.rerun(scope="app")  # a long run: switch to the slower refresh
 
     live()
 
