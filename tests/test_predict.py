@@ -130,6 +130,20 @@ def test_cli_honours_input_mean_and_std(exp, files, tflite, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("variant", ["float32", "dynamic", "int8"])
+def test_label_image_flags_work_on_every_composed_variant(exp, files, capsys, variant):
+    """TF's label_image usage (--input_mean 0 --input_std 255) on each exported file, int8 included."""
+    def top(*extra: str) -> list[dict]:
+        assert run_predict(_cli("--image", str(files[1]), "--model_file", str(exp.out / f"model_{variant}.tflite"),
+                                "--label_file", str(exp.out / "labels.txt"), "--json", *extra)) == 0
+        [entry] = json.loads(capsys.readouterr().out)
+        return entry["predictions"]
+
+    plain, label_image = top(), top("--input_mean", "0", "--input_std", "255")
+    assert plain == label_image and label_image[0]["label"] == CLASSES[1]
+
+
+@pytest.mark.slow
 def test_size_and_centre_crop_come_from_the_model_card(exp, tmp_path):
     card = json.loads((exp.out / "model_card.json").read_text())
     card["preprocessing"]["center_crop"] = True
