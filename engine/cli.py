@@ -150,8 +150,12 @@ def _print_summary(result) -> None:
           else "Validation accuracy: n/a (no validation split)")
     threshold = result.metrics.get("threshold") or {}
     if threshold.get("value") is not None:
-        print(f"Unknown below {threshold['value']:.3f} confidence (precision {threshold['precision']:.3f}, "
-              f"coverage {threshold['coverage']:.3f} in {result.metrics.get('evaluation', 'validation')})")
+        how = result.metrics.get("evaluation", "validation")
+        if threshold["value"] <= 0:  # every answer already reaches the target precision
+            print(f"Unknown threshold: none needed (precision {threshold['precision']:.3f} on every answer in {how})")
+        else:
+            print(f"Unknown below {threshold['value']:.3f} confidence (precision {threshold['precision']:.3f}, "
+                  f"coverage {threshold['coverage']:.3f} in {how})")
     t = result.timings
     print(f"Time: {t['total_s']:.1f} s (features {t['embed_s']:.1f} s for {t['embedded_new']} new images, "
           f"head {t['head_s']:.2f} s)")
