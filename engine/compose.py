@@ -332,8 +332,7 @@ def ensure_template(resolved: ResolvedBackbone, n_classes: int) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
-        save_saved_model(build_classifier(resolved, marker), tmp / "saved_model", resolved.image_size,
-                         [f"class_{i}" for i in range(n_classes)])
+        save_saved_model(build_classifier(resolved, marker), tmp / "saved_model", resolved.image_size)
         prefix = tmp / "saved_model" / "variables" / "variables"
         keys = {}
         for key, entry in tfbundle.read_index(prefix.with_name("variables.index")).items():

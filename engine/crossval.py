@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.head import softmax
+
 log = logging.getLogger(__name__)
 
 # The L2 values tried first: on flowers and text_nontext (Lite0, Lite2, 80-3,500 images) the lowest
@@ -60,12 +62,6 @@ def _one_blas_thread():
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def log_loss(logits: np.ndarray, y: np.ndarray) -> float:

@@ -727,8 +727,7 @@ def load_head(run_dir: str | Path):
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: this run was trained before heads were stored; "
                                 "train again to get suggestions.")
-    with np.load(path) as data:
-        return Head(data["kernel"], data["bias"], float(np.asarray(data["temperature"]).reshape(-1)[0]))
+    return Head.load(path)
 
 
 # Inbox suggestions use a temperature no lower than the `SUGGEST_T_QUANTILE` quantile of temperatures refitted on

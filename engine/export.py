@@ -91,7 +91,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # SavedModel and TFLite
 # ----------------------------------------------------------------------------------------------------------------
-def save_saved_model(model, path: Path, image_size: int, labels: list[str]) -> None:
+def save_saved_model(model, path: Path, image_size: int) -> None:
     """tf_keras SavedModel (so keras.models.load_model works) with an explicit `serving_default` signature."""
     from engine.tfcompat import tf
 
@@ -109,9 +109,7 @@ def save_saved_model(model, path: Path, image_size: int, labels: list[str]) -> N
             log.warning("Keras could not save this model (%s); writing a plain TF SavedModel instead", exc)
             shutil.rmtree(tmp)
             tf.saved_model.save(model, str(tmp), signatures={"serving_default": serve})
-        (tmp / "assets").mkdir(exist_ok=True)
-        (tmp / "assets" / rf.LABELS).write_text("\n".join(labels) + "\n", encoding="utf-8")
-        _replace_dir(tmp, path)
+        _replace_dir(tmp, path)  # its assets (labels, card) are written by _finish, for every way of exporting
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -206,6 +204,11 @@ def _check_images(name: str, x: np.ndarray, image_size: int) -> None:
                          f"{x.dtype} {x.shape}")
 
 
+def _labels_text(labels: list[str]) -> str:
+    """labels.txt: line i is output i (TF's label_image format)."""
+    return "\n".join(labels) + "\n"
+
+
 def _prepare_out(out_dir: str | Path, variants, checks) -> tuple[Path, tuple | None]:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -225,20 +228,22 @@ def _finish(result: ExportResult, card: dict[str, Any], labels: list[str], image
     assets = result.saved_model_dir / "assets"
     assets.mkdir(exist_ok=True)
     # A SavedModel copied elsewhere (--saved_model_dir) still knows its label order and how it was made.
-    atomic_write_text(assets / rf.LABELS, "\n".join(labels) + "\n")
+    atomic_write_text(assets / rf.LABELS, _labels_text(labels))
     atomic_write_text(assets / rf.MODEL_CARD, text)
     log.info("Exported to %s in %.1f s", result.out_dir, time.perf_counter() - t0)
     return result
 
 
 def export_composed(head: Head, resolved: ResolvedBackbone, labels: list[str], out_dir: str | Path, *,
-                    center_crop: bool, features: np.ndarray, checks: tuple[np.ndarray, np.ndarray] | None,
+                    center_crop: bool, features: np.ndarray,
+                    checks: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
                     card: dict[str, Any], variants: tuple[str, ...] | list[str] = VARIANTS,
                     progress: ProgressCallback | None = None) -> ExportResult:
     """Export a head trained on cached features by composing it onto the cached backbone (engine.compose).
 
-    features: the training features (the int8 head's output range comes from them). checks: (uint8 images, labels)
-    to measure each variant's agreement with the SavedModel. TensorFlow is imported only the first time a
+    features: the training features (the int8 head's output range comes from them). checks: (uint8 images, labels,
+    the head's probabilities for them) to measure each variant's agreement with the SavedModel, which computes
+    exactly those probabilities. TensorFlow is imported only the first time a
     backbone variant or a SavedModel template for this class count is built (and cached).
     """
     from engine import compose
@@ -246,7 +251,7 @@ def export_composed(head: Head, resolved: ResolvedBackbone, labels: list[str], o
     out, checks = _prepare_out(out_dir, variants, checks)
     t0 = time.perf_counter()
     labels_path = out / rf.LABELS
-    atomic_write_text(labels_path, "\n".join(labels) + "\n")
+    atomic_write_text(labels_path, _labels_text(labels))
     result = ExportResult(out, out / rf.SAVED_MODEL, labels_path, out / rf.MODEL_CARD)
     wanted = [v for v in VARIANTS if v in variants]
     for n, variant in enumerate(wanted, start=1):
@@ -264,10 +269,8 @@ def export_composed(head: Head, resolved: ResolvedBackbone, labels: list[str], o
     emit(progress, "export", done=len(wanted) + 1, total=len(wanted) + 1, file=rf.SAVED_MODEL)
     reference_top1 = reference_accuracy = None
     if checks is not None:
-        reference = checks[2] if len(checks) > 2 else None
-        reference_top1 = np.argmax(reference, axis=1) if reference is not None else None
-        if reference_top1 is not None:
-            reference_accuracy = float(np.mean(reference_top1 == np.asarray(checks[1])))
+        reference_top1 = np.argmax(checks[2], axis=1)
+        reference_accuracy = float(np.mean(reference_top1 == np.asarray(checks[1])))
     # One thread per variant: LiteRT releases the GIL while it runs, so the checks overlap (~2x on two cores).
     with ThreadPoolExecutor(max_workers=max(1, len(result.tflite))) as pool:
         futures = {v: pool.submit(_tflite_stats, p, v, reference_top1, checks[:2] if checks else None, 1)
@@ -297,9 +300,9 @@ def export_model(model, labels: list[str], out_dir: str | Path, *, image_size: i
     out, validation = _prepare_out(out_dir, variants, validation)
     t0 = time.perf_counter()
     emit(progress, "stage", stage="export", message="Saving the TensorFlow SavedModel")
-    save_saved_model(model, out / rf.SAVED_MODEL, image_size, labels)
+    save_saved_model(model, out / rf.SAVED_MODEL, image_size)
     labels_path = out / rf.LABELS
-    atomic_write_text(labels_path, "\n".join(labels) + "\n")
+    atomic_write_text(labels_path, _labels_text(labels))
 
     keras_top1 = keras_accuracy = None
     if validation is not None:

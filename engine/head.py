@@ -7,7 +7,9 @@ Curate score cached embeddings with it), so it carries no TensorFlow object. `te
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -42,7 +44,22 @@ class Head:
         return np.asarray(features, np.float32) @ w + b
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
-        z = self.logits(features)
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(self.logits(features))
+
+    def to_bytes(self) -> bytes:
+        """The head as an .npz (kernel, bias, temperature): a run's head.npz."""
+        buf = io.BytesIO()
+        np.savez(buf, kernel=self.kernel, bias=self.bias, temperature=np.float32(self.temperature))
+        return buf.getvalue()
+
+    @classmethod
+    def load(cls, path: str | Path) -> Head:
+        with np.load(path) as data:
+            return cls(data["kernel"], data["bias"], float(np.asarray(data["temperature"]).reshape(-1)[0]))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits, stable for large values."""
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

@@ -4,7 +4,6 @@ metrics, head, snapshot, exported models, and bundle.zip written last (if it exi
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import time
 from pathlib import Path
@@ -109,10 +108,8 @@ def _execute(cfg: TrainConfig, run_dir: Path, progress: ProgressCallback) -> Tra
 
 
 def write_head(path: Path, head: Head) -> None:
-    """The trained head as NumPy arrays (kernel, bias, temperature): what Curate scores inbox images with."""
-    buf = io.BytesIO()
-    np.savez(buf, kernel=head.kernel, bias=head.bias, temperature=np.float32(head.temperature))
-    atomic_write_bytes(path, buf.getvalue())
+    """The trained head (engine.head's .npz): what Curate scores inbox images with."""
+    atomic_write_bytes(path, head.to_bytes())
 
 
 def _check_images(result: TrainResult) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:

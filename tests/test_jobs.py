@@ -253,8 +253,9 @@ def _real_engine_available() -> str | None:
     return None
 
 
-@pytest.mark.slow
-def test_real_training_on_demo_dataset(tmp_path, monkeypatch):
+@pytest.fixture
+def demo_project(tmp_path, monkeypatch):
+    """A project of the demo dataset (text vs shapes) that the real engine trains on, through the worker."""
     reason = _real_engine_available()
     if reason:
         pytest.skip(f"real engine not available: {reason}")
@@ -262,8 +263,15 @@ def test_real_training_on_demo_dataset(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
     monkeypatch.delenv(jobs.COMMAND_ENV, raising=False)
+    monkeypatch.delenv(jobs.WORKER_ENV, raising=False)
     project = Workspace().create_project("demo")
     project.import_image_dir(make_demo_dataset(tmp_path / "demo", per_class=12))
+    return project
+
+
+@pytest.mark.slow
+def test_real_training_on_demo_dataset(demo_project):
+    project = demo_project
     run_id = jobs.start_training(project, TrainConfig(train_epochs=30, quantize=["float32"]))
     run_dir = jobs.run_path(project, run_id)
     status = jobs.wait(run_dir, timeout=600)
@@ -287,19 +295,11 @@ def _ppid(pid: int) -> int | None:
 
 
 @pytest.mark.slow
-def test_jobs_fork_from_one_worker_and_leave_no_zombies(tmp_path, monkeypatch):
+def test_jobs_fork_from_one_worker_and_leave_no_zombies(demo_project):
     """The app's jobs start from the long-lived worker (no per-run imports) and are reaped when they end."""
-    reason = _real_engine_available()
-    if reason:
-        pytest.skip(f"real engine not available: {reason}")
-    from engine.demo import make_demo_dataset
     from engine.worker import CLIENT
 
-    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
-    monkeypatch.delenv(jobs.COMMAND_ENV, raising=False)
-    monkeypatch.delenv(jobs.WORKER_ENV, raising=False)
-    project = Workspace().create_project("worker")
-    project.import_image_dir(make_demo_dataset(tmp_path / "demo", per_class=8))
+    project = demo_project
     jobs.warm_worker()
     assert CLIENT.alive()
     worker_pid = CLIENT._proc.pid
