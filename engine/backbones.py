@@ -217,7 +217,7 @@ def _weights_digest(path: Path) -> str:
     return _digest(str(path), stat.st_size, stat.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=32)
 def _digest(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 - size/mtime are the cache key
     """Hashing 18 MB of weights costs ~25 ms: once per process per file version is enough."""
     return file_sha256(path)[:12]
@@ -364,8 +364,8 @@ def _folder_digest(folder: Path) -> str:
     """Graph and weights: two SavedModels with the same graph but other variables must not share embeddings."""
     h = hashlib.sha256()
     for p in sorted([folder / "saved_model.pb", *(folder / "variables").glob("*")]):
-        if p.is_file():
-            h.update(p.name.encode() + b"\0" + file_sha256(p).encode())
+        if p.is_file():  # per-file digests are cached per process: a run resolves its backbone more than once
+            h.update(p.name.encode() + b"\0" + _weights_digest(p).encode())
     return h.hexdigest()[:12]
 
 
