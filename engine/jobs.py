@@ -67,9 +67,9 @@ def run_path(project: Project, run_id: str) -> Path:
     return project.runs_dir / run_id
 
 
-def _engine_command(image_dir: Path, run_dir: Path, config_path: Path) -> list[str]:
-    return [sys.executable, "-m", "engine", "train", "--image_dir", str(image_dir), "--run_dir", str(run_dir),
-            "--config", str(config_path)]
+def _engine_command(config_path: Path) -> list[str]:
+    """The job reads everything, image_dir and run_dir included, from its one config file."""
+    return [sys.executable, "-m", "engine", "train", "--config", str(config_path)]
 
 
 def active_run(project: Project) -> str | None:
@@ -127,7 +127,7 @@ def _launch(project: Project, cfg: TrainConfig, run_id: str, run_dir: Path, coun
     config_path = run_dir / runfolder.CONFIG
     cfg.save(config_path)
     fill = {"run_dir": str(run_dir), "image_dir": str(image_dir), "config": str(config_path)}
-    argv = [str(a).format(**fill) for a in command] if command else _engine_command(image_dir, run_dir, config_path)
+    argv = [str(a).format(**fill) for a in command] if command else _engine_command(config_path)
     started = time.time()
     runfolder.write_launch_status(run_dir, runfolder.RUNNING, "starting", started)
     meta = {"run_id": run_id, "project": project.slug, "started": started, "command": argv, "counts": counts,

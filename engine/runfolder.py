@@ -101,13 +101,20 @@ class RunStatus:
 # ------------------------------------------------------------------------------------------------------------------
 # liveness
 # ------------------------------------------------------------------------------------------------------------------
-def process_start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), None where unknown."""
+def proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state, ppid, ...; Linux), None where unreadable. The name
+    is in parentheses and may itself hold spaces and ')', hence the split at the last ')'."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[19]
-    except (OSError, IndexError):
+            return fh.read().rsplit(")", 1)[-1].split()
+    except OSError:
         return None
+
+
+def process_start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), None where unknown."""
+    fields = proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 def pid_exists(pid: int | None) -> bool:
@@ -122,11 +129,8 @@ def pid_exists(pid: int | None) -> bool:
         return True
     except OSError:
         return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    fields = proc_stat(pid)
+    return fields is None or fields[0] != "Z"
 
 
 def pid_alive(pid: int | None, proc_start: str | None = None) -> bool:

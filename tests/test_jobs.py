@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import jobs
+from engine import jobs, runfolder
 from engine.config import TrainConfig
 from engine.fileio import read_json
 from engine.workspace import Workspace
@@ -280,6 +280,11 @@ def test_real_training_on_demo_dataset(demo_project):
     assert sorted(metrics["labels"]) == ["shapes", "text"]
     assert metrics["predictions"] and Path(metrics["predictions"][0]["path"]).is_file()
     assert any(e["type"] == "epoch" for e in jobs.events(run_dir))
+    # the job got one config file and nothing beside it; that file says where the images and the run are
+    command = read_json(run_dir / runfolder.RUN)["command"]
+    assert command[-3:] == ["train", "--config", str(run_dir / runfolder.CONFIG)]
+    saved = TrainConfig.load(run_dir / runfolder.CONFIG)
+    assert (saved.image_dir, saved.run_dir) == (str(project.image_dir()), str(run_dir))
     with zipfile.ZipFile(run_dir / "bundle.zip") as zf:
         names = zf.namelist()
     assert any(n.endswith("labels.txt") for n in names)
@@ -287,11 +292,8 @@ def test_real_training_on_demo_dataset(demo_project):
 
 
 def _ppid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(")", 1)[-1].split()[1])
-    except OSError:
-        return None
+    fields = runfolder.proc_stat(pid)
+    return int(fields[1]) if fields else None
 
 
 @pytest.mark.slow
