@@ -14,10 +14,12 @@ Every file is written to a temporary name and renamed, so a crash never leaves a
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import logging
 import os
 import shutil
+import string
 import tempfile
 import time
 import zipfile
@@ -41,17 +43,12 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 VARIANTS = rf.VARIANTS  # file names and variants: engine.runfolder
-BUNDLE_PREDICT = Path(__file__).with_name("bundle_predict.py")
-# The bundle's requirements are ranges, so that it installs on the user's Python rather than only on ours: from the
-# oldest versions that predict.py and serve.py were run with (tests/test_serve.py::test_the_lowest_versions_...,
-# opt-in: RETRAIN_STUDIO_FRESH_VENV_TEST=1) to below the next major version.
-BUNDLE_REQUIREMENTS = {"ai-edge-litert": ">=1.0.1,<3", "numpy": ">=1.24,<3", "pillow": ">=9.5,<14"}
-# --- HTTP server (issue 4): serve.py and its own requirements file, so a predict-only bundle stays small.
-BUNDLE_SERVE = Path(__file__).with_name("bundle_serve.py")
-BUNDLE_SERVE_REQUIREMENTS = {"fastapi": ">=0.115,<1", "starlette": ">=0.37.2,<2", "pydantic": ">=2.7,<3",
-                             "uvicorn": ">=0.30,<1", "python-multipart": ">=0.0.9,<1"}
-# --- end HTTP server
-BUNDLE_DOCKERFILE = Path(__file__).with_name("bundle_Dockerfile")  # serve.py on LiteRT in a container (issue 12)
+# Every file of engine/bundle/ ships in the bundle as it is (README.md is a string.Template filled from the model card):
+# predict.py and serve.py, the Dockerfile, and requirements*.txt. The requirements are ranges, so that the bundle
+# installs on the user's Python rather than only on ours: from the oldest versions that predict.py and serve.py were
+# run with (tests/test_cli.py::test_the_bundle_works_with_the_lowest_versions_..., opt-in) to below the next major.
+BUNDLE_SOURCES = Path(__file__).with_name("bundle")
+BUNDLE_README = "README.md"
 # engine.images.resize_for_model uses OpenCV; the standalone predict.py cannot, and Pillow's filters differ from
 # OpenCV's (its BOX is not an exact area average), so predict.py re-implements the two OpenCV filters in NumPy.
 TRAINING_RESAMPLING = "OpenCV INTER_AREA when the image has more than SxS pixels, else INTER_LINEAR"
@@ -325,85 +322,20 @@ def export_model(model, labels: list[str], out_dir: str | Path, *, image_size: i
     return _finish(result, card, labels, image_size, center_crop, keras_accuracy, t0)
 
 
-def _requirements(ranges: dict[str, str] = BUNDLE_REQUIREMENTS) -> str:
-    return "".join(f"{name}{spec}\n" for name, spec in ranges.items())
-
-
-def _readme(card: dict[str, Any]) -> str:
-    size, labels = card.get("image_size"), card.get("labels") or []
+def bundle_readme(card: dict[str, Any]) -> str:
+    """engine/bundle/README.md filled in from the model card."""
+    labels = card.get("labels") or []
     rows = "\n".join(
         f"| `{s['file']}` | {s['bytes'] / 1e6:.1f} MB | {s['input']} | {s['output']} | "
         f"{_pct(s.get('agreement_top1_vs_keras'))} | {_pct(s.get('val_accuracy'))} |"
         for s in (card.get("tflite") or {}).values())
     crop = ("yes: images more than 1.5x longer than wide (or wider than long) are cropped to a centred square "
             "first" if card.get("preprocessing", {}).get("center_crop") else "no")
-    return f"""# Image classifier ({len(labels)} classes)
-
-Made with Retrain Studio {card.get('engine_version', '')} on {card.get('created', '')}.
-Labels (line i of `labels.txt` = output i): {', '.join(labels)}.
-
-## Run it
-
-```bash
-python3 -m venv venv && venv/bin/pip install -r requirements.txt
-venv/bin/python predict.py photo.jpg other.png some_folder/     # top-5 per image: "0.912345: label"
-venv/bin/python predict.py --model model_int8.tflite --json photo.jpg
-```
-
-`predict.py` needs only NumPy, Pillow and `ai-edge-litert` (it also works with `tflite-runtime` or full
-TensorFlow installed instead); `requirements.txt` gives version ranges, not exact pins, so it installs on Python
-3.10 to 3.13. iPhone photos (HEIC/HEIF) are read too once `pillow-heif` is installed: `venv/bin/pip install
-pillow-heif`.
-
-## Serve it over HTTP
-
-```bash
-venv/bin/pip install -r requirements-serve.txt      # requirements.txt plus FastAPI and uvicorn
-venv/bin/python serve.py --port 8080                # 127.0.0.1 only unless --host 0.0.0.0
-curl -F upload=@photo.jpg http://127.0.0.1:8080/classify
-```
-
-`POST /classify` takes the form field `upload` (an image, or a zip of images) and answers
-`{{"photo.jpg": {{"preds": [{{"tagName": "...", "probablity": 0.97, "probability": 0.97}}, ...]}}}}` (top 5);
-`POST /v1/predict?top_k=3` adds the model name and the latency; `GET /v1/model`, `GET /healthz`, and the OpenAPI
-spec at `/openapi.json`. `python serve.py --help` lists the limits (upload size, zip files and size, pixels).
-The server's packages are in their own `requirements-serve.txt` so that `predict.py` alone still needs only the
-three packages above.
-
-## Run it in a container, scale it out
-
-```bash
-docker build -t my-classifier . && docker run --rm -p 8080:8080 -e WORKERS=2 my-classifier
-```
-
-The `Dockerfile` serves the TFLite models with LiteRT (no TensorFlow). `serve.py --workers N` runs N processes on
-one port; for more, run more containers behind any load balancer and let it probe `GET /healthz`.
-
-## Files
-
-| file | size | input | output | top-1 agreement with the SavedModel | accuracy on the checked images |
-|---|---|---|---|---|---|
-{rows}
-
-The last two columns come from a few labelled images run through each file (with cross-validation these are images
-the model was trained on, so the agreement is the number to read; the cross-validated accuracy is in
-`model_card.json` under `metrics`).
-
-- `saved_model/`: TensorFlow SavedModel. `tf.saved_model.load("saved_model").signatures["serving_default"]`
-  takes `images` (float32 `[N,{size},{size},3]`, RGB in [0,1]) and returns `probabilities`.
-- `labels.txt`: one label per line, in output order. `model_card.json`: how the model was made, its
-  preprocessing, metrics and the numbers in the table above.
-
-## Preprocessing (do exactly this in other runtimes)
-
-1. Decode, apply the EXIF orientation, convert to RGB (transparent areas become white).
-2. Centre crop: {crop}.
-3. Resize to {size}x{size} ignoring the aspect ratio.
-   Training used {TRAINING_RESAMPLING}.
-   `predict.py` uses {BUNDLE_RESAMPLING}.
-4. float models: divide the uint8 pixels by 255. int8 model: feed the uint8 pixels as they are; its uint8 output
-   times 1/256 is the probability.
-"""
+    template = string.Template((BUNDLE_SOURCES / BUNDLE_README).read_text(encoding="utf-8"))
+    return template.substitute(
+        n_classes=len(labels), engine_version=card.get("engine_version", ""), created=card.get("created", ""),
+        labels=", ".join(labels), rows=rows, size=card.get("image_size"), crop=crop,
+        training_resampling=TRAINING_RESAMPLING, bundle_resampling=BUNDLE_RESAMPLING)
 
 
 def _pct(v: float | None) -> str:
@@ -416,15 +348,32 @@ def _zip_file(zf: zipfile.ZipFile, path: Path, name: str) -> None:
     zf.write(path, name, compress_type=zipfile.ZIP_STORED if weights else zipfile.ZIP_DEFLATED)
 
 
-def _zip_text(zf: zipfile.ZipFile, name: str, text: str) -> None:
+def _zip_text(zf: zipfile.ZipFile, name: str, text: str | bytes) -> None:
     info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
     info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED  # writestr's default is 0600
     zf.writestr(info, text)
 
 
+def saved_model_zip(run_dir: str | Path) -> bytes:
+    """The run's saved_model/ folder as a zip, built in memory when asked for: nothing is written into the run
+    folder by its readers. Stored, not deflated: the weights do not compress and copying ~10 MB takes milliseconds."""
+    folder = Path(run_dir) / rf.SAVED_MODEL
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                zf.write(f, Path(rf.SAVED_MODEL) / f.relative_to(folder))
+    return buf.getvalue()
+
+
+def bundle_sources() -> list[Path]:
+    """The files of engine/bundle/ that ship, by name: never a __pycache__ (or any folder) left by running them."""
+    return sorted(p for p in BUNDLE_SOURCES.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
 def write_bundle(out_dir: str | Path, bundle_path: str | Path) -> Path:
-    """Zip the exported files with predict.py, requirements.txt and README.md; atomically, so a bundle that exists
-    is complete."""
+    """Zip the exported files with engine/bundle/'s (predict.py, serve.py, requirements, Dockerfile, README.md);
+    atomically, so a bundle that exists is complete."""
     out, bundle = Path(out_dir), Path(bundle_path)
     card_path = out / rf.MODEL_CARD
     if not card_path.exists() or not (out / rf.LABELS).exists():
@@ -439,13 +388,8 @@ def write_bundle(out_dir: str | Path, bundle_path: str | Path) -> Path:
         for p in sorted((out / rf.SAVED_MODEL).rglob("*")):
             if p.is_file():
                 _zip_file(zf, p, p.relative_to(out).as_posix())
-        zf.write(BUNDLE_PREDICT, "predict.py")
-        _zip_text(zf, "requirements.txt", _requirements())
-        zf.write(BUNDLE_SERVE, "serve.py")  # HTTP server (issue 4)
-        _zip_text(zf, "requirements-serve.txt", "-r requirements.txt\n" + _requirements(BUNDLE_SERVE_REQUIREMENTS))
-        _zip_text(zf, "README.md", _readme(card))
-        if BUNDLE_DOCKERFILE.exists():
-            zf.write(BUNDLE_DOCKERFILE, "Dockerfile")
+        for p in bundle_sources():
+            _zip_text(zf, p.name, bundle_readme(card) if p.name == BUNDLE_README else p.read_bytes())
     log.info("Bundle written: %s (%.1f MB)", bundle, bundle.stat().st_size / 1e6)
     return bundle
 

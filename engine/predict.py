@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from engine import images
+from engine.bundle import predict as bundle
 from engine.runfolder import LABELS, MODEL_CARD, MODEL_PREFERENCE
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ class PredictError(ValueError):
 # Backends: both take normalised float32 images (n, S, S, 3) and return probabilities (n, classes)
 # ----------------------------------------------------------------------------------------------------------------
 class TFLiteModel:
-    """One .tflite model; quantized inputs and outputs are converted with the model's own scale and zero point."""
+    """One .tflite model; quantized inputs and outputs are converted with the model's own scale and zero point, by
+    the bundle's predict.py functions, so the engine and the bundle cannot quantize differently."""
 
     def __init__(self, path: str | Path, num_threads: int | None = None):
         from engine.litert import tflite_interpreter
@@ -77,31 +79,15 @@ class TFLiteModel:
         scale, zero = self._out["quantization"]
         return float(scale), int(zero)
 
-    def _quantize_input(self, x: np.ndarray) -> np.ndarray:
-        dtype = np.dtype(self._in["dtype"])
-        if dtype.kind == "f":
-            return x.astype(dtype)
-        scale, zero = self.input_quantization
-        info = np.iinfo(dtype)
-        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
-
-    def _dequantize_output(self, q: np.ndarray) -> np.ndarray:
-        if np.dtype(self._out["dtype"]).kind == "f":
-            return q.astype(np.float32)
-        scale, zero = self.output_quantization
-        if scale == 0:  # no quantization parameters recorded: assume 0..255 means 0..1
-            return q.astype(np.float32) / 255.0
-        return (q.astype(np.float32) - zero) * scale
-
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Float32 (n, S, S, 3) normalised images -> (n, classes); runs one image at a time (batch 1 model)."""
         out = []
         for image in x:
             with self._lock:
-                self.interpreter.set_tensor(self._in["index"], self._quantize_input(image[None]))
+                self.interpreter.set_tensor(self._in["index"], bundle.quantize_input(image[None], self._in))
                 self.interpreter.invoke()
                 q = self.interpreter.get_tensor(self._out["index"])[0]
-            out.append(self._dequantize_output(q))
+            out.append(bundle.dequantize_output(q, self._out))
         return np.stack(out)
 
     def probabilities(self, image_uint8: np.ndarray) -> np.ndarray:
@@ -159,8 +145,7 @@ class Predictor:
     @property
     def threshold(self) -> float:
         """The model card's "unknown" threshold: answers whose top probability is below it are unknown (0: none)."""
-        value = ((self.card or {}).get("threshold") or {}).get("value")
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+        return bundle.card_threshold(self.card)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """Any HxWx3 uint8 RGB image -> the model's S x S input: the crop and resize of images.prepare."""
@@ -179,8 +164,7 @@ class Predictor:
         return self._top(self.probabilities(image), top_k)
 
     def _top(self, probs: np.ndarray, top_k: int) -> list[tuple[str, float]]:
-        order = np.argsort(-probs, kind="stable")[:top_k]
-        return [(self.labels[i], float(probs[i])) for i in order]
+        return [(p["label"], p["probability"]) for p in bundle.top_predictions(probs, self.labels, top_k)]
 
     def predict_files(self, paths, top_k: int = 5) -> list[tuple[str, list[tuple[str, float]] | None, str | None]]:
         """(path, top-k, None) per readable file, (path, None, reason) per unreadable one; never raises for a
@@ -215,13 +199,21 @@ def _read_labels(path: Path) -> list[str]:
 
 
 def _unzip(path: Path) -> tempfile.TemporaryDirectory:
+    """Unpack a bundle zip into a temporary folder; its members' names are checked first (no absolute paths, no
+    '..')."""
     tmp = tempfile.TemporaryDirectory(prefix="retrain-bundle-")
     try:
         with zipfile.ZipFile(path) as zf:
+            unsafe = next((n for n in zf.namelist() if bundle.safe_member_parts(n) is None), None)
+            if unsafe is not None:
+                raise PredictError(f"{path} holds an unsafe path ({unsafe!r}); it is not a bundle made here")
             zf.extractall(tmp.name)
     except zipfile.BadZipFile as exc:
         tmp.cleanup()
         raise PredictError(f"{path} is not a readable zip file ({exc})") from exc
+    except BaseException:
+        tmp.cleanup()
+        raise
     return tmp
 
 
@@ -340,7 +332,7 @@ def run_predict(args: argparse.Namespace) -> int:
     threshold = predictor.threshold if getattr(args, "threshold", None) is None else float(args.threshold)
     # The top-1 probability decides "unknown", whatever --top_k prints.
     results = predictor.predict_files(paths, top_k=max(1, args.top_k))
-    unknown = [bool(top) and threshold > 0 and top[0][1] < threshold for _, top, _ in results]
+    unknown = [bool(top) and bundle.is_unknown(top[0][1], threshold) for _, top, _ in results]
     results = [(p, top[: args.top_k] if top else top, err) for p, top, err in results]
     if args.json:
         print(json.dumps([{"path": p, "predictions": [{"label": lab, "probability": round(pr, 6)} for lab, pr in

@@ -1,6 +1,6 @@
 """`python -m engine serve --bundle model_bundle.zip`: serve an exported model over HTTP.
 
-The server is the bundle's own serve.py (engine/bundle_serve.py, copied in by engine.export.write_bundle), run as
+The server is the bundle's own serve.py (engine/bundle/serve.py, copied in by engine.export.write_bundle), run as
 `python serve.py` in the bundle's folder, exactly as a deployment without this engine runs it: no TensorFlow and no
 engine import in the server process. A zip is unpacked into a temporary folder first, removed when the server
 stops. A folder with model_card.json but no serve.py (a run folder, an older bundle) is served by the engine's copy
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import signal
 import subprocess
 import sys
@@ -20,9 +19,14 @@ import zipfile
 from contextlib import ExitStack
 from pathlib import Path
 
+from engine.bundle.predict import safe_member_parts
+from engine.export import BUNDLE_SOURCES
+
 log = logging.getLogger(__name__)
 
-ENGINE_SERVE = Path(__file__).with_name("bundle_serve.py")
+# The bundle server's flags this command passes on when given; the server's own defaults apply to the rest (they are
+# declared once, in engine/bundle/serve.py, which is not imported here: it needs FastAPI).
+FORWARDED = ("host", "port", "workers", "max_upload_mb", "top_k")
 
 
 class ServeError(ValueError):
@@ -32,11 +36,21 @@ class ServeError(ValueError):
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", required=True,
                         help="the exported bundle: model_bundle.zip, its unpacked folder, or a run folder")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 for every interface")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--workers", type=int, default=1, help="server processes, each with its own model")
-    parser.add_argument("--max_upload_mb", type=float, default=32.0, help="largest request body in MiB")
-    parser.add_argument("--top_k", type=int, default=5, help="classes per image in /classify")
+    server = "default: the bundle server's"
+    parser.add_argument("--host", default=argparse.SUPPRESS,
+                        help=f"interface to listen on; 0.0.0.0 for every interface ({server})")
+    parser.add_argument("--port", type=int, default=argparse.SUPPRESS, help=f"TCP port ({server})")
+    parser.add_argument("--workers", type=int, default=argparse.SUPPRESS,
+                        help=f"server processes, each with its own model ({server})")
+    parser.add_argument("--max_upload_mb", type=float, default=argparse.SUPPRESS,
+                        help=f"largest request body in MiB ({server})")
+    parser.add_argument("--top_k", type=int, default=argparse.SUPPRESS,
+                        help=f"classes per image in /classify ({server})")
+
+
+def forwarded_args(args: argparse.Namespace) -> list[str]:
+    """The server flags the user gave, for serve.py's command line; the ones not given are left to its defaults."""
+    return [item for name in FORWARDED if hasattr(args, name) for item in (f"--{name}", str(getattr(args, name)))]
 
 
 def unpack(bundle: Path, into: Path) -> Path:
@@ -44,7 +58,7 @@ def unpack(bundle: Path, into: Path) -> Path:
     try:
         with zipfile.ZipFile(bundle) as zf:
             for name in zf.namelist():
-                if re.match(r"^([A-Za-z]:|[/\\])", name) or ".." in name.replace("\\", "/").split("/"):
+                if safe_member_parts(name) is None:
                     raise ServeError(f"{bundle} holds an unsafe path ({name!r}); it is not a bundle made here")
             zf.extractall(into)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -56,7 +70,7 @@ def server_command(folder: Path) -> list[str]:
     if (folder / "serve.py").is_file():
         return [sys.executable, str(folder / "serve.py")]
     if (folder / "model_card.json").is_file() and (folder / "labels.txt").is_file():
-        return [sys.executable, str(ENGINE_SERVE), "--bundle_dir", str(folder)]
+        return [sys.executable, str(BUNDLE_SOURCES / "serve.py"), "--bundle_dir", str(folder)]
     raise ServeError(f"{folder} is not an exported bundle: it has no serve.py and no model_card.json/labels.txt")
 
 
@@ -83,9 +97,7 @@ def run_serve(args: argparse.Namespace) -> int:
         except ServeError as exc:
             log.error("%s", exc)
             return 1
-        cmd += ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
-                "--max_upload_mb", str(args.max_upload_mb), "--top_k", str(args.top_k),
-                "--name", default_name(bundle)]
+        cmd += [*forwarded_args(args), "--name", default_name(bundle)]
         log.info("Running %s", " ".join(cmd))
         return _run_forwarding_signals(cmd, cwd=folder)
     return 1  # unreachable; keeps type checkers content

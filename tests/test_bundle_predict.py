@@ -11,13 +11,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from engine import export, images
 
 
 def bundle_predict():
-    spec = importlib.util.spec_from_file_location("bundle_predict_folders", export.BUNDLE_PREDICT)
+    spec = importlib.util.spec_from_file_location("bundle_predict_folders", export.BUNDLE_SOURCES / "predict.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -73,7 +74,7 @@ def test_without_pillow_heif_the_bundle_refuses_heic_with_the_install_command(tm
     (tmp_path / "IMG_0002.HEIC").write_bytes(_heic_bytes())
     code = f"""import sys, json, importlib.util
 sys.modules["pillow_heif"] = None
-spec = importlib.util.spec_from_file_location("bundle_serve", {str(export.BUNDLE_SERVE)!r})
+spec = importlib.util.spec_from_file_location("bundle_serve", {str(export.BUNDLE_SOURCES / "serve.py")!r})
 serve = sys.modules["bundle_serve"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(serve)
 bp = serve.bp
@@ -89,3 +90,12 @@ except bp.DECODE_ERRORS as exc:
     assert out == {"heif": False, "paths": [],
                    "answer": [415, "not a supported image (JPEG, PNG, BMP, WebP, GIF or TIFF; HEIC after pip install "
                                    "pillow-heif)"]}
+
+
+@pytest.mark.parametrize("name, parts", [
+    ("a/b.jpg", ["a", "b.jpg"]), ("a\\b.jpg", ["a", "b.jpg"]), ("./a//b/", ["a", "b"]), ("..png", ["..png"]),
+    ("../x", None), ("a/../../x", None), ("a\\..\\x", None), ("/etc/x", None), ("\\x", None), ("C:x", None),
+    ("c:\\x", None), ("a\x00b", None), ("", None), ("./", None)])
+def test_zip_member_names_are_checked_once_for_every_zip(name, parts):
+    """engine.predict, engine.serve, the bundle's serve.py and the data import all use this one check."""
+    assert bundle_predict().safe_member_parts(name) == parts

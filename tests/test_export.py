@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -156,6 +157,17 @@ def test_saved_model_still_loads_as_a_keras_model(exp):
 
 
 @pytest.mark.slow
+def test_saved_model_zip_unpacks_to_a_loadable_model_and_writes_nothing(exp, tmp_path):
+    before = sorted(p.relative_to(exp.out) for p in exp.out.rglob("*"))
+    with zipfile.ZipFile(io.BytesIO(export.saved_model_zip(exp.out))) as zf:
+        zf.extractall(tmp_path)
+    assert sorted(p.relative_to(exp.out) for p in exp.out.rglob("*")) == before  # a reader never writes
+    fn = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
+    x = exp.x_val[:2].astype(np.float32) / 255.0
+    assert np.abs(fn(images=tf.constant(x))["probabilities"].numpy() - exp.model.predict(x, verbose=0)).max() < 1e-5
+
+
+@pytest.mark.slow
 def test_tflite_variants_agree_with_keras(exp):
     stats = exp.result.stats
     assert stats["float32"]["agreement_top1_vs_keras"] == 1.0
@@ -236,10 +248,49 @@ def test_bundle_holds_everything_and_no_temporary_file_remains(exp, bundle):
 
 @pytest.mark.slow
 def test_a_failed_bundle_write_leaves_neither_a_bundle_nor_a_temp_file(exp, tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "BUNDLE_PREDICT", tmp_path / "missing.py")
+    monkeypatch.setattr(export, "BUNDLE_SOURCES", tmp_path / "missing")
     with pytest.raises(FileNotFoundError):
         export.write_bundle(exp.out, tmp_path / "out" / "bundle.zip")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def _modelless_export(folder: Path) -> Path:
+    """An export folder without models: all that write_bundle needs, without TensorFlow."""
+    folder.mkdir(parents=True)
+    (folder / "labels.txt").write_text("a\nb\n")
+    (folder / "model_card.json").write_text(json.dumps({"labels": ["a", "b"], "image_size": 96,
+                                                        "engine_version": "9.9", "tflite": {}}))
+    return folder
+
+
+SHIPPED = ("predict.py", "serve.py", "Dockerfile", "requirements.txt", "requirements-serve.txt")
+
+
+def test_the_bundle_ships_engine_bundle_files_byte_for_byte(tmp_path):
+    bundle = export.write_bundle(_modelless_export(tmp_path / "out"), tmp_path / "bundle.zip")
+    with zipfile.ZipFile(bundle) as zf:
+        assert set(zf.namelist()) == {*SHIPPED, "README.md", "labels.txt", "model_card.json"}
+        for name in SHIPPED:
+            assert zf.read(name) == (export.BUNDLE_SOURCES / name).read_bytes(), name
+            assert zf.getinfo(name).external_attr >> 16 == 0o644, name
+        readme = zf.read("README.md").decode()
+    assert readme == export.bundle_readme(json.loads((tmp_path / "out" / "model_card.json").read_text()))
+    assert readme.startswith("# Image classifier (2 classes)\n\nMade with Retrain Studio 9.9 on .")
+    assert "`[N,96,96,3]`" in readme and "Resize to 96x96" in readme and "$" not in readme
+
+
+def test_nothing_but_the_bundle_folders_files_ships(tmp_path, monkeypatch):
+    sources = tmp_path / "bundle_sources"
+    sources.mkdir()
+    for name in SHIPPED + ("README.md",):
+        (sources / name).write_bytes((export.BUNDLE_SOURCES / name).read_bytes())
+    (sources / "__pycache__").mkdir()  # left by importing engine.bundle.predict from the source tree
+    (sources / "__pycache__" / "predict.cpython-311.pyc").write_bytes(b"\x00")
+    (sources / ".DS_Store").write_bytes(b"\x00")
+    monkeypatch.setattr(export, "BUNDLE_SOURCES", sources)
+    bundle = export.write_bundle(_modelless_export(tmp_path / "out"), tmp_path / "bundle.zip")
+    names = zipfile.ZipFile(bundle).namelist()
+    assert not [n for n in names if "__pycache__" in n or n.startswith(".")], names
 
 
 def _run_bundle_predict(unpacked: Path, *args: str) -> subprocess.CompletedProcess:

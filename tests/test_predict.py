@@ -6,6 +6,8 @@ import argparse
 import importlib.util
 import json
 import re
+import tempfile
+import zipfile
 
 import cv2
 import numpy as np
@@ -167,6 +169,19 @@ def test_cli_reports_a_missing_or_broken_model_without_a_traceback(tmp_path, cap
     assert "broken.tflite is not a valid TFLite model" in capsys.readouterr().err
 
 
+def test_a_bundle_zip_with_an_unsafe_member_is_refused_and_nothing_is_left(tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("model_float32.tflite", b"\x00" * 64)
+        zf.writestr("../x", b"outside the bundle's folder")
+    with pytest.raises(PredictError, match=r"unsafe path \('\.\./x'\)"):
+        load_predictor(str(bad))
+    assert list(scratch.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_cli_exit_code_is_1_when_an_image_fails_but_the_rest_print(exp, files, tmp_path, capsys):
     bad = tmp_path / "bad.png"
@@ -186,7 +201,7 @@ def test_wrong_label_file_is_a_clear_error(exp, tmp_path):
 
 def _bundle_module():
     """The bundle's predict.py as a module (it is a standalone script, not part of the engine package)."""
-    spec = importlib.util.spec_from_file_location("bundle_predict", export.BUNDLE_PREDICT)
+    spec = importlib.util.spec_from_file_location("bundle_predict", export.BUNDLE_SOURCES / "predict.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -536,6 +536,35 @@ def test_engine_serve_refuses_what_is_not_a_bundle(tmp_path):
     assert main(["serve", "--bundle", str(tmp_path / "not.zip")]) == 1
 
 
+def test_engine_serve_refuses_a_zip_with_an_unsafe_member(tmp_path):
+    from engine import serve
+
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("serve.py", "")
+        zf.writestr("sub/../../x", "")
+    with pytest.raises(serve.ServeError, match="unsafe path"):
+        serve.unpack(bad, tmp_path / "into")
+    assert not (tmp_path / "x").exists()
+
+
+def test_engine_serve_passes_on_only_the_flags_given_so_the_servers_defaults_apply():
+    import argparse
+
+    from engine import serve
+    from engine.bundle import serve as bundle_serve
+
+    parser = argparse.ArgumentParser()
+    serve.add_serve_args(parser)
+    assert serve.forwarded_args(parser.parse_args(["--bundle", "b.zip"])) == []
+    argv = serve.forwarded_args(parser.parse_args(["--bundle", "b.zip", "--top_k", "3", "--port", "9000"]))
+    assert argv == ["--port", "9000", "--top_k", "3"]
+    every = parser.parse_args(["--bundle", "b.zip", "--host", "0.0.0.0", "--port", "1", "--workers", "2",
+                               "--max_upload_mb", "4.5", "--top_k", "6"])
+    args = bundle_serve.build_parser().parse_args(serve.forwarded_args(every))  # the server takes every one
+    assert (args.host, args.port, args.workers, args.max_upload_mb, args.top_k) == ("0.0.0.0", 1, 2, 4.5, 6)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Real data, and a fresh virtual environment with only the bundle's requirements
 # ----------------------------------------------------------------------------------------------------------------

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import json
-import os
-import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -44,19 +40,9 @@ def _reader(path: Path):
 
 
 def _saved_model_zip() -> bytes:
-    """saved_model/ as a zip, built once and kept next to it."""
-    target = run_dir / "saved_model.zip"
-    if not target.exists():
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for f in sorted((run_dir / rf.SAVED_MODEL).rglob("*")):
-                if f.is_file():
-                    zf.write(f, Path(rf.SAVED_MODEL) / f.relative_to(run_dir / rf.SAVED_MODEL))
-        fd, tmp = tempfile.mkstemp(dir=run_dir, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, target)
-    return target.read_bytes()
+    from engine.export import saved_model_zip
+
+    return saved_model_zip(run_dir)
 
 
 def _fmt_bytes(total: int | float | None) -> str:

@@ -9,7 +9,9 @@ EXIF orientation, RGB with transparency on white, optional centre crop of images
 plain stretch to the model's size with the same filters as training's OpenCV resize (INTER_AREA when the image
 has more pixels than the model's input, else INTER_LINEAR), re-implemented in NumPy so OpenCV is not needed.
 
-serve.py (the HTTP server) imports this file's functions, so the bundle holds one copy of the preprocessing.
+serve.py (the HTTP server) imports this file's functions, so the bundle holds one copy of the preprocessing; the
+engine imports it too (engine.bundle.predict: quantization, top-k, the threshold, the zip-member check), so this file
+must keep to the standard library, NumPy and Pillow.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -168,21 +171,32 @@ def prepare(source, size: int, center_crop: bool, max_pixels: int | None = None,
     return resize(img, size)
 
 
+def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Float input -> the input tensor's dtype; an integer input takes round(x / scale + zero point), clipped."""
+    dtype = np.dtype(detail["dtype"])
+    if not np.issubdtype(dtype, np.integer):
+        return x.astype(dtype)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+
+
+def dequantize_output(q: np.ndarray, detail: dict) -> np.ndarray:
+    """The output tensor -> float32 probabilities; an integer output is (q - zero point) * scale."""
+    if not np.issubdtype(np.dtype(detail["dtype"]), np.integer):
+        return q.astype(np.float32)
+    scale, zero = detail["quantization"]
+    if not scale:  # no quantization parameters recorded: 0..255 means 0..1
+        return q.astype(np.float32) / 255.0
+    return (q.astype(np.float32) - zero) * scale
+
+
 def classify(interpreter, pixels: np.ndarray) -> np.ndarray:
     """uint8 S x S x 3 pixels -> probabilities; float models take pixel/255, integer models quantized input."""
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    x = pixels[None].astype(np.float32) / 255.0
-    if np.issubdtype(inp["dtype"], np.integer):
-        scale, zero = inp["quantization"]
-        info = np.iinfo(inp["dtype"])
-        x = np.clip(np.round(x / scale + zero), info.min, info.max)
-    interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+    interpreter.set_tensor(inp["index"], quantize_input(pixels[None].astype(np.float32) / 255.0, inp))
     interpreter.invoke()
-    y = interpreter.get_tensor(out["index"])[0]
-    if np.issubdtype(out["dtype"], np.integer):
-        scale, zero = out["quantization"]
-        return (y.astype(np.float32) - zero) * scale if scale else y.astype(np.float32) / 255.0
-    return y.astype(np.float32)
+    return dequantize_output(interpreter.get_tensor(out["index"])[0], out)
 
 
 def card_threshold(card: dict | None) -> float:
@@ -191,14 +205,28 @@ def card_threshold(card: dict | None) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
-def is_unknown(probs: np.ndarray, threshold: float) -> bool:
-    """True when the most probable class is less probable than the threshold: the model does not know."""
+def is_unknown(probs, threshold: float) -> bool:
+    """True when the most probable class is less probable than the threshold: the model does not know.
+    probs: every class's probability, or the top one alone."""
     return bool(threshold > 0 and float(np.max(probs)) < threshold)
 
 
 def top_predictions(probs: np.ndarray, labels: list[str], k: int) -> list[dict]:
     """[{"label", "probability"}] for the k most probable classes, most probable first (ties: label order)."""
     return [{"label": labels[i], "probability": float(probs[i])} for i in np.argsort(-probs, kind="stable")[:k]]
+
+
+def safe_member_parts(name: str) -> list[str] | None:
+    """A zip member's path components, or None when the name is absolute, has a drive letter or a NUL, or climbs
+    out ('..'): the one check on every zip that this project unpacks or reads (serve.py's uploads, bundles, imports),
+    so a member is never written or named outside its folder."""
+    text = name.replace("\\", "/")
+    if text.startswith("/") or re.match(r"^[A-Za-z]:", text) or "\x00" in text:
+        return None
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    return parts
 
 
 def image_paths(items: list[str]) -> list[str]:

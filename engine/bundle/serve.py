@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import queue
-import re
 import sys
 import tempfile
 import time
@@ -68,12 +67,11 @@ sys.dont_write_bytecode = True
 
 
 def _load_predict():
-    """The bundle's predict.py; engine/bundle_predict.py when this file runs from the source tree as bundle_serve.py."""
-    sibling = HERE / ("bundle_predict.py" if Path(__file__).stem == "bundle_serve" else "predict.py")
+    """The bundle's predict.py, this file's sibling (in the bundle and in the engine's source tree alike)."""
     name = "retrain_bundle_predict"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, sibling)
+    spec = importlib.util.spec_from_file_location(name, HERE / "predict.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -89,7 +87,6 @@ DRAIN_LIMIT = 64 * MIB  # an over-limit body is read and dropped up to this much
 # HEIC only where pillow-heif is installed (predict.py registers it); it is not in requirements-serve.txt
 FORMATS = "JPEG, PNG, BMP, WebP, GIF, TIFF or HEIC" if bp.HEIF else \
     "JPEG, PNG, BMP, WebP, GIF or TIFF; HEIC after pip install pillow-heif"
-_UNSAFE_NAME = re.compile(r"^([A-Za-z]:|[/\\])")
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit answers first, with a clear 413
 
 
@@ -146,8 +143,7 @@ def image_error(exc: BaseException) -> tuple[int, str]:
 
 
 def unsafe_member_reason(name: str) -> str | None:
-    parts = name.replace("\\", "/").split("/")
-    if _UNSAFE_NAME.match(name) or ".." in parts:
+    if bp.safe_member_parts(name) is None:
         return "unsafe path in the zip (absolute or with '..'); skipped"
     return None
 
