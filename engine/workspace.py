@@ -22,11 +22,12 @@ it expects: `act()` moves, trashes or restores an image only if it is still wher
 records the session that made it; `undo()` reverts a `Change` only while the image still has that version, so one
 person's undo never reverts another person's decision. Sorters take a short lease on the inbox image they are
 looking at (`lease_next()`), so two sorters are shown different images.
+
+Adding images (uploads, zips, folders) is engine.ingest; comparing the index with the folders is engine.check.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import functools
 import io
@@ -38,16 +39,19 @@ import sqlite3
 import sys
 import time
 import unicodedata
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import runfolder
-from engine.fileio import TEMP_PREFIX, atomic_write_bytes
-from engine.images import SUPPORTED, ImageError, bytes_sha256, load_image, sniff_kind
+from engine.fileio import atomic_write_bytes
+from engine.images import ImageError, load_image
+
+if TYPE_CHECKING:  # engine.ingest and engine.check import this module
+    from engine.check import ConsistencyReport
+    from engine.ingest import AddReport
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +60,11 @@ INBOX = "__inbox__"  # pseudo class name for unsorted images (images(), counts()
 TRASH = "__trash__"  # pseudo place of an image in the project's trash/ folder (act(), Change, Conflict)
 LEASE_SECONDS = 90.0  # how long a sorter holds the inbox image it is looking at without touching the page
 SCHEMA_VERSION = "1"
-
-IMAGE_EXTENSIONS = tuple(SUPPORTED)  # what the engine scans in an image_dir
-MAX_FILE_BYTES = 64 * 1024 * 1024  # one image
-MAX_ZIP_FILES = 50_000  # members in one zip
-MAX_ZIP_TOTAL_BYTES = 8 * 1024**3  # uncompressed bytes in one zip
-MAX_ZIP_RATIO = 200  # compressed -> uncompressed ratio above which a member is treated as a bomb
-MAX_NAME = 80
 THUMB_SIZE = 256
 
-_IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini", ".gitkeep", ".gitignore"}
-_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
-_KIND_EXTENSION = {"jpeg": ".jpg", "png": ".png", "gif": ".gif", "bmp": ".bmp", "webp": ".webp", "tiff": ".tif",
-                   "heic": ".heic"}
+# device names Windows refuses as file or folder names (class names here, file names in engine.ingest)
+WINDOWS_RESERVED_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
+                          *(f"lpt{i}" for i in range(1, 10))}
 
 
 class WorkspaceError(ValueError):
@@ -104,7 +100,7 @@ def storage_error_message(what: str, exc: BaseException) -> str | None:
     return None
 
 
-def _storage_errors(what: str) -> Callable:
+def storage_errors(what: str) -> Callable:
     """Decorator: disk-full and permission errors of a workspace operation become a WorkspaceError."""
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -134,21 +130,6 @@ def slugify(name: str) -> str:
     return slug or "project"
 
 
-def sanitize_filename(name: str) -> str:
-    """A safe single path component from an uploaded name: no folders, no leading dots, printable, bounded."""
-    base = re.split(r"[\\/]", str(name))[-1]
-    base = unicodedata.normalize("NFC", base)
-    base = re.sub(r"[\x00-\x1f\x7f<>:\"|?*]", "_", base).strip().strip(".")
-    stem, dot, ext = base.rpartition(".")
-    if not dot:
-        stem, ext = base, ""
-    stem = re.sub(r"\s+", "_", stem)[:MAX_NAME].strip("._") or "image"
-    ext = re.sub(r"[^A-Za-z0-9]", "", ext)[:8].lower()
-    if stem.lower() in _WINDOWS_RESERVED:
-        stem = f"_{stem}"
-    return f"{stem}.{ext}" if ext else stem
-
-
 def sanitize_class_name(name: str) -> str:
     """Validate a class name (it becomes a folder name and a label). Raises WorkspaceError with the reason."""
     text = unicodedata.normalize("NFC", str(name)).strip()
@@ -160,46 +141,14 @@ def sanitize_class_name(name: str) -> str:
         raise WorkspaceError(f"'{text}' is reserved; choose another class name.")
     if re.search(r"[\\/\x00-\x1f\x7f<>:\"|?*]", text) or text in (".", "..") or text.startswith("."):
         raise WorkspaceError(f"Class name '{text}' cannot contain / \\ : * ? \" < > | or start with a dot.")
-    if text.lower() in _WINDOWS_RESERVED:
+    if text.lower() in WINDOWS_RESERVED_NAMES:
         raise WorkspaceError(f"'{text}' is a reserved device name on Windows; choose another class name.")
     return text
 
 
-def sniff_extension(data: bytes) -> str | None:
-    """The file extension matching the image's content (".jpg", ...), or None."""
-    return _KIND_EXTENSION.get(sniff_kind(data) or "")
-
-
 # ------------------------------------------------------------------------------------------------------------------
-# records and reports
+# records
 # ------------------------------------------------------------------------------------------------------------------
-@dataclass
-class AddReport:
-    added: list[str] = field(default_factory=list)  # sha256 of the new images
-    duplicates: list[str] = field(default_factory=list)  # names of files already in the project (or the batch)
-    rejected: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
-    classes_created: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # things done differently than asked, e.g. a folder -> inbox
-
-    def merge(self, other: AddReport) -> AddReport:
-        self.added += other.added
-        self.duplicates += other.duplicates
-        self.rejected += other.rejected
-        self.classes_created += [c for c in other.classes_created if c not in self.classes_created]
-        self.notes += other.notes
-        return self
-
-    def summary(self) -> str:
-        parts = [f"{len(self.added)} added"]
-        if self.duplicates:
-            parts.append(f"{len(self.duplicates)} duplicate(s) skipped")
-        if self.rejected:
-            parts.append(f"{len(self.rejected)} rejected")
-        if self.classes_created:
-            parts.append(f"new classes: {', '.join(self.classes_created)}")
-        return ", ".join(parts)
-
-
 @dataclass(frozen=True)
 class ImageRecord:
     sha256: str
@@ -288,20 +237,6 @@ class ProjectInfo:
     n_inbox: int
 
 
-@dataclass
-class ConsistencyReport:
-    missing_files: list[str] = field(default_factory=list)  # rows whose file is nowhere (sha256)
-    untracked_files: list[str] = field(default_factory=list)  # files under images/ or inbox/ with no row
-    misplaced: list[str] = field(default_factory=list)  # rows whose file sits in another class folder (sha256)
-    unknown_folders: list[str] = field(default_factory=list)  # folders in images/ that are no class
-    repaired: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing_files or self.untracked_files or self.misplaced or self.unknown_folders)
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # workspace
 # ------------------------------------------------------------------------------------------------------------------
@@ -332,7 +267,7 @@ class Workspace:
     def exists(self, slug: str) -> bool:
         return bool(slug) and slug == slugify(slug) and (self.root / slug / "project.db").exists()
 
-    @_storage_errors("Creating the project")
+    @storage_errors("Creating the project")
     def create_project(self, name: str) -> Project:
         name = str(name).strip()
         if not name:
@@ -351,13 +286,13 @@ class Workspace:
             return Project.create(path, name)
         raise WorkspaceError(f"Too many projects called '{name}'.")
 
-    @_storage_errors("Opening the project")
+    @storage_errors("Opening the project")
     def open_project(self, slug: str) -> Project:
         if not self.exists(slug):
             raise WorkspaceError(f"There is no project '{slug}' in {self.root}. Pick or create one on the Home page.")
         return Project(self.root / slug)
 
-    @_storage_errors("Renaming the project")
+    @storage_errors("Renaming the project")
     def rename_project(self, slug: str, new_name: str) -> Project:
         """Changes the display name; the folder (slug) stays, so links and running jobs keep working."""
         project = self.open_project(slug)
@@ -367,7 +302,7 @@ class Workspace:
         project.set_meta("name", new_name[:100])
         return project
 
-    @_storage_errors("Deleting the project")
+    @storage_errors("Deleting the project")
     def delete_project(self, slug: str) -> None:
         project = self.open_project(slug)
         if project.running_job() is not None:
@@ -406,6 +341,11 @@ _ADDED_COLUMNS = [
 
 
 _MIGRATED: set[str] = set()  # project.db files this process has already brought up to the current schema
+
+
+def _record_columns(alias: str = "") -> str:
+    """The images columns Project._record reads, in its order (alias: "i." inside a join)."""
+    return ", ".join(alias + c for c in ("sha256", "class", "filename", "source_name", "added_at"))
 
 
 class Project:
@@ -474,7 +414,7 @@ class Project:
             row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default
 
-    @_storage_errors("Saving the project")
+    @storage_errors("Saving the project")
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
@@ -500,6 +440,12 @@ class Project:
 
     def _location(self, class_name: str | None, filename: str) -> Path:
         return (self.inbox_dir if class_name is None else self.images_dir / class_name) / filename
+
+    def _record(self, row: Sequence[Any], trashed: bool = False) -> ImageRecord:
+        """An ImageRecord from a row that starts with _record_columns(); a trashed image's file is in trash/."""
+        sha, cls, filename, source_name, added_at = row[:5]
+        path = self.trash_dir / filename if trashed else self._location(cls, filename)
+        return ImageRecord(sha, cls, filename, source_name or filename, added_at, path)
 
     def path_of(self, sha: str) -> Path | None:
         with self._db() as db:
@@ -553,7 +499,7 @@ class Project:
         del counts[INBOX]
         return counts
 
-    @_storage_errors("Saving the class keys")
+    @storage_errors("Saving the class keys")
     def class_keys(self, keys: Sequence[str]) -> dict[str, str]:
         """{class: shortcut key}. A class keeps its key for good (renames too); a class without one gets the first
         free key of `keys` (in the caller's order), so creating a class never renumbers the others."""
@@ -574,7 +520,7 @@ class Project:
         return assigned
 
     # --- leases: sorters are shown different inbox images ---------------------------------------------------------
-    @_storage_errors("Sorting")
+    @storage_errors("Sorting")
     def lease_next(self, session: str, skip: Iterable[str] = (), ttl: float = LEASE_SECONDS) -> ImageRecord | None:
         """The inbox image this session should sort next, leased to it for `ttl` seconds (renewed by each call).
 
@@ -585,9 +531,8 @@ class Project:
         with self._tx() as db:
             db.execute("DELETE FROM leases WHERE expires < ?", (now,))
             rows = db.execute(
-                "SELECT i.sha256, i.class, i.filename, i.source_name, i.added_at, l.session FROM images i "
-                "LEFT JOIN leases l ON l.sha256 = i.sha256 WHERE i.status = 'ok' AND i.class IS NULL "
-                "AND (l.session IS NULL OR l.session = ?) "
+                f"SELECT {_record_columns('i.')} FROM images i LEFT JOIN leases l ON l.sha256 = i.sha256 "
+                "WHERE i.status = 'ok' AND i.class IS NULL AND (l.session IS NULL OR l.session = ?) "
                 "ORDER BY (l.session IS NULL), l.expires DESC, i.added_at, i.filename LIMIT ?",
                 (session, len(skip) + 4)).fetchall()
             pick = next((r for r in rows if r[0] not in skip), None)
@@ -595,9 +540,9 @@ class Project:
             if pick is None:
                 return None
             db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (pick[0], session, now + ttl))
-        return ImageRecord(pick[0], None, pick[2], pick[3] or pick[2], pick[4], self._location(None, pick[2]))
+        return self._record(pick)
 
-    @_storage_errors("Sorting")
+    @storage_errors("Sorting")
     def lease_in_order(self, session: str, order: Sequence[str], skip: Iterable[str] = (),
                        ttl: float = LEASE_SECONDS) -> ImageRecord | None:
         """lease_next, but a new lease follows `order` (sha256s, e.g. least confident model suggestion first;
@@ -608,7 +553,7 @@ class Project:
             db.execute("DELETE FROM leases WHERE expires < ?", (now,))
             held = dict(db.execute("SELECT sha256, session FROM leases ORDER BY expires DESC").fetchall())
             inbox = {r[0]: r for r in db.execute(
-                "SELECT sha256, filename, source_name, added_at FROM images WHERE status = 'ok' AND class IS NULL "
+                f"SELECT {_record_columns()} FROM images WHERE status = 'ok' AND class IS NULL "
                 "ORDER BY added_at, filename")}
             mine = [s for s, who in held.items() if who == session and s in inbox and s not in skip]
             rank = {s: i for i, s in enumerate(order)}
@@ -618,27 +563,25 @@ class Project:
             if pick is None:
                 return None
             db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (pick, session, now + ttl))
-        r = inbox[pick]
-        return ImageRecord(r[0], None, r[1], r[2] or r[1], r[3], self._location(None, r[1]))
+        return self._record(inbox[pick])
 
     def inbox_queue(self, session: str, skip: Iterable[str] = (), limit: int = 6) -> list[ImageRecord]:
         """Inbox images nobody else is looking at (for a 'next up' preview; not leased)."""
         skip = set(skip)
         with self._db() as db:
             rows = db.execute(
-                "SELECT i.sha256, i.filename, i.source_name, i.added_at FROM images i LEFT JOIN leases l "
+                f"SELECT {_record_columns('i.')} FROM images i LEFT JOIN leases l "
                 "ON l.sha256 = i.sha256 AND l.expires >= ? WHERE i.status = 'ok' AND i.class IS NULL "
                 "AND (l.session IS NULL OR l.session = ?) ORDER BY i.added_at, i.filename LIMIT ?",
                 (time.time(), session, len(skip) + limit)).fetchall()
-        return [ImageRecord(r[0], None, r[1], r[2] or r[1], r[3], self._location(None, r[1]))
-                for r in rows if r[0] not in skip][:limit]
+        return [self._record(r) for r in rows if r[0] not in skip][:limit]
 
     def leased_by_others(self, session: str) -> int:
         with self._db() as db:
             return db.execute("SELECT COUNT(*) FROM leases WHERE session != ? AND expires >= ?",
                               (session, time.time())).fetchone()[0]
 
-    @_storage_errors("Sorting")
+    @storage_errors("Sorting")
     def release_leases(self, session: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM leases WHERE session = ?", (session,))
@@ -654,7 +597,7 @@ class Project:
         row = db.execute("SELECT name FROM classes WHERE lower(name) = lower(?)", (name,)).fetchone()
         return row[0] if row else None
 
-    @_storage_errors("Creating the class")
+    @storage_errors("Creating the class")
     def create_class(self, name: str) -> str:
         name = sanitize_class_name(name)
         with self._tx() as db:
@@ -670,7 +613,7 @@ class Project:
             raise WorkspaceError(f"There is no class '{name}'.")
         return row[0]
 
-    @_storage_errors("Renaming the class")
+    @storage_errors("Renaming the class")
     def rename_class(self, old: str, new: str) -> str:
         new = sanitize_class_name(new)
         with self._tx() as db:
@@ -701,7 +644,7 @@ class Project:
                 raise
         return new
 
-    @_storage_errors("Merging the classes")
+    @storage_errors("Merging the classes")
     def merge_classes(self, sources: Iterable[str], target: str) -> int:
         """Move every image of `sources` into `target` (created if needed) and remove the source classes."""
         sources = [s for s in dict.fromkeys(sources) if s != target]
@@ -719,7 +662,7 @@ class Project:
             self._drop_class(s)
         return moved
 
-    @_storage_errors("Deleting the class")
+    @storage_errors("Deleting the class")
     def delete_class(self, name: str) -> int:
         """Remove a class; its images go to the inbox (nothing is deleted). Returns how many were moved."""
         with self._db() as db:
@@ -752,7 +695,7 @@ class Project:
     # --- images ---------------------------------------------------------------------------------------------------
     def images(self, class_name: str | None = None, offset: int = 0, limit: int | None = None) -> list[ImageRecord]:
         """Images of one class, of the inbox (class_name=INBOX), or all (None); stable order, paged."""
-        sql = "SELECT sha256, class, filename, source_name, added_at FROM images WHERE status = 'ok'"
+        sql = f"SELECT {_record_columns()} FROM images WHERE status = 'ok'"
         args: list[Any] = []
         if class_name == INBOX:
             sql += " AND class IS NULL"
@@ -763,7 +706,7 @@ class Project:
         args += [-1 if limit is None else int(limit), max(0, int(offset))]
         with self._db() as db:
             rows = db.execute(sql, args).fetchall()
-        return [ImageRecord(r[0], r[1], r[2], r[3] or r[2], r[4], self._location(r[1], r[2])) for r in rows]
+        return [self._record(r) for r in rows]
 
     def count(self, class_name: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM images WHERE status = 'ok'"
@@ -777,18 +720,18 @@ class Project:
 
     def get(self, sha: str) -> ImageRecord | None:
         with self._db() as db:
-            r = db.execute("SELECT sha256, class, filename, source_name, added_at FROM images "
-                           "WHERE sha256 = ? AND status = 'ok'", (sha,)).fetchone()
-        return ImageRecord(r[0], r[1], r[2], r[3] or r[2], r[4], self._location(r[1], r[2])) if r else None
+            r = db.execute(f"SELECT {_record_columns()} FROM images WHERE sha256 = ? AND status = 'ok'",
+                           (sha,)).fetchone()
+        return self._record(r) if r else None
 
     def find_by_filename(self, filename: str) -> ImageRecord | None:
         """The image stored under this file name (names are unique in a project), wherever it is now."""
         with self._db() as db:
-            r = db.execute("SELECT sha256, class, filename, source_name, added_at FROM images "
-                           "WHERE filename = ? AND status = 'ok'", (filename,)).fetchone()
-        return ImageRecord(r[0], r[1], r[2], r[3] or r[2], r[4], self._location(r[1], r[2])) if r else None
+            r = db.execute(f"SELECT {_record_columns()} FROM images WHERE filename = ? AND status = 'ok'",
+                           (filename,)).fetchone()
+        return self._record(r) if r else None
 
-    @_storage_errors("Moving images")
+    @storage_errors("Moving images")
     def move(self, shas: Iterable[str], class_name: str | None, *, expected: Mapping[str, str | None] | None = None,
              session: str | None = None) -> int:
         """Move images to a class (or to the inbox with None). Returns how many actually changed place.
@@ -798,7 +741,7 @@ class Project:
         return self._checked(self.act(shas, INBOX if class_name is None else class_name, expected=expected,
                                       session=session), expected)
 
-    @_storage_errors("Deleting images")
+    @storage_errors("Deleting images")
     def delete_images(self, shas: Iterable[str], *, expected: Mapping[str, str | None] | None = None,
                       session: str | None = None) -> int:
         """Move images to the project's trash/ folder and drop them from training. Returns how many."""
@@ -810,7 +753,7 @@ class Project:
             raise StaleActionError(result)
         return result.done
 
-    @_storage_errors("Changing images")
+    @storage_errors("Changing images")
     def act(self, shas: Iterable[str], to: str | None, *, expected: Mapping[str, str | None] | None = None,
             session: str | None = None) -> ActionResult:
         """Move images to `to` (a class, INBOX or TRASH), each only if it is still where `expected` says.
@@ -834,7 +777,7 @@ class Project:
                 result.conflicts.append(outcome)
         return result
 
-    @_storage_errors("Undoing")
+    @storage_errors("Undoing")
     def undo(self, changes: Iterable[Change], session: str | None = None) -> ActionResult:
         """Revert changes (newest first), each only if nobody changed the image since (its version still matches).
         A class that no longer exists sends the image to the inbox."""
@@ -904,11 +847,11 @@ class Project:
 
     def trashed(self) -> list[ImageRecord]:
         with self._db() as db:
-            rows = db.execute("SELECT sha256, class, filename, source_name, added_at FROM images "
-                              "WHERE status = 'trashed' ORDER BY added_at").fetchall()
-        return [ImageRecord(r[0], r[1], r[2], r[3] or r[2], r[4], self.trash_dir / r[2]) for r in rows]
+            rows = db.execute(f"SELECT {_record_columns()} FROM images WHERE status = 'trashed' "
+                              "ORDER BY added_at").fetchall()
+        return [self._record(r, trashed=True) for r in rows]
 
-    @_storage_errors("Restoring images")
+    @storage_errors("Restoring images")
     def restore_images(self, shas: Iterable[str], session: str | None = None) -> int:
         """Bring trashed images back to their class (or the inbox if the class is gone)."""
         done = 0
@@ -922,250 +865,68 @@ class Project:
                 done += isinstance(self._relocate(db, sha, cls, TRASH, None, session), Change)
         return done
 
-    # --- adding ---------------------------------------------------------------------------------------------------
-    @_storage_errors("Adding files")
+    # --- adding: engine.ingest reads and checks the files, these two methods store them -------------------------
     def add_files(self, items: Iterable[tuple[str, bytes] | str | Path], class_name: str | None = None,
-                  *, create_class: bool = True, progress: Callable[[int], None] | None = None) -> AddReport:
-        """Add images from (name, bytes) pairs or file paths to a class (None: the inbox).
+                  **options: Any) -> AddReport:
+        """engine.ingest.add_files(self, ...): images from (name, bytes) pairs or paths to a class (None: inbox)."""
+        from engine import ingest  # imported on use: engine.ingest imports this module
 
-        Each file is decoded once (engine.images.load_image) so broken files are rejected with the reason;
-        files whose bytes are already in the project (or earlier in this batch) are reported as duplicates.
-        """
-        report = AddReport()
-        if class_name == INBOX:
-            class_name = None
-        if class_name is not None:
-            class_name = sanitize_class_name(class_name)
-            with self._tx() as db:
-                existing = self._find_class(db, class_name)
-                if existing is None and not create_class:
-                    raise WorkspaceError(f"There is no class '{class_name}'.")
-                class_name = existing or class_name
-                if self._ensure_class(db, class_name):
-                    report.classes_created.append(class_name)
-        seen: set[str] = set()
-        for n, item in enumerate(items, start=1):
-            if progress is not None and n % 20 == 0:
-                progress(20)  # a big import shows a count, not a bare spinner
-            name, data, reason = self._read_item(item)
-            if data is None:
-                report.rejected.append((name, reason or "unreadable"))
-                continue
-            try:
-                self._add_one(name, data, class_name, report, seen)
-            except (OSError, sqlite3.OperationalError) as exc:
-                message = storage_error_message(f"Adding {name}", exc)
-                if message is None:
-                    raise
-                log.warning("adding %s failed: %r", name, exc)
-                raise WorkspaceError(f"{message} {len(report.added)} file(s) of this batch were added before it; "
-                                     "the rest were not.") from exc
-        if report.added:
-            log.info("%s: %s", self.slug, report.summary())
-        return report
+        return ingest.add_files(self, items, class_name, **options)
 
-    @staticmethod
-    def _read_item(item: tuple[str, bytes] | str | Path) -> tuple[str, bytes | None, str | None]:
-        if isinstance(item, tuple):
-            name, data = item
-            if hasattr(data, "read"):
-                data = data.read()
-            return str(name), bytes(data), None
-        path = Path(item)
-        try:
-            size = path.stat().st_size
-            if size > MAX_FILE_BYTES:
-                return path.name, None, f"file too large ({size / 2**20:.0f} MB; limit {MAX_FILE_BYTES // 2**20} MB)"
-            return path.name, path.read_bytes(), None
-        except OSError as exc:
-            return path.name, None, f"cannot read the file ({exc.strerror or exc})"
+    def add_zip(self, source: str | Path | bytes | io.IOBase, class_name: str | None = None,
+                **limits: int) -> AddReport:
+        """engine.ingest.add_zip(self, ...): the images of a zip file, its folders as classes where they look so."""
+        from engine import ingest
 
-    def _add_one(self, name: str, data: bytes, class_name: str | None, report: AddReport, seen: set[str]) -> None:
-        if not data:
-            report.rejected.append((name, "empty file"))
-            return
-        if len(data) > MAX_FILE_BYTES:
-            report.rejected.append((name, f"file too large (limit {MAX_FILE_BYTES // 2**20} MB)"))
-            return
-        sha = bytes_sha256(data)
-        if sha in seen:
-            report.duplicates.append(name)
-            return
-        seen.add(sha)
-        with self._db() as db:
-            row = db.execute("SELECT status FROM images WHERE sha256 = ?", (sha,)).fetchone()
-        if row is not None and row[0] == "ok":
-            report.duplicates.append(name)
-            return
-        try:
-            pixels = load_image(data, name=name)
-        except ImageError as exc:
-            report.rejected.append((name, str(exc)))
-            return
-        except Exception as exc:  # a decoder crash on a hostile file must not stop the batch
-            log.warning("decoder failed on %s: %r", name, exc)
-            report.rejected.append((name, f"not a readable image ({type(exc).__name__})"))
-            return
-        filename = sanitize_filename(name)
-        stem, dot, ext = filename.rpartition(".")
-        if not dot:
-            stem, ext = filename, ""
-        if f".{ext}" not in IMAGE_EXTENSIONS:
-            # keep the name but give the file an extension that says what it is, so any tool can read the folder
-            sniffed = sniff_extension(data)
-            if sniffed is None:
-                report.rejected.append((name, "unsupported image format (use JPEG, PNG, BMP, GIF, WebP, TIFF or HEIC)"))
-                return
-            stem, ext = (filename if not dot else f"{stem}_{ext}"), sniffed[1:]
+        return ingest.add_zip(self, source, class_name, **limits)
+
+    def import_image_dir(self, path: str | Path, progress: Callable[[int, int], None] | None = None) -> AddReport:
+        """engine.ingest.import_image_dir(self, ...): an existing image_dir (one subfolder per class)."""
+        from engine import ingest
+
+        return ingest.import_image_dir(self, path, progress)
+
+    def _use_class(self, name: str, create: bool = True) -> tuple[str, bool]:
+        """For engine.ingest: the existing class spelled like `name` (case-insensitively), else `name` created
+        (WorkspaceError when not `create`). `name` must be sanitised. Returns (class, whether it was created)."""
         with self._tx() as db:
-            row = db.execute("SELECT status, filename FROM images WHERE sha256 = ?", (sha,)).fetchone()
-            if row is not None and row[0] == "ok":  # another session added it meanwhile
-                report.duplicates.append(name)
-                return
+            existing = self._find_class(db, name)
+            if existing is None and not create:
+                raise WorkspaceError(f"There is no class '{name}'.")
+            name = existing or name
+            return name, self._ensure_class(db, name)
+
+    def _add_image(self, sha: str, data: bytes, class_name: str | None, filename: str, fallback: str,
+                   source_name: str, pixels: Any = None) -> bool:
+        """For engine.ingest, its only way into the index: in one transaction, write `data` (already checked and
+        decoded into `pixels`) to class_name's folder (None: the inbox) and insert its row. The file is named
+        `filename`, or `fallback` when another image has that name (compared case-insensitively, as folders are
+        on macOS and Windows). False, and nothing written, when the image is already in the project (another
+        session added it meanwhile); a trashed copy's row is replaced. The thumbnail is cached afterwards."""
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM images WHERE sha256 = ?", (sha,)).fetchone()
+            if row is not None and row[0] == "ok":
+                return False
             if row is not None:  # it was in the trash: re-adding brings it back under a fresh row
                 db.execute("DELETE FROM images WHERE sha256 = ?", (sha,))
-            final = f"{stem}.{ext}"
-            taken = db.execute("SELECT 1 FROM images WHERE lower(filename) = lower(?)", (final,)).fetchone()
-            if taken or final.lower() in _IGNORED_NAMES:
-                final = f"{stem}-{sha[:10]}.{ext}"
+            if db.execute("SELECT 1 FROM images WHERE lower(filename) = lower(?)", (filename,)).fetchone():
+                filename = fallback
             if class_name is not None:
                 self._ensure_class(db, class_name)
-            dest = self._location(class_name, final)
+            dest = self._location(class_name, filename)
             atomic_write_bytes(dest, data)
             try:
                 db.execute("INSERT INTO images (sha256, class, filename, source_name, added_at, status) "
-                           "VALUES (?, ?, ?, ?, ?, 'ok')", (sha, class_name, final, name[:255], time.time()))
+                           "VALUES (?, ?, ?, ?, ?, 'ok')", (sha, class_name, filename, source_name, time.time()))
             except BaseException:
                 dest.unlink(missing_ok=True)
                 raise
-        report.added.append(sha)
-        try:
-            self._write_thumbnail(sha, pixels)
-        except Exception as exc:  # a thumbnail is a cache: never fail an upload over it
-            log.warning("thumbnail for %s failed: %r", name, exc)
-
-    @_storage_errors("Adding the zip")
-    def add_zip(self, source: str | Path | bytes | io.IOBase, class_name: str | None = None, *,
-                max_files: int = MAX_ZIP_FILES, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES) -> AddReport:
-        """Add the images of a zip file.
-
-        Unsafe member names (absolute, `..`) are ignored and reported; macOS metadata is skipped. Zip bombs are
-        refused: at most `max_files` members and `max_total_bytes` uncompressed in all, counted while reading (the
-        sizes in the zip directory are not trusted). If the zip's top-level folders look like classes (two or more,
-        or one named like an existing class) they become classes; a single wrapping folder is looked through.
-        """
-        report = AddReport()
-        data = source.read() if hasattr(source, "read") else source
-        try:
-            zf = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes | bytearray) else data)
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise WorkspaceError(f"This is not a readable zip file ({exc}). Re-create it with your file manager's "
-                                 "'Compress' command.") from exc
-        with zf:
-            members = []
-            for info in zf.infolist():
-                if info.is_dir():
-                    continue
-                parts = _safe_member_parts(info.filename)
-                if parts is None:
-                    report.rejected.append((info.filename, "unsafe path in the zip (ignored)"))
-                    continue
-                if parts[0] == "__MACOSX" or parts[-1].lower() in _IGNORED_NAMES or parts[-1].startswith("._"):
-                    continue
-                members.append((info, parts))
-            if len(members) > max_files:
-                raise WorkspaceError(f"The zip holds {len(members)} files; the limit is {max_files}. "
-                                     "Split it into smaller zips.")
-            declared = sum(info.file_size for info, _ in members)
-            if declared > max_total_bytes:
-                raise WorkspaceError(f"The zip would unpack to {declared / 2**30:.1f} GB; the limit is "
-                                     f"{max_total_bytes / 2**30:.1f} GB.")
-            layout = _zip_layout([p for _, p in members], set(self.classes()) if class_name is None else set())
-            budget = max_total_bytes
-            groups: dict[str | None, list[tuple[str, bytes]]] = {}
-            for info, parts in members:
-                name = "/".join(parts)
-                if info.compress_size and info.file_size / max(info.compress_size, 1) > MAX_ZIP_RATIO \
-                        and info.file_size > 10 * 2**20:
-                    report.rejected.append((name, "suspicious compression ratio (zip bomb?), skipped"))
-                    continue
-                if info.file_size > MAX_FILE_BYTES:
-                    report.rejected.append((name, f"file too large (limit {MAX_FILE_BYTES // 2**20} MB)"))
-                    continue
-                try:
-                    content = _read_member(zf, info, min(MAX_FILE_BYTES, budget))
-                except _TooBig:
-                    if budget < MAX_FILE_BYTES:
-                        raise WorkspaceError("The zip unpacks to more data than allowed; is it a zip bomb?") from None
-                    report.rejected.append((name, f"file too large (limit {MAX_FILE_BYTES // 2**20} MB)"))
-                    continue
-                except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
-                    report.rejected.append((name, f"cannot extract ({exc})"))
-                    continue
-                budget -= len(content)
-                target = class_name if class_name is not None else layout(parts)
-                groups.setdefault(target, []).append((parts[-1], content))
-        for target, items in groups.items():
-            if target is not None:
-                try:
-                    target = sanitize_class_name(target)
-                except WorkspaceError as exc:
-                    report.notes.append(_inbox_note(target, exc, len(items)))
-                    target = None
-            report.merge(self.add_files(items, target))
-        return report
-
-    @_storage_errors("Importing the folder")
-    def import_image_dir(self, path: str | Path, progress: Callable[[int, int], None] | None = None) -> AddReport:
-        """Add an existing image_dir (one subfolder per class; loose files go to the inbox). Nothing is moved.
-
-        progress(done, total) is called every few files."""
-        root = Path(path).expanduser()
-        if not root.is_dir():
-            raise WorkspaceError(f"Folder not found: {root}")
-        report = AddReport()
-        loose = []
-        inside = root.resolve()
-
-        def leads_outside(p: Path) -> bool:
-            # a link to a file or folder elsewhere on the disk is not part of the folder the user picked
-            if p.is_symlink() and not p.resolve().is_relative_to(inside):
-                report.rejected.append((str(p.relative_to(root)), "a link to something outside the imported folder "
-                                                                  "(not followed)"))
-                return True
-            return False
-
-        groups: list[tuple[Path, list[Path]]] = []
-        for child in sorted(root.iterdir()):
-            if child.name.startswith(".") or child.name.lower() in _IGNORED_NAMES or child.name == "__MACOSX":
-                continue
-            if leads_outside(child):
-                continue
-            if child.is_dir():
-                groups.append((child, sorted(p for p in child.rglob("*") if not _hidden(p.relative_to(child))
-                                             and not leads_outside(p) and p.is_file())))
-            elif child.is_file():
-                loose.append(child)
-        total, done = sum(len(files) for _, files in groups) + len(loose), 0
-
-        def step(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress is not None:
-                progress(min(done, total), total)
-
-        for child, files in groups:
+        if pixels is not None:
             try:
-                cls = sanitize_class_name(child.name)
-            except WorkspaceError as exc:
-                report.notes.append(_inbox_note(child.name, exc, len(files)))
-                cls = None
-            report.merge(self.add_files(files, cls, progress=step))
-            step(len(files) % 20)
-        if loose:
-            report.merge(self.add_files(loose, None, progress=step))
-            step(len(loose) % 20)
-        return report
+                self._write_thumbnail(sha, pixels)
+            except Exception as exc:  # a thumbnail is a cache: never fail an upload over it
+                log.warning("thumbnail for %s failed: %r", source_name, exc)
+        return True
 
     # --- thumbnails -----------------------------------------------------------------------------------------------
     def _write_thumbnail(self, sha: str, pixels) -> bytes:
@@ -1200,196 +961,14 @@ class Project:
             raise WorkspaceError(str(exc)) from exc
 
     # --- consistency ----------------------------------------------------------------------------------------------
-    @_storage_errors("Checking the project")
     def consistency_check(self, repair: bool = False) -> ConsistencyReport:
-        """Compare the index with the folders (someone may have edited them by hand).
+        """engine.check.consistency_check(self, repair): compare the index with the folders (and repair)."""
+        from engine import check  # imported on use: engine.check imports this module
 
-        With repair=True: rows follow files that moved to another class folder; rows whose file is gone are dropped;
-        untracked files are added (class folders that are no class yet become classes; unreadable files go to
-        trash/); leftover temp files are removed.
-        """
-        report = ConsistencyReport(repaired=repair)
-        with self._db() as db:
-            rows = db.execute("SELECT sha256, class, filename FROM images WHERE status = 'ok'").fetchall()
-            classes = {r[0] for r in db.execute("SELECT name FROM classes")}
-        on_disk: dict[str, Path] = {}  # filename -> path, for files in images/*/ and inbox/
-        untracked_dirs: list[Path] = []
-        for folder in [self.inbox_dir, *sorted(p for p in self.images_dir.glob("*") if p.is_dir())]:
-            if folder.parent == self.images_dir and folder.name not in classes:
-                report.unknown_folders.append(folder.name)
-                untracked_dirs.append(folder)
-            for f in folder.iterdir() if folder.is_dir() else []:
-                if f.is_file():
-                    if f.name.startswith(TEMP_PREFIX):
-                        if repair and time.time() - f.stat().st_mtime > 3600:
-                            f.unlink(missing_ok=True)
-                        continue
-                    on_disk[f.name] = f
-        for cls in sorted(classes):
-            if repair and not (self.images_dir / cls).is_dir():
-                (self.images_dir / cls).mkdir(parents=True, exist_ok=True)
-        tracked = set()
-        for sha, cls, filename in rows:
-            tracked.add(filename)
-            expected = self._location(cls, filename)
-            actual = on_disk.get(filename)
-            if actual is None:
-                report.missing_files.append(sha)
-                if repair:
-                    with self._tx() as db:
-                        db.execute("DELETE FROM images WHERE sha256 = ?", (sha,))
-                    report.notes.append(f"forgot {filename}: its file is gone")
-            elif actual != expected:
-                report.misplaced.append(sha)
-                if repair:
-                    new_cls = None if actual.parent == self.inbox_dir else actual.parent.name
-                    with self._tx() as db:
-                        if new_cls is not None:
-                            self._ensure_class(db, new_cls)
-                        db.execute("UPDATE images SET class = ?, version = version + 1, changed_by = NULL "
-                                   "WHERE sha256 = ?", (new_cls, sha))
-                    report.notes.append(f"{filename} is in {new_cls or 'the inbox'} now")
-        untracked = [p for name, p in on_disk.items() if name not in tracked]
-        report.untracked_files = sorted(str(p.relative_to(self.path)) for p in untracked)
-        if repair:
-            for folder in untracked_dirs:
-                try:
-                    name = sanitize_class_name(folder.name)
-                    with self._tx() as db:
-                        self._ensure_class(db, name)
-                except WorkspaceError:
-                    pass
-            for p in untracked:
-                data = p.read_bytes()
-                cls = None if p.parent == self.inbox_dir else p.parent.name
-                tmp_holder = self.trash_dir / f".check-{time.time_ns()}-{p.name}"
-                self.trash_dir.mkdir(parents=True, exist_ok=True)
-                os.replace(p, tmp_holder)  # out of the way, so add_files can write the file under its own name
-                try:
-                    cls = sanitize_class_name(cls) if cls is not None else None
-                except WorkspaceError:
-                    cls = None
-                rep = self.add_files([(p.name, data)], cls)
-                if rep.added or rep.duplicates:
-                    tmp_holder.unlink(missing_ok=True)
-                    report.notes.append(f"{p.name}: {'added' if rep.added else 'duplicate, removed'}")
-                else:
-                    os.replace(tmp_holder, self.trash_dir / p.name)
-                    reason = rep.rejected[0][1] if rep.rejected else "unreadable"
-                    report.notes.append(f"{p.name}: moved to trash/ ({reason})")
-        return report
+        return check.consistency_check(self, repair)
 
 
-class _TooBig(Exception):
-    pass
+if __name__ == "__main__":  # the older spelling of `python -m engine.check check <project>`
+    from engine.check import main
 
-
-def _inbox_note(folder: str, exc: Exception, n_files: int) -> str:
-    shown = folder if len(folder) <= 40 else folder[:37] + "..."
-    return (f"Folder '{shown}' cannot be a class ({str(exc).rstrip('.')}); its {n_files} file(s) went to the inbox "
-            "instead.")
-
-
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
-    buf = bytearray()
-    with zf.open(info) as fh:
-        while True:
-            chunk = fh.read(1 << 20)
-            if not chunk:
-                return bytes(buf)
-            buf += chunk
-            if len(buf) > limit:
-                raise _TooBig
-
-
-def _safe_member_parts(name: str) -> list[str] | None:
-    """Path components of a zip member, or None if the name is absolute or climbs out ('..')."""
-    text = name.replace("\\", "/")
-    if text.startswith("/") or re.match(r"^[A-Za-z]:", text) or "\x00" in text:
-        return None
-    parts = [p for p in text.split("/") if p not in ("", ".")]
-    if not parts or any(p == ".." for p in parts):
-        return None
-    return parts
-
-
-def _hidden(rel: Path) -> bool:
-    return any(p.startswith(".") or p == "__MACOSX" or p.lower() in _IGNORED_NAMES for p in rel.parts)
-
-
-def _zip_layout(all_parts: list[list[str]], known_classes: set[str]):
-    """Decide how member paths map to classes; returns parts -> class name or None (inbox)."""
-    strip = 0
-    firsts = {p[0] for p in all_parts if len(p) > 1}
-    # one wrapping folder (flowers/daisy/x.jpg) is looked through
-    if len(firsts) == 1 and all(len(p) > 1 for p in all_parts) and any(len(p) > 2 for p in all_parts):
-        strip = 1
-    folders = {p[strip] for p in all_parts if len(p) > strip + 1}
-    use_folders = len(folders) >= 2 or bool(folders & known_classes)
-
-    def layout(parts: list[str]) -> str | None:
-        rest = parts[strip:]
-        if use_folders and len(rest) > 1:
-            return rest[0]
-        return None
-
-    return layout
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# command line: python -m engine.workspace check <project> [--repair]
-# ------------------------------------------------------------------------------------------------------------------
-def _print_check(report: ConsistencyReport, names: dict[str, str]) -> None:
-    sections = [("rows whose file is gone", [names.get(s, s) for s in report.missing_files]),
-                ("files moved to another folder by hand", [names.get(s, s) for s in report.misplaced]),
-                ("files the index does not know", report.untracked_files),
-                ("folders in images/ that are no class", report.unknown_folders)]
-    for title, items in sections:
-        if items:
-            print(f"{len(items)} {title}:")
-            for item in items[:200]:
-                print(f"  {item}")
-    for note in report.notes:
-        print(f"repaired: {note}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`check`: compare a project's folders with its index; 0 when they agree (after --repair: when repaired)."""
-    parser = argparse.ArgumentParser(prog="python -m engine.workspace",
-                                     description="Project maintenance for Retrain Studio workspaces.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="Report (and with --repair fix) differences between folders and index.")
-    check.add_argument("project", help=f"a project folder, or a project name (slug) in ${WORKSPACE_ENV}")
-    check.add_argument("--repair", action="store_true",
-                       help="rows follow files moved by hand, rows of vanished files are dropped, unknown files are "
-                            "added (unreadable ones go to trash/); nothing is deleted")
-    args = parser.parse_args(argv)
-    path = Path(args.project).expanduser()
-    if not (path / "project.db").is_file():
-        ws = Workspace()
-        if not ws.exists(args.project):
-            print(f"error: {args.project} is not a project folder (no project.db), nor a project in {ws.root}",
-                  file=sys.stderr)
-            return 2
-        path = ws.root / args.project
-    try:
-        project = Project(path)
-        with project._db() as db:
-            names = dict(db.execute("SELECT sha256, filename FROM images WHERE status = 'ok'").fetchall())
-        report = project.consistency_check(repair=args.repair)
-        _print_check(report, names)
-        if args.repair:
-            report = project.consistency_check()
-            _print_check(report, names)
-    except (WorkspaceError, sqlite3.Error, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if report.ok:
-        print(f"OK: the folders of {path} agree with its index.")
-        return 0
-    print(f"{path}: the folders and the index disagree; run again with --repair to fix it.")
-    return 1
-
-
-if __name__ == "__main__":
     sys.exit(main())

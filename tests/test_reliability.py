@@ -54,7 +54,7 @@ if str(REPO) not in sys.path:  # the app's pages import ui/ and engine/ from the
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from engine import fileio, jobs  # noqa: E402
+from engine import fileio, ingest, jobs  # noqa: E402
 from engine import workspace as wsmod  # noqa: E402
 from engine.config import TrainConfig  # noqa: E402
 from engine.demo import bad_file_corpus, make_demo_dataset  # noqa: E402
@@ -959,8 +959,8 @@ def post(url: str, filename: str, data: bytes) -> tuple[int, dict | None, str]:
 def server(env, cli_run):
     if cli_run.proc.returncode != 0:
         pytest.fail(f"the training run failed: {cli_run.proc.stderr[-1500:]}")
-    if not (REPO / "engine" / "bundle_serve.py").exists():
-        pytest.skip("the HTTP server (engine/bundle_serve.py) is not committed yet")
+    if not (REPO / "engine" / "bundle" / "serve.py").exists():
+        pytest.skip("the HTTP server (engine/bundle/serve.py) is not committed yet")
     folder = env.root / "served"
     zipfile.ZipFile(cli_run.run_dir / "bundle.zip").extractall(folder)
     port = free_port()
@@ -1326,8 +1326,8 @@ def test_consistency_check_command_reports_and_repairs_drift(tmp_path, monkeypat
     (project.inbox_dir / "notes.png").write_text("not a picture\n")
     files_before = {k: v for k, v in image_files(project).items()}
 
-    def check(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([PY, "-m", "engine.workspace", "check", *args], cwd=tmp_path, capture_output=True,
+    def check(*args: str, module: str = "engine.check") -> subprocess.CompletedProcess:
+        return subprocess.run([PY, "-m", module, "check", *args], cwd=tmp_path, capture_output=True,
                               text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
 
     found = check(str(project.path))
@@ -1339,6 +1339,7 @@ def test_consistency_check_command_reports_and_repairs_drift(tmp_path, monkeypat
     fixed = check(project.slug, "--repair")  # a project name works too
     assert fixed.returncode == 0 and "OK" in fixed.stdout, fixed.stdout + fixed.stderr
     assert check(str(project.path)).returncode == 0
+    assert check(str(project.path), module="engine.workspace").returncode == 0  # the older spelling still works
     assert project.get(gone.sha256) is None
     assert project.get(moved.sha256).class_name == "b"
     assert project.get(sha(img(471))).class_name == "b" and project.get(sha(img(472))).class_name == "newclass"
@@ -1352,7 +1353,7 @@ def test_consistency_check_command_reports_and_repairs_drift(tmp_path, monkeypat
 
 
 class FaultyModule:
-    """A stand-in for a module (os, tempfile) inside engine.workspace only: chosen functions fail, the rest work."""
+    """A stand-in for a module (os, tempfile) inside one engine module only: chosen functions fail, the rest work."""
 
     def __init__(self, real, **failing: Callable):
         self._real, self._failing = real, failing
@@ -1454,18 +1455,19 @@ def test_app_binds_localhost_and_limits_uploads():
     assert re.search(r'^address\s*=\s*"127\.0\.0\.1"', server, re.M), server
     size = re.search(r"^maxUploadSize\s*=\s*(\d+)", server, re.M)
     assert size and 0 < int(size.group(1)) <= 2048, server
-    assert wsmod.MAX_FILE_BYTES <= 64 << 20 and wsmod.MAX_ZIP_TOTAL_BYTES and wsmod.MAX_ZIP_FILES
+    assert ingest.MAX_FILE_BYTES <= 64 << 20 and ingest.MAX_ZIP_TOTAL_BYTES and ingest.MAX_ZIP_FILES
 
 
 def test_servers_bind_localhost_and_limit_uploads_by_default():
     import argparse
 
-    from engine import bundle_serve, serve
+    from engine import serve
+    from engine.bundle import serve as bundle_serve
 
     parser = argparse.ArgumentParser()
     serve.add_serve_args(parser)
     args = parser.parse_args(["--bundle", "x.zip"])
-    assert args.host == "127.0.0.1" and 0 < args.max_upload_mb <= 256
+    assert serve.forwarded_args(args) == []  # `python -m engine serve` leaves them to the bundle server's defaults
     args = bundle_serve.build_parser().parse_args([])
     assert args.host == "127.0.0.1" and 0 < args.max_upload_mb <= 256 and args.max_pixels <= 80_000_000
 
@@ -1474,7 +1476,7 @@ def test_no_pickle_of_user_data():
     """Only the restricted reader of the shipped backbone weights unpickles anything."""
     risky = re.compile(r"\bpickle\.(loads?|Unpickler)\b|allow_pickle\s*=\s*True|\b(joblib|dill|cloudpickle|shelve)\b"
                        r"|\bmarshal\.loads?\(|\btorch\.load\(")
-    files = [*(REPO / "engine").glob("*.py"), *(REPO / "ui").rglob("*.py"), REPO / "app.py"]
+    files = [*(REPO / "engine").rglob("*.py"), *(REPO / "ui").rglob("*.py"), REPO / "app.py"]
     hits = [f"{f.relative_to(REPO)}:{n}: {line.strip()}" for f in files if f.name != "torch_legacy.py"
             for n, line in enumerate(f.read_text().splitlines(), 1) if risky.search(line)]
     assert not hits, hits
@@ -1516,7 +1518,7 @@ def test_file_names_are_never_trusted_for_paths(tmp_path):
 
 def test_upload_size_limit_names_the_file(tmp_path, monkeypatch):
     project = Workspace(tmp_path / "ws").create_project("limits")
-    monkeypatch.setattr(wsmod, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(ingest, "MAX_FILE_BYTES", 1000)
     big = img(1100, size=(200, 200))
     rep = project.add_files([("big.png", big), ("small.png", img(1101, size=(4, 4)))])
     assert [n for n, _ in rep.rejected] == ["big.png"] and "too large" in rep.rejected[0][1]

@@ -12,15 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.workspace import (
-    INBOX,
-    MAX_ZIP_RATIO,
-    Workspace,
-    WorkspaceError,
-    sanitize_class_name,
-    sanitize_filename,
-    slugify,
-)
+from engine.ingest import MAX_ZIP_RATIO, sanitize_filename
+from engine.workspace import INBOX, Workspace, WorkspaceError, sanitize_class_name, slugify
 
 
 def png(seed: int, size: int = 24, fmt: str = "PNG") -> bytes:

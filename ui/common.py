@@ -11,7 +11,8 @@ from typing import Any
 import streamlit as st
 
 from engine.images import SUPPORTED
-from engine.workspace import INBOX, AddReport, ImageRecord, Project, Workspace, WorkspaceError
+from engine.ingest import AddReport
+from engine.workspace import INBOX, ImageRecord, Project, Workspace, WorkspaceError
 
 log = logging.getLogger("retrain_studio.ui")
 
@@ -157,6 +158,15 @@ def class_label(name: str | None) -> str:
     return INBOX_LABEL if name in (None, INBOX) else str(name)
 
 
+def prediction_record(project: Project, prediction: dict) -> ImageRecord | None:
+    """The project's image a run's per-image prediction is about, found by content (sha256), since the file may
+    have been renamed or moved since the run; by file name only for runs older than that key."""
+    if prediction.get("sha256"):
+        return project.get(prediction["sha256"])
+    name = Path(str(prediction.get("path") or "")).name
+    return project.find_by_filename(name) if name else None
+
+
 def thumbnail(project: Project, sha: str) -> bytes | None:
     try:
         return project.thumbnail(sha)
@@ -278,9 +288,7 @@ def show_run_diff(project: Project, diff: Any, before_id: str, after_id: str, ke
             cols = st.columns(per_row)
             for col, f in zip(cols, shown[start:start + per_row], strict=False):
                 with col:
-                    rec = project.get(f["sha256"]) if f.get("sha256") else None
-                    if rec is None and f.get("path"):
-                        rec = project.find_by_filename(Path(str(f["path"])).name)
+                    rec = prediction_record(project, f)
                     data = thumbnail(project, rec.sha256) if rec is not None else None
                     if data is not None:
                         st.image(data, width="stretch")

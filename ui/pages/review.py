@@ -223,8 +223,7 @@ if items:
         for col, p in zip(cols, shown[start:start + per_row], strict=False):
             with col, st.container(border=True):
                 name = Path(str(p.get("path", ""))).name
-                # by content: the file may have been renamed or moved to another class since the run
-                rec = project.get(p["sha256"]) if p.get("sha256") else project.find_by_filename(name)
+                rec = common.prediction_record(project, p)
                 data = common.thumbnail(project, rec.sha256) if rec else None
                 if data is not None:
                     st.image(data, width="stretch")
