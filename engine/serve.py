@@ -19,6 +19,7 @@ import zipfile
 from contextlib import ExitStack
 from pathlib import Path
 
+from engine import runfolder as rf
 from engine.bundle.predict import safe_member_parts
 from engine.export import BUNDLE_SOURCES
 
@@ -69,7 +70,7 @@ def unpack(bundle: Path, into: Path) -> Path:
 def server_command(folder: Path) -> list[str]:
     if (folder / "serve.py").is_file():
         return [sys.executable, str(folder / "serve.py")]
-    if (folder / "model_card.json").is_file() and (folder / "labels.txt").is_file():
+    if (folder / rf.MODEL_CARD).is_file() and (folder / rf.LABELS).is_file():
         return [sys.executable, str(BUNDLE_SOURCES / "serve.py"), "--bundle_dir", str(folder)]
     raise ServeError(f"{folder} is not an exported bundle: it has no serve.py and no model_card.json/labels.txt")
 
