@@ -156,6 +156,10 @@ def _print_summary(result) -> None:
         else:
             print(f"Unknown below {threshold['value']:.3f} confidence (precision {threshold['precision']:.3f}, "
                   f"coverage {threshold['coverage']:.3f} in {how})")
+    for row in result.metrics.get("backbone_comparison") or []:  # features of both backbones were cached
+        loss = f", log-loss {row['log_loss']:.4f}" if row.get("log_loss") is not None else ""
+        print(f"  {row['backbone']}: cross-validated accuracy {row['accuracy']:.4f}{loss}"
+              + ("  (this run)" if row["backbone"] == result.data.resolved.handle else ""))
     t = result.timings
     print(f"Time: {t['total_s']:.1f} s (features {t['embed_s']:.1f} s for {t['embedded_new']} new images, "
           f"head {t['head_s']:.2f} s)")

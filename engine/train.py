@@ -64,6 +64,7 @@ class TrainResult:
     run_dir: Path | None = None
     export: Any = None
     fine_tuned_model: Any = None  # keras model, only when fine-tuning ran (its backbone weights changed)
+    groups: np.ndarray | None = None  # fold group per image (copies together), as cross-validation used them
 
     @property
     def model(self):
@@ -134,20 +135,51 @@ def _drop_unreadable(ds: Dataset, failed: list[tuple[int, str]]) -> Dataset:
 COMPARE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite2")
 
 
-def compare_backbones(data: PreparedData, cfg: TrainConfig, groups: np.ndarray) -> list[dict[str, Any]]:
-    """Cross-validated accuracy and log-loss of the other preset backbones whose features of all these images are
-    in the cache already (nothing is computed for this): which backbone wins on the user's own data."""
-    from engine.backbones import BACKBONES, cached_module_path, resolve
+def comparable_backbones(result: TrainResult) -> list[str]:
+    """The other preset backbones this run could be compared with: installed and prepared on this machine, and the
+    run cross-validated on every image (a held-out split or fine-tuning: nothing to compare)."""
+    from engine.backbones import BACKBONES, cached_module_path
+
+    data = result.data
+    if data.store is None or not result.metrics.get("cross_validated") \
+            or len(data.train_idx) != len(data.dataset.items):
+        return []
+    return [name for name in COMPARE_BACKBONES if name != data.resolved.handle and name in BACKBONES
+            and BACKBONES[name].installed() and (cached_module_path(name) / "saved_model.pb").exists()]
+
+
+def backbone_comparison(result: TrainResult) -> list[dict[str, Any]]:
+    """This run's backbone against the comparable ones whose features of every image are cached, by cross-validated
+    accuracy and log-loss, best first; [] when there is nothing to compare or the comparison fails: it is a side
+    report, never a reason to fail a run."""
+    data, metrics = result.data, result.metrics
+    names = comparable_backbones(result)
+    if not names:
+        return []
+    try:
+        others = compare_backbones(data, result.config, result.groups, names)
+    except Exception as exc:  # noqa: BLE001 - see above
+        log.warning("Backbone comparison skipped: %s", exc)
+        return []
+    if not others:
+        return []
+    own_loss = next((r["val_loss"] for r in metrics.get("l2_search") or [] if r["l2"] == metrics.get("l2")), None)
+    own = {"backbone": data.resolved.handle, "accuracy": metrics["val_accuracy"], "log_loss": own_loss,
+           "l2": metrics.get("l2")}
+    return sorted([own, *others], key=lambda r: (r["log_loss"] is None, r["log_loss"]))
+
+
+def compare_backbones(data: PreparedData, cfg: TrainConfig, groups: np.ndarray | None,
+                      names: list[str]) -> list[dict[str, Any]]:
+    """Cross-validated accuracy and log-loss of the named backbones whose features of all these images are in the
+    cache already (nothing is computed for this): which backbone wins on the user's own data."""
+    from engine.backbones import resolve
     from engine.embeddings import preprocess_id
 
     shas = [it.sha256 for it in data.dataset.items]
     y, n_classes = data.dataset.y, len(data.dataset.labels)
     rows = []
-    for name in COMPARE_BACKBONES:
-        spec = BACKBONES.get(name)
-        if name == data.resolved.handle or spec is None or not spec.installed() \
-                or not (cached_module_path(name) / "saved_model.pb").exists():
-            continue
+    for name in names:
         other = resolve(name)
         found = data.store.get_many(list(set(shas)), other.backbone_id,
                                     preprocess_id(other.image_size, cfg.center_crop))
@@ -422,18 +454,6 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
                            oof.fold)
         metrics.update(fold_spread(y[tr], probs.argmax(1), oof.fold))
         evaluation = f"cross-validation ({oof.n_folds} folds)"
-        if data.store is not None and len(tr) == len(items):
-            t_compare = time.perf_counter()
-            try:
-                others = compare_backbones(data, cfg, groups)
-            except Exception as exc:  # noqa: BLE001 - a side report must never fail the training
-                log.warning("Backbone comparison skipped: %s", exc)
-                others = []
-            if others:
-                own = {"backbone": data.resolved.handle, "accuracy": metrics["val_accuracy"],
-                       "log_loss": crossval.log_loss(oof.logits, y), "l2": oof.l2}
-                metrics["backbone_comparison"] = sorted([own, *others], key=lambda r: r["log_loss"])
-            t_head += time.perf_counter() - t_compare  # reported apart: compare_s
     else:
         paths, shas = [items[i].path for i in va], [items[i].sha256 for i in va]
         if cfg.do_fine_tuning:
@@ -475,12 +495,11 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
         "log-loss is within one standard error (l2_se) of the lowest", l2_se=fit.oof.se,
         l2_search=[{k: r[k] for k in ("l2", "val_loss", "val_accuracy")} for r in fit.oof.grid],
         head_iterations=fit.iterations, calibration=calibration, threshold=threshold)
-    compare_s = t_head - t_head_fit
     timings = {"embed_s": t_embed - t0, "head_s": t_head_fit - t_embed, "cv_s": fit.oof.seconds,
-               "compare_s": compare_s,
                "fine_tune_s": t_end - t_head if cfg.do_fine_tuning else 0.0, "total_s": t_end - t0,
                "embed_images_per_s": data.embed_images_per_s, "embedded_new": data.embedded_new}
-    return TrainResult(labels, cfg, history, metrics, head, data, timings, fine_tuned_model=classifier)
+    return TrainResult(labels, cfg, history, metrics, head, data, timings, fine_tuned_model=classifier,
+                       groups=groups)
 
 
 def check_accuracy(result: TrainResult, threshold: float | None) -> None:

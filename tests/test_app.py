@@ -291,6 +291,20 @@ def test_train_history_explains_the_kept_step_and_compares_runs(ws):
     assert "Now right" in [m.label for m in at.metric]
 
 
+def test_train_history_names_the_l2_kept_by_the_one_standard_error_rule(ws, monkeypatch):
+    """With cross-validation the steps are L2 values and the one kept need not have the lowest loss on the chart:
+    the page names the kept one (from the run's result), not the lowest."""
+    monkeypatch.setenv("FAKE_MODE", "grid")
+    project = sorted_project(ws)
+    run_id = jobs.start_training(project)
+    assert jobs.wait(jobs.run_path(project, run_id), timeout=60)["state"] == "succeeded"
+    shown = texts(page(ok(app(project.slug).run()), "ui/pages/train.py"))
+    assert "5 training step(s) (regularisation strengths tried)" in shown
+    assert "uses L2 0.003 (step 2)" in shown and "lowest validation loss" not in shown
+    review = texts(page(ok(app(project.slug).run()), "ui/pages/review.py"))
+    assert "Backbones on these images (cross-validated, best first): efficientnet-lite2 90" in review
+
+
 def test_train_failure_is_shown_without_traceback(ws, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "fail")
     project = sorted_project(ws)

@@ -100,7 +100,7 @@ def test_l2_search_reports_each_point_and_steps_past_the_grid_edge():
     x, y = rng.normal(size=(80, 16)).astype(np.float32), rng.integers(0, 2, 80)  # noise: strongest L2 wins
     seen = []
     oof = crossval.out_of_fold(x, y, 2, on_grid_point=seen.append)
-    assert [r["l2"] for r in seen[:5]] == sorted(crossval.L2_GRID, reverse=True)
+    assert [r["l2"] for r in seen[:len(crossval.L2_GRID)]] == sorted(crossval.L2_GRID, reverse=True)
     assert oof.l2 >= 0.1 and max(r["l2"] for r in seen) > max(crossval.L2_GRID)
     assert {"step", "l2", "loss", "accuracy", "val_loss", "val_accuracy", "elapsed"} <= set(seen[0])
     assert crossval.out_of_fold(x, y, 2, l2=1e-3).grid[0]["l2"] == 1e-3  # a given L2 is used as is

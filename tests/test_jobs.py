@@ -69,10 +69,11 @@ if mode == "sleep":
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     (run_dir / "child.pid").write_text(str(child.pid))
     time.sleep(float(os.environ.get("FAKE_SLEEP", "60")))
+L2 = [1e-2, 3e-3, 1e-3, 3e-4, 1e-4]  # FAKE_MODE=grid: steps are L2 values tried, as cross-validation reports them
 for e in range(1, 6):
     time.sleep(float(os.environ.get("FAKE_EPOCH_DELAY", "0")))
     ev(type="epoch", phase="head", epoch=e, loss=1 / e, accuracy=0.5 + e / 20, val_loss=1.2 / e,
-       val_accuracy=0.5 + e / 25, elapsed=0.1 * e)
+       val_accuracy=0.5 + e / 25, elapsed=0.1 * e, **({"l2": L2[e - 1]} if mode == "grid" else {}))
 if mode == "fail":
     ev(type="error", message="boom")
     status("failed", "boom")
@@ -89,8 +90,12 @@ cm = [[sum(1 for p in preds if p["true"] == a and p["predicted"] == b) for b in 
 metrics = {"labels": labels, "val_accuracy": sum(p["true"] == p["predicted"] for p in preds) / len(preds),
            "per_class": {lb: {"precision": 0.8, "recall": 0.7, "f1": 0.75, "support": 3} for lb in labels},
            "confusion_matrix": cm, "predictions": preds}
+if mode == "grid":  # as a run with a second backbone's features cached reports it
+    metrics["backbone_comparison"] = [{"backbone": "efficientnet-lite2", "accuracy": 0.9, "log_loss": 0.25},
+                                      {"backbone": "efficientnet-lite0", "accuracy": 0.8, "log_loss": 0.4}]
 (run_dir / "metrics.json").write_text(json.dumps(metrics))
-ev(type="result", val_accuracy=metrics["val_accuracy"], metrics_file=str(run_dir / "metrics.json"))
+ev(type="result", val_accuracy=metrics["val_accuracy"], metrics_file=str(run_dir / "metrics.json"),
+   **({"l2": 3e-3} if mode == "grid" else {}))
 (run_dir / "labels.txt").write_text("\n".join(labels) + "\n")
 (run_dir / "model_card.json").write_text(json.dumps({"labels": labels}))
 for v in ("float32", "dynamic", "int8"):
@@ -141,11 +146,8 @@ def _pid_gone(pid: int, timeout: float = 10) -> bool:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                if fh.read().rsplit(")", 1)[-1].split()[0] == "Z":
-                    return True
-        except OSError:
+        fields = runfolder.proc_stat(pid)
+        if fields is None or fields[0] == "Z":  # gone, or a zombie: exited
             return True
         time.sleep(0.1)
     return False

@@ -3,6 +3,8 @@ make_image_classifier hold-out mode, fine-tuning, unreadable files."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -218,3 +220,30 @@ def test_fine_tuning_changes_the_backbone_validates_on_one_fold_and_bakes_the_te
     probs = res.model.predict(x[None].astype(np.float32) / 255.0, verbose=0)[0]
     assert probs.shape == (2,) and probs.sum() == pytest.approx(1.0, abs=1e-4)
     assert res.val_accuracy is not None
+
+
+def test_backbone_comparison_ranks_this_run_against_another_backbones_cached_features(result, monkeypatch):
+    """Features of a second backbone, cached for the same images, are compared by cross-validated log-loss. The
+    second backbone here is the run's own features plus noise under another id (computing EfficientNet-Lite2's
+    would take a minute); resolving its name is the one part replaced."""
+    import engine.backbones as backbones
+    import engine.train as train_module
+    from engine.embeddings import preprocess_id
+
+    data = result.data
+    other = backbones.ResolvedBackbone("noisy", "-", data.resolved.image_size, None, "noisy-test-features")
+    noisy = data.features + np.random.default_rng(0).normal(0, 3 * data.features.std(), data.features.shape)
+    prep = preprocess_id(other.image_size, result.config.center_crop)
+    data.store.put_many([(it.sha256, f.astype(np.float32)) for it, f in zip(data.dataset.items, noisy, strict=True)],
+                        other.backbone_id, prep)
+    monkeypatch.setattr(train_module, "comparable_backbones", lambda res: ["noisy"])
+    monkeypatch.setattr(backbones, "resolve", lambda name, image_size=None: other)
+    rows = train_module.backbone_comparison(result)
+    assert [r["backbone"] for r in rows] == [data.resolved.handle, "noisy"]  # the clean features win
+    assert rows[0]["log_loss"] < rows[1]["log_loss"] and rows[0]["accuracy"] == result.val_accuracy
+    own = next(r for r in result.metrics["l2_search"] if r["l2"] == result.metrics["l2"])
+    assert rows[0]["log_loss"] == own["val_loss"]
+    data.store.put_many([(data.dataset.items[0].sha256, noisy[0].astype(np.float32))], "another-id", prep)
+    monkeypatch.setattr(backbones, "resolve", lambda name, image_size=None: dataclasses.replace(
+        other, backbone_id="another-id"))
+    assert train_module.backbone_comparison(result) == []  # features of only some images: nothing to compare

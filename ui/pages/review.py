@@ -132,6 +132,12 @@ c1.metric("Cross-validated accuracy" if _cross_validated else "Validation accura
           common.fmt_pct(metrics.get("val_accuracy")), help=metrics.get("evaluation"))
 c2.metric("Images judged" if _cross_validated else "Validation images", len(predictions))
 c3.metric("Mistakes", sum(1 for p in predictions if p.get("true") != p.get("predicted")))
+_comparison = metrics.get("backbone_comparison") or []  # added after the bundle, when another backbone is cached
+if len(_comparison) > 1:
+    st.caption("Backbones on these images (cross-validated, best first): " + " · ".join(
+        f"{r['backbone']} {common.fmt_pct(r.get('accuracy'))}"
+        + (f", log-loss {r['log_loss']:.3f}" if r.get("log_loss") is not None else "") for r in _comparison)
+        + ". Train with the first one (Train → backbone) if it is not this run's.")
 
 left, right = st.columns(2, gap="large")
 with left:

@@ -169,10 +169,17 @@ def _history_note(hist: pd.DataFrame, events: list[dict], state: str) -> str:
     last = hist.iloc[-1]
     # a step is an epoch, or (head fitted in closed form with cross-validation) one regularisation strength tried
     grid = "l2" in hist and hist["l2"].notna().all()
-    text = (f"{n} training step(s) ({'regularisation strengths tried, strongest first' if grid else 'epochs'}) · "
+    text = (f"{n} training step(s) ({'regularisation strengths tried' if grid else 'epochs'}) · "
             f"last step: accuracy {common.fmt_pct(last.get('accuracy'))}, validation accuracy "
             f"{common.fmt_pct(last.get('val_accuracy'))}.")
-    if "val_loss" in hist and hist["val_loss"].notna().any() and n > 1:
+    result = next((e for e in reversed(events) if e.get("type") == "result"), None)
+    if grid and result is not None and result.get("l2") is not None:
+        # the kept L2 follows the one-standard-error rule (engine.crossval), not the lowest loss on the chart
+        steps = hist.index[hist["l2"].astype(float) == float(result["l2"])]
+        text += (f" The model kept uses L2 {float(result['l2']):g}" + (f" (step {steps[0]})" if len(steps) else "")
+                 + ": the strongest whose cross-validated loss is within one standard error of the lowest, so it "
+                 "can sit next to the lowest point rather than on it. It is then trained on every image.")
+    elif "val_loss" in hist and hist["val_loss"].notna().any() and n > 1:
         best = hist["val_loss"].astype(float).idxmin()
         kept = f"step {best}" + (f", L2 {float(hist.loc[best, 'l2']):g}" if grid else "")
         text += (f" The model kept is the one from {kept} (lowest validation loss, validation accuracy "
