@@ -9,7 +9,8 @@ A training run is a self-describing folder; every module that opens one takes th
     <run_dir>/head.npz         the trained head (kernel, bias, temperature), for scoring cached embeddings
     <run_dir>/snapshot.json    (sha256, label) of every image the run trained on
     <run_dir>/model_card.json, labels.txt, saved_model/, model_{variant}.tflite   (engine.export)
-    <run_dir>/bundle.zip       written last and atomically: if it exists, the run is complete and downloadable
+    <run_dir>/bundle.zip       the last artefact, written atomically: if it exists, the run is downloadable
+                               (afterwards the job may still add the backbone comparison to metrics.json)
     <run_dir>/run.json         app jobs only (engine.jobs): run_id, project, command, pid, proc_start, counts
     <run_dir>/log.txt          app jobs only: the job's stdout and stderr
     <run_dir>/cancel           app jobs only: marker, the user asked to stop

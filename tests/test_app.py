@@ -305,6 +305,23 @@ def test_train_history_names_the_l2_kept_by_the_one_standard_error_rule(ws, monk
     assert "Backbones on these images (cross-validated, best first): efficientnet-lite2 90" in review
 
 
+def test_train_page_offers_the_bundle_as_soon_as_it_is_written(ws, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "linger")
+    project = sorted_project(ws)
+    run_dir = jobs.run_path(project, jobs.start_training(project))
+    try:
+        deadline = time.time() + 30
+        while not (run_dir / "bundle.zip").exists():
+            assert time.time() < deadline, jobs.log_tail(run_dir)
+            time.sleep(0.05)
+        assert jobs.job_status(run_dir)["state"] == "running"
+        shown = texts(page(ok(app(project.slug).run()), "ui/pages/train.py"))
+        assert "The bundle is ready; the run is still comparing backbones" in shown
+        assert "being exported" not in shown
+    finally:
+        jobs.cancel(run_dir)
+
+
 def test_train_failure_is_shown_without_traceback(ws, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "fail")
     project = sorted_project(ws)

@@ -219,7 +219,14 @@ def _render_run(run_dir: Path) -> dict:
                 st.progress(min(1.0, int(export["done"]) / int(export["total"])),
                             text=f"Exporting: {export.get('file')} written ({export['done']}/{export['total']})")
             result = next((e for e in reversed(events) if e.get("type") == "result"), None)
-            if result is not None:
+            if result is not None and status.get("downloadable"):
+                # bundle.zip is written; the job only adds a side report (engine.runs: backbone comparison)
+                st.info(f"Trained: validation accuracy {common.fmt_pct(result.get('val_accuracy'))}. The bundle "
+                        "is ready; the run is still comparing backbones on these images.")
+                r1, r2 = st.columns(2)
+                r1.page_link(common.REVIEW, label="Review mistakes", icon=":material/fact_check:")
+                r2.page_link(common.EXPORT, label="Download & try the model", icon=":material/download:")
+            elif result is not None:
                 st.info(f"Trained: validation accuracy {common.fmt_pct(result.get('val_accuracy'))}. The models are "
                         "being exported; the mistakes can be reviewed already.")
                 st.page_link(common.REVIEW, label="Review mistakes now", icon=":material/fact_check:")
