@@ -150,6 +150,7 @@ class _Seen:
     root: str
 
 
+READ_ATTEMPTS = 4  # searches for an image's content before it counts as gone (see prepare_image)
 _SEEN: dict[str, _Seen] = {}  # path as scanned -> what was there (filled by scan_image_dir)
 _FOUND: dict[str, dict[str, str]] = {}  # root -> {sha256: path} learnt by rescans
 _LOCK = threading.Lock()
@@ -195,16 +196,19 @@ def prepare_image(path: str | Path | ImageItem, size: int, center_crop: bool = F
     if key not in _SEEN:
         return images.prepare(key, size, center_crop)
     name = Path(key).name
-    for _ in range(4):
-        where = resolve_path(key)
+    for attempt in range(READ_ATTEMPTS):
         try:
-            data = Path(where).read_bytes()
-        except FileNotFoundError:
-            continue  # moved again between being found and being read: look again
+            data = Path(resolve_path(key)).read_bytes()
+        except (FileNotFoundError, ImageGone):
+            # Moved again between being found and being read, or moved into a folder the search had already
+            # walked past (so it was seen nowhere): look again.
+            time.sleep(0.01 * attempt)
+            continue
         except OSError as exc:
             raise images.ImageError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
         return images.prepare(data, size, center_crop, name=name)
-    raise ImageGone(f"{name}: kept moving while training and could not be read")
+    raise ImageGone(f"{name}: moved out of the folder or deleted while training, or kept moving, and not found "
+                    "again by its content")
 
 
 def _find_content(seen: _Seen) -> str | None:

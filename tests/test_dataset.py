@@ -332,6 +332,26 @@ def test_images_moved_after_the_scan_are_read_by_content(tmp_path):
     assert Snapshot.load(tmp_path / "nothing") is None
 
 
+def test_a_search_that_misses_a_moving_image_looks_again(tmp_path, monkeypatch):
+    """A folder walk can miss a file moved into a folder it already walked past (another process sorting while the
+    run reads): reading the image searches again before calling it gone."""
+    from engine import dataset as dataset_module
+
+    root = _make(tmp_path / "img", {"a": 2, "b": 2})
+    item = scan_image_dir(root).items[0]
+    os.replace(item.path, root / "b" / "moved.png")
+    searches = []
+    real = dataset_module._find_content
+    monkeypatch.setattr(dataset_module, "_find_content",
+                        lambda seen: searches.append(seen) or (None if len(searches) == 1 else real(seen)))
+    assert dataset_module.prepare_image(item, 16).shape == (16, 16, 3) and len(searches) == 2
+    Path(root / "b" / "moved.png").unlink()  # really gone: every search comes back empty, then a clear error
+    searches.clear()
+    with pytest.raises(dataset_module.ImageGone, match="moved out of the folder or deleted while training"):
+        dataset_module.prepare_image(item, 16)
+    assert len(searches) == dataset_module.READ_ATTEMPTS
+
+
 def test_a_project_image_moved_or_trashed_during_a_run_is_found_through_the_index(tmp_path):
     from engine.dataset import resolve_path
     from engine.workspace import Workspace
