@@ -115,10 +115,11 @@ def _add_backbone_comparison(result: TrainResult, run_dir: Path, metrics: dict, 
     """How the other cached backbone does on the same images: after the bundle, so nobody waits for a side report
     (a second cross-validation, ~1 s on 3,500 images); metrics.json gains it when it is ready."""
     t0 = time.perf_counter()
-    if not comparable_backbones(result):
+    names = comparable_backbones(result)
+    if not names:
         return
     emit(progress, "stage", stage="compare", message="Comparing backbones on these images (cached features)")
-    rows = backbone_comparison(result)
+    rows = backbone_comparison(result, names)
     if rows:
         metrics["backbone_comparison"] = rows
         metrics["timings"] = {**metrics["timings"], "compare_s": time.perf_counter() - t0}

@@ -148,14 +148,11 @@ def comparable_backbones(result: TrainResult) -> list[str]:
             and BACKBONES[name].installed() and (cached_module_path(name) / "saved_model.pb").exists()]
 
 
-def backbone_comparison(result: TrainResult) -> list[dict[str, Any]]:
-    """This run's backbone against the comparable ones whose features of every image are cached, by cross-validated
-    accuracy and log-loss, best first; [] when there is nothing to compare or the comparison fails: it is a side
-    report, never a reason to fail a run."""
+def backbone_comparison(result: TrainResult, names: list[str]) -> list[dict[str, Any]]:
+    """This run's backbone against those of `names` (comparable_backbones) whose features of every image are
+    cached, by cross-validated accuracy and log-loss, best first; [] when none is or the comparison fails: it is a
+    side report, never a reason to fail a run."""
     data, metrics = result.data, result.metrics
-    names = comparable_backbones(result)
-    if not names:
-        return []
     try:
         others = compare_backbones(data, result.config, result.groups, names)
     except Exception as exc:  # noqa: BLE001 - see above
@@ -444,7 +441,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
          + (" with cross-validation" if cross_validated else ""))
     fit = fit_head(data.features[tr], y[tr], n_classes, cfg, groups[tr], progress)
     head, history = fit.head, list(fit.history)
-    t_head = t_head_fit = time.perf_counter()
+    t_head = time.perf_counter()
     calibration, threshold = dict(fit.calibration), dict(fit.threshold)
     classifier = None
     if cross_validated:
@@ -495,7 +492,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
         "log-loss is within one standard error (l2_se) of the lowest", l2_se=fit.oof.se,
         l2_search=[{k: r[k] for k in ("l2", "val_loss", "val_accuracy")} for r in fit.oof.grid],
         head_iterations=fit.iterations, calibration=calibration, threshold=threshold)
-    timings = {"embed_s": t_embed - t0, "head_s": t_head_fit - t_embed, "cv_s": fit.oof.seconds,
+    timings = {"embed_s": t_embed - t0, "head_s": t_head - t_embed, "cv_s": fit.oof.seconds,
                "fine_tune_s": t_end - t_head if cfg.do_fine_tuning else 0.0, "total_s": t_end - t0,
                "embed_images_per_s": data.embed_images_per_s, "embedded_new": data.embedded_new}
     return TrainResult(labels, cfg, history, metrics, head, data, timings, fine_tuned_model=classifier,

@@ -236,9 +236,8 @@ def test_backbone_comparison_ranks_this_run_against_another_backbones_cached_fea
     prep = preprocess_id(other.image_size, result.config.center_crop)
     data.store.put_many([(it.sha256, f.astype(np.float32)) for it, f in zip(data.dataset.items, noisy, strict=True)],
                         other.backbone_id, prep)
-    monkeypatch.setattr(train_module, "comparable_backbones", lambda res: ["noisy"])
     monkeypatch.setattr(backbones, "resolve", lambda name, image_size=None: other)
-    rows = train_module.backbone_comparison(result)
+    rows = train_module.backbone_comparison(result, ["noisy"])
     assert [r["backbone"] for r in rows] == [data.resolved.handle, "noisy"]  # the clean features win
     assert rows[0]["log_loss"] < rows[1]["log_loss"] and rows[0]["accuracy"] == result.val_accuracy
     own = next(r for r in result.metrics["l2_search"] if r["l2"] == result.metrics["l2"])
@@ -246,4 +245,4 @@ def test_backbone_comparison_ranks_this_run_against_another_backbones_cached_fea
     data.store.put_many([(data.dataset.items[0].sha256, noisy[0].astype(np.float32))], "another-id", prep)
     monkeypatch.setattr(backbones, "resolve", lambda name, image_size=None: dataclasses.replace(
         other, backbone_id="another-id"))
-    assert train_module.backbone_comparison(result) == []  # features of only some images: nothing to compare
+    assert train_module.backbone_comparison(result, ["noisy"]) == []  # features of only some images: nothing to compare

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import streamlit as st
 
 from engine import jobs
 from engine import runfolder as rf
+from engine.fileio import read_json
 from ui import common
 
 project = common.require_project()
@@ -57,14 +57,6 @@ def _size(path: Path) -> str:
     if path.is_dir():
         return _fmt_bytes(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()))
     return _fmt_bytes(path.stat().st_size)
-
-
-def _read_card() -> dict | None:
-    try:
-        card = json.loads((run_dir / rf.MODEL_CARD).read_text())
-    except (OSError, ValueError):
-        return None
-    return card if isinstance(card, dict) else None
 
 
 def _variants_table(card: dict) -> None:
@@ -134,8 +126,8 @@ def downloads() -> None:
         st.error("No exported files in this run. Train again; if it keeps failing, the log on the Train page says "
                  "why.")
 
-    card = _read_card()
-    if card is not None:
+    card = read_json(run_dir / rf.MODEL_CARD)  # {} while the export has not written it yet
+    if card:
         _variants_table(card)
         with st.expander("Model card (JSON)"):
             st.json(card, expanded=1)

@@ -3,7 +3,6 @@ each with one click to relabel it in the project."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import streamlit as st
 
 from engine import jobs
 from engine import runfolder as rf
+from engine.fileio import read_json
 from ui import common
 
 project = common.require_project()
@@ -36,7 +36,7 @@ def _retrain() -> None:
     from engine.config import TrainConfig
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}  # a setting an older version wrote is dropped
-    data = {k: v for k, v in _read_json(run_dir / rf.CONFIG).items() if k in known}
+    data = {k: v for k, v in read_json(run_dir / rf.CONFIG).items() if k in known}
     cfg = common.guarded("Reading the run's settings", TrainConfig.from_dict, data)
     run_id = common.guarded("Starting training", jobs.start_training, project, cfg) if cfg is not None else None
     if run_id:
@@ -76,7 +76,7 @@ def _retrain_and_changes() -> None:
     from engine.compare import diff_runs
 
     before = jobs.load_metrics(previous) or {}
-    diff = diff_runs(before, metrics, _read_json(previous / rf.CONFIG), _read_json(run_dir / rf.CONFIG))
+    diff = diff_runs(before, metrics, read_json(previous / rf.CONFIG), read_json(run_dir / rf.CONFIG))
     with st.expander(f"What changed since the previous run ({previous.name})", expanded=True):
         common.show_run_diff(project, diff, previous.name, run_dir.name, key="review_diff")
 
@@ -99,14 +99,6 @@ def _wait_for(run_id: str) -> None:
     if jobs.job_status(jobs.run_path(project, run_id))["state"] != "running":
         st.rerun(scope="app")
     st.caption(f"A training job ({run_id}) is running; retraining is possible when it is done.")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _previous_run() -> Path | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import types
 import typing
@@ -17,6 +16,7 @@ from engine import jobs
 from engine import runfolder as rf
 from engine.config import TrainConfig
 from engine.dataset import training_problem
+from engine.fileio import read_json
 from engine.workspace import INBOX
 from ui import common
 
@@ -368,11 +368,7 @@ if runs:
             from engine.compare import diff_runs
 
             def _json(run_id: str, name: str) -> dict:
-                try:
-                    data = json.loads((jobs.run_path(project, run_id) / name).read_text())
-                except (OSError, ValueError):
-                    return {}
-                return data if isinstance(data, dict) else {}
+                return read_json(jobs.run_path(project, run_id) / name)
 
             ma, mb = _json(older, rf.METRICS), _json(newer, rf.METRICS)
             common.show_run_diff(project, diff_runs(ma, mb, _json(older, rf.CONFIG), _json(newer, rf.CONFIG)),
