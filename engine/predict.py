@@ -198,19 +198,24 @@ def _read_labels(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-def _unzip(path: Path) -> tempfile.TemporaryDirectory:
-    """Unpack a bundle zip into a temporary folder; its members' names are checked first (no absolute paths, no
-    '..')."""
-    tmp = tempfile.TemporaryDirectory(prefix="retrain-bundle-")
+def unpack_bundle(path: Path, into: Path) -> None:
+    """Unpack a bundle zip into `into`; its members' names are checked first (no absolute paths, no '..'), so
+    nothing lands outside it. PredictError when it is not a readable zip or holds an unsafe name."""
     try:
         with zipfile.ZipFile(path) as zf:
             unsafe = next((n for n in zf.namelist() if bundle.safe_member_parts(n) is None), None)
             if unsafe is not None:
                 raise PredictError(f"{path} holds an unsafe path ({unsafe!r}); it is not a bundle made here")
-            zf.extractall(tmp.name)
-    except zipfile.BadZipFile as exc:
-        tmp.cleanup()
+            zf.extractall(into)
+    except (zipfile.BadZipFile, OSError) as exc:
         raise PredictError(f"{path} is not a readable zip file ({exc})") from exc
+
+
+def _unzip(path: Path) -> tempfile.TemporaryDirectory:
+    """The bundle unpacked into a temporary folder, removed again when unpacking fails."""
+    tmp = tempfile.TemporaryDirectory(prefix="retrain-bundle-")
+    try:
+        unpack_bundle(path, Path(tmp.name))
     except BaseException:
         tmp.cleanup()
         raise

@@ -15,13 +15,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import zipfile
 from contextlib import ExitStack
 from pathlib import Path
 
 from engine import runfolder as rf
-from engine.bundle.predict import safe_member_parts
 from engine.export import BUNDLE_SOURCES
+from engine.predict import PredictError, unpack_bundle
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +54,11 @@ def forwarded_args(args: argparse.Namespace) -> list[str]:
 
 
 def unpack(bundle: Path, into: Path) -> Path:
-    """Unpack a bundle zip; its members' names are checked first (no absolute paths, no '..')."""
+    """Unpack a bundle zip, as `predict` does (engine.predict.unpack_bundle: member names checked first)."""
     try:
-        with zipfile.ZipFile(bundle) as zf:
-            for name in zf.namelist():
-                if safe_member_parts(name) is None:
-                    raise ServeError(f"{bundle} holds an unsafe path ({name!r}); it is not a bundle made here")
-            zf.extractall(into)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ServeError(f"{bundle} cannot be read as a zip ({exc})") from exc
+        unpack_bundle(bundle, into)
+    except PredictError as exc:
+        raise ServeError(str(exc)) from exc
     return into
 
 
