@@ -23,13 +23,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import images  # noqa: E402
-from engine.backbones import load_feature_layer, resolve  # noqa: E402
-from engine.config import TrainConfig  # noqa: E402
-from engine.dataset import scan_image_dir, split_dataset  # noqa: E402
-from engine.embeddings import Embedder, EmbeddingStore, embed_files  # noqa: E402
-from engine.tfcompat import keras, set_seed, tf  # noqa: E402
-from engine.train import PreparedData, train, train_head  # noqa: E402
+from engine.config.training import TrainConfig  # noqa: E402
+from engine.core.tfcompat import keras, set_seed, tf  # noqa: E402
+from engine.data import images  # noqa: E402
+from engine.data.dataset import scan_image_dir, split_dataset  # noqa: E402
+from engine.features.backbones import load_feature_layer, resolve  # noqa: E402
+from engine.features.embeddings import Embedder, EmbeddingStore, embed_files  # noqa: E402
+from engine.learn.train import PreparedData, train, train_head  # noqa: E402
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers"
 

@@ -7,9 +7,9 @@
 2. 30 altered copies (JPEG q40, half size, 90% centre crop, +15% brightness; each in a random class): share grouped
    with their original, and false groups on the untouched set; also each alteration alone.
 3. Inbox: 10 labelled photos per class, the rest unsorted: precision and coverage of suggestions >= 0.9 (with the
-   suggestion temperature, engine.curate.suggestion_temperature, and with the head's own for comparison).
+   suggestion temperature, engine.curate.curate.suggestion_temperature, and with the head's own for comparison).
 4. Timings on flowers_large (3,461 images, cached embeddings): all findings, the map (PCA, t-SNE).
-Embeddings come from the shared cache (engine.embeddings), so the first run embeds ~3,800 images once.
+Embeddings come from the shared cache (engine.features.embeddings), so the first run embeds ~3,800 images once.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import curate  # noqa: E402
+from engine.curate import curate  # noqa: E402
 
 ALTERATIONS = ("jpeg40", "half", "crop90", "bright15")
 
@@ -50,10 +50,10 @@ def alter(path: str | Path, kinds: tuple[str, ...] = ALTERATIONS) -> bytes:
 
 
 def load_set(root: Path):
-    from engine import backbones
-    from engine.dataset import scan_image_dir
-    from engine.embeddings import embed_files
-    from engine.images import file_sha256
+    from engine.data.dataset import scan_image_dir
+    from engine.data.images import file_sha256
+    from engine.features import backbones
+    from engine.features.embeddings import embed_files
 
     ds = scan_image_dir(root, check_images=False)
     paths = [it.path for it in ds.items]
@@ -64,9 +64,9 @@ def load_set(root: Path):
 
 
 def embed_paths(paths: list[str]) -> tuple[list[str], np.ndarray]:
-    from engine import backbones
-    from engine.embeddings import embed_files
-    from engine.images import file_sha256
+    from engine.data.images import file_sha256
+    from engine.features import backbones
+    from engine.features.embeddings import embed_files
 
     shas = [file_sha256(p) for p in paths]
     return shas, embed_files(paths, shas, backbones.resolve("efficientnet-lite0")).features
@@ -76,7 +76,7 @@ def embed_paths(paths: list[str]) -> tuple[list[str], np.ndarray]:
 def bench_flips(root: Path, seeds: int) -> None:
     from cleanlab.filter import find_label_issues
 
-    from engine.crossval import out_of_fold
+    from engine.learn.crossval import out_of_fold
 
     ds, paths, shas, x = load_set(root)
     y0, k_cls = ds.y, len(ds.labels)
@@ -110,7 +110,7 @@ def bench_flips(root: Path, seeds: int) -> None:
         top = np.argsort(-z)[:n_flip]
         rec_outlier.append(len(set(top.tolist()) & set(flipped.tolist())) / n_flip)
     print(f"\n[1] {root.name}: flip 10% of {len(y0)} labels ({round(0.1 * len(y0))}), {seeds} seeds")
-    print(f"    top-k recall of curate's suspects (engine.curate.label_issues): {np.mean(rec_curate):.3f}  "
+    print(f"    top-k recall of curate's suspects (engine.curate.curate.label_issues): {np.mean(rec_curate):.3f}  "
           f"(per seed {np.round(rec_curate, 3)}); ranked by self-confidence {np.mean(rec_sc):.3f}")
     for r in rankings:
         print(f"    top-k recall, find_label_issues ranked by {r:28s}: {np.mean(rec[r]):.3f}  "
@@ -156,14 +156,14 @@ def bench_copies(root: Path, n_copies: int = 30, seed: int = 0) -> None:
 
 # ------------------------------------------------------------------------------------------------------------------
 def bench_inbox(root: Path, per_class: int = 10, seeds: int = 3, threshold: float = 0.9) -> None:
-    from engine.config import TrainConfig
-    from engine.train import fit_head
+    from engine.config.training import TrainConfig
+    from engine.learn.train import fit_head
 
     ds, paths, shas, x = load_set(root)
     y = ds.y
     k = len(ds.labels)
-    from engine import crossval
-    from engine.head import Head
+    from engine.learn import crossval
+    from engine.learn.head import Head
 
     kinds = ("suggestions", "head alone")
     prec: dict[str, list[float]] = {kind: [] for kind in kinds}

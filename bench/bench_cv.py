@@ -5,7 +5,7 @@ Lite2, calibration, and the time of cross-validation + L2 search + final fit.
     python bench/bench_cv.py --datasets flowers --backbones efficientnet-lite0 --splits 3
 
 For each dataset and backbone (and the Lite0+Lite2 concatenation), over --splits random stratified 50/50 splits:
-our head (engine.train.fit_head: 5-fold CV chooses L2, temperature and threshold, then the head is fitted on the
+our head (engine.learn.train.fit_head: 5-fold CV chooses L2, temperature and threshold, then the head is fitted on the
 whole training half) and scikit-learn's LogisticRegression (C=1, max_iter 5000, converged) are trained on one half
 and scored on the other, both ways. The exported models compute exactly head.probabilities() on the backbone's
 features (the temperature is baked into the weights), so the accuracy printed is the exported model's.
@@ -24,17 +24,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import crossval  # noqa: E402
-from engine.config import TrainConfig  # noqa: E402
-from engine.dataset import scan_image_dir  # noqa: E402
-from engine.train import fit_head  # noqa: E402
+from engine.config.training import TrainConfig  # noqa: E402
+from engine.data.dataset import scan_image_dir  # noqa: E402
+from engine.learn import crossval  # noqa: E402
+from engine.learn.train import fit_head  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def features_of(image_dir: Path, backbone: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from engine.backbones import resolve
-    from engine.embeddings import EmbeddingStore, embed_files
+    from engine.features.backbones import resolve
+    from engine.features.embeddings import EmbeddingStore, embed_files
 
     ds = scan_image_dir(image_dir, check_images=False)
     res = embed_files([it.path for it in ds.items], [it.sha256 for it in ds.items], resolve(backbone),

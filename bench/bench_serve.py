@@ -41,7 +41,7 @@ def free_port() -> int:
 def demo_bundle(work: Path) -> Path:
     """Train a float32-only bundle on the engine's demo dataset through the CLI."""
     sys.path.insert(0, str(REPO))
-    from engine.demo import make_demo_dataset
+    from engine.data.demo import make_demo_dataset
 
     data = make_demo_dataset(work / "demo", per_class=24)
     print("Training a demo bundle (float32 only) ...", file=sys.stderr)

@@ -77,7 +77,7 @@ def baseline_child(image_dir: str, out: str) -> None:
     sys.path.insert(0, str(REPO / "bench"))
     sys.path.insert(0, str(REPO))
     import bench as b
-    from engine.dataset import scan_image_dir, split_dataset
+    from engine.data.dataset import scan_image_dir, split_dataset
 
     ds = scan_image_dir(image_dir, check_images=False)
     tr, va = split_dataset(ds, 0.2, 0)
@@ -93,8 +93,8 @@ def parity(image_dir: Path, out: Path, env: dict[str, str]) -> list[str]:
 
     import numpy as np
 
-    from engine import images
-    from engine.predict import TFLiteModel
+    from engine.data import images
+    from engine.inference.predict import TFLiteModel
 
     out.mkdir(parents=True, exist_ok=True)
     run([sys.executable, "-m", "engine", "train", "--image_dir", str(image_dir), "--run_dir", str(out),
@@ -118,8 +118,8 @@ def app_clicks(projects: dict[str, Path], env: dict[str, str], tmp: Path) -> dic
     sys.path.insert(0, str(REPO))
     from playwright.sync_api import expect, sync_playwright
 
-    from engine import jobs
-    from engine.workspace import Workspace
+    from engine.runs import jobs
+    from engine.store.workspace import Workspace
     from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, COUNT_RUNS, _free_port, act, settle
 
     ws = tmp / "ws"
@@ -198,7 +198,7 @@ def main() -> int:
         baseline_child(*args.baseline_child)
         return 0
     sys.path.insert(0, str(REPO))
-    from engine.backbones import cache_root
+    from engine.features.backbones import cache_root
 
     image_dir = Path(args.image_dir)
     rows: list[tuple[str, float]] = []

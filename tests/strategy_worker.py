@@ -17,13 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(strategy: str, image_dir: str, backbone: str, run_dir: str, cache_dir: str) -> int:
-    from engine.tfcompat import tf
+    from engine.core.tfcompat import tf
 
     if strategy == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from engine.cli import main as cli
-    from engine.distributed import make_strategy
+    from engine.cli.main import main as cli
+    from engine.features.distributed import make_strategy
 
     rc = cli(["train", "--image_dir", image_dir, "--tfhub_module", backbone, "--image_size", "32",
               "--do_fine_tuning", "--fine_tune_epochs", "1", "--batch_size", "8", "--validation_split", "0.25",

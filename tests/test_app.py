@@ -20,9 +20,9 @@ if str(REPO) not in sys.path:  # the pages import ui/ and engine/ from the repo 
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from engine import jobs  # noqa: E402
-from engine.config import TrainConfig  # noqa: E402
-from engine.workspace import INBOX, Workspace  # noqa: E402
+from engine.config.training import TrainConfig  # noqa: E402
+from engine.runs import jobs  # noqa: E402
+from engine.store.workspace import INBOX, Workspace  # noqa: E402
 
 
 def _load_fake_engine():
@@ -101,8 +101,8 @@ def test_home_create_project(ws):
 
 
 def test_home_demo_project(ws):
-    if importlib.util.find_spec("engine.demo") is None:
-        pytest.skip("engine.demo is not written yet")
+    if importlib.util.find_spec("engine.data.demo") is None:
+        pytest.skip("engine.data.demo is not written yet")
     at = ok(app().run())
     ok(button(at, "Create demo project").click().run())
     (info,) = ws.list_projects()
@@ -440,8 +440,8 @@ def test_export_shows_the_variants_table_and_only_files_that_exist(ws):
 def test_export_try_with_a_broken_model_shows_an_error(ws):
     project, run_id = trained(ws)  # the fake engine writes placeholder bytes, not real models
     at = page(ok(app(project.slug).run()), "ui/pages/export.py")
-    if importlib.util.find_spec("engine.predict") is None:
-        assert any("engine.predict is missing" in w.value for w in at.warning)
+    if importlib.util.find_spec("engine.inference.predict") is None:
+        assert any("engine.inference.predict is missing" in w.value for w in at.warning)
         return
     at.file_uploader(key="try_image").set_value(("x.png", png(1), "image/png"))
     ok(at.run())

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from port_reference import FIXTURE, reference_inputs
 
-from engine import backbones
-from engine.backbones import BACKBONES, BackboneError
-from engine.tfcompat import keras, tf
-from engine.torch_legacy import LEGACY_MAGIC, TorchFileError, load_state_dict
+from engine.core.tfcompat import keras, tf
+from engine.features import backbones
+from engine.features.backbones import BACKBONES, BackboneError
+from engine.features.torch_legacy import LEGACY_MAGIC, TorchFileError, load_state_dict
 
 INSTALLED = [name for name, spec in BACKBONES.items() if spec.installed()]
 TOLERANCE = 1e-4

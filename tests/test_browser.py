@@ -57,7 +57,7 @@ def _free_port() -> int:
 
 
 def _engine_missing() -> str | None:
-    for mod in ("engine.cli", "engine.dataset", "engine.export", "engine.demo"):
+    for mod in ("engine.cli.main", "engine.data.dataset", "engine.export.artefacts", "engine.data.demo"):
         if importlib.util.find_spec(mod) is None:
             return f"the training engine is not complete yet ({mod} is missing)"
     return None
@@ -227,7 +227,7 @@ def sample_images(tmp_path: Path, per_class: int) -> dict[str, list[Path]]:
     if SHARED_FLOWERS.is_dir():
         classes = sorted(p for p in SHARED_FLOWERS.iterdir() if p.is_dir())[:2]
         return {c.name: sorted(c.glob("*.jpg"))[:per_class] for c in classes}
-    if importlib.util.find_spec("engine.demo") is None:
+    if importlib.util.find_spec("engine.data.demo") is None:
         import numpy as np
         from PIL import Image
 
@@ -240,7 +240,7 @@ def sample_images(tmp_path: Path, per_class: int) -> dict[str, list[Path]]:
                 Image.fromarray(arr).save(tmp_path / cls / f"{cls}{i}.png")
             out[cls] = sorted((tmp_path / cls).glob("*.png"))
         return out
-    from engine.demo import make_demo_dataset
+    from engine.data.demo import make_demo_dataset
 
     root = make_demo_dataset(tmp_path / "demo", per_class=per_class)
     return {c.name: sorted(c.iterdir())[:per_class] for c in sorted(root.iterdir()) if c.is_dir()}
@@ -262,7 +262,7 @@ def test_projects_upload_and_sort(browser_page: Page, server: str, watch: Watch,
     page.get_by_label("New project name").fill("Browser flowers")
     click(page, page.get_by_role("button", name="Create project"))
     expect(page.get_by_text("Created project 'Browser flowers'")).to_be_visible()
-    from engine.workspace import INBOX, Workspace
+    from engine.store.workspace import INBOX, Workspace
 
     ws = Workspace(workspace_root)
     project = ws.open_project("browser-flowers")
@@ -343,8 +343,8 @@ def test_train_review_export(browser_page: Page, server: str, watch: Watch, work
     reason = _engine_missing()
     if reason:
         pytest.skip(f"training in the browser skipped: {reason}")
-    from engine import jobs
-    from engine.workspace import INBOX, Workspace
+    from engine.runs import jobs
+    from engine.store.workspace import INBOX, Workspace
 
     page = browser_page
     project = Workspace(workspace_root).create_project("Browser training")
@@ -435,7 +435,7 @@ def test_train_review_export(browser_page: Page, server: str, watch: Watch, work
     summary = run.stdout[run.stdout.index("accuracy per class"):].splitlines()
     assert [line.split()[0] for line in summary[1:]] == [*sorted(p.name for p in src.iterdir()), "all"], summary
 
-    if importlib.util.find_spec("engine.predict") is not None:
+    if importlib.util.find_spec("engine.inference.predict") is not None:
         # try a photo, then add it to the data under the class the model predicted (preselected)
         from PIL import Image
 

@@ -27,7 +27,7 @@ from test_curate import KINDS, altered, drawing, fake_run, jpeg  # noqa: E402
 def test_curate_page(browser_page, server, watch, workspace_root, tmp_path):  # noqa: F811 - fixtures
     import numpy as np
 
-    from engine.workspace import Workspace
+    from engine.store.workspace import Workspace
 
     src = tmp_path / "shapes"
     for k, kind in enumerate(("red", "blue", "green")):
@@ -63,9 +63,9 @@ def test_curate_page(browser_page, server, watch, workspace_root, tmp_path):  # 
     shot(page, watch, "curate-3-map")
 
     # the model-assisted inbox: a trained head (as a run leaves it) suggests classes for unsorted images
-    from engine import curate
-    from engine.crossval import fit_logreg
-    from engine.workspace import INBOX
+    from engine.curate import curate
+    from engine.learn.crossval import fit_logreg
+    from engine.store.workspace import INBOX
 
     unsorted = [project.find_by_filename(f"{kind}{i}.jpg") for kind in KINDS for i in (6, 7)]
     project.act([r.sha256 for r in unsorted], INBOX)

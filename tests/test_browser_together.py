@@ -24,8 +24,8 @@ import test_browser as tb
 from PIL import Image
 from test_browser import server, workspace_root  # noqa: F401 - the app server fixture, one per module
 
-from engine import jobs
-from engine.workspace import INBOX, Project, Workspace
+from engine.runs import jobs
+from engine.store.workspace import INBOX, Project, Workspace
 
 pytestmark = pytest.mark.browser
 

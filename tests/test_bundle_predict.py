@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import export, images
+from engine.data import images
+from engine.export import artefacts as export
 
 
 def bundle_predict():
@@ -56,7 +57,7 @@ def _heic_bytes() -> bytes:
     buf = io.BytesIO()
     rgb = np.zeros((40, 60, 3), np.uint8)
     rgb[:, :20] = (30, 40, 200)
-    Image.fromarray(rgb).save(buf, "HEIF")  # engine.images registered pillow-heif's plugin
+    Image.fromarray(rgb).save(buf, "HEIF")  # engine.data.images registered pillow-heif's plugin
     return buf.getvalue()
 
 
@@ -97,5 +98,5 @@ except bp.DECODE_ERRORS as exc:
     ("../x", None), ("a/../../x", None), ("a\\..\\x", None), ("/etc/x", None), ("\\x", None), ("C:x", None),
     ("c:\\x", None), ("a\x00b", None), ("", None), ("./", None)])
 def test_zip_member_names_are_checked_once_for_every_zip(name, parts):
-    """engine.predict, engine.serve, the bundle's serve.py and the data import all use this one check."""
+    """engine.inference.predict, engine.inference.serve, the bundle's serve.py and the data import all use this one check."""
     assert bundle_predict().safe_member_parts(name) == parts

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import REPO, shared_dataset
 
-from engine.demo import make_demo_dataset
+from engine.data.demo import make_demo_dataset
 
 MAKE_IMAGE_CLASSIFIER_FLAGS = [
     "--image_dir", "--tfhub_module", "--image_size", "--saved_model_dir", "--labels_output_file",

@@ -1,8 +1,8 @@
-"""engine.compare: what changed between two runs (accuracy, per-class scores, flipped predictions, settings)."""
+"""engine.runs.compare: what changed between two runs (accuracy, per-class scores, flipped predictions, settings)."""
 
 from __future__ import annotations
 
-from engine.compare import config_diff, diff_runs, prediction_key
+from engine.runs.compare import config_diff, diff_runs, prediction_key
 
 
 def pred(name: str, true: str, predicted: str, sha: str | None = None, folder: str | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Composed exports (engine.compose, engine.tfbundle) against what the TFLite converter and TensorFlow make of the
+"""Composed exports (engine.export.compose, engine.export.tfbundle) against what the TFLite converter and TensorFlow make of the
 same weights: the composed model must be the same model, only made in a fraction of the time."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from engine import compose, export, tfbundle
-from engine.backbones import resolve
-from engine.head import Head
-from engine.predict import TFLiteModel
+from engine.export import artefacts as export
+from engine.export import compose, tfbundle
+from engine.features.backbones import resolve
+from engine.inference.predict import TFLiteModel
+from engine.learn.head import Head
 from tests.test_export import CLASSES, SIZE, exported_once
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ def _probs(path, x: np.ndarray) -> np.ndarray:
 
 def test_float32_equals_the_head_on_features_and_the_converters_model(setup):
     resolved, head, composed, (x, _, f), root = setup
-    from engine.train import build_classifier
+    from engine.learn.train import build_classifier
 
     ours = _probs(composed.tflite["float32"], x)
     assert np.abs(ours - head.probabilities(f)).max() <= 1e-5
@@ -66,7 +67,7 @@ def test_int8_takes_raw_pixels_and_agrees_with_float32(setup):
 
 
 def test_saved_model_is_the_template_with_this_head(setup):
-    from engine.tfcompat import tf
+    from engine.core.tfcompat import tf
 
     resolved, head, composed, (x, _, f), _ = setup
     loaded = tf.saved_model.load(str(composed.saved_model_dir))

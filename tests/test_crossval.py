@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from engine import crossval
+from engine.learn import crossval
 
 
 def blobs(n_per_class: list[int], d: int = 16, spread: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -143,9 +143,9 @@ HEAD_ONLY = textwrap.dedent("""
     import sys, types
     import cv2, numpy as np
     from pathlib import Path
-    from engine.config import TrainConfig
-    from engine.dataset import scan_image_dir, split_dataset
-    from engine.train import PreparedData, model_card, train
+    from engine.config.training import TrainConfig
+    from engine.data.dataset import scan_image_dir, split_dataset
+    from engine.learn.train import PreparedData, model_card, train
 
     root = Path(sys.argv[1])
     rng = np.random.default_rng(0)
@@ -206,7 +206,7 @@ def _between(tops: list[float]) -> float:
 def test_predict_cli_marks_answers_below_the_cards_threshold_unknown(model_dir, capsys):
     import argparse
 
-    from engine.predict import add_predict_args, run_predict
+    from engine.inference.predict import add_predict_args, run_predict
 
     folder, imgs = model_dir
 
@@ -229,7 +229,7 @@ def test_predict_cli_marks_answers_below_the_cards_threshold_unknown(model_dir, 
 @pytest.mark.slow
 def test_bundle_predict_py_marks_unknown_by_the_cards_threshold(model_dir):
     folder, imgs = model_dir
-    shutil.copy(REPO / "engine" / "bundle" / "predict.py", folder / "predict.py")
+    shutil.copy(REPO / "engine" / "inference" / "bundle" / "predict.py", folder / "predict.py")
 
     def run(*extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "predict.py", *extra, *map(str, imgs)], cwd=folder,

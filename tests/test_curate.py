@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine import curate  # noqa: E402
-from engine.head import Head  # noqa: E402
-from engine.workspace import INBOX, Workspace  # noqa: E402
+from engine.curate import curate  # noqa: E402
+from engine.learn.head import Head  # noqa: E402
+from engine.store.workspace import INBOX, Workspace  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def test_label_issues_find_flipped_labels():
 
 
 def test_suggestion_temperature_is_conservative_only_for_small_samples():
-    from engine.crossval import fit_temperature, softmax
+    from engine.learn.crossval import fit_temperature, softmax
 
     rng = np.random.default_rng(0)
 
@@ -232,7 +232,7 @@ def test_inspect_image_dir_finds_the_planted_problems(report, image_dir):
 
 
 def test_cli_inspect_json_shape(image_dir, report, capsys):
-    from engine.cli import main
+    from engine.cli.main import main
 
     assert main(["inspect", "--image_dir", str(image_dir), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -287,7 +287,7 @@ def test_inbox_suggestions_accept_and_refresh_without_reembedding(project):
     model = curate.project_model(project)
     feats, ok = curate.embed_records(labelled, model)
     y = np.array([KINDS.index(labelled[i].class_name) for i in ok])
-    from engine.crossval import fit_logreg
+    from engine.learn.crossval import fit_logreg
 
     kernel, bias, _ = fit_logreg(feats, y, 3, 1e-3)
     run = fake_run(project, list(KINDS), kernel, bias)
@@ -303,7 +303,7 @@ def test_inbox_suggestions_accept_and_refresh_without_reembedding(project):
     first = project.lease_in_order("me", [s.sha256 for s in ordered])
     assert first.sha256 == ordered[0].sha256
     # a retrain: a new head, same cached embeddings (nothing embedded again)
-    from engine import embeddings
+    from engine.features import embeddings
 
     calls = []
     original = embeddings.Embedder.__init__
@@ -316,7 +316,7 @@ def test_inbox_suggestions_accept_and_refresh_without_reembedding(project):
     assert calls == [] and len(flipped) == 9
     assert [s.class_name for s in flipped] != [s.class_name for s in sugg]
     # a run whose out-of-fold predictions (metrics.json) are few and partly wrong: suggestions get less sure, same class
-    from engine.crossval import softmax
+    from engine.learn.crossval import softmax
 
     run3 = fake_run(project, list(KINDS), kernel, bias, name="run3")
     probs = softmax(feats @ kernel + bias)
@@ -394,7 +394,7 @@ def test_sorter_suggests_orders_and_accepts(project, tmp_path, monkeypatch):
     """The Data page's Sort inbox with a trained head: Enter-able 'Accept' button, ordering, bulk accept."""
     from streamlit.testing.v1 import AppTest
 
-    from engine.crossval import fit_logreg
+    from engine.learn.crossval import fit_logreg
 
     labelled = [r for r in project.images() if r.class_name]
     feats, ok = curate.embed_records(labelled, curate.project_model(project))
@@ -441,9 +441,9 @@ def test_altered_copies_of_real_photos_join_their_originals(tmp_path):
     """The bench's target in small: real flowers, copies with all four alterations, no false group added."""
     from conftest import shared_dataset
 
-    from engine import backbones
-    from engine.embeddings import embed_files
-    from engine.images import file_sha256
+    from engine.data.images import file_sha256
+    from engine.features import backbones
+    from engine.features.embeddings import embed_files
 
     root = shared_dataset("flowers")
     paths = sorted(str(p) for p in root.glob("*/*.jpg"))

@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from engine.workspace import INBOX, Workspace  # noqa: E402
+from engine.store.workspace import INBOX, Workspace  # noqa: E402
 
 
 def png(seed: int) -> bytes:

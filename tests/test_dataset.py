@@ -1,4 +1,4 @@
-"""engine.dataset: scanning an image_dir (labels, skipped files, errors) and the seeded stratified split."""
+"""engine.data.dataset: scanning an image_dir (labels, skipped files, errors) and the seeded stratified split."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import demo, images
-from engine.dataset import Dataset, DatasetError, ImageItem, scan_image_dir, split_dataset
+from engine.data import demo, images
+from engine.data.dataset import Dataset, DatasetError, ImageItem, scan_image_dir, split_dataset
 
 _counter = iter(range(1_000_000))
 
@@ -136,7 +136,7 @@ def test_empty_class_folder_is_ignored_with_a_warning(tmp_path, caplog):
     (root / "empty").mkdir()
     (root / "docs").mkdir()
     (root / "docs" / "readme.txt").write_text("not images")
-    with caplog.at_level(logging.WARNING, logger="engine.dataset"):
+    with caplog.at_level(logging.WARNING, logger="engine.data.dataset"):
         ds = scan_image_dir(root)
     assert ds.labels == ["a", "b"]
     assert "empty" in caplog.text and "docs" in caplog.text
@@ -155,7 +155,7 @@ def test_duplicates_across_classes_are_kept_and_listed(tmp_path, caplog):
     root = _make(tmp_path / "img", {"a": 2, "b": 2})
     _png(root / "a" / "same.png", value=7)
     _png(root / "b" / "same_too.png", value=7)
-    with caplog.at_level(logging.WARNING, logger="engine.dataset"):
+    with caplog.at_level(logging.WARNING, logger="engine.data.dataset"):
         ds = scan_image_dir(root)
     assert len(ds.items) == 6
     dups = ds.duplicates()
@@ -307,7 +307,7 @@ def test_split_of_a_scanned_folder(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ snapshots
 def test_images_moved_after_the_scan_are_read_by_content(tmp_path):
-    from engine.dataset import ImageGone, Snapshot, resolve_path, write_snapshot
+    from engine.data.dataset import ImageGone, Snapshot, resolve_path, write_snapshot
 
     root = _make(tmp_path / "img", {"a": 3, "b": 3})
     ds = scan_image_dir(root)
@@ -335,7 +335,7 @@ def test_images_moved_after_the_scan_are_read_by_content(tmp_path):
 def test_a_search_that_misses_a_moving_image_looks_again(tmp_path, monkeypatch):
     """A folder walk can miss a file moved into a folder it already walked past (another process sorting while the
     run reads): reading the image searches again before calling it gone."""
-    from engine import dataset as dataset_module
+    from engine.data import dataset as dataset_module
 
     root = _make(tmp_path / "img", {"a": 2, "b": 2})
     item = scan_image_dir(root).items[0]
@@ -353,8 +353,8 @@ def test_a_search_that_misses_a_moving_image_looks_again(tmp_path, monkeypatch):
 
 
 def test_a_project_image_moved_or_trashed_during_a_run_is_found_through_the_index(tmp_path):
-    from engine.dataset import resolve_path
-    from engine.workspace import Workspace
+    from engine.data.dataset import resolve_path
+    from engine.store.workspace import Workspace
 
     project = Workspace(tmp_path / "ws").create_project("p")
     for label in ("a", "b"):
@@ -368,7 +368,7 @@ def test_a_project_image_moved_or_trashed_during_a_run_is_found_through_the_inde
 
 
 def test_a_file_moved_between_class_folders_during_the_scan_counts_once(tmp_path, monkeypatch):
-    from engine import dataset
+    from engine.data import dataset
 
     root = _make(tmp_path / "img", {"a": 3, "b": 3})
     real = dataset._class_files

@@ -1,4 +1,4 @@
-"""engine.demo: the synthetic demo dataset (deterministic, right counts, usable) and the bad-file corpus."""
+"""engine.data.demo: the synthetic demo dataset (deterministic, right counts, usable) and the bad-file corpus."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import demo, images
-from engine.dataset import scan_image_dir
+from engine.data import demo, images
+from engine.data.dataset import scan_image_dir
 
 
 def _hashes(root):

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.distributed import embed_local, embed_with_ray, list_images, merge_shards
+from engine.features.distributed import embed_local, embed_with_ray, list_images, merge_shards
 
 REPO = Path(__file__).resolve().parents[1]
 N_GOOD = 14  # per class, two classes; one extra exact copy
@@ -57,7 +57,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def local_run(image_dir, tmp_path_factory):
-    from engine.embeddings import EmbeddingStore
+    from engine.features.embeddings import EmbeddingStore
 
     folder = tmp_path_factory.mktemp("local_cache")
     store = EmbeddingStore(folder / "embeddings.sqlite")
@@ -65,8 +65,8 @@ def local_run(image_dir, tmp_path_factory):
 
 
 def _vectors(store, report):
-    from engine.backbones import resolve
-    from engine.embeddings import preprocess_id
+    from engine.features.backbones import resolve
+    from engine.features.embeddings import preprocess_id
 
     resolved = resolve("efficientnet-lite0")
     return store.get_many([s for s in report.shas if s], resolved.backbone_id, preprocess_id(224, False))
@@ -84,7 +84,7 @@ def test_ray_embeds_like_the_local_path(strategy_runs, ray_cluster, image_dir, l
     # strategy_runs only starts the fine-tuning processes here, so they run while the Ray tests do.
     import pyarrow.parquet as pq
 
-    from engine.embeddings import EmbeddingStore
+    from engine.features.embeddings import EmbeddingStore
 
     local_store, local = local_run
     store = EmbeddingStore(tmp_path / "embeddings.sqlite")
@@ -114,7 +114,7 @@ def test_ray_embeds_like_the_local_path(strategy_runs, ray_cluster, image_dir, l
 
 @pytest.mark.slow
 def test_interrupted_ray_run_resumes_with_only_the_missing(ray_cluster, image_dir, local_run, tmp_path):
-    from engine.embeddings import EmbeddingStore
+    from engine.features.embeddings import EmbeddingStore
 
     store = EmbeddingStore(tmp_path / "embeddings.sqlite")
     shard_dir = str(tmp_path / "shards")
@@ -144,7 +144,7 @@ def test_interrupted_ray_run_resumes_with_only_the_missing(ray_cluster, image_di
 
 @pytest.mark.slow
 def test_embed_command(ray_cluster, image_dir, tmp_path, capsys):
-    from engine.cli import main
+    from engine.cli.main import main
 
     assert main(["embed", "--image_dir", str(image_dir), "--cache_dir", str(tmp_path), "--ray", "--actors", "1"]) == 0
     out = capsys.readouterr()
@@ -168,8 +168,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def strategy_runs(tmp_path_factory):
     """Start the three fine-tuning processes at once; tests wait for theirs."""
-    from engine.backbones import save_hub_module
-    from engine.tfcompat import keras
+    from engine.core.tfcompat import keras
+    from engine.features.backbones import save_hub_module
 
     root = tmp_path_factory.mktemp("strategies")
     rng = np.random.default_rng(1)
@@ -242,7 +242,7 @@ def test_multi_worker_fine_tuning_with_two_local_workers(strategy_runs):
 
 
 def test_strategy_errors_are_worded_for_the_user(monkeypatch):
-    from engine.distributed import DistributedError, make_strategy
+    from engine.features.distributed import DistributedError, make_strategy
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     make_strategy.cache_clear()
@@ -258,12 +258,12 @@ def test_bundle_dockerfile_serves_what_the_bundle_holds():
     Docker Hub, which CI cannot reach; the commands were also run by hand on an unpacked bundle)."""
     import shlex
 
-    from engine.bundle import serve as bundle_serve
+    from engine.inference.bundle import serve as bundle_serve
 
-    text = (REPO / "engine" / "bundle" / "Dockerfile").read_text()
+    text = (REPO / "engine" / "inference" / "bundle" / "Dockerfile").read_text()
     lines = [ln.strip() for ln in text.replace("\\\n", " ").splitlines() if ln.strip() and not ln.startswith("#")]
     bundle_files = {"requirements.txt", "requirements-serve.txt", "model_card.json", "labels.txt", "predict.py",
-                    "serve.py", "model_*.tflite"}  # what engine.export.write_bundle puts in every bundle
+                    "serve.py", "model_*.tflite"}  # what engine.export.artefacts.write_bundle puts in every bundle
     copied = [name for ln in lines if ln.startswith("COPY ") for name in ln.split()[1:-1]]
     assert set(copied) <= bundle_files and {"serve.py", "predict.py", "model_*.tflite"} <= set(copied)
     assert not any("tensorflow" in ln.lower() for ln in lines if ln.startswith("RUN"))

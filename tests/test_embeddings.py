@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import images
-from engine.backbones import load_feature_layer, resolve
-from engine.demo import make_demo_dataset
-from engine.embeddings import Embedder, EmbeddingStore, embed_files
+from engine.data import images
+from engine.data.demo import make_demo_dataset
+from engine.features.backbones import load_feature_layer, resolve
+from engine.features.embeddings import Embedder, EmbeddingStore, embed_files
 
 
 @pytest.fixture(scope="module")

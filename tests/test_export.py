@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import export
-from engine.backbones import resolve
-from engine.embeddings import Embedder
-from engine.head import Head
-from engine.tfcompat import hub, keras, tf
-from engine.train import build_classifier
+from engine.core.tfcompat import hub, keras, tf
+from engine.export import artefacts as export
+from engine.features.backbones import resolve
+from engine.features.embeddings import Embedder
+from engine.learn.head import Head
+from engine.learn.train import build_classifier
 
 # Deliberately not alphabetical, one with a space: labels.txt must keep the caller's order verbatim.
 CLASSES = ["stripes", "red circle", "checker", "blank", "noise"]
@@ -74,7 +74,7 @@ class Exported:
 
 
 def fit_head(feats: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> Head:
-    """A converged logistic regression on the features, as engine.train fits it (no TensorFlow)."""
+    """A converged logistic regression on the features, as engine.learn.train fits it (no TensorFlow)."""
     from sklearn.linear_model import LogisticRegression
 
     clf = LogisticRegression(C=1.0, max_iter=2000).fit(feats, y)
@@ -182,7 +182,7 @@ def test_tflite_variants_agree_with_keras(exp):
 
 @pytest.mark.slow
 def test_int8_model_takes_raw_pixels_and_returns_uint8(exp):
-    from engine.tfcompat import tflite_interpreter
+    from engine.core.tfcompat import tflite_interpreter
 
     it = tflite_interpreter(model_path=str(exp.out / "model_int8.tflite"))
     it.allocate_tensors()
@@ -284,7 +284,7 @@ def test_nothing_but_the_bundle_folders_files_ships(tmp_path, monkeypatch):
     sources.mkdir()
     for name in SHIPPED + ("README.md",):
         (sources / name).write_bytes((export.BUNDLE_SOURCES / name).read_bytes())
-    (sources / "__pycache__").mkdir()  # left by importing engine.bundle.predict from the source tree
+    (sources / "__pycache__").mkdir()  # left by importing engine.inference.bundle.predict from the source tree
     (sources / "__pycache__" / "predict.cpython-311.pyc").write_bytes(b"\x00")
     (sources / ".DS_Store").write_bytes(b"\x00")
     monkeypatch.setattr(export, "BUNDLE_SOURCES", sources)

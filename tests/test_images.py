@@ -1,4 +1,4 @@
-"""engine.images: decoding by content, odd formats, refusals with the file name and the reason, resizing."""
+"""engine.data.images: decoding by content, odd formats, refusals with the file name and the reason, resizing."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, features
 
-from engine import demo, images
-from engine.images import ImageError
+from engine.data import demo, images
+from engine.data.images import ImageError
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +264,7 @@ def test_broken_exif_keeps_the_photo(corpus, monkeypatch, caplog):
         raise struct.error("unpack requires a buffer of 4 bytes")
 
     monkeypatch.setattr(images.ImageOps, "exif_transpose", broken)
-    with caplog.at_level(logging.WARNING, logger="engine.images"):
+    with caplog.at_level(logging.WARNING, logger="engine.data.images"):
         assert images.load_image(corpus["exif_6"]).shape == (30, 60, 3)
     assert "rot6.jpg: EXIF orientation ignored" in caplog.text
 

@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import jobs, runfolder
-from engine.config import TrainConfig
-from engine.fileio import read_json
-from engine.workspace import Workspace
+from engine.config import runfiles as runfolder
+from engine.runs import status as run_status
+from engine.config.training import TrainConfig
+from engine.core.fileio import read_json
+from engine.runs import jobs
+from engine.store.workspace import Workspace
 
 # A stand-in for `python -m engine train`: same arguments, same files in the run folder.
 # FAKE_MODE: ok | fail | crash (dies without a word) | sleep (waits FAKE_SLEEP s with a grandchild process);
@@ -149,7 +151,7 @@ def _pid_gone(pid: int, timeout: float = 10) -> bool:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        fields = runfolder.proc_stat(pid)
+        fields = run_status.proc_stat(pid)
         if fields is None or fields[0] == "Z":  # gone, or a zombie: exited
             return True
         time.sleep(0.1)
@@ -252,7 +254,7 @@ def test_refuses_without_enough_data(tmp_path, monkeypatch):
 
 
 def _real_engine_available() -> str | None:
-    for mod in ("engine.cli", "engine.demo", "engine.dataset", "engine.export"):
+    for mod in ("engine.cli.main", "engine.data.demo", "engine.data.dataset", "engine.export.artefacts"):
         if importlib.util.find_spec(mod) is None:
             return f"{mod} is not written yet"
     return None
@@ -264,7 +266,7 @@ def demo_project(tmp_path, monkeypatch):
     reason = _real_engine_available()
     if reason:
         pytest.skip(f"real engine not available: {reason}")
-    from engine.demo import make_demo_dataset
+    from engine.data.demo import make_demo_dataset
 
     monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
     monkeypatch.delenv(jobs.COMMAND_ENV, raising=False)
@@ -297,14 +299,14 @@ def test_real_training_on_demo_dataset(demo_project):
 
 
 def _ppid(pid: int) -> int | None:
-    fields = runfolder.proc_stat(pid)
+    fields = run_status.proc_stat(pid)
     return int(fields[1]) if fields else None
 
 
 @pytest.mark.slow
 def test_jobs_fork_from_one_worker_and_leave_no_zombies(demo_project):
     """The app's jobs start from the long-lived worker (no per-run imports) and are reaped when they end."""
-    from engine.worker import CLIENT
+    from engine.runs.worker import CLIENT
 
     project = demo_project
     jobs.warm_worker()

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import augment, backbones
-from engine.cli import build_parser, config_from_args
-from engine.config import TrainConfig
-from engine.summaries import write_summaries
-from engine.tfcompat import keras, set_memory_growth, tf
+from engine.cli.main import build_parser, config_from_args
+from engine.config.training import TrainConfig
+from engine.core.tfcompat import keras, set_memory_growth, tf
+from engine.features import backbones
+from engine.learn import augment
+from engine.learn.summaries import write_summaries
 
 
 def test_make_image_classifier_flags_are_accepted_and_reach_the_config():
@@ -127,7 +128,7 @@ def test_local_module_defaults_to_its_own_input_size_read_once(modules, tmp_path
     assert json.loads(cached.read_text())["image_size"] == 40
     cached.write_text(json.dumps({"image_size": 44}))  # a later resolve reads the cache, not the module
     assert backbones.resolve(str(modules / "sig40")).image_size == 44
-    with caplog.at_level(logging.INFO, logger="engine.backbones"):
+    with caplog.at_level(logging.INFO, logger="engine.features.backbones"):
         assert backbones.resolve(str(modules / "any")).image_size == 224
     assert "declares no input size: using 224 px" in caplog.text
     assert backbones.resolve(str(modules / "any"), image_size=96).image_size == 96

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from test_export import CLASSES, SIZE, draw, exported_once, save_rgb
 
-from engine import export, images
-from engine.predict import PredictError, add_predict_args, load_predictor, run_predict
+from engine.data import images
+from engine.export import artefacts as export
+from engine.inference.predict import PredictError, add_predict_args, load_predictor, run_predict
 
 TOP_LINE = re.compile(r"^\d\.\d{6}: \S.*$")
 
@@ -210,7 +211,7 @@ def _bundle_module():
 @pytest.mark.parametrize("shape, crop", [((400, 300), False), ((128, 128), False), ((120, 90), False),
                                          ((600, 200), True), ((600, 200), False), ((40, 300), False)])
 def test_bundle_preprocessing_matches_the_engine(tmp_path, shape, crop):
-    """The standalone predict.py (NumPy + Pillow) decodes, crops and resizes like engine.images (OpenCV)."""
+    """The standalone predict.py (NumPy + Pillow) decodes, crops and resizes like engine.data.images (OpenCV)."""
     rng = np.random.default_rng(0)
     h, w = shape
     img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 2)
@@ -224,7 +225,7 @@ def test_bundle_preprocessing_matches_the_engine(tmp_path, shape, crop):
 
 
 def test_bundle_decoding_matches_the_engine(tmp_path):
-    """16-bit grey, palette transparency and EXIF rotation decode to the same pixels as engine.images."""
+    """16-bit grey, palette transparency and EXIF rotation decode to the same pixels as engine.data.images."""
     from PIL import Image
 
     rng = np.random.default_rng(1)

@@ -1,7 +1,7 @@
 """Issue 5: bad inputs through every entry point, faults (kill -9, restart, concurrent sorting, full or read-only
 disk) and the security defaults.
 
-The corpus (40 kinds, generated here: no binaries in git) is engine.demo's bad_file_corpus plus zip, folder, class
+The corpus (40 kinds, generated here: no binaries in git) is engine.data.demo's bad_file_corpus plus zip, folder, class
 name and project-shape kinds. Each kind goes through every entry point that takes it:
 
     upload       Project.add_files with (name, bytes): what the Data page's upload calls
@@ -54,11 +54,13 @@ if str(REPO) not in sys.path:  # the app's pages import ui/ and engine/ from the
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from engine import fileio, ingest, jobs  # noqa: E402
-from engine import workspace as wsmod  # noqa: E402
-from engine.config import TrainConfig  # noqa: E402
-from engine.demo import bad_file_corpus, make_demo_dataset  # noqa: E402
-from engine.workspace import INBOX, Project, Workspace, WorkspaceError  # noqa: E402
+from engine.config.training import TrainConfig  # noqa: E402
+from engine.core import fileio  # noqa: E402
+from engine.data.demo import bad_file_corpus, make_demo_dataset  # noqa: E402
+from engine.runs import jobs
+from engine.store import ingest
+from engine.store import workspace as wsmod  # noqa: E402
+from engine.store.workspace import INBOX, Project, Workspace, WorkspaceError  # noqa: E402
 
 TABLE_FILE = REPO / "artifacts" / "reliability_table.txt"
 ENTRIES = ["upload", "zip", "folder", "app", "browser", "cli_train", "cli_predict", "classify"]
@@ -959,8 +961,8 @@ def post(url: str, filename: str, data: bytes) -> tuple[int, dict | None, str]:
 def server(env, cli_run):
     if cli_run.proc.returncode != 0:
         pytest.fail(f"the training run failed: {cli_run.proc.stderr[-1500:]}")
-    if not (REPO / "engine" / "bundle" / "serve.py").exists():
-        pytest.skip("the HTTP server (engine/bundle/serve.py) is not committed yet")
+    if not (REPO / "engine" / "inference" / "bundle" / "serve.py").exists():
+        pytest.skip("the HTTP server (engine/inference/bundle/serve.py) is not committed yet")
     folder = env.root / "served"
     zipfile.ZipFile(cli_run.run_dir / "bundle.zip").extractall(folder)
     port = free_port()
@@ -1102,7 +1104,7 @@ def test_kill_9_mid_epoch_and_mid_export_then_the_next_run_succeeds(tmp_path, mo
     forever = TrainConfig(do_fine_tuning=True, fine_tune_epochs=100_000, quantize=["float32"])  # head: seconds
     # Exports are composed in well under a second from cached parts; a cache without the composed parts makes this
     # run's export trace its SavedModel template (~10 s), so "mid-export" is a moment that really exists.
-    from engine.backbones import cache_root
+    from engine.features.backbones import cache_root
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -1186,7 +1188,7 @@ def test_streamlit_restart_reattaches_a_live_job_and_shows_a_dead_one_failed(tmp
         project.add_files([(f"{cls}{i}.png", img(800 + 10 * k + i)) for i in range(3)], cls)
     # the old server process starts the job and goes away: a restart loses every in-memory handle on it
     started = subprocess.run(
-        [PY, "-c", "import sys; from engine import jobs; from engine.workspace import Workspace; "
+        [PY, "-c", "import sys; from engine import jobs; from engine.store.workspace import Workspace; "
                    "print(jobs.start_training(Workspace().open_project(sys.argv[1])))", project.slug],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
     assert started.returncode == 0, started.stderr
@@ -1219,7 +1221,7 @@ def test_streamlit_restart_reattaches_a_live_job_and_shows_a_dead_one_failed(tmp
 
 MOVER = r"""
 import random, sys
-from engine.workspace import Project, WorkspaceError
+from engine.store.workspace import Project, WorkspaceError
 project, seed, rounds = Project(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(seed)
 shas = [r.sha256 for r in project.images()] + [r.sha256 for r in project.trashed()]
@@ -1326,7 +1328,7 @@ def test_consistency_check_command_reports_and_repairs_drift(tmp_path, monkeypat
     (project.inbox_dir / "notes.png").write_text("not a picture\n")
     files_before = {k: v for k, v in image_files(project).items()}
 
-    def check(*args: str, module: str = "engine.check") -> subprocess.CompletedProcess:
+    def check(*args: str, module: str = "engine.store.check") -> subprocess.CompletedProcess:
         return subprocess.run([PY, "-m", module, "check", *args], cwd=tmp_path, capture_output=True,
                               text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
 
@@ -1339,7 +1341,7 @@ def test_consistency_check_command_reports_and_repairs_drift(tmp_path, monkeypat
     fixed = check(project.slug, "--repair")  # a project name works too
     assert fixed.returncode == 0 and "OK" in fixed.stdout, fixed.stdout + fixed.stderr
     assert check(str(project.path)).returncode == 0
-    assert check(str(project.path), module="engine.workspace").returncode == 0  # the older spelling still works
+    assert check(str(project.path), module="engine.store.workspace").returncode == 0  # the older spelling still works
     assert project.get(gone.sha256) is None
     assert project.get(moved.sha256).class_name == "b"
     assert project.get(sha(img(471))).class_name == "b" and project.get(sha(img(472))).class_name == "newclass"
@@ -1376,7 +1378,7 @@ def test_disk_full_is_a_clear_message_and_loses_nothing(tmp_path, monkeypatch):
     project.create_class("b")
     before = image_files(project)
     with monkeypatch.context() as m:
-        for module in (wsmod, fileio):  # the workspace writes through engine.fileio too
+        for module in (wsmod, fileio):  # the workspace writes through engine.core.fileio too
             m.setattr(module, "os", FaultyModule(os, replace=fails_with(errno.ENOSPC)))
         with pytest.raises(WorkspaceError, match="the disk is full") as exc:
             project.add_files([("new1.png", img(490)), ("new2.png", img(491))], "a")
@@ -1404,7 +1406,7 @@ def test_permission_errors_are_clear_messages(tmp_path, monkeypatch):
     before = image_files(project)
     with monkeypatch.context() as m:
         m.setattr(fileio, "tempfile", FaultyModule(tempfile, mkstemp=fails_with(errno.EACCES)))
-        for module in (wsmod, fileio):  # the workspace writes through engine.fileio too
+        for module in (wsmod, fileio):  # the workspace writes through engine.core.fileio too
             m.setattr(module, "os", FaultyModule(os, replace=fails_with(errno.EROFS)))
         with pytest.raises(WorkspaceError, match="no permission to write"):
             project.add_files([("new.png", img(499))])
@@ -1461,8 +1463,8 @@ def test_app_binds_localhost_and_limits_uploads():
 def test_servers_bind_localhost_and_limit_uploads_by_default():
     import argparse
 
-    from engine import serve
-    from engine.bundle import serve as bundle_serve
+    from engine.inference import serve
+    from engine.inference.bundle import serve as bundle_serve
 
     parser = argparse.ArgumentParser()
     serve.add_serve_args(parser)
@@ -1487,7 +1489,7 @@ def test_no_pickle_of_user_data():
 def test_images_are_decoded_with_a_pixel_limit_before_any_pixel():
     import tracemalloc
 
-    from engine.images import MAX_PIXELS, ImageError, load_image
+    from engine.data.images import MAX_PIXELS, ImageError, load_image
 
     bomb = FILE_KINDS["bomb_header"].data  # claims 20000 x 20000 = 1.2 GB of RGB
     tracemalloc.start()

@@ -1,4 +1,4 @@
-"""engine.runfolder: one owner for the run folder's names and the job status rule (fast: no training)."""
+"""engine.config.runfiles: one owner for the run folder's names and the job status rule (fast: no training)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import dataset, export, jobs, predict, runfolder, runs
-from engine.config import TrainConfig
-from engine.workspace import INBOX, Workspace
+from engine.config import runfiles as runfolder
+from engine.runs import status as run_status
+from engine.config.training import TrainConfig
+from engine.data import dataset
+from engine.export import artefacts as export
+from engine.inference import predict
+from engine.runs import jobs
+from engine.runs import pipeline as runs
+from engine.store.workspace import INBOX, Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,50 +48,50 @@ def test_names_have_one_owner():
     assert predict.MODEL_PREFERENCE == runfolder.MODEL_PREFERENCE == (
         "model_float32.tflite", "model_dynamic.tflite", "model_int8.tflite", "saved_model")
     assert runs.HEAD_FILE == runfolder.HEAD and dataset.SNAPSHOT_FILE == runfolder.SNAPSHOT
-    assert jobs.DIED_MESSAGE == runfolder.DIED_MESSAGE
+    assert jobs.DIED_MESSAGE == run_status.DIED_MESSAGE
     # the app and the workspace read run folders on every page: no TensorFlow, no engine module beyond fileio
-    code = ("import sys, engine.runfolder; "
+    code = ("import sys, engine.config.runfiles; "
             "print(sorted(m for m in sys.modules if m.startswith(('engine.', 'tensorflow', 'keras'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['engine.fileio', 'engine.runfolder']"
+    assert out.strip() == "['engine.core.fileio', 'engine.config.runfiles']"
 
 
 def test_write_and_read_status_of_this_process(tmp_path):
-    runfolder.write_status(tmp_path, "running", "training")
-    status = runfolder.read_status(tmp_path)
+    run_status.write_status(tmp_path, "running", "training")
+    status = run_status.read_status(tmp_path)
     assert status.running and status.pid == os.getpid() and status.message == "training"
-    assert status.proc_start == runfolder.process_start_time(os.getpid()) and status.finished is None
+    assert status.proc_start == run_status.process_start_time(os.getpid()) and status.finished is None
     started = status.started
-    runfolder.write_status(tmp_path, "succeeded", "ok")
-    status = runfolder.read_status(tmp_path)
+    run_status.write_status(tmp_path, "succeeded", "ok")
+    status = run_status.read_status(tmp_path)
     assert (status.state, status.started, status.downloadable) == ("succeeded", started, False)
     assert status.finished >= started
     (tmp_path / runfolder.BUNDLE).write_bytes(b"zip")
-    assert runfolder.read_status(tmp_path).downloadable
-    assert runfolder.RunStatus.from_dict(_status(tmp_path)).state == "succeeded"
-    assert runfolder.read_status(tmp_path / "missing").state == "unknown"
+    assert run_status.read_status(tmp_path).downloadable
+    assert run_status.RunStatus.from_dict(_status(tmp_path)).state == "succeeded"
+    assert run_status.read_status(tmp_path / "missing").state == "unknown"
 
 
 def test_a_dead_job_reads_failed_and_is_written_once_by_settle(tmp_path):
     (tmp_path / runfolder.STATUS).write_text(json.dumps({"state": "running", "pid": _dead_pid(), "started": 1.0}))
     before = (tmp_path / runfolder.STATUS).read_bytes()
     for _ in range(2):  # reading never writes
-        status = runfolder.read_status(tmp_path)
-        assert (status.state, status.message) == ("failed", runfolder.DIED_MESSAGE)
+        status = run_status.read_status(tmp_path)
+        assert (status.state, status.message) == ("failed", run_status.DIED_MESSAGE)
         assert jobs.job_status(tmp_path)["state"] == "failed"
     assert (tmp_path / runfolder.STATUS).read_bytes() == before
-    assert runfolder.settle(tmp_path).state == "failed"
+    assert run_status.settle(tmp_path).state == "failed"
     saved = _status(tmp_path)
-    assert (saved["state"], saved["message"]) == ("failed", runfolder.DIED_MESSAGE)
-    runfolder.settle(tmp_path)
+    assert (saved["state"], saved["message"]) == ("failed", run_status.DIED_MESSAGE)
+    run_status.settle(tmp_path)
     assert _status(tmp_path) == saved  # once: a settled status is final
 
 
 def test_settle_keeps_a_final_state_and_a_live_job(tmp_path):
-    runfolder.write_status(tmp_path, "running", "training")  # this process: alive
-    assert runfolder.settle(tmp_path).running and _status(tmp_path)["state"] == "running"
-    runfolder.write_status(tmp_path, "cancelled", "asked to stop", pid=_dead_pid())
-    assert runfolder.settle(tmp_path).state == "cancelled" and _status(tmp_path)["message"] == "asked to stop"
+    run_status.write_status(tmp_path, "running", "training")  # this process: alive
+    assert run_status.settle(tmp_path).running and _status(tmp_path)["state"] == "running"
+    run_status.write_status(tmp_path, "cancelled", "asked to stop", pid=_dead_pid())
+    assert run_status.settle(tmp_path).state == "cancelled" and _status(tmp_path)["message"] == "asked to stop"
 
 
 def test_cancel_marker_pid_reuse_and_starting_window(tmp_path):
@@ -94,18 +100,18 @@ def test_cancel_marker_pid_reuse_and_starting_window(tmp_path):
         d.mkdir()
     (cancelled / runfolder.STATUS).write_text(json.dumps({"state": "running", "pid": _dead_pid()}))
     (cancelled / runfolder.CANCEL).write_text("1")
-    assert runfolder.read_status(cancelled).state == "cancelled"
+    assert run_status.read_status(cancelled).state == "cancelled"
     # a live pid that is another process now (its start time differs from the one recorded): not our job
     (reused / runfolder.STATUS).write_text(json.dumps({"state": "running", "pid": os.getpid(), "proc_start": "1"}))
-    assert runfolder.read_status(reused).state == "failed"
+    assert run_status.read_status(reused).state == "failed"
     # no pid yet: being started, unless that was longer ago than the starting window
-    runfolder.write_launch_status(starting, "running", "starting", time.time())
-    assert runfolder.read_status(starting).running
-    runfolder.write_launch_status(stuck, "running", "starting", time.time() - runfolder.STARTING_WINDOW_S - 1)
-    assert runfolder.read_status(stuck).state == "failed"
+    run_status.write_launch_status(starting, "running", "starting", time.time())
+    assert run_status.read_status(starting).running
+    run_status.write_launch_status(stuck, "running", "starting", time.time() - run_status.STARTING_WINDOW_S - 1)
+    assert run_status.read_status(stuck).state == "failed"
     # run.json's pid stands in until the process writes its own
     (starting / runfolder.RUN).write_text(json.dumps({"pid": _dead_pid()}))
-    assert runfolder.read_status(starting).state == "failed"
+    assert run_status.read_status(starting).state == "failed"
 
 
 @pytest.fixture
@@ -124,7 +130,7 @@ def test_workspace_and_jobs_agree_on_the_running_job(project):
     run_dir.mkdir(parents=True)
     (run_dir / runfolder.STATUS).write_text(json.dumps({"state": "running", "pid": _dead_pid(), "started": 1.0}))
     assert jobs.active_run(project) is None and project.running_job() is None
-    runfolder.write_status(run_dir, "running", "training")  # alive: this process
+    run_status.write_status(run_dir, "running", "training")  # alive: this process
     assert jobs.active_run(project) == run_dir.name and project.running_job() == run_dir
     with pytest.raises(Exception, match="cancel"):
         Workspace().delete_project(project.slug)

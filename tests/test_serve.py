@@ -32,8 +32,8 @@ import pytest
 from conftest import REPO, shared_dataset
 from test_export import CLASSES, SIZE, build_model, draw, make_set
 
-from engine import export
-from engine.demo import bad_file_corpus
+from engine.data.demo import bad_file_corpus
+from engine.export import artefacts as export
 
 try:  # requirements-dev.txt; without it the spec test is skipped, the rest still runs
     import schemathesis
@@ -527,7 +527,7 @@ def test_engine_serve_unpacks_a_zip_serves_it_and_removes_it(bundle, tmp_path, i
 
 
 def test_engine_serve_refuses_what_is_not_a_bundle(tmp_path):
-    from engine.cli import main
+    from engine.cli.main import main
 
     assert main(["serve", "--bundle", str(tmp_path / "missing.zip")]) == 1
     (tmp_path / "folder").mkdir()
@@ -537,7 +537,7 @@ def test_engine_serve_refuses_what_is_not_a_bundle(tmp_path):
 
 
 def test_engine_serve_refuses_a_zip_with_an_unsafe_member(tmp_path):
-    from engine import serve
+    from engine.inference import serve
 
     bad = tmp_path / "bad.zip"
     with zipfile.ZipFile(bad, "w") as zf:
@@ -551,8 +551,8 @@ def test_engine_serve_refuses_a_zip_with_an_unsafe_member(tmp_path):
 def test_engine_serve_passes_on_only_the_flags_given_so_the_servers_defaults_apply():
     import argparse
 
-    from engine import serve
-    from engine.bundle import serve as bundle_serve
+    from engine.inference import serve
+    from engine.inference.bundle import serve as bundle_serve
 
     parser = argparse.ArgumentParser()
     serve.add_serve_args(parser)

@@ -9,13 +9,13 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.backbones import load_feature_layer, resolve
-from engine.config import TrainConfig
-from engine.dataset import DatasetError
-from engine.demo import make_demo_dataset
-from engine.embeddings import EmbeddingStore
-from engine.head import Head
-from engine.train import (
+from engine.config.training import TrainConfig
+from engine.data.dataset import DatasetError
+from engine.data.demo import make_demo_dataset
+from engine.features.backbones import load_feature_layer, resolve
+from engine.features.embeddings import EmbeddingStore
+from engine.learn.head import Head
+from engine.learn.train import (
     AccuracyError,
     check_accuracy,
     evaluate,
@@ -226,9 +226,9 @@ def test_backbone_comparison_ranks_this_run_against_another_backbones_cached_fea
     """Features of a second backbone, cached for the same images, are compared by cross-validated log-loss. The
     second backbone here is the run's own features plus noise under another id (computing EfficientNet-Lite2's
     would take a minute); resolving its name is the one part replaced."""
-    import engine.backbones as backbones
-    import engine.train as train_module
-    from engine.embeddings import preprocess_id
+    import engine.features.backbones as backbones
+    import engine.learn.train as train_module
+    from engine.features.embeddings import preprocess_id
 
     data = result.data
     other = backbones.ResolvedBackbone("noisy", "-", data.resolved.image_size, None, "noisy-test-features")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.ingest import MAX_ZIP_RATIO, sanitize_filename
-from engine.workspace import INBOX, Workspace, WorkspaceError, sanitize_class_name, slugify
+from engine.store.ingest import MAX_ZIP_RATIO, sanitize_filename
+from engine.store.workspace import INBOX, Workspace, WorkspaceError, sanitize_class_name, slugify
 
 
 def png(seed: int, size: int = 24, fmt: str = "PNG") -> bytes:
@@ -241,7 +241,7 @@ def test_import_image_dir_reports_progress_up_to_the_total(project, tmp_path):
 
 
 def test_import_demo_dataset(project, tmp_path):
-    demo = pytest.importorskip("engine.demo", reason="engine.demo is not written yet")
+    demo = pytest.importorskip("engine.data.demo", reason="engine.data.demo is not written yet")
     root = demo.make_demo_dataset(tmp_path / "demo", per_class=4)
     report = project.import_image_dir(root)
     assert len(report.added) == 8 and not report.rejected
@@ -312,7 +312,7 @@ def test_images_paging(project):
 # concurrency: two sessions sorting the same project lose nothing
 # ----------------------------------------------------------------------------------------------------------------
 def _mover(path: str, shas: list[str], rounds: int, targets: list[str | None]) -> None:
-    from engine.workspace import Project
+    from engine.store.workspace import Project
 
     project = Project(path)
     for r in range(rounds):
@@ -401,7 +401,7 @@ def sorted_inbox(project, n: int = 4, seed: int = 700):
 
 
 def test_stale_actions_are_refused_and_say_where_the_image_went(project):
-    from engine.workspace import TRASH, StaleActionError
+    from engine.store.workspace import TRASH, StaleActionError
 
     a, b, c = sorted_inbox(project, 3)
     assert project.act([a], "dogs", expected={a: INBOX}, session="B").done == 1
@@ -425,7 +425,7 @@ def test_stale_actions_are_refused_and_say_where_the_image_went(project):
 
 
 def test_undo_reverts_only_your_own_unchanged_actions(project):
-    from engine.workspace import TRASH
+    from engine.store.workspace import TRASH
 
     a, b, c, d = sorted_inbox(project, 4)
     steps = [project.act([a], "cats", session="A").changes, project.act([b], TRASH, session="A").changes,
@@ -490,7 +490,7 @@ def test_sorters_are_shown_different_images_and_leases_end(project):
 
 
 def _sorter(path: str, session: str, out: list) -> None:
-    from engine.workspace import Project
+    from engine.store.workspace import Project
 
     project = Project(path)
     while (rec := project.lease_next(session)) is not None:
@@ -528,7 +528,7 @@ def test_class_shortcut_keys_stay_when_classes_come_and_go(project):
 
 
 def test_changed_since_a_run_counts_against_its_snapshot(project, tmp_path):
-    from engine.dataset import scan_image_dir, write_snapshot
+    from engine.data.dataset import scan_image_dir, write_snapshot
 
     for cls, seed in (("cats", 900), ("dogs", 910)):
         project.add_files([(f"{cls}{i}.png", png(seed + i)) for i in range(3)], cls)

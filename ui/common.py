@@ -10,9 +10,9 @@ from typing import Any
 
 import streamlit as st
 
-from engine.images import SUPPORTED
-from engine.ingest import AddReport
-from engine.workspace import INBOX, ImageRecord, Project, Workspace, WorkspaceError
+from engine.data.images import SUPPORTED
+from engine.store.ingest import AddReport
+from engine.store.workspace import INBOX, ImageRecord, Project, Workspace, WorkspaceError
 
 log = logging.getLogger("retrain_studio.ui")
 
@@ -99,7 +99,7 @@ def show_flash() -> None:
 @contextmanager
 def user_errors(what: str) -> Iterator[None]:
     """Turn exceptions into a readable st.error (never a traceback on the page); details go to the log."""
-    from engine.jobs import JobError
+    from engine.runs.jobs import JobError
 
     try:
         yield
@@ -115,7 +115,7 @@ def user_errors(what: str) -> Iterator[None]:
 
 def guarded(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call fn from a callback; store a flash message instead of raising."""
-    from engine.jobs import JobError
+    from engine.runs.jobs import JobError
 
     try:
         return fn(*args, **kwargs)
@@ -207,26 +207,26 @@ def set_selection(key: str, shas: Sequence[str], value: bool) -> None:
 @st.cache_resource(show_spinner="Loading the list of backbones ...")
 def backbone_names() -> list[str]:
     try:
-        from engine.backbones import BACKBONES
+        from engine.features.backbones import BACKBONES
     except Exception as exc:  # noqa: BLE001 - the engine may be half-installed; training will say why
-        log.warning("engine.backbones unavailable: %r", exc)
+        log.warning("engine.features.backbones unavailable: %r", exc)
         return ["efficientnet-lite0"]
     return list(BACKBONES)
 
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=4)
 def _predictor(model_path: str, labels_path: str | None, mtime: float):  # noqa: ARG001 - mtime busts the cache
-    from engine.predict import load_predictor
+    from engine.inference.predict import load_predictor
 
     return load_predictor(model_path, labels_path)
 
 
 def predictor(model_path: Path, labels_path: Path | None):
-    """A cached engine.predict Predictor; raises ImportError if engine.predict is not available."""
+    """A cached engine.inference.predict Predictor; raises ImportError if engine.inference.predict is not available."""
     import importlib.util
 
-    if importlib.util.find_spec("engine.predict") is None:
-        raise ImportError("engine.predict is not installed")
+    if importlib.util.find_spec("engine.inference.predict") is None:
+        raise ImportError("engine.inference.predict is not installed")
     return _predictor(str(model_path), str(labels_path) if labels_path else None, model_path.stat().st_mtime)
 
 
@@ -257,7 +257,7 @@ def confusion_styler(cm: Sequence[Sequence[int]], labels: Sequence[str]):
 
 
 def show_run_diff(project: Project, diff: Any, before_id: str, after_id: str, key: str, max_images: int = 12) -> None:
-    """Render an engine.compare.RunDiff: accuracy change, per-class changes, flipped images, changed settings."""
+    """Render an engine.runs.compare.RunDiff: accuracy change, per-class changes, flipped images, changed settings."""
     import pandas as pd
 
     before_acc, after_acc = diff.accuracy
@@ -336,7 +336,7 @@ def fmt_pct(value: float | None) -> str:
 def runs_newest_first(project: Project) -> list[dict]:
     """jobs.list_runs ordered by start time: run ids only have whole seconds, so two runs started within one second
     (training takes seconds now) may be listed in either order."""
-    from engine import jobs
+    from engine.runs import jobs
 
     def started(row: dict) -> float:
         value = jobs.job_status(jobs.run_path(project, row["run_id"])).get("started")
@@ -350,7 +350,8 @@ def pick_run(project: Project, label: str = "Trained model", while_exporting: bo
 
     with while_exporting, a running job whose metrics are already written counts too: training takes seconds and
     export most of a minute, so Review can start while the models are still being converted."""
-    from engine import jobs, runfolder
+    from engine.config import runfiles as runfolder
+    from engine.runs import jobs
 
     def usable(r: dict) -> bool:
         if r["state"] == "succeeded":

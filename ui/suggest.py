@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import streamlit as st
 
-from engine import curate
-from engine.workspace import INBOX, ImageRecord, Project
+from engine.curate import curate
+from engine.store.workspace import INBOX, ImageRecord, Project
 from ui import common
 
 ORDERS = ["Oldest first", "Least confident first", "Most confident first"]

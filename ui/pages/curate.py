@@ -1,5 +1,5 @@
 """Curate: what may be wrong with the labelled images (label issues, near-duplicates, outliers) and a map of the
-project; every fix is one click, nothing moves without one, and "Keep" is remembered (engine.curate.Decisions)."""
+project; every fix is one click, nothing moves without one, and "Keep" is remembered (engine.curate.curate.Decisions)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import curate
-from engine.workspace import INBOX, TRASH
+from engine.curate import curate
+from engine.store.workspace import INBOX, TRASH
 from ui import common
 
 project = common.require_project()
@@ -185,7 +185,7 @@ def _tiny_thumb(project_path: str, sha: str) -> str | None:
     import cv2
     import numpy as np
 
-    from engine.workspace import Project
+    from engine.store.workspace import Project
 
     try:
         data = Project(Path(project_path)).thumbnail(sha)

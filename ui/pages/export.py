@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import jobs
-from engine import runfolder as rf
-from engine.fileio import read_json
+from engine.config import runfiles as rf
+from engine.core.fileio import read_json
+from engine.runs import jobs
 from ui import common
 
 project = common.require_project()
@@ -40,7 +40,7 @@ def _reader(path: Path):
 
 
 def _saved_model_zip() -> bytes:
-    from engine.export import saved_model_zip
+    from engine.export.artefacts import saved_model_zip
 
     return saved_model_zip(run_dir)
 
@@ -187,7 +187,7 @@ def _add_to_data(data: bytes, name: str, class_key: str, done_key: str) -> None:
 def _try(up, label: str) -> None:
     """Predict one uploaded/captured image; offer to add it to the project under the predicted class."""
     with common.user_errors("Predicting"):
-        from engine.images import load_image
+        from engine.data.images import load_image
 
         data = up.getvalue()
         pixels = load_image(data, name=label)
@@ -220,8 +220,8 @@ def _try(up, label: str) -> None:
                 (st.success if kind == "success" else st.warning)(message)
 
 
-if importlib.util.find_spec("engine.predict") is None:
-    st.warning("Predictions are not available in this installation (engine.predict is missing). The downloads above "
+if importlib.util.find_spec("engine.inference.predict") is None:
+    st.warning("Predictions are not available in this installation (engine.inference.predict is missing). The downloads above "
                "work; update Retrain Studio to try images here.")
 elif not models:
     st.warning("This run has no exported model to try yet." if exporting else "This run has no exported model to "

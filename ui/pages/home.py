@@ -29,7 +29,7 @@ def _create(name: str) -> None:
 
 
 def _create_demo() -> None:
-    from engine.demo import make_demo_dataset
+    from engine.data.demo import make_demo_dataset
 
     existing = {p.name for p in ws.list_projects()}
     name = next(n for n in ("Demo", *(f"Demo {i}" for i in range(2, 1000))) if n not in existing)

@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from engine import jobs
-from engine import runfolder as rf
-from engine.fileio import read_json
+from engine.config import runfiles as rf
+from engine.core.fileio import read_json
+from engine.runs import jobs
 from ui import common
 
 project = common.require_project()
@@ -33,7 +33,7 @@ if not metrics or not metrics.get("labels"):
 def _retrain() -> None:
     import dataclasses
 
-    from engine.config import TrainConfig
+    from engine.config.training import TrainConfig
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}  # a setting an older version wrote is dropped
     data = {k: v for k, v in read_json(run_dir / rf.CONFIG).items() if k in known}
@@ -73,7 +73,7 @@ def _retrain_and_changes() -> None:
     previous = _previous_run()
     if previous is None:
         return
-    from engine.compare import diff_runs
+    from engine.runs.compare import diff_runs
 
     before = jobs.load_metrics(previous) or {}
     diff = diff_runs(before, metrics, read_json(previous / rf.CONFIG), read_json(run_dir / rf.CONFIG))

@@ -12,12 +12,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from engine import jobs
-from engine import runfolder as rf
-from engine.config import TrainConfig
-from engine.dataset import training_problem
-from engine.fileio import read_json
-from engine.workspace import INBOX
+from engine.config import runfiles as rf
+from engine.config.training import TrainConfig
+from engine.core.fileio import read_json
+from engine.data.dataset import training_problem
+from engine.runs import jobs
+from engine.store.workspace import INBOX
 from ui import common
 
 project = common.require_project()
@@ -174,7 +174,7 @@ def _history_note(hist: pd.DataFrame, events: list[dict], state: str) -> str:
             f"{common.fmt_pct(last.get('val_accuracy'))}.")
     result = next((e for e in reversed(events) if e.get("type") == "result"), None)
     if grid and result is not None and result.get("l2") is not None:
-        # the kept L2 follows the one-standard-error rule (engine.crossval), not the lowest loss on the chart
+        # the kept L2 follows the one-standard-error rule (engine.learn.crossval), not the lowest loss on the chart
         steps = hist.index[hist["l2"].astype(float) == float(result["l2"])]
         text += (f" The model kept uses L2 {float(result['l2']):g}" + (f" (step {steps[0]})" if len(steps) else "")
                  + ": the strongest whose cross-validated loss is within one standard error of the lowest, so it "
@@ -220,7 +220,7 @@ def _render_run(run_dir: Path) -> dict:
                             text=f"Exporting: {export.get('file')} written ({export['done']}/{export['total']})")
             result = next((e for e in reversed(events) if e.get("type") == "result"), None)
             if result is not None and status.get("downloadable"):
-                # bundle.zip is written; the job only adds a side report (engine.runs: backbone comparison)
+                # bundle.zip is written; the job only adds a side report (engine.runs.pipeline: backbone comparison)
                 st.info(f"Trained: validation accuracy {common.fmt_pct(result.get('val_accuracy'))}. The bundle "
                         "is ready; the run is still comparing backbones on these images.")
                 r1, r2 = st.columns(2)
@@ -365,7 +365,7 @@ if runs:
         if older == newer:
             st.info("Pick two different runs.")
         else:
-            from engine.compare import diff_runs
+            from engine.runs.compare import diff_runs
 
             def _json(run_id: str, name: str) -> dict:
                 return read_json(jobs.run_path(project, run_id) / name)

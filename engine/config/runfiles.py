@@ -1,0 +1,46 @@
+"""The run folder's file names and the exported model names: every module that opens a run or bundle folder
+takes them from here (the status rule that reads status.json lives in engine.runs.status).
+
+    <run_dir>/config.json      the TrainConfig used
+    <run_dir>/events.jsonl     progress events (engine.core.events), polled by the app
+    <run_dir>/status.json      RunStatus (engine.runs.status): {"state", "pid", "proc_start", "started", "finished",
+                               "message"}
+    <run_dir>/metrics.json     per-class metrics, confusion matrix, per-image predictions, history: Review opens
+    <run_dir>/head.npz         the trained head (kernel, bias, temperature), for scoring cached embeddings
+    <run_dir>/snapshot.json    (sha256, label) of every image the run trained on
+    <run_dir>/model_card.json, labels.txt, saved_model/, model_{variant}.tflite   (engine.export)
+    <run_dir>/bundle.zip       the last artefact, written atomically: if it exists, the run is downloadable
+                               (afterwards the job may still add the backbone comparison to metrics.json)
+    <run_dir>/run.json         app jobs only (engine.runs.jobs): run_id, project, command, pid, proc_start, counts
+    <run_dir>/log.txt          app jobs only: the job's stdout and stderr
+    <run_dir>/cancel           app jobs only: marker, the user asked to stop
+
+Plain names only, no imports: the app reads run folders on every page.
+"""
+
+
+from __future__ import annotations
+
+CONFIG = "config.json"
+EVENTS = "events.jsonl"
+STATUS = "status.json"
+METRICS = "metrics.json"
+HEAD = "head.npz"
+SNAPSHOT = "snapshot.json"
+MODEL_CARD = "model_card.json"
+LABELS = "labels.txt"
+SAVED_MODEL = "saved_model"
+BUNDLE = "bundle.zip"
+RUN = "run.json"
+LOG = "log.txt"
+CANCEL = "cancel"
+
+VARIANTS = ("float32", "dynamic", "int8")  # the TFLite variants a run can export, in preference order
+
+
+def tflite_name(variant: str) -> str:
+    return f"model_{variant}.tflite"
+
+
+# The model a run or bundle folder offers when its card names none: first one present wins.
+MODEL_PREFERENCE = (*(tflite_name(v) for v in VARIANTS), SAVED_MODEL)

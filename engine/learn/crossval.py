@@ -1,0 +1,404 @@
+"""Cross-validation, regularisation choice, calibration and the "unknown" threshold, all on cached embeddings.
+
+The head is a multinomial logistic regression (one dense layer + softmax) fitted to convergence by full-batch
+L-BFGS: on cached features that costs milliseconds per fit, so every labelled image can be judged by a model that
+did not see it (k-fold, out-of-fold predictions), the L2 strength can be chosen by the cross-validated log-loss, and
+the shipped head can then be fitted on 100% of the images. No TensorFlow here.
+
+Objective (the Keras convention, so `l2` means what `--l2_regularizer` always meant):
+    mean_i cross_entropy(softmax(x_i W + b), y_i) + l2 * ||W||^2        (bias not penalised)
+which is scikit-learn's LogisticRegression with C = 1 / (2 * n * l2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Imported here, not inside the fits: SciPy's L-BFGS-B brings its own OpenBLAS, and threadpool_limits (below) only
+# reaches libraries already loaded. Loaded first inside the fold threads, it ran two BLAS threads per fit on two
+# cores: a first cross-validation in a process took 2.4 s instead of 1.1 s on 3,461 images (measured).
+from scipy.optimize import minimize, minimize_scalar
+
+from engine.learn.head import softmax
+
+log = logging.getLogger(__name__)
+
+# The L2 values tried first: on flowers and text_nontext (Lite0, Lite2, 80-3,500 images) the lowest
+# cross-validated log-loss fell in 1e-4..1e-2 and the rule below chose 1e-3..3e-1. When the lowest is at the weak
+# end, or the choice at the strong end, the search steps further along L2_LADDER, so starting from the middle three
+# chose the same L2 as starting from five (3e-2..3e-4) on all six sets x backbones of ../shared, in 35% less time
+# on 3,461 images (bench/bench_cv.py measures accuracy and calibration).
+L2_GRID: tuple[float, ...] = (1e-2, 3e-3, 1e-3)
+L2_LADDER: tuple[float, ...] = (1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+MAX_ITER = 500
+# Gradient tolerances (max |projected gradient|) of the L-BFGS fits. Comparing L2 values needs less precision than
+# the shipped head: at 1e-4 held-out log-loss moves by ~1e-4 (grid points differ by ~1e-2) in half the iterations.
+SEARCH_TOL = 1e-4
+FINAL_TOL = 1e-5
+ECE_BINS = 15
+T_MIN, T_MAX = 0.25, 10.0  # temperatures outside this range say more about a tiny sample than about the model
+
+
+@dataclass
+class OutOfFold:
+    probs: np.ndarray  # (n, K) out-of-fold probabilities (temperature 1)
+    logits: np.ndarray  # (n, K) out-of-fold logits
+    fold: np.ndarray  # (n,) int: the fold in which row i was held out
+    l2: float  # the L2 strength used (chosen from the grid when not given)
+    n_folds: int = 0
+    # per L2 (strongest first): {"step", "l2", "loss", "accuracy" (training, mean over folds), "val_loss",
+    # "val_accuracy" (out-of-fold), "elapsed"}
+    grid: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    se: float = 0.0  # standard error of the lowest out-of-fold log-loss (the one-standard-error rule's margin)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model: softmax regression by L-BFGS
+# ----------------------------------------------------------------------------------------------------------------
+def _one_blas_thread():
+    """These products are small (n x D by D x K): a second BLAS thread does not pay, and on a busy 2-core machine
+    threads waiting for each other made each fit 7-30x slower (measured)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean cross-entropy of integer labels y under softmax(logits)."""
+    if len(y) == 0:
+        return float("nan")
+    return float(np.mean(_per_row_loss(logits, y)))
+
+
+def fit_logreg(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, sample_weight: np.ndarray | None = None,
+               init: tuple[np.ndarray, np.ndarray] | None = None, max_iter: int = MAX_ITER, tol: float = FINAL_TOL,
+               limit_threads: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+    """Kernel (D, K) and bias (K,) minimising the objective in the module docstring; also the iterations used.
+    init: a (kernel, bias) to start from (warm start along an L2 path).
+
+    Classes without a training row (a tiny class whose images all sit in the held-out fold) are left out of the
+    fit and get a constant logit just below every logit seen on the training rows: never favoured, no NaN.
+    """
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.int64)
+    n, d = x.shape
+    present = np.flatnonzero(np.bincount(y, minlength=n_classes) > 0)
+    k = len(present)
+    remap = np.full(n_classes, -1, np.int64)
+    remap[present] = np.arange(k)
+    yk = remap[y]
+    w = np.ones(n, np.float64) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    w = w / w.sum()
+    # Centring changes nothing in the optimum (the bias is free) but makes L-BFGS converge in fewer steps.
+    mean = (w @ x.astype(np.float64)).astype(np.float32)
+    xc = x - mean
+    # float32 products: half the memory traffic of float64; the tolerances below are far above float32's precision
+    wf = w.astype(np.float32)[:, None]
+    onehot = np.zeros((n, k), np.float32)
+    onehot[np.arange(n), yk] = 1.0
+    if k == 1:  # one class seen: it always wins
+        kernel = np.zeros((d, n_classes), np.float32)
+        bias = np.zeros(n_classes, np.float32)
+        bias[present] = 1.0
+        return kernel, bias, 0
+
+    if init is not None:
+        w0 = np.asarray(init[0], np.float64)[:, present]
+        b0 = np.asarray(init[1], np.float64)[present] + mean @ w0
+        theta0 = np.concatenate([w0.ravel(), b0])
+    else:
+        theta0 = np.zeros(d * k + k)
+
+    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        wk = theta[: d * k].reshape(d, k)
+        b = theta[d * k:]
+        z = xc @ wk.astype(np.float32) + b.astype(np.float32)
+        z -= z.max(axis=1, keepdims=True)
+        ez = np.exp(z)
+        s = ez.sum(axis=1, keepdims=True)
+        nll = np.log(s[:, 0]).astype(np.float64) - (z * onehot).sum(axis=1)
+        loss = float(w @ nll) + l2 * float((wk * wk).sum())
+        g = (ez / s - onehot) * wf
+        grad_w = (xc.T @ g).astype(np.float64) + 2.0 * l2 * wk
+        return loss, np.concatenate([grad_w.ravel(), g.sum(axis=0, dtype=np.float64)])
+
+    with _one_blas_thread() if limit_threads else contextlib.nullcontext():
+        res = minimize(fun, theta0, jac=True, method="L-BFGS-B",
+                       options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-10, "maxcor": 20})
+    wk = res.x[: d * k].reshape(d, k)
+    bk = res.x[d * k:] - mean.astype(np.float64) @ wk
+    kernel = np.zeros((d, n_classes))
+    bias = np.zeros(n_classes)
+    kernel[:, present] = wk
+    bias[present] = bk
+    if k < n_classes:
+        # Absent classes: the lowest logit is not linear in x, so approximate it by a class that is never favoured.
+        absent = np.setdiff1d(np.arange(n_classes), present)
+        logits = x @ wk + bk
+        bias[absent] = float(logits.min()) - 1.0
+    return kernel.astype(np.float32), bias.astype(np.float32), int(res.nit)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Folds
+# ----------------------------------------------------------------------------------------------------------------
+def exact_groups(shas: Sequence[str]) -> np.ndarray:
+    """Group ids from SHA-256 alone (identical files share an id): the fallback when near-duplicates are unknown."""
+    ids: dict[str, int] = {}
+    return np.array([ids.setdefault(s, len(ids)) for s in shas], np.int64)
+
+
+def duplicate_groups(features: np.ndarray, shas: Sequence[str]) -> np.ndarray:
+    """Near-duplicate groups from engine.curate.curate when available, else exact copies only."""
+    return fold_groups(features, shas)[0]
+
+
+def fold_groups(features: np.ndarray, shas: Sequence[str], n_folds: int = 5,
+                hashes: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """Groups that must not be split across folds, and how they were made (for the report).
+
+    Near-duplicates (engine.curate.curate) when available and usable. On images the backbone cannot tell apart (noise,
+    blank frames) near-duplicate chains can swallow most of the set; a group larger than a fold would leave
+    folds without it, so then only exact copies are kept together.
+    """
+    try:
+        from engine.curate.curate import near_duplicate_groups
+    except ImportError:
+        return exact_groups(shas), "exact copies (SHA-256)"
+    # Perceptual hashes (when given) also join shrunk, cropped and recompressed copies that embeddings alone miss.
+    groups = np.asarray(near_duplicate_groups(features, list(shas), hashes=hashes), np.int64)
+    n = len(groups)
+    if n and np.bincount(groups).max() > max(1, n // max(2, n_folds)):
+        log.warning("Near-duplicate groups are too large for %d folds (largest: %d of %d images); keeping only "
+                    "exact copies together", n_folds, int(np.bincount(groups).max()), n)
+        return exact_groups(shas), "exact copies (SHA-256); near-duplicate groups were larger than a fold"
+    return groups, "exact copies and near-duplicates"
+
+
+def assign_folds(y: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: int) -> tuple[np.ndarray, int]:
+    """A fold per row: a group is never split, and each class is spread over the folds as evenly as its groups
+    allow; n_folds shrinks when there are fewer groups. Deterministic for a seed.
+
+    Greedy, largest groups first (equal sizes in seeded random order): each goes to the fold where its classes are
+    least represented so far, then to the smallest fold. A class with fewer images than folds is then absent from
+    some held-out folds, never from every training set that can have it. (Written here rather than scikit-learn's
+    StratifiedGroupKFold: importing scikit-learn costs a training run 1-3 s, longer than the whole search.)
+    """
+    y = np.asarray(y, np.int64)
+    n = len(y)
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    _, gid = np.unique(groups, return_inverse=True)
+    n_groups = int(gid.max()) + 1 if n else 0
+    k = min(int(n_folds), n_groups)
+    if k < 2:
+        raise ValueError(f"Cross-validation needs at least 2 different images; found {n_groups} distinct "
+                         "image(s). Add more images.")
+    counts = np.zeros((n_groups, int(y.max()) + 1))
+    np.add.at(counts, (gid, y), 1)
+    share = 1.0 / np.maximum(counts.sum(axis=0), 1)
+    order = np.random.default_rng(seed).permutation(n_groups)
+    order = order[np.argsort(-counts[order].sum(axis=1), kind="stable")]
+    fold_counts = np.zeros((k, counts.shape[1]))
+    sizes = np.zeros(k)
+    group_fold = np.empty(n_groups, np.int64)
+    for g in order:
+        cost = ((fold_counts + counts[g]) * share)[:, counts[g] > 0].sum(axis=1)
+        f = int(np.lexsort((np.arange(k), sizes, np.round(cost, 9)))[0])
+        group_fold[g] = f
+        fold_counts[f] += counts[g]
+        sizes[f] += counts[g].sum()
+    return group_fold[gid], k
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Out-of-fold predictions with the L2 chosen by cross-validated log-loss
+# ----------------------------------------------------------------------------------------------------------------
+def out_of_fold(features: np.ndarray, y: np.ndarray, n_classes: int, groups: np.ndarray | None = None,
+                n_folds: int = 5, seed: int = 42, l2: float | None = None,
+                grid: Sequence[float] = L2_GRID, sample_weight: np.ndarray | None = None,
+                on_grid_point: Callable[[dict], None] | None = None, workers: int | None = None) -> OutOfFold:
+    """Every row predicted by a head that never saw it (nor any row of its group).
+
+    With l2=None each fold is fitted along `grid` (strongest first, warm-started; extended along L2_LADDER while
+    the lowest out-of-fold log-loss, or the choice, sits at an end) and the strongest L2 within one standard error
+    of that lowest log-loss is kept. `on_grid_point` receives each grid point's summary as it completes. Folds are
+    fitted in `workers` threads (default: one per CPU core): BLAS and NumPy release the GIL.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = time.perf_counter()
+    x = np.asarray(features, np.float32)
+    y = np.asarray(y, np.int64)
+    fold, k = assign_folds(y, groups, n_folds, seed)
+    searching = l2 is None
+    # Strongest penalty first: each fit warm-starts from the previous one of its fold (a regularisation path), and
+    # a grid point is complete, so reportable live, once every fold has been fitted with it.
+    queue = sorted({float(v) for v in grid}, reverse=True) if searching else [float(l2)]
+    n = len(y)
+    inits: list[tuple[np.ndarray, np.ndarray] | None] = [None] * k
+    oof: dict[float, np.ndarray] = {}
+    summary: list[dict] = []
+    sw_all = None if sample_weight is None else np.asarray(sample_weight, np.float64)
+
+    def fit_fold(f: int, c: float) -> tuple[int, np.ndarray, float, float]:
+        tr, held = fold != f, fold == f
+        kernel, bias, _ = fit_logreg(x[tr], y[tr], n_classes, c, sample_weight=None if sw_all is None else
+                                     sw_all[tr], init=inits[f], tol=SEARCH_TOL if searching else FINAL_TOL,
+                                     limit_threads=False)
+        inits[f] = (kernel, bias)
+        z_tr = x[tr] @ kernel + bias
+        return f, x[held] @ kernel + bias, log_loss(z_tr, y[tr]), float(np.mean(z_tr.argmax(1) == y[tr]))
+
+    n_workers = max(1, min(k, workers or os.cpu_count() or 1))
+    with _one_blas_thread(), ThreadPoolExecutor(n_workers) as pool:
+        while queue:
+            c = queue.pop(0)
+            logits = np.zeros((n, n_classes), np.float32)
+            train_loss = train_acc = 0.0
+            for f, held_logits, loss, acc in pool.map(lambda f, c=c: fit_fold(f, c), range(k)):
+                logits[fold == f] = held_logits
+                train_loss += loss / k
+                train_acc += acc / k
+            oof[c] = logits
+            row = {"step": len(summary) + 1, "l2": c, "loss": train_loss, "accuracy": train_acc,
+                   "val_loss": log_loss(logits, y), "val_accuracy": float(np.mean(logits.argmax(1) == y)),
+                   "elapsed": time.perf_counter() - t0}
+            summary.append(row)
+            if on_grid_point is not None:
+                on_grid_point(row)
+            if searching and not queue:
+                lowest, _, chosen = _choose(summary, oof, y)
+                queue = _extend(summary, lowest, chosen)
+    lowest, se, chosen = _choose(summary, oof, y)
+    logits = oof[chosen]
+    seconds = time.perf_counter() - t0
+    log.info("Cross-validation: %d folds, L2 %g (log-loss %.4f; lowest %.4f at %g, se %.4f) in %.2f s", k, chosen,
+             log_loss(logits, y), _summary_loss(summary, lowest), lowest, se, seconds)
+    return OutOfFold(softmax(logits).astype(np.float32), logits, fold, chosen, k, summary, seconds, se)
+
+
+def _choose(summary: list[dict], oof: dict[float, np.ndarray], y: np.ndarray) -> tuple[float, float, float]:
+    """(L2 with the lowest log-loss, that log-loss's standard error, the L2 chosen).
+
+    The one-standard-error rule: the strongest penalty whose log-loss is within one standard error of the lowest.
+    Differences below that are noise on a few hundred images. Measured on held-out halves (flowers and
+    text_nontext x Lite0 and Lite2, 10 each): within 0.13 points of a converged scikit-learn regression (C=1) on
+    all four, equal or better on three; the bare minimum fell up to 0.26 points short.
+    """
+    lowest = _best(summary)
+    se = float(_per_row_loss(oof[lowest], y).std() / np.sqrt(max(1, len(y))))
+    chosen = max(r["l2"] for r in summary if r["val_loss"] <= _summary_loss(summary, lowest) + se)
+    return lowest, se, chosen
+
+
+def _summary_loss(summary: list[dict], l2: float) -> float:
+    return next(r["val_loss"] for r in summary if r["l2"] == l2)
+
+
+def _per_row_loss(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    return np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]
+
+
+def _best(summary: list[dict]) -> float:
+    # Ties (within rounding) go to the stronger penalty: the simpler model.
+    return min(summary, key=lambda r: (round(r["val_loss"], 6), -r["l2"]))["l2"]
+
+
+def _extend(summary: list[dict], lowest: float, chosen: float) -> list[float]:
+    """The next L2 to try: a weaker one when the lowest log-loss is at the weakest tried, a stronger one when the
+    choice is the strongest tried; [] when both are inside the range tried."""
+    tried = sorted(r["l2"] for r in summary)
+    ladder = sorted(L2_LADDER)
+    if lowest == tried[0]:
+        nxt = [v for v in ladder if v < lowest * 0.99]
+        return nxt[-1:] if nxt else []
+    if chosen == tried[-1]:
+        nxt = [v for v in ladder if v > chosen * 1.01]
+        return nxt[:1] if nxt else []
+    return []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Calibration and threshold
+# ----------------------------------------------------------------------------------------------------------------
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The T minimising the log-loss of softmax(logits / T) (temperature scaling, Guo et al. 2017), in
+    [T_MIN, T_MAX]; 1 when no prediction is wrong.
+
+    Without a single mistake the log-loss keeps falling as T -> 0, which would make every answer "100% sure",
+    new kinds of images included: there is nothing to calibrate against, so the head is left as fitted.
+    """
+    z = np.asarray(logits, np.float64)
+    if len(y) == 0 or np.all(z.argmax(axis=1) == y):
+        return 1.0
+    res = minimize_scalar(lambda log_t: log_loss(z / np.exp(log_t), y), bounds=(np.log(T_MIN), np.log(T_MAX)),
+                          method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(res.x))
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Top-label ECE: |accuracy - confidence| averaged over equal-width confidence bins, weighted by bin size."""
+    if len(y) == 0:
+        return float("nan")
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        m = bins == b
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def precision_coverage(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each distinct confidence t (ascending): precision and coverage of predictions with confidence >= t."""
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(np.float64)
+    order = np.argsort(-conf, kind="stable")
+    conf_sorted, correct_sorted = conf[order], correct[order]
+    n = len(conf)
+    kept = np.arange(1, n + 1)
+    precision = np.cumsum(correct_sorted) / kept
+    # Ties: a threshold keeps all rows with the same confidence, so use the last row of each run of equal values.
+    last = np.r_[conf_sorted[1:] != conf_sorted[:-1], True]
+    t, p, c = conf_sorted[last], precision[last], kept[last] / n
+    return t[::-1], p[::-1], c[::-1]
+
+
+def choose_threshold(probs: np.ndarray, y: np.ndarray, target_precision: float = 0.95,
+                     curve_points: int = 41) -> dict:
+    """The lowest confidence threshold whose kept predictions reach target precision (so coverage is the largest).
+
+    Returns {"value", "target_precision", "precision", "coverage", "reached", "curve": [{threshold, precision,
+    coverage}]}. When no threshold reaches the target, the one with the best precision is returned, reached=False.
+    """
+    if len(y) == 0:
+        return {"value": None, "target_precision": target_precision, "precision": None, "coverage": None,
+                "reached": False, "curve": []}
+    t, p, c = precision_coverage(probs, y)
+    ok = np.flatnonzero(p >= target_precision)
+    reached = bool(len(ok))
+    i = int(ok[0]) if reached else int(np.argmax(p))  # argmax: the first best, i.e. the most coverage
+    # A threshold equal to the lowest confidence accepts everything; report 0 there so "all kept" reads clearly.
+    value = 0.0 if i == 0 and reached else float(t[i])
+    curve_t = np.linspace(0.0, 1.0, curve_points)
+    curve = []
+    for thr in curve_t:
+        j = np.searchsorted(t, thr, side="left")  # first distinct confidence >= thr
+        if j >= len(t):
+            curve.append({"threshold": round(float(thr), 4), "precision": None, "coverage": 0.0})
+        else:
+            curve.append({"threshold": round(float(thr), 4), "precision": round(float(p[j]), 4),
+                          "coverage": round(float(c[j]), 4)})
+    return {"value": round(value, 6), "target_precision": float(target_precision), "precision": float(p[i]),
+            "coverage": float(c[i]), "reached": reached, "curve": curve}

@@ -1,0 +1,213 @@
+"""The job status of a run folder: status.json read, written and settled, and whether its process is alive.
+
+Who writes status.json:
+    - the launcher (engine.runs.jobs) writes "running"/"starting" before the process exists, or "failed" if it cannot
+      start; the training process itself (engine.runs.pipeline) then writes running -> succeeded | failed | cancelled;
+    - engine.runs.jobs.cancel writes "cancelled" after stopping the process;
+    - a process that died without a final state (kill -9, out of memory) is recorded as failed by `settle`, the
+      only function that corrects a status. engine.runs.jobs calls it from the thread that launched the job and watches
+      it, from `wait`, and (`settle_all`) when a project's next job starts: that covers jobs whose launcher is
+      gone too (a restarted server). Readers (`read_status`, `active_run`, the pages) never write: they report
+      such a run as failed already, from the pid and its start time, so every reader agrees before and after it
+      is settled.
+
+No TensorFlow (or other heavy) import here: the app and the workspace read run folders on every page.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from engine.config.runfiles import BUNDLE, CANCEL, RUN, STATUS
+from engine.core.fileio import atomic_write_json, read_json
+
+RUNNING = "running"
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+DIED_MESSAGE = "the training process stopped unexpectedly"
+CANCELLED_MESSAGE = "cancelled by the user"
+STARTING_WINDOW_S = 30.0  # a "running" status without a pid this young is a job being started, not a dead one
+
+
+@dataclass
+class RunStatus:
+    """status.json as read now. `state` is running | succeeded | failed | cancelled | unknown (no status.json);
+    a stored "running" whose process is gone reads as failed (or cancelled, when the user asked to stop)."""
+
+    state: str
+    message: str = ""
+    pid: int | None = None
+    proc_start: str | None = None  # the process's start time (/proc/<pid>/stat), so a reused pid is not "alive"
+    started: float | None = None
+    finished: float | None = None
+    downloadable: bool = False  # bundle.zip exists (not stored: derived when read)
+
+    @property
+    def running(self) -> bool:
+        return self.state == RUNNING
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunStatus:
+        known = {f.name for f in fields(cls)} - {"downloadable"}
+        values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("state", "unknown")
+        values["message"] = str(values.get("message") or "")
+        return cls(**values)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# liveness
+# ------------------------------------------------------------------------------------------------------------------
+def proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state, ppid, ...; Linux), None where unreadable. The name
+    is in parentheses and may itself hold spaces and ')', hence the split at the last ')'."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+
+
+def process_start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), None where unknown."""
+    fields = proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def pid_exists(pid: int | None) -> bool:
+    """Whether a process with this pid runs (a zombie, exited but not yet reaped, does not)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    fields = proc_stat(pid)
+    return fields is None or fields[0] != "Z"
+
+
+def pid_alive(pid: int | None, proc_start: str | None = None) -> bool:
+    """The process runs and, when its start time is known, is the same one (pids are reused)."""
+    if not pid_exists(pid):
+        return False
+    return proc_start is None or process_start_time(pid) in (None, proc_start)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# status
+# ------------------------------------------------------------------------------------------------------------------
+def _job_process(run_dir: Path, stored: dict[str, Any]) -> tuple[int | None, str | None]:
+    """(pid, its start time) of the run's process: status.json's, else the one the launcher saw (run.json)."""
+    meta = read_json(run_dir / RUN)
+    pid = stored.get("pid") or meta.get("pid")
+    proc_start = stored.get("proc_start") if stored.get("pid") == pid else None
+    if proc_start is None and meta.get("pid") == pid:
+        proc_start = meta.get("proc_start")
+    return pid, proc_start
+
+
+def _is_dead(run_dir: Path, stored: dict[str, Any], now: float) -> bool:
+    """A stored "running" status whose process is gone (or never appeared within the starting window)."""
+    pid, proc_start = _job_process(run_dir, stored)
+    if pid is None:
+        try:
+            started = float(stored.get("started") or 0)
+        except (TypeError, ValueError):
+            started = 0.0
+        return now - started >= STARTING_WINDOW_S
+    return not pid_alive(pid, proc_start)
+
+
+def _dead_state(run_dir: Path) -> tuple[str, str]:
+    if (run_dir / CANCEL).exists():
+        return "cancelled", CANCELLED_MESSAGE
+    return "failed", DIED_MESSAGE
+
+
+def read_status(run_dir: str | Path) -> RunStatus:
+    """The run's status as it is now; never writes. See the module docstring for the rule on dead processes."""
+    run_dir = Path(run_dir)
+    stored = read_json(run_dir / STATUS)
+    if not stored.get("state"):
+        status = RunStatus("unknown", "no status.json in this run folder", started=read_json(run_dir / RUN).get(
+            "started"))
+    else:
+        status = RunStatus.from_dict(stored)
+        now = time.time()
+        if status.running and _is_dead(run_dir, stored, now):
+            status.state, status.message = _dead_state(run_dir)
+            status.finished = status.finished or now
+    status.downloadable = (run_dir / BUNDLE).exists()
+    return status
+
+
+def settle(run_dir: str | Path) -> RunStatus:
+    """Record a dead job as failed (cancelled, if the user asked) in status.json, once; returns read_status.
+
+    Only a status that still says "running" and whose process is gone is rewritten; it is read again right before
+    writing, so a process that finished a moment ago keeps its own final state."""
+    run_dir = Path(run_dir)
+    stored = read_json(run_dir / STATUS)
+    if stored.get("state") == RUNNING and _is_dead(run_dir, stored, time.time()):
+        again = read_json(run_dir / STATUS)
+        if again.get("state") == RUNNING:
+            state, message = _dead_state(run_dir)
+            again.update(state=state, message=message, finished=time.time())
+            atomic_write_json(run_dir / STATUS, again)
+    return read_status(run_dir)
+
+
+def settle_all(runs_dir: str | Path) -> None:
+    """`settle` every run under `runs_dir` that still says "running"."""
+    for run_dir in run_dirs(runs_dir):
+        if read_json(run_dir / STATUS).get("state") == RUNNING:
+            settle(run_dir)
+
+
+def write_status(run_dir: str | Path, state: str, message: str = "", *, pid: int | None = None,
+                 **extra: Any) -> None:
+    """Write the job's own state (the training process by default: its pid and start time are recorded, so
+    readers can tell when it dies). "running" keeps the first start time; every other state sets `finished`."""
+    path = Path(run_dir) / STATUS
+    status = read_json(path)
+    pid = os.getpid() if pid is None else pid
+    status.update(state=state, message=message, pid=pid, proc_start=process_start_time(pid), **extra)
+    if state == RUNNING:
+        status.setdefault("started", time.time())
+    else:
+        status["finished"] = time.time()
+    atomic_write_json(path, status)
+
+
+def write_launch_status(run_dir: str | Path, state: str, message: str, started: float) -> None:
+    """The launcher's status before the process exists ("running", message "starting") or when it could not start
+    ("failed"): no pid yet, so readers give it STARTING_WINDOW_S to appear."""
+    atomic_write_json(Path(run_dir) / STATUS, {"state": state, "pid": None, "started": started,
+                                               "finished": None if state == RUNNING else time.time(),
+                                               "message": message})
+
+
+def run_dirs(runs_dir: str | Path) -> list[Path]:
+    """The run folders under `runs_dir`, newest first (run ids sort by start time)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    return sorted((p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), reverse=True)
+
+
+def active_run(runs_dir: str | Path) -> Path | None:
+    """The newest run folder under `runs_dir` whose job is running now (same rule as read_status), if any."""
+    for run_dir in run_dirs(runs_dir):
+        if (run_dir / STATUS).exists() and read_status(run_dir).running:
+            return run_dir
+    return None
