@@ -31,7 +31,7 @@ def _probs(path, x: np.ndarray) -> np.ndarray:
 
 def test_float32_equals_the_head_on_features_and_the_converters_model(setup):
     resolved, head, composed, (x, _, f), root = setup
-    from engine.learn.train import build_classifier
+    from engine.learn.classifier import build_classifier
 
     ours = _probs(composed.tflite["float32"], x)
     assert np.abs(ours - head.probabilities(f)).max() <= 1e-5

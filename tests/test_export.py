@@ -21,7 +21,7 @@ from engine.export import artefacts as export
 from engine.features.backbones import resolve
 from engine.features.embeddings import Embedder
 from engine.learn.head import Head
-from engine.learn.train import build_classifier
+from engine.learn.classifier import build_classifier
 
 # Deliberately not alphabetical, one with a space: labels.txt must keep the caller's order verbatim.
 CLASSES = ["stripes", "red circle", "checker", "blank", "noise"]

@@ -323,7 +323,7 @@ def ensure_template(resolved: ResolvedBackbone, n_classes: int) -> Path:
         return folder
     from engine.export import tfbundle
     from engine.export.artefacts import save_saved_model
-    from engine.learn.train import build_classifier
+    from engine.learn.classifier import build_classifier
 
     log.info("Tracing a %d-class SavedModel template for %s (once)", n_classes, resolved.handle)
     rng = np.random.default_rng(0)

@@ -27,6 +27,7 @@ from engine.config.training import TrainConfig
 from engine.core.events import ProgressCallback, emit
 from engine.data.dataset import Dataset, ImageItem, Skipped, scan_image_dir, split_dataset, validate
 from engine.learn import crossval
+from engine.learn.classifier import build_classifier
 from engine.learn.head import Head
 
 if TYPE_CHECKING:
@@ -267,37 +268,6 @@ def train_head(x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y_val: np.
 # ----------------------------------------------------------------------------------------------------------------
 # The full classifier (Keras), fine-tuning
 # ----------------------------------------------------------------------------------------------------------------
-def _frozen_bn_hub_layer(path: str, name: str):
-    """A trainable hub layer whose BatchNorm statistics stay fixed: small fine-tuning batches would ruin them."""
-    from engine.core.tfcompat import hub
-
-    class _FrozenBatchNormHubLayer(hub.KerasLayer):
-        def call(self, inputs, training=None):
-            return super().call(inputs, training=False)
-
-    return _FrozenBatchNormHubLayer(path, trainable=True, name=name)
-
-
-def build_classifier(resolved: ResolvedBackbone, head: Head, trainable: bool = False, dropout_rate: float = 0.0,
-                     l1: float = 0.0):
-    """Images in [0,1] at the backbone's size -> calibrated probabilities (the head's temperature is baked into
-    the dense layer's weights, as in every exported model)."""
-    from engine.core.tfcompat import keras
-    from engine.features.backbones import load_feature_layer
-
-    size = resolved.image_size
-    if trainable:
-        feature = _frozen_bn_hub_layer(resolved.path, "feature_extractor")
-    else:
-        feature = load_feature_layer(resolved, trainable=False)
-    dense = keras.layers.Dense(head.n_classes, activation="softmax", name="probabilities",
-                               kernel_regularizer=keras.regularizers.L1(l1) if l1 else None)
-    model = keras.Sequential([keras.Input((size, size, 3), name="images"), feature,
-                              keras.layers.Dropout(dropout_rate, name="dropout"), dense], name="classifier")
-    dense.set_weights(list(head.calibrated()))
-    return model
-
-
 def load_images(paths: list[str], size: int, center_crop: bool) -> np.ndarray:
     from engine.data.dataset import prepare_image  # images may move while a run trains: read them by content
 

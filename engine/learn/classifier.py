@@ -1,0 +1,45 @@
+"""The full classifier as a Keras model: the backbone's feature layer and the head's dense layer, images in [0,1]
+at the backbone's size -> calibrated probabilities. Fine-tuning trains it; the SavedModel template is traced from it.
+
+TensorFlow is imported inside the functions: the head-only path (and the app's worker) never loads it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engine.learn.head import Head
+
+if TYPE_CHECKING:
+    from engine.features.backbones import ResolvedBackbone
+
+
+def _frozen_bn_hub_layer(path: str, name: str):
+    """A trainable hub layer whose BatchNorm statistics stay fixed: small fine-tuning batches would ruin them."""
+    from engine.core.tfcompat import hub  # TensorFlow: only where a Keras model is built
+
+    class _FrozenBatchNormHubLayer(hub.KerasLayer):
+        def call(self, inputs, training=None):
+            return super().call(inputs, training=False)
+
+    return _FrozenBatchNormHubLayer(path, trainable=True, name=name)
+
+
+def build_classifier(resolved: ResolvedBackbone, head: Head, trainable: bool = False, dropout_rate: float = 0.0,
+                     l1: float = 0.0):
+    """Images in [0,1] at the backbone's size -> calibrated probabilities (the head's temperature is baked into
+    the dense layer's weights, as in every exported model)."""
+    from engine.core.tfcompat import keras
+    from engine.features.backbones import load_feature_layer
+
+    size = resolved.image_size
+    if trainable:
+        feature = _frozen_bn_hub_layer(resolved.path, "feature_extractor")
+    else:
+        feature = load_feature_layer(resolved, trainable=False)
+    dense = keras.layers.Dense(head.n_classes, activation="softmax", name="probabilities",
+                               kernel_regularizer=keras.regularizers.L1(l1) if l1 else None)
+    model = keras.Sequential([keras.Input((size, size, 3), name="images"), feature,
+                              keras.layers.Dropout(dropout_rate, name="dropout"), dense], name="classifier")
+    dense.set_weights(list(head.calibrated()))
+    return model
