@@ -206,7 +206,7 @@ def _between(tops: list[float]) -> float:
 def test_predict_cli_marks_answers_below_the_cards_threshold_unknown(model_dir, capsys):
     import argparse
 
-    from engine.inference.predict import add_predict_args, run_predict
+    from engine.cli.predict import add_predict_args, run_predict
 
     folder, imgs = model_dir
 

@@ -182,7 +182,7 @@ def test_tflite_variants_agree_with_keras(exp):
 
 @pytest.mark.slow
 def test_int8_model_takes_raw_pixels_and_returns_uint8(exp):
-    from engine.core.tfcompat import tflite_interpreter
+    from engine.core.litert import tflite_interpreter
 
     it = tflite_interpreter(model_path=str(exp.out / "model_int8.tflite"))
     it.allocate_tensors()

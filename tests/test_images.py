@@ -186,7 +186,7 @@ def test_without_pillow_heif_heic_is_refused_with_the_install_command(tmp_path):
     path = tmp_path / "IMG_0003.HEIC"
     path.write_bytes(_heic_photo())
     code = ("import sys; sys.modules['pillow_heif'] = None\n"
-            "from engine import images\n"
+            "from engine.data import images\n"
             "try:\n    images.load_image(sys.argv[1])\nexcept images.ImageError as exc:\n    print(exc)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).parent.parent)

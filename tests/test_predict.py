@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from test_export import CLASSES, SIZE, draw, exported_once, save_rgb
 
+from engine.cli.predict import add_predict_args, run_predict
 from engine.data import images
 from engine.export import artefacts as export
-from engine.inference.predict import PredictError, add_predict_args, load_predictor, run_predict
+from engine.inference.predict import PredictError, load_predictor
 
 TOP_LINE = re.compile(r"^\d\.\d{6}: \S.*$")
 

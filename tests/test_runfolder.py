@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 
 from engine.config import runfiles as runfolder
-from engine.runs import status as run_status
 from engine.config.training import TrainConfig
 from engine.data import dataset
 from engine.export import artefacts as export
 from engine.inference import predict
 from engine.runs import jobs
 from engine.runs import pipeline as runs
+from engine.runs import status as run_status
 from engine.store.workspace import INBOX, Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,13 +47,13 @@ def test_names_have_one_owner():
     assert export.VARIANTS == runfolder.VARIANTS == ("float32", "dynamic", "int8")
     assert predict.MODEL_PREFERENCE == runfolder.MODEL_PREFERENCE == (
         "model_float32.tflite", "model_dynamic.tflite", "model_int8.tflite", "saved_model")
-    assert runs.HEAD_FILE == runfolder.HEAD and dataset.SNAPSHOT_FILE == runfolder.SNAPSHOT
+    assert dataset.SNAPSHOT_FILE == runfolder.SNAPSHOT
     assert jobs.DIED_MESSAGE == run_status.DIED_MESSAGE
     # the app and the workspace read run folders on every page: no TensorFlow, no engine module beyond fileio
     code = ("import sys, engine.config.runfiles; "
             "print(sorted(m for m in sys.modules if m.startswith(('engine.', 'tensorflow', 'keras'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['engine.core.fileio', 'engine.config.runfiles']"
+    assert out.strip() == "['engine.config', 'engine.config.runfiles']"
 
 
 def test_write_and_read_status_of_this_process(tmp_path):

@@ -551,7 +551,7 @@ def test_engine_serve_refuses_a_zip_with_an_unsafe_member(tmp_path):
 def test_engine_serve_passes_on_only_the_flags_given_so_the_servers_defaults_apply():
     import argparse
 
-    from engine.inference import serve
+    from engine.cli import serve
     from engine.inference.bundle import serve as bundle_serve
 
     parser = argparse.ArgumentParser()

@@ -14,11 +14,11 @@ from engine.data.dataset import DatasetError
 from engine.data.demo import make_demo_dataset
 from engine.features.backbones import load_feature_layer, resolve
 from engine.features.embeddings import EmbeddingStore
+from engine.learn.evaluate import evaluate
 from engine.learn.head import Head
 from engine.learn.train import (
     AccuracyError,
     check_accuracy,
-    evaluate,
     fit_head,
     model_card,
     sample_weights,
@@ -227,7 +227,7 @@ def test_backbone_comparison_ranks_this_run_against_another_backbones_cached_fea
     second backbone here is the run's own features plus noise under another id (computing EfficientNet-Lite2's
     would take a minute); resolving its name is the one part replaced."""
     import engine.features.backbones as backbones
-    import engine.learn.train as train_module
+    import engine.learn.backbone_comparison as train_module
     from engine.features.embeddings import preprocess_id
 
     data = result.data

@@ -12,7 +12,7 @@ def tflite_interpreter(model_path: str | None = None, model_content: bytes | Non
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # pragma: no cover - depends on what is installed
-        from engine.core.tfcompat import tf
+        from engine.core.tfcompat import tf  # TensorFlow only where LiteRT is missing
 
         Interpreter = tf.lite.Interpreter  # noqa: N806
     return Interpreter(model_path=model_path, model_content=model_content, num_threads=threads)

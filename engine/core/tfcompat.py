@@ -17,9 +17,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_hub as hub  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from engine.core.litert import tflite_interpreter  # noqa: E402,F401 - re-exported for callers that have TF anyway
-
-__all__ = ["tf", "hub", "keras", "set_memory_growth", "set_seed", "tflite_interpreter"]
+__all__ = ["tf", "hub", "keras", "set_memory_growth", "set_seed"]
 
 
 def set_seed(seed: int) -> None:

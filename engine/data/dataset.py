@@ -211,6 +211,13 @@ def prepare_image(path: str | Path | ImageItem, size: int, center_crop: bool = F
                     "again by its content")
 
 
+def load_images(paths: list[str], size: int, center_crop: bool) -> np.ndarray:
+    """uint8 images at the backbone's size, read by content (images may move while a run trains)."""
+    if not paths:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([prepare_image(p, size, center_crop) for p in paths])
+
+
 def _find_content(seen: _Seen) -> str | None:
     root = Path(seen.root)
     if root.name == "images" and (root.parent / "project.db").is_file():  # a workspace project: ask its index

@@ -1,15 +1,14 @@
-"""`python -m engine serve --bundle model_bundle.zip`: serve an exported model over HTTP.
+"""Serve an exported model over HTTP (`python -m engine serve --bundle model_bundle.zip`, engine.cli.serve).
 
-The server is the bundle's own serve.py (engine/inference/bundle/serve.py, copied in by engine.export.artefacts.write_bundle), run as
-`python serve.py` in the bundle's folder, exactly as a deployment without this engine runs it: no TensorFlow and no
-engine import in the server process. A zip is unpacked into a temporary folder first, removed when the server
-stops. A folder with model_card.json but no serve.py (a run folder, an older bundle) is served by the engine's copy
-of the same code.
+The server is the bundle's own serve.py (engine/inference/bundle/serve.py, copied into every bundle by
+engine.export), run as `python serve.py` in the bundle's folder, exactly as a deployment without this engine runs
+it: no TensorFlow and no engine import in the server process. A zip is unpacked into a temporary folder first,
+removed when the server stops. A folder with model_card.json but no serve.py (a run folder, an older bundle) is
+served by the engine's copy of the same code.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import subprocess
@@ -24,33 +23,8 @@ from engine.inference.predict import PredictError, unpack_bundle
 
 log = logging.getLogger(__name__)
 
-# The bundle server's flags this command passes on when given; the server's own defaults apply to the rest (they are
-# declared once, in engine/inference/bundle/serve.py, which is not imported here: it needs FastAPI).
-FORWARDED = ("host", "port", "workers", "max_upload_mb", "top_k")
-
-
 class ServeError(ValueError):
     """A --bundle that cannot be served, in words the user can act on."""
-
-
-def add_serve_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bundle", required=True,
-                        help="the exported bundle: model_bundle.zip, its unpacked folder, or a run folder")
-    server = "default: the bundle server's"
-    parser.add_argument("--host", default=argparse.SUPPRESS,
-                        help=f"interface to listen on; 0.0.0.0 for every interface ({server})")
-    parser.add_argument("--port", type=int, default=argparse.SUPPRESS, help=f"TCP port ({server})")
-    parser.add_argument("--workers", type=int, default=argparse.SUPPRESS,
-                        help=f"server processes, each with its own model ({server})")
-    parser.add_argument("--max_upload_mb", type=float, default=argparse.SUPPRESS,
-                        help=f"largest request body in MiB ({server})")
-    parser.add_argument("--top_k", type=int, default=argparse.SUPPRESS,
-                        help=f"classes per image in /classify ({server})")
-
-
-def forwarded_args(args: argparse.Namespace) -> list[str]:
-    """The server flags the user gave, for serve.py's command line; the ones not given are left to its defaults."""
-    return [item for name in FORWARDED if hasattr(args, name) for item in (f"--{name}", str(getattr(args, name)))]
 
 
 def unpack(bundle: Path, into: Path) -> Path:
@@ -77,8 +51,9 @@ def default_name(bundle: Path) -> str:
     return path.parent.name if stem == "bundle" and path.parent.name else stem
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    bundle = Path(args.bundle)
+def serve_bundle(bundle: Path, server_args: list[str]) -> int:
+    """Run the bundle's server on a bundle zip, its unpacked folder or a run folder, with the server flags given;
+    the server's exit code (1 when the bundle cannot be served, the reason logged)."""
     with ExitStack() as stack:
         try:
             if bundle.is_dir():
@@ -93,10 +68,9 @@ def run_serve(args: argparse.Namespace) -> int:
         except ServeError as exc:
             log.error("%s", exc)
             return 1
-        cmd += [*forwarded_args(args), "--name", default_name(bundle)]
+        cmd += [*server_args, "--name", default_name(bundle)]
         log.info("Running %s", " ".join(cmd))
         return _run_forwarding_signals(cmd, cwd=folder)
-    return 1  # unreachable; keeps type checkers content
 
 
 def _run_forwarding_signals(cmd: list[str], cwd: Path) -> int:

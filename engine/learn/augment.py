@@ -4,21 +4,20 @@ Flip, rotation, zoom and shift map onto tf_keras' own layers. tf_keras 2.21 has 
 RandomShear cannot live in a tf_keras model), so `random_shear` is a small one on TF's projective-transform op,
 with ImageDataGenerator's meaning: an angle in degrees drawn uniformly from [-range, range] per image, about the
 image centre, edges filled by reflection as the other tf_keras layers do. Active only in training.
+
+This module imports TensorFlow: only engine.learn.finetune imports it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from engine.config.training import TrainConfig
+from engine.config.training import TrainConfig
+from engine.core.tfcompat import keras, tf
 
 
 def layers(cfg: TrainConfig) -> list:
     """The augmentation layers for cfg, in ImageDataGenerator's order; [] when augmentation is off."""
-    from engine.core.tfcompat import keras
-
     if not cfg.do_data_augmentation:
         return []
     out = []
@@ -39,7 +38,6 @@ def random_shear(max_degrees: float, seed: int | None = None, fill_mode: str = "
     """A tf_keras layer shearing each training image by its own random angle in [-max_degrees, max_degrees]."""
     from tf_keras.src.engine.base_layer import BaseRandomLayer  # what tf_keras' own random layers build on
 
-    from engine.core.tfcompat import tf
 
     class RandomShear(BaseRandomLayer):
         def __init__(self, max_degrees: float, seed: int | None = None, fill_mode: str = "reflect", **kwargs):

@@ -1,23 +1,19 @@
 """The full classifier as a Keras model: the backbone's feature layer and the head's dense layer, images in [0,1]
 at the backbone's size -> calibrated probabilities. Fine-tuning trains it; the SavedModel template is traced from it.
 
-TensorFlow is imported inside the functions: the head-only path (and the app's worker) never loads it.
+This module imports TensorFlow: the head-only path (and the app's worker) never imports it, only fine-tuning, the
+SavedModel template and TrainResult.model do.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from engine.core.tfcompat import hub, keras
+from engine.features.backbones import ResolvedBackbone, load_feature_layer
 from engine.learn.head import Head
-
-if TYPE_CHECKING:
-    from engine.features.backbones import ResolvedBackbone
 
 
 def _frozen_bn_hub_layer(path: str, name: str):
     """A trainable hub layer whose BatchNorm statistics stay fixed: small fine-tuning batches would ruin them."""
-    from engine.core.tfcompat import hub  # TensorFlow: only where a Keras model is built
-
     class _FrozenBatchNormHubLayer(hub.KerasLayer):
         def call(self, inputs, training=None):
             return super().call(inputs, training=False)
@@ -29,9 +25,6 @@ def build_classifier(resolved: ResolvedBackbone, head: Head, trainable: bool = F
                      l1: float = 0.0):
     """Images in [0,1] at the backbone's size -> calibrated probabilities (the head's temperature is baked into
     the dense layer's weights, as in every exported model)."""
-    from engine.core.tfcompat import keras
-    from engine.features.backbones import load_feature_layer
-
     size = resolved.image_size
     if trainable:
         feature = _frozen_bn_hub_layer(resolved.path, "feature_extractor")

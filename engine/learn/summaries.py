@@ -1,7 +1,8 @@
 """`--summaries_dir`: TensorBoard scalars of a run, as make_image_classifier's TensorBoard callback wrote them.
 
 Written from the run's history once training ends (the head is fitted in a second, and fine-tuning rows arrive
-through the same history), so TensorFlow is imported only when the flag is given. Layout:
+through the same history). This module imports TensorFlow: engine.runs.pipeline imports it only when the flag
+is given. Layout:
 
     <summaries_dir>/train/        epoch_loss, epoch_accuracy per fine-tuning epoch (as Keras' TensorBoard callback)
     <summaries_dir>/validation/   the same on the validation images
@@ -18,6 +19,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from engine.core.tfcompat import tf
+
 log = logging.getLogger(__name__)
 
 _PHASE_TAGS = {"head": ("loss", "accuracy", "val_loss", "val_accuracy", "l2")}
@@ -27,8 +30,6 @@ _EPOCH_TAGS = {"train": (("loss", "epoch_loss"), ("accuracy", "epoch_accuracy"))
 
 def write_summaries(summaries_dir: str | Path, history: list[dict[str, Any]]) -> Path:
     """Write the history's scalars as TensorBoard event files under summaries_dir; returns the folder."""
-    from engine.core.tfcompat import tf
-
     root = Path(summaries_dir)
     root.mkdir(parents=True, exist_ok=True)
     head = [r for r in history if r.get("phase") == "head"]

@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -26,13 +26,11 @@ from engine import __version__
 from engine.config.training import TrainConfig
 from engine.core.events import ProgressCallback, emit
 from engine.data.dataset import Dataset, ImageItem, Skipped, scan_image_dir, split_dataset, validate
+from engine.features.backbones import ResolvedBackbone, resolve
+from engine.features.embeddings import EmbeddingStore, backbone_ready, embed_files
 from engine.learn import crossval
-from engine.learn.classifier import build_classifier
+from engine.learn.evaluate import evaluate, fold_spread
 from engine.learn.head import Head
-
-if TYPE_CHECKING:
-    from engine.features.backbones import ResolvedBackbone
-    from engine.features.embeddings import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +71,8 @@ class TrainResult:
         """The full keras classifier ([0,1] RGB images in, calibrated probabilities out); built on first use, as
         loading the backbone takes seconds that a head-only retrain should not pay."""
         if self.fine_tuned_model is None:
+            from engine.learn.classifier import build_classifier  # TensorFlow: only when the Keras model is asked for
+
             self.fine_tuned_model = build_classifier(self.data.resolved, self.head)
         return self.fine_tuned_model
 
@@ -98,9 +98,6 @@ class HeadFit:
 # ----------------------------------------------------------------------------------------------------------------
 def prepare_data(cfg: TrainConfig, progress: ProgressCallback | None = None,
                  store: EmbeddingStore | None = None) -> PreparedData:
-    from engine.features.backbones import resolve
-    from engine.features.embeddings import EmbeddingStore, backbone_ready, embed_files
-
     emit(progress, "stage", stage="scan", message=f"Scanning {cfg.image_dir}")
     # Images are fully decoded only when embedded: a cached sha256 is already known to be a good image.
     dataset = scan_image_dir(cfg.image_dir, check_images=False, progress=progress)
@@ -131,63 +128,6 @@ def _drop_unreadable(ds: Dataset, failed: list[tuple[int, str]]) -> Dataset:
     kept = Dataset(ds.root, ds.labels, items, skipped)
     validate(kept)  # a class may now be too small; its message counts the skipped files
     return kept
-
-
-# Backbones compared in the cross-validated report when their features of every image are already cached
-COMPARE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite2")
-
-
-def comparable_backbones(result: TrainResult) -> list[str]:
-    """The other preset backbones this run could be compared with: installed and prepared on this machine, and the
-    run cross-validated on every image (a held-out split or fine-tuning: nothing to compare)."""
-    from engine.features.backbones import BACKBONES, cached_module_path
-
-    data = result.data
-    if data.store is None or not result.metrics.get("cross_validated") \
-            or len(data.train_idx) != len(data.dataset.items):
-        return []
-    return [name for name in COMPARE_BACKBONES if name != data.resolved.handle and name in BACKBONES
-            and BACKBONES[name].installed() and (cached_module_path(name) / "saved_model.pb").exists()]
-
-
-def backbone_comparison(result: TrainResult, names: list[str]) -> list[dict[str, Any]]:
-    """This run's backbone against those of `names` (comparable_backbones) whose features of every image are
-    cached, by cross-validated accuracy and log-loss, best first; [] when none is or the comparison fails: it is a
-    side report, never a reason to fail a run."""
-    data, metrics = result.data, result.metrics
-    try:
-        others = compare_backbones(data, result.config, result.groups, names)
-    except Exception as exc:  # noqa: BLE001 - see above
-        log.warning("Backbone comparison skipped: %s", exc)
-        return []
-    if not others:
-        return []
-    own_loss = next((r["val_loss"] for r in metrics.get("l2_search") or [] if r["l2"] == metrics.get("l2")), None)
-    own = {"backbone": data.resolved.handle, "accuracy": metrics["val_accuracy"], "log_loss": own_loss,
-           "l2": metrics.get("l2")}
-    return sorted([own, *others], key=lambda r: (r["log_loss"] is None, r["log_loss"]))
-
-
-def compare_backbones(data: PreparedData, cfg: TrainConfig, groups: np.ndarray | None,
-                      names: list[str]) -> list[dict[str, Any]]:
-    """Cross-validated accuracy and log-loss of the named backbones whose features of all these images are in the
-    cache already (nothing is computed for this): which backbone wins on the user's own data."""
-    from engine.features.backbones import resolve
-    from engine.features.embeddings import preprocess_id
-
-    shas = [it.sha256 for it in data.dataset.items]
-    y, n_classes = data.dataset.y, len(data.dataset.labels)
-    rows = []
-    for name in names:
-        other = resolve(name)
-        found = data.store.get_many(list(set(shas)), other.backbone_id,
-                                    preprocess_id(other.image_size, cfg.center_crop))
-        if len(found) < len(set(shas)):
-            continue
-        oof = crossval.out_of_fold(np.stack([found[s] for s in shas]), y, n_classes, groups, cfg.cv_folds, cfg.seed)
-        rows.append({"backbone": name, "accuracy": float(np.mean(oof.probs.argmax(1) == y)),
-                     "log_loss": crossval.log_loss(oof.logits, y), "l2": oof.l2})
-    return rows
 
 
 def duplicate_groups(data: PreparedData, n_folds: int = 5) -> tuple[np.ndarray, str]:
@@ -268,121 +208,6 @@ def train_head(x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y_val: np.
 # ----------------------------------------------------------------------------------------------------------------
 # The full classifier (Keras), fine-tuning
 # ----------------------------------------------------------------------------------------------------------------
-def load_images(paths: list[str], size: int, center_crop: bool) -> np.ndarray:
-    from engine.data.dataset import prepare_image  # images may move while a run trains: read them by content
-
-    if not paths:
-        return np.zeros((0, size, size, 3), np.uint8)
-    return np.stack([prepare_image(p, size, center_crop) for p in paths])
-
-
-def make_optimizer(name: str, learning_rate: float, momentum: float):
-    from engine.core.tfcompat import keras
-
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=momentum)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    raise ValueError(f"Unknown optimizer '{name}': use 'adam' or 'sgd'")
-
-
-def fine_tune(classifier, data: PreparedData, cfg: TrainConfig, progress: ProgressCallback | None = None) -> list[dict]:
-    from engine.core.tfcompat import keras, set_seed, tf
-    from engine.features.distributed import fit_callbacks
-
-    set_seed(cfg.seed)
-    size, items = data.resolved.image_size, data.dataset.items
-    x_tr = load_images([items[i].path for i in data.train_idx], size, cfg.center_crop)
-    x_val = load_images([items[i].path for i in data.val_idx], size, cfg.center_crop)
-    y_all = data.dataset.y
-    n = len(data.dataset.labels)
-    aug = _augmentation(cfg)
-    trainer = keras.Sequential([keras.Input((size, size, 3)), *aug, classifier]) if aug else classifier
-    trainer.compile(optimizer=make_optimizer(cfg.optimizer, cfg.fine_tune_learning_rate, cfg.momentum),
-                    loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                    metrics=["accuracy"])
-    history: list[dict] = []
-    t0 = time.perf_counter()
-    val = (x_val / 255.0, tf.one_hot(y_all[data.val_idx], n)) if len(x_val) else None
-    # On a few hundred images fine-tuning can as well hurt as help: keep the weights with the best validation
-    # loss, counting the head-only starting point as epoch 0, so opting in never ends worse on validation.
-    best = {"loss": trainer.evaluate(*val, verbose=0)[0] if val else np.inf, "weights": classifier.get_weights(),
-            "epoch": 0}
-
-    class _Report(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            row = {"phase": "fine_tune", "epoch": epoch + 1, "loss": logs.get("loss"),
-                   "accuracy": logs.get("accuracy"), "val_loss": logs.get("val_loss"),
-                   "val_accuracy": logs.get("val_accuracy"), "elapsed": time.perf_counter() - t0}
-            history.append(row)
-            emit(progress, "epoch", **row)
-            if val is not None and row["val_loss"] is not None and row["val_loss"] < best["loss"]:
-                best.update(loss=row["val_loss"], weights=classifier.get_weights(), epoch=epoch + 1)
-
-    trainer.fit(x_tr / 255.0, tf.one_hot(y_all[data.train_idx], n), batch_size=min(cfg.batch_size, 16),
-                epochs=cfg.fine_tune_epochs, validation_data=val, verbose=0,
-                callbacks=[_Report(), *fit_callbacks(cfg.run_dir)],  # resumable from <run_dir> (issue 12)
-                shuffle=True)
-    if val is not None:
-        classifier.set_weights(best["weights"])
-        log.info("Fine-tuning: kept epoch %d (validation loss %.4f)", best["epoch"], best["loss"])
-    return history
-
-
-def _augmentation(cfg: TrainConfig) -> list:
-    from engine.learn import augment  # flips, rotation, shifts, shear, zoom: make_image_classifier's options
-
-    return augment.layers(cfg)
-
-
-def _calibrate_keras(classifier, probs: np.ndarray, y: np.ndarray) -> float:
-    """Temperature for a fine-tuned classifier from its held-out probabilities, baked into its dense layer."""
-    logits = np.log(np.clip(probs, 1e-12, 1.0))  # log-probabilities: softmax-equivalent logits
-    temperature = crossval.fit_temperature(logits, y)
-    dense = classifier.get_layer("probabilities")
-    w, b = dense.get_weights()
-    dense.set_weights([w / temperature, b / temperature])
-    return temperature
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------------------------
-def evaluate(probs: np.ndarray, y_true: np.ndarray, labels: list[str], paths: list[str],
-             shas: list[str] | None = None, folds: np.ndarray | None = None) -> dict[str, Any]:
-    """Accuracy, per-class report, confusion matrix and one prediction per image (sha256 is its key; path is for
-    display; fold is the cross-validation fold that held it out, None on a plain validation split)."""
-    if len(y_true) == 0:
-        return {"labels": labels, "val_accuracy": None, "per_class": {}, "confusion_matrix": [], "predictions": []}
-    pred = probs.argmax(1)
-    # scikit-learn's definitions (zero_division=0), without importing it (seconds on a cold start)
-    cm = np.zeros((len(labels), len(labels)), np.int64)
-    np.add.at(cm, (np.asarray(y_true), pred), 1)
-    tp, s, predicted = np.diag(cm).astype(float), cm.sum(axis=1), cm.sum(axis=0)
-    p = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    r = np.divide(tp, s, out=np.zeros_like(tp), where=s > 0)
-    f = np.divide(2 * p * r, p + r, out=np.zeros_like(tp), where=(p + r) > 0)
-    per_class = {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                 for i, lab in enumerate(labels)}
-    shas = shas if shas is not None else [None] * len(y_true)
-    folds_list = folds.tolist() if folds is not None else [None] * len(y_true)
-    predictions = [{"path": path, "sha256": sha, "fold": fold, "true": labels[t], "predicted": labels[k],
-                    "probability": float(pr[k]), "probs": [round(float(v), 6) for v in pr]}
-                   for path, sha, fold, t, k, pr in zip(paths, shas, folds_list, y_true, pred, probs, strict=True)]
-    return {"labels": labels, "val_accuracy": float(np.mean(pred == y_true)), "per_class": per_class,
-            "confusion_matrix": cm.tolist(), "predictions": predictions}
-
-
-def fold_spread(y_true: np.ndarray, pred: np.ndarray, folds: np.ndarray) -> dict[str, Any]:
-    per_fold = [{"fold": int(f), "n": int((folds == f).sum()), "accuracy": float(np.mean(pred[folds == f]
-                                                                                        == y_true[folds == f]))}
-                for f in np.unique(folds)]
-    accs = np.array([r["accuracy"] for r in per_fold])
-    return {"folds": per_fold, "accuracy_std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
-            "accuracy_min": float(accs.min()), "accuracy_max": float(accs.max())}
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The whole job
 # ----------------------------------------------------------------------------------------------------------------
@@ -391,83 +216,102 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
     """Scan, embed, train (and optionally fine-tune); no files written. See engine.runs.pipeline for the full job."""
     t0 = time.perf_counter()
     if cfg.set_memory_growth:  # before anything touches a GPU (embedding may)
-        from engine.core.tfcompat import set_memory_growth
+        from engine.core.tfcompat import set_memory_growth  # TensorFlow: only when GPUs are asked for
 
         set_memory_growth()
     data = data or prepare_data(cfg, progress, store)
     t_embed = time.perf_counter()
-    y, labels, items = data.dataset.y, data.dataset.labels, data.dataset.items
-    n_classes = len(labels)
     groups, grouping = duplicate_groups(data, cfg.cv_folds)
-    cross_validated = len(data.val_idx) == 0
-    evaluation = f"held-out validation ({cfg.validation_split:.0%} of each class)"
-    if cfg.do_fine_tuning and cross_validated:
-        # Fine-tuning cannot afford k trainings through the backbone: it validates on one held-out fold.
-        fold, k = crossval.assign_folds(y, groups, cfg.cv_folds, cfg.seed)
-        data.train_idx, data.val_idx = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
-        cross_validated = False
-        evaluation = f"one held-out fold (1 of {k}; fine-tuning)"
-    tr, va = data.train_idx, data.val_idx
+    evaluation = _choose_evaluation(data, cfg, groups)
+    tr, n_classes = data.train_idx, len(data.dataset.labels)
     emit(progress, "stage", stage="train", message=f"Training a {n_classes}-class head"
-         + (" with cross-validation" if cross_validated else ""))
-    fit = fit_head(data.features[tr], y[tr], n_classes, cfg, groups[tr], progress)
-    head, history = fit.head, list(fit.history)
+         + (" with cross-validation" if evaluation.cross_validated else ""))
+    fit = fit_head(data.features[tr], data.dataset.y[tr], n_classes, cfg, groups[tr], progress)
     t_head = time.perf_counter()
-    calibration, threshold = dict(fit.calibration), dict(fit.threshold)
-    classifier = None
-    if cross_validated:
-        oof = fit.oof
-        probs = crossval.softmax(oof.logits / head.temperature)  # what the shipped (calibrated) model would say
-        metrics = evaluate(probs, y[tr], labels, [items[i].path for i in tr], [items[i].sha256 for i in tr],
-                           oof.fold)
-        metrics.update(fold_spread(y[tr], probs.argmax(1), oof.fold))
-        evaluation = f"cross-validation ({oof.n_folds} folds)"
+    if evaluation.cross_validated:
+        judged = _judge_cross_validated(data, fit)
+    elif cfg.do_fine_tuning:
+        from engine.learn import finetune  # TensorFlow: only a fine-tuning run loads it
+
+        tuned = finetune.fine_tune_and_judge(data, fit.head, cfg, progress)
+        judged = _Judged(tuned.head, _evaluate_on(data, data.val_idx, tuned.probs), tuned.calibration,
+                         tuned.threshold, fit.history + tuned.history, tuned.classifier)
     else:
-        paths, shas = [items[i].path for i in va], [items[i].sha256 for i in va]
-        if cfg.do_fine_tuning:
-            from engine.core.tfcompat import set_seed
-
-            set_seed(cfg.seed)
-            # Fine-tuning starts from the uncalibrated head; its own temperature is fitted afterwards.
-            from engine.features.distributed import strategy_scope
-
-            with strategy_scope(cfg.distribution_strategy):  # tf.distribute: build, compile and fit in its scope
-                classifier = build_classifier(data.resolved, Head(head.kernel, head.bias), trainable=True,
-                                              dropout_rate=cfg.dropout_rate, l1=cfg.l1_regularizer)
-                emit(progress, "stage", stage="fine_tune", message="Fine-tuning the backbone on images")
-                history += fine_tune(classifier, data, cfg, progress)
-            x_val = load_images(paths, data.resolved.image_size, cfg.center_crop)
-            raw = classifier.predict(x_val / 255.0, verbose=0)
-            before = crossval.expected_calibration_error(raw, y[va])
-            temperature = _calibrate_keras(classifier, raw, y[va]) if cfg.calibrate else 1.0
-            probs = crossval.softmax(np.log(np.clip(raw, 1e-12, 1.0)) / temperature)
-            w, b = classifier.get_layer("probabilities").get_weights()
-            head = Head(w * temperature, b * temperature, temperature)  # the fine-tuned dense layer, uncalibrated
-            calibration = {"temperature": temperature, "ece_before": before,
-                           "ece_after": crossval.expected_calibration_error(probs, y[va]), "bins": crossval.ECE_BINS,
-                           "measured_on": "the held-out fold (also used to fit the temperature)"}
-            threshold = crossval.choose_threshold(probs, y[va], cfg.target_precision)
-        else:
-            probs = head.probabilities(data.features[va])
-            raw = crossval.softmax(data.features[va] @ head.kernel + head.bias)
-            # The temperature came from cross-validation inside the training part: this check is independent.
-            calibration.update(ece_before=crossval.expected_calibration_error(raw, y[va]),
-                               ece_after=crossval.expected_calibration_error(probs, y[va]),
-                               measured_on="the held-out validation images")
-        metrics = evaluate(probs, y[va], labels, paths, shas)
+        judged = _judge_held_out(data, fit)
     t_end = time.perf_counter()
+    metrics = judged.metrics
     metrics.update(
-        evaluation=evaluation, cross_validated=cross_validated, n_evaluated=len(metrics["predictions"]),
-        kept_together=grouping,
+        evaluation=judged.evaluation or evaluation.text, cross_validated=evaluation.cross_validated,
+        n_evaluated=len(metrics["predictions"]), kept_together=grouping,
         l2=fit.oof.l2, l2_chosen=cfg.l2_regularizer is None, l2_rule="the strongest L2 whose cross-validated "
         "log-loss is within one standard error (l2_se) of the lowest", l2_se=fit.oof.se,
         l2_search=[{k: r[k] for k in ("l2", "val_loss", "val_accuracy")} for r in fit.oof.grid],
-        head_iterations=fit.iterations, calibration=calibration, threshold=threshold)
+        head_iterations=fit.iterations, calibration=judged.calibration, threshold=judged.threshold)
     timings = {"embed_s": t_embed - t0, "head_s": t_head - t_embed, "cv_s": fit.oof.seconds,
                "fine_tune_s": t_end - t_head if cfg.do_fine_tuning else 0.0, "total_s": t_end - t0,
                "embed_images_per_s": data.embed_images_per_s, "embedded_new": data.embedded_new}
-    return TrainResult(labels, cfg, history, metrics, head, data, timings, fine_tuned_model=classifier,
-                       groups=groups)
+    return TrainResult(data.dataset.labels, cfg, judged.history, metrics, judged.head, data, timings,
+                       fine_tuned_model=judged.classifier, groups=groups)
+
+
+@dataclass
+class _Evaluation:
+    cross_validated: bool
+    text: str
+
+
+@dataclass
+class _Judged:
+    """The shipped head and what the chosen evaluation said of it."""
+
+    head: Head
+    metrics: dict[str, Any]
+    calibration: dict[str, Any]
+    threshold: dict[str, Any]
+    history: list[dict[str, Any]]
+    classifier: Any = None  # the fine-tuned keras model, when fine-tuning ran
+    evaluation: str | None = None  # overrides _Evaluation.text once known (the folds actually used)
+
+
+def _choose_evaluation(data: PreparedData, cfg: TrainConfig, groups: np.ndarray) -> _Evaluation:
+    """Cross-validation on every image (validation_split 0), else the held-out split; fine-tuning cannot afford k
+    trainings through the backbone, so it validates on one held-out fold (data's split is set to it)."""
+    if len(data.val_idx):
+        return _Evaluation(False, f"held-out validation ({cfg.validation_split:.0%} of each class)")
+    if not cfg.do_fine_tuning:
+        return _Evaluation(True, "cross-validation")
+    fold, k = crossval.assign_folds(data.dataset.y, groups, cfg.cv_folds, cfg.seed)
+    data.train_idx, data.val_idx = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
+    return _Evaluation(False, f"one held-out fold (1 of {k}; fine-tuning)")
+
+
+def _evaluate_on(data: PreparedData, idx: np.ndarray, probs: np.ndarray, folds: np.ndarray | None = None) -> dict:
+    items = data.dataset.items
+    return evaluate(probs, data.dataset.y[idx], data.dataset.labels, [items[i].path for i in idx],
+                    [items[i].sha256 for i in idx], folds)
+
+
+def _judge_cross_validated(data: PreparedData, fit: HeadFit) -> _Judged:
+    """Every image judged by a head that did not see it; the shipped head was fitted on all of them."""
+    oof, tr = fit.oof, data.train_idx
+    probs = crossval.softmax(oof.logits / fit.head.temperature)  # what the shipped (calibrated) model would say
+    metrics = _evaluate_on(data, tr, probs, oof.fold)
+    metrics.update(fold_spread(data.dataset.y[tr], probs.argmax(1), oof.fold))
+    return _Judged(fit.head, metrics, dict(fit.calibration), dict(fit.threshold), list(fit.history),
+                   evaluation=f"cross-validation ({oof.n_folds} folds)")
+
+
+def _judge_held_out(data: PreparedData, fit: HeadFit) -> _Judged:
+    """make_image_classifier's recipe: the head fitted on the rest, judged on the held-out images."""
+    va, head = data.val_idx, fit.head
+    y = data.dataset.y[va]
+    probs = head.probabilities(data.features[va])
+    raw = crossval.softmax(data.features[va] @ head.kernel + head.bias)
+    # The temperature came from cross-validation inside the training part: this check is independent.
+    calibration = dict(fit.calibration, ece_before=crossval.expected_calibration_error(raw, y),
+                       ece_after=crossval.expected_calibration_error(probs, y),
+                       measured_on="the held-out validation images")
+    return _Judged(head, _evaluate_on(data, va, probs), calibration, dict(fit.threshold), list(fit.history))
 
 
 def check_accuracy(result: TrainResult, threshold: float | None) -> None:

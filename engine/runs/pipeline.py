@@ -1,5 +1,6 @@
-"""A training run into its run folder (layout and status rules: engine.config.runfiles): config, event log, status,
-metrics, head, snapshot, exported models, and bundle.zip written last (if it exists, the run is complete)."""
+"""A training run into its run folder (names: engine.config.runfiles; status: engine.runs.status): config, event
+log, status, metrics, head, snapshot, exported models, and bundle.zip written last (if it exists, the run is
+complete)."""
 
 from __future__ import annotations
 
@@ -11,28 +12,18 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import runfiles as rf
-from engine.runs import status as run_status
 from engine.config.training import TrainConfig
 from engine.core.events import EventLog, ProgressCallback, emit, tee
 from engine.core.fileio import atomic_write_bytes, atomic_write_json
-from engine.data.dataset import write_snapshot
+from engine.data.dataset import load_images, write_snapshot
+from engine.learn.backbone_comparison import backbone_comparison, comparable_backbones
 from engine.learn.head import Head
-from engine.learn.train import (
-    AccuracyError,
-    TrainResult,
-    backbone_comparison,
-    check_accuracy,
-    comparable_backbones,
-    load_images,
-    model_card,
-    train,
-)
+from engine.learn.train import AccuracyError, TrainResult, check_accuracy, model_card, train
+from engine.runs import status as run_status
 
 log = logging.getLogger(__name__)
 
 CHECK_IMAGES = 32  # images run through every exported variant to measure agreement (~0.5 s in all)
-HEAD_FILE = rf.HEAD
-write_status = run_status.write_status  # the training process's own status (kept here for callers of engine.runs.pipeline)
 
 
 class Cancelled(Exception):
@@ -58,19 +49,19 @@ def execute(cfg: TrainConfig, progress: ProgressCallback | None = None) -> Train
         (run_dir / stale).unlink(missing_ok=True)
     cfg.save(run_dir / rf.CONFIG)
     progress = tee(progress, EventLog(run_dir / rf.EVENTS))
-    write_status(run_dir, "running", "training")
+    run_status.write_status(run_dir, "running", "training")
     try:
         result = _execute(cfg, run_dir, progress)
     except Cancelled as exc:
-        write_status(run_dir, "cancelled", str(exc) or run_status.CANCELLED_MESSAGE)
+        run_status.write_status(run_dir, "cancelled", str(exc) or run_status.CANCELLED_MESSAGE)
         emit(progress, "error", message="cancelled")
         raise
     except BaseException as exc:
         message = str(exc) or type(exc).__name__
-        write_status(run_dir, "failed", message)
+        run_status.write_status(run_dir, "failed", message)
         emit(progress, "error", message=message)
         raise
-    write_status(run_dir, "succeeded", f"validation accuracy {result.val_accuracy}")
+    run_status.write_status(run_dir, "succeeded", f"validation accuracy {result.val_accuracy}")
     emit(progress, "stage", stage="done", message=f"Run saved in {run_dir}")
     return result
 
@@ -156,4 +147,4 @@ def _check_images(result: TrainResult) -> tuple[np.ndarray, tuple[np.ndarray, np
     return idx, (np.stack(pixels), data.dataset.y[idx])
 
 
-__all__ = ["AccuracyError", "Cancelled", "default_run_dir", "execute", "write_status"]
+__all__ = ["AccuracyError", "Cancelled", "default_run_dir", "execute"]

@@ -3,8 +3,9 @@
 A retrain on cached features takes about a second; starting `python -m engine train` and importing NumPy,
 scikit-learn, OpenCV and the engine takes longer than that. The worker imports them once, then forks one child per
 job. A child is an ordinary process in its own session, exactly like the subprocess it replaces: its pid goes into
-status.json, cancel signals its process group, and if it crashes the app's watcher (engine.config.runfiles.settle) records
-the run as failed. The worker reaps its children at once (no zombies) and exits when the app that started it is gone.
+status.json, cancel signals its process group, and if it crashes the app's watcher (engine.runs.status.settle)
+records the run as failed. The worker reaps its children at once (no zombies) and exits when the app that
+started it is gone.
 
 TensorFlow is never imported in the worker itself: its thread pools do not survive fork(). A child that needs it
 (fine-tuning, the first conversion of a backbone) imports it after forking.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import runpy
 import select
 import signal
 import socket
@@ -28,10 +30,11 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# What a job imports, loaded once here (never TensorFlow): third-party libraries, then the command line and the
+# pipeline, which import the engine modules a head-only retrain uses.
 PRELOAD = ("numpy", "cv2", "PIL.Image", "sklearn.linear_model", "sklearn.model_selection", "scipy.optimize",
-           "ai_edge_litert.interpreter", "flatbuffers", "tqdm", "engine.cli.main", "engine.runs.pipeline", "engine.learn.train",
-           "engine.export.artefacts", "engine.export.compose", "engine.features.embeddings", "engine.data.dataset", "engine.inference.predict",
-           "engine.learn.crossval")
+           "ai_edge_litert.interpreter", "flatbuffers", "tqdm", "engine.cli.main", "engine.runs.pipeline",
+           "engine.export.compose", "engine.features.embeddings", "engine.inference.predict")
 START_TIMEOUT_S = 60.0
 
 
@@ -73,9 +76,9 @@ def _run_child(request: dict) -> None:
         os.dup2(null, 0)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-        from engine.cli.main import main
-
-        code = main(list(request["argv"]))
+        # Run the command line exactly as `python -m engine ARGV` would (its __main__ exits with the code).
+        sys.argv = ["python -m engine", *request["argv"]]
+        runpy.run_module("engine", run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - report anything in the job's log, then exit

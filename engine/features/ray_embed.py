@@ -1,6 +1,6 @@
-"""When one machine is not enough: embed on a Ray cluster, fine-tune with tf.distribute (see docs/scaling.md).
+"""When one machine is not enough to embed: backbone features on a Ray cluster (see docs/scaling.md).
 
-Embedding: the images are listed on the driver (a local folder, or any path pyarrow/fsspec reads, e.g.
+The images are listed on the driver (a local folder, or any path pyarrow/fsspec reads, e.g.
 `s3://bucket/photos` when its credentials are set), hashed and then read and decoded in Ray tasks, and embedded by
 `map_batches` on a fixed pool of actors, each holding one LiteRT interpreter of the same float32 backbone file the
 local path uses. Every finished block becomes a Parquet shard keyed exactly like the local cache (sha256, backbone
@@ -9,7 +9,8 @@ vectors, and re-running after an interruption embeds only what is missing. Decod
 with the local path's error handling, so vectors and refusal messages are the same on both paths.
 
 Nothing here imports Ray or TensorFlow at module level: `python -m engine --help` stays fast, the Ray workers
-never load TensorFlow, and Ray is optional (requirements-ray.txt).
+never load TensorFlow, and Ray is optional (requirements-ray.txt). Fine-tuning across devices is
+engine.learn.strategy.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,7 +33,6 @@ from engine.data import images
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("none", "mirrored", "multi_worker")
 SHARD_COLUMNS = ("sha256", "backbone", "image_size", "preprocess", "dim", "vector")
 HASH_BATCH = 64  # files per hashing task: enough to amortise a task's overhead (~1 ms), small enough to spread
 
@@ -106,7 +104,7 @@ def list_images(image_dir: str | Path) -> tuple[Any, list[str]]:
     return fs, sorted(found)
 
 
-def _name(path: str) -> str:
+def file_name(path: str) -> str:
     return PurePosixPath(path).name
 
 
@@ -120,7 +118,7 @@ def _hash(fs, path: str) -> tuple[str, str]:
     try:
         return images.bytes_sha256(_read(fs, path)), ""
     except OSError as exc:
-        return "", f"{_name(path)}: cannot be read ({exc.strerror or exc})"
+        return "", f"{file_name(path)}: cannot be read ({exc.strerror or exc})"
 
 
 def _to_unit_float(image_uint8: np.ndarray) -> np.ndarray:
@@ -184,7 +182,7 @@ def merge_shards(shard_dir: str, store) -> int:
         return 0
     merged = 0
     for entry in sorted(fs.get_file_info(pafs.FileSelector(root)), key=lambda e: e.path):
-        if not entry.path.endswith(".parquet") or _name(entry.path).startswith("."):
+        if not entry.path.endswith(".parquet") or file_name(entry.path).startswith("."):
             continue
         try:
             keys = pq.read_table(entry.path, filesystem=fs, columns=["sha256", "backbone", "preprocess"])
@@ -292,9 +290,9 @@ def _decode_batch(batch: dict[str, np.ndarray], fs, size: int, center_crop: bool
     errors = []
     for i, path in enumerate(batch["path"]):
         try:
-            img = _decode(_read(fs, path), _name(path), size, center_crop)
+            img = _decode(_read(fs, path), file_name(path), size, center_crop)
         except OSError as exc:
-            img = f"{_name(path)}: could not be read ({exc})"
+            img = f"{file_name(path)}: could not be read ({exc})"
         if isinstance(img, str):
             errors.append(img)
         else:
@@ -415,7 +413,7 @@ def embed_with_ray(image_dir: str | Path, backbone: str | None = None, image_siz
                     if on_shard:
                         on_shard(shard)
                 for path, reason in bad:  # a bad file's copies are just as bad
-                    failed += [(p, reason.replace(_name(path), _name(p), 1)) for p in copies[sha_of[path]]]
+                    failed += [(p, reason.replace(file_name(path), file_name(p), 1)) for p in copies[sha_of[path]]]
                     log.warning("Skipping %s", reason)
                 computed += sum(len(copies[s]) for s in shas)
                 done += sum(len(copies[s]) for s in shas) + sum(len(copies[sha_of[p]]) for p, _ in bad)
@@ -434,142 +432,3 @@ def _copies(paths: list[str], sha_of: dict[str, str]) -> dict[str, list[str]]:
         if sha_of.get(p):
             out.setdefault(sha_of[p], []).append(p)
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Fine-tuning with tf.distribute
-# ----------------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=4)
-def make_strategy(name: str | None):
-    """None for 'none'; MirroredStrategy over all local GPUs (or every logical CPU device when there is no GPU);
-    MultiWorkerMirroredStrategy configured from TF_CONFIG. Cached: TF allows one collective setup per process.
-
-    The batch size stays global: each of the strategy's `num_replicas_in_sync` replicas gets batch/replicas
-    images per step, so scale --batch_size (and usually the learning rate) with the replicas to keep per-replica
-    work constant.
-    """
-    if not name or name == "none":
-        return None
-    from engine.core.tfcompat import tf
-
-    if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        strategy = tf.distribute.MirroredStrategy(devices)
-    elif name == "multi_worker":
-        if not os.environ.get("TF_CONFIG"):
-            raise DistributedError("--distribution_strategy multi_worker needs TF_CONFIG on every worker, e.g. "
-                                   '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-                                   '"task": {"type": "worker", "index": 0}} (docs/scaling.md)')
-        try:
-            json.loads(os.environ["TF_CONFIG"])
-        except json.JSONDecodeError as exc:
-            raise DistributedError(f"TF_CONFIG is not valid JSON ({exc})") from exc
-        try:
-            strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        except RuntimeError as exc:  # "Collective ops must be configured at program startup"
-            raise DistributedError("multi_worker must be set up before TensorFlow runs anything: start training "
-                                   "with `python -m engine train --distribution_strategy multi_worker` on each "
-                                   f"worker ({exc})") from exc
-    else:
-        raise DistributedError(f"Unknown --distribution_strategy '{name}'; use one of {', '.join(STRATEGIES)}")
-    log.info("Fine-tuning with %s on %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
-    return strategy
-
-
-def strategy_scope(name: str | None):
-    """`with strategy_scope(cfg.distribution_strategy):` around building, compiling and fitting a keras model."""
-    strategy = make_strategy(name)
-    return strategy.scope() if strategy is not None else contextlib.nullcontext()
-
-
-def fit_callbacks(run_dir: str | Path | None) -> list:
-    """Resume an interrupted fine-tuning from its last epoch: keras' BackupAndRestore keeps a
-    tf.train.CheckpointManager checkpoint in <run_dir>/fine_tune_checkpoint, restores it when the same run starts
-    again, and deletes it once training completes.
-
-    Not under multi_worker: every worker would have to restore the chief's checkpoint, but each has its own run
-    folder, and workers resuming from different epochs would wait for each other forever.
-    """
-    if not run_dir:
-        return []
-    from engine.core.tfcompat import keras, tf
-
-    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-        return []
-
-    folder = Path(run_dir) / "fine_tune_checkpoint"
-
-    class _Tidy(keras.callbacks.Callback):
-        def on_train_end(self, logs=None):  # BackupAndRestore leaves the emptied folder of a finished run behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-    return [keras.callbacks.BackupAndRestore(str(folder)), _Tidy()]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Command line: python -m engine embed
-# ----------------------------------------------------------------------------------------------------------------
-def add_embed_args(parser) -> None:
-    from engine.config.training import TrainConfig
-
-    defaults = TrainConfig()
-    parser.add_argument("--image_dir", required=True,
-                        help="Folder of images (searched recursively): a local path, or with --ray any path "
-                             "pyarrow/fsspec reads (s3://bucket/photos, gs://..., hdfs://...).")
-    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                        help="Embed on Ray: 'auto' (the cluster this node belongs to), 'ray://head:10001', "
-                             "host:6379, or no value for a one-machine Ray cluster. Without it: this machine, "
-                             "the training code path.")
-    parser.add_argument("--actors", type=int, default=None,
-                        help="Ray: embedding actors, one LiteRT interpreter each (default: the cluster's CPUs "
-                             "minus --decode_cpus, divided by --threads_per_actor).")
-    parser.add_argument("--threads_per_actor", type=int, default=1, help="Ray: LiteRT threads (and CPUs) per actor.")
-    parser.add_argument("--decode_cpus", type=float, default=1.0, help="Ray: CPUs each read+decode task reserves.")
-    parser.add_argument("--fuse_decode", action="store_true",
-                        help="Ray: read and decode inside the actors instead of separate tasks (CPU-only clusters).")
-    parser.add_argument("--batch_size", type=int, default=32, help="Ray: images per block, actor call and shard.")
-    parser.add_argument("--threads", type=int, default=None, help="Local: LiteRT threads (default: all cores).")
-    parser.add_argument("--tfhub_module", default=defaults.tfhub_module, help="Backbone, as for train.")
-    parser.add_argument("--image_size", type=int, default=None, help="Input size (default: the backbone's).")
-    parser.add_argument("--center_crop", action="store_true", help="As train's --center_crop (part of the cache key).")
-    parser.add_argument("--cache_dir", default=None,
-                        help="Embedding cache folder, as train's --cache_dir (default: ~/.cache/retrain-studio).")
-    parser.add_argument("--shard_dir", default=None,
-                        help="Where Parquet shards go (default: <cache>/shards; any pyarrow/fsspec path).")
-
-
-def run_embed(args) -> int:
-    import sys
-
-    from engine.cli.main import _ConsoleProgress
-    from engine.features.backbones import BackboneError
-
-    progress = _ConsoleProgress()
-    common = dict(center_crop=args.center_crop, cache_dir=args.cache_dir, shard_dir=args.shard_dir,
-                  progress=progress)
-    try:
-        if args.ray:
-            report = embed_with_ray(args.image_dir, args.tfhub_module, args.image_size,
-                                    address=None if args.ray == "local" else args.ray, actors=args.actors,
-                                    threads_per_actor=args.threads_per_actor, decode_cpus=args.decode_cpus,
-                                    fuse_decode=args.fuse_decode, batch_size=args.batch_size, **common)
-        else:
-            report = embed_local(args.image_dir, args.tfhub_module, args.image_size, threads=args.threads, **common)
-    except (DistributedError, BackboneError) as exc:
-        progress.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        progress.close()
-        print("cancelled: what was embedded is kept; run the same command again to finish", file=sys.stderr)
-        return 130
-    progress.close()
-    for path, reason in report.failed:  # reasons start with the file name; the path says where it is
-        print(f"warning: Skipped {path}: {reason.removeprefix(_name(path) + ': ')}", file=sys.stderr)
-    print(f"Embedded {len(report.paths)} images ({report.backend}): {report.computed} new, {report.cached} cached"
-          f"{f', {report.merged} merged from shards' if report.merged else ''}, {len(report.failed)} unreadable; "
-          f"{report.images_per_s:.1f} images/s")
-    ok = len(report.paths) - len(report.failed)
-    return 0 if ok or not report.paths else 1

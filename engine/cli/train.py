@@ -1,0 +1,134 @@
+"""`python -m engine train`: TF Hub make_image_classifier's flags, generated from TrainConfig, so the CLI, the app
+and the trainer share one set of names, defaults, bounds and help texts."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import types
+import typing
+from typing import Any, get_args, get_origin, get_type_hints
+
+from engine.cli.progress import ConsoleProgress
+from engine.config import runfiles
+from engine.config.training import TrainConfig
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "y", "on"):
+        return True
+    if value in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def _base_type(hint: Any) -> Any:
+    """int | None -> int; list[str] -> list."""
+    if get_origin(hint) in (types.UnionType, typing.Union):
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    return get_origin(hint) or hint
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="JSON file with TrainConfig fields; flags given here override it.")
+    hints = get_type_hints(TrainConfig)
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        kind, default = _base_type(hints[f.name]), getattr(defaults, f.name)
+        text = f"{f.metadata.get('help', '')} (default: {default})"
+        flag = f"--{f.name}"
+        if kind is bool:
+            # absl style, as make_image_classifier: --flag, --noflag, --flag=true|false
+            parser.add_argument(flag, nargs="?", const=True, type=parse_bool, default=argparse.SUPPRESS, help=text)
+            parser.add_argument(f"--no{f.name}", dest=f.name, action="store_false", default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS)
+        elif kind is list:
+            parser.add_argument(flag, type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
+                                default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=f.metadata.get("choices"),
+                                help=text)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    given = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    base = TrainConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
+    cfg = TrainConfig.from_dict({**base, **given})
+    if not cfg.image_dir:
+        raise SystemExit("error: --image_dir is required (a folder with one subfolder of images per class)")
+    return cfg
+
+
+def _sigterm_to_exception(signum, frame):  # noqa: ARG001 - signal handler signature
+    from engine.runs.pipeline import Cancelled  # loaded already: run_train imported it before installing this
+
+    raise Cancelled("the training process was asked to stop")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    # The training stack (NumPy, OpenCV, SciPy, LiteRT) loads once the flags are known to be good: --help stays fast
+    from engine.data.dataset import DatasetError
+    from engine.features.backbones import BackboneError
+    from engine.features.ray_embed import DistributedError
+    from engine.learn.train import AccuracyError
+    from engine.runs.pipeline import Cancelled, execute
+
+    cfg = config_from_args(args)
+    if cfg.set_memory_growth:  # before make_strategy below puts the GPUs to use
+        from engine.core.tfcompat import set_memory_growth  # TensorFlow: only when asked for GPUs
+
+        set_memory_growth()
+    if cfg.distribution_strategy == "multi_worker":  # TF allows collective ops only if set up before anything runs
+        from engine.learn.strategy import make_strategy  # TensorFlow: only for this strategy
+
+        try:
+            make_strategy(cfg.distribution_strategy)
+        except DistributedError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    signal.signal(signal.SIGTERM, _sigterm_to_exception)
+    progress = ConsoleProgress()
+    try:
+        result = execute(cfg, progress)
+    except (DatasetError, BackboneError, AccuracyError, ValueError) as exc:
+        progress.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (Cancelled, KeyboardInterrupt):
+        progress.close()
+        print("cancelled", file=sys.stderr)
+        return 130
+    progress.close()
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result) -> None:
+    acc = result.val_accuracy
+    print(f"Classes: {', '.join(result.labels)}")
+    print(f"Validation accuracy: {acc:.4f} ({result.metrics.get('evaluation', 'validation')})" if acc is not None
+          else "Validation accuracy: n/a (no validation split)")
+    threshold = result.metrics.get("threshold") or {}
+    if threshold.get("value") is not None:
+        how = result.metrics.get("evaluation", "validation")
+        if threshold["value"] <= 0:  # every answer already reaches the target precision
+            print(f"Unknown threshold: none needed (precision {threshold['precision']:.3f} on every answer in {how})")
+        else:
+            print(f"Unknown below {threshold['value']:.3f} confidence (precision {threshold['precision']:.3f}, "
+                  f"coverage {threshold['coverage']:.3f} in {how})")
+    for row in result.metrics.get("backbone_comparison") or []:  # features of both backbones were cached
+        loss = f", log-loss {row['log_loss']:.4f}" if row.get("log_loss") is not None else ""
+        print(f"  {row['backbone']}: cross-validated accuracy {row['accuracy']:.4f}{loss}"
+              + ("  (this run)" if row["backbone"] == result.data.resolved.handle else ""))
+    t = result.timings
+    print(f"Time: {t['total_s']:.1f} s (features {t['embed_s']:.1f} s for {t['embedded_new']} new images, "
+          f"head {t['head_s']:.2f} s)")
+    print(f"Run folder: {result.run_dir}  (bundle: {result.run_dir / runfiles.BUNDLE})")
+    cfg = result.config
+    for flag, path in (("saved_model_dir", cfg.saved_model_dir), ("labels_output_file", cfg.labels_output_file),
+                       ("tflite_output_file", cfg.tflite_output_file)):
+        if path:
+            print(f"--{flag}: {path}")
