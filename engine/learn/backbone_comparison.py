@@ -13,9 +13,10 @@ from engine.config.training import TrainConfig
 from engine.features import backbones
 from engine.features.embeddings import preprocess_id
 from engine.learn import crossval
+from engine.learn.prepare import PreparedData
 
 if TYPE_CHECKING:
-    from engine.learn.train import PreparedData, TrainResult
+    from engine.learn.train import TrainResult
 
 log = logging.getLogger(__name__)
 

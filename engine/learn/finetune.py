@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -22,10 +22,8 @@ from engine.data.dataset import load_images
 from engine.learn import augment, crossval
 from engine.learn.classifier import build_classifier
 from engine.learn.head import Head
+from engine.learn.prepare import PreparedData
 from engine.learn.strategy import strategy_scope
-
-if TYPE_CHECKING:
-    from engine.learn.train import PreparedData
 
 log = logging.getLogger(__name__)
 

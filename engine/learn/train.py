@@ -25,31 +25,17 @@ import numpy as np
 from engine import __version__
 from engine.config.training import TrainConfig
 from engine.core.events import ProgressCallback, emit
-from engine.data.dataset import Dataset, ImageItem, Skipped, scan_image_dir, split_dataset, validate
-from engine.features.backbones import ResolvedBackbone, resolve
-from engine.features.embeddings import EmbeddingStore, backbone_ready, embed_files
+from engine.features.embeddings import EmbeddingStore
 from engine.learn import crossval
 from engine.learn.evaluate import evaluate, fold_spread
 from engine.learn.head import Head
+from engine.learn.prepare import PreparedData, prepare_data
 
 log = logging.getLogger(__name__)
 
 
 class AccuracyError(RuntimeError):
     """Validation accuracy below --assert_accuracy_at_least."""
-
-
-@dataclass
-class PreparedData:
-    dataset: Dataset
-    resolved: ResolvedBackbone
-    features: np.ndarray  # (n, D), row i belongs to dataset.items[i]
-    train_idx: np.ndarray
-    val_idx: np.ndarray
-    embed_seconds: float = 0.0
-    embed_images_per_s: float = 0.0
-    embedded_new: int = 0
-    store: EmbeddingStore | None = None  # where the features came from (other backbones' may be cached there)
 
 
 @dataclass
@@ -91,43 +77,6 @@ class HeadFit:
     calibration: dict[str, Any]
     threshold: dict[str, Any]
     iterations: int = 0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Data: scan, split, embed
-# ----------------------------------------------------------------------------------------------------------------
-def prepare_data(cfg: TrainConfig, progress: ProgressCallback | None = None,
-                 store: EmbeddingStore | None = None) -> PreparedData:
-    emit(progress, "stage", stage="scan", message=f"Scanning {cfg.image_dir}")
-    # Images are fully decoded only when embedded: a cached sha256 is already known to be a good image.
-    dataset = scan_image_dir(cfg.image_dir, check_images=False, progress=progress)
-    for skip in dataset.skipped:
-        emit(progress, "warning", message=f"Skipped {skip.path}: {skip.reason}", path=skip.path)
-    if not backbone_ready(cfg.tfhub_module, cfg.image_size):
-        emit(progress, "stage", stage="prepare", message=f"Preparing the {cfg.tfhub_module} backbone: converted "
-                                                          "once on this machine, about 30 s")
-    resolved = resolve(cfg.tfhub_module, cfg.image_size)
-    emit(progress, "stage", stage="embed", message=f"Computing {resolved.handle} features")
-    store = store or EmbeddingStore(Path(cfg.cache_dir) / "embeddings.sqlite" if cfg.cache_dir else None)
-    res = embed_files([it.path for it in dataset.items], [it.sha256 for it in dataset.items], resolved,
-                      center_crop=cfg.center_crop, store=store, progress=progress)
-    for _, reason in res.failed:
-        emit(progress, "warning", message=f"Skipped {reason}", path=None)
-    dataset = _drop_unreadable(dataset, res.failed)
-    train_idx, val_idx = split_dataset(dataset, cfg.validation_split, cfg.seed)
-    return PreparedData(dataset, resolved, res.features, train_idx, val_idx, res.seconds, res.images_per_s,
-                        res.computed, store)
-
-
-def _drop_unreadable(ds: Dataset, failed: list[tuple[int, str]]) -> Dataset:
-    if not failed:
-        return ds
-    bad = {i for i, _ in failed}
-    items: list[ImageItem] = [it for i, it in enumerate(ds.items) if i not in bad]
-    skipped = ds.skipped + [Skipped(ds.items[i].path, reason) for i, reason in failed]
-    kept = Dataset(ds.root, ds.labels, items, skipped)
-    validate(kept)  # a class may now be too small; its message counts the skipped files
-    return kept
 
 
 def duplicate_groups(data: PreparedData, n_folds: int = 5) -> tuple[np.ndarray, str]:
