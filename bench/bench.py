@@ -27,8 +27,9 @@ from engine.config.training import TrainConfig  # noqa: E402
 from engine.core.tfcompat import keras, set_seed, tf  # noqa: E402
 from engine.data import images  # noqa: E402
 from engine.data.dataset import scan_image_dir, split_dataset  # noqa: E402
-from engine.features.backbones import load_feature_layer, resolve  # noqa: E402
+from engine.features.backbones import resolve  # noqa: E402
 from engine.features.embeddings import Embedder, EmbeddingStore, embed_files  # noqa: E402
+from engine.features.port import load_feature_layer  # noqa: E402
 from engine.learn.prepare import PreparedData  # noqa: E402
 from engine.learn.train import train, train_head  # noqa: E402
 

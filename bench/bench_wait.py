@@ -93,6 +93,7 @@ def parity(image_dir: Path, out: Path, env: dict[str, str]) -> list[str]:
 
     import numpy as np
 
+    from engine.config import variants
     from engine.data import images
     from engine.inference.predict import TFLiteModel
 
@@ -104,7 +105,7 @@ def parity(image_dir: Path, out: Path, env: dict[str, str]) -> list[str]:
     rows = [p for p in metrics["predictions"] if Path(p["path"]).is_file()]
     x = np.stack([images.prepare(p["path"], 224, False) for p in rows])
     y = np.array([labels.index(p["true"]) for p in rows])
-    models = {v: TFLiteModel(out / f"model_{v}.tflite") for v in ("float32", "dynamic", "int8")}
+    models = {v.name: TFLiteModel(out / v.file) for v in variants.TABLE}
     top1 = {v: np.array([int(np.argmax(m.probabilities(img))) for img in x]) for v, m in models.items()}
     return [f"{v}: held-out accuracy {np.mean(t == y):.3f}, top-1 agreement with float32 "
             f"{np.mean(t == top1['float32']):.3f} ({len(y)} images)" for v, t in top1.items()]

@@ -1,6 +1,6 @@
 """One fine-tuning run under a tf.distribute strategy, then export and predict, in a process of its own.
 
-tests/test_distributed.py starts this script because TensorFlow fixes logical devices (two CPUs for `mirrored`)
+tests/test_scaling.py starts this script because TensorFlow fixes logical devices (two CPUs for `mirrored`)
 and collective ops (`multi_worker`, from TF_CONFIG) when it starts: a pytest process that already ran TF cannot.
 
     python tests/strategy_worker.py STRATEGY IMAGE_DIR BACKBONE_DIR RUN_DIR CACHE_DIR
@@ -23,7 +23,7 @@ def main(strategy: str, image_dir: str, backbone: str, run_dir: str, cache_dir: 
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from engine.cli.main import main as cli
-    from engine.features.distributed import make_strategy
+    from engine.learn.strategy import make_strategy
 
     rc = cli(["train", "--image_dir", image_dir, "--tfhub_module", backbone, "--image_size", "32",
               "--do_fine_tuning", "--fine_tune_epochs", "1", "--batch_size", "8", "--validation_split", "0.25",

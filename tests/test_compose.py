@@ -1,5 +1,6 @@
-"""Composed exports (engine.export.compose, engine.export.tfbundle) against what the TFLite converter and TensorFlow make of the
-same weights: the composed model must be the same model, only made in a fraction of the time."""
+"""Composed exports (engine.export.compose; the SavedModel template of engine.export.savedmodel, rewritten by
+engine.export.tfbundle) against what the TFLite converter (engine.export.tflite) and TensorFlow make of the same
+weights: the composed model must be the same model, only made in a fraction of the time."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import shutil
 
 import numpy as np
 import pytest
+from test_export import CLASSES, SIZE, exported_once
 
 from engine.export import artefacts as export
-from engine.export import compose, tfbundle
+from engine.export import compose, savedmodel, tfbundle
+from engine.export.calibration import calibration_images
+from engine.export.tflite import convert_tflite
 from engine.features.backbones import resolve
 from engine.inference.predict import TFLiteModel
 from engine.learn.head import Head
-from tests.test_export import CLASSES, SIZE, exported_once
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +39,7 @@ def test_float32_equals_the_head_on_features_and_the_converters_model(setup):
     ours = _probs(composed.tflite["float32"], x)
     assert np.abs(ours - head.probabilities(f)).max() <= 1e-5
     keras_model = build_classifier(resolved, head)
-    theirs_blob = export.convert_tflite(composed.saved_model_dir, "float32")
+    theirs_blob = convert_tflite(composed.saved_model_dir, "float32")
     (root / "converter_float32.tflite").write_bytes(theirs_blob)
     theirs = _probs(root / "converter_float32.tflite", x)
     assert np.abs(ours - theirs).max() <= 1e-5
@@ -46,7 +49,7 @@ def test_float32_equals_the_head_on_features_and_the_converters_model(setup):
 def test_dynamic_matches_the_converters_dynamic_model(setup):
     _, _, composed, (x, _, _), root = setup
     ours = _probs(composed.tflite["dynamic"], x)
-    (root / "converter_dynamic.tflite").write_bytes(export.convert_tflite(composed.saved_model_dir, "dynamic"))
+    (root / "converter_dynamic.tflite").write_bytes(convert_tflite(composed.saved_model_dir, "dynamic"))
     theirs = _probs(root / "converter_dynamic.tflite", x)
     assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.99
     assert np.abs(ours - theirs).max() <= 0.02  # same backbone bytes; the head quantized the converter's way
@@ -75,7 +78,7 @@ def test_saved_model_is_the_template_with_this_head(setup):
     assert np.abs(out.numpy() - head.probabilities(f[:4])).max() <= 1e-5
     labels = (composed.saved_model_dir / "assets" / "labels.txt").read_text().splitlines()
     assert labels == CLASSES
-    assert compose.has_template(resolved, len(CLASSES))
+    assert savedmodel.has_template(resolved, len(CLASSES))
 
 
 def test_another_head_reuses_the_cached_parts_without_tensorflow_conversion(setup, tmp_path, monkeypatch):
@@ -86,7 +89,7 @@ def test_another_head_reuses_the_cached_parts_without_tensorflow_conversion(setu
         raise AssertionError("a cached backbone was converted again")
 
     monkeypatch.setattr(compose, "_convert_backbone", no_conversion)
-    monkeypatch.setattr(compose, "ensure_template", lambda r, k: compose._template_dir(r, k))
+    monkeypatch.setattr(savedmodel, "ensure_template", lambda r, k: savedmodel._template_dir(r, k))
     result = export.export_composed(other, resolved, CLASSES, tmp_path / "again", center_crop=False, features=f,
                                     checks=None, card={})
     probs = _probs(result.tflite["float32"], x)
@@ -114,6 +117,6 @@ def test_crc32c_matches_the_published_check_value():
 
 
 def test_calibration_images_are_fixed_and_photo_like():
-    a, b = compose.calibration_images(SIZE, n=4), compose.calibration_images(SIZE, n=4)
+    a, b = calibration_images(SIZE, n=4), calibration_images(SIZE, n=4)
     assert a.dtype == np.uint8 and a.shape == (4, SIZE, SIZE, 3) and np.array_equal(a, b)
     assert 20 < a.std() < 120  # neither flat nor pure noise

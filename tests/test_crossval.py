@@ -146,7 +146,8 @@ HEAD_ONLY = textwrap.dedent("""
     from engine.config.training import TrainConfig
     from engine.data.dataset import scan_image_dir, split_dataset
     from engine.learn.prepare import PreparedData
-    from engine.learn.train import model_card, train
+    from engine.export.card import training_facts
+    from engine.learn.train import train
 
     root = Path(sys.argv[1])
     rng = np.random.default_rng(0)
@@ -159,7 +160,7 @@ HEAD_ONLY = textwrap.dedent("""
     resolved = types.SimpleNamespace(handle="x", backbone_id="x", image_size=16, path="x")
     tr, va = split_dataset(ds, 0.0, 0)
     res = train(TrainConfig(image_dir=str(root)), data=PreparedData(ds, resolved, feats, tr, va))
-    card = model_card(res)
+    card = training_facts(res)
     assert res.metrics["evaluation"].startswith("cross-validation") and card["threshold"]["value"] is not None
     print([m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras", "tensorflow_hub", "keras")])
 """)

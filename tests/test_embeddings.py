@@ -10,8 +10,9 @@ import pytest
 
 from engine.data import images
 from engine.data.demo import make_demo_dataset
-from engine.features.backbones import load_feature_layer, resolve
+from engine.features.backbones import resolve
 from engine.features.embeddings import Embedder, EmbeddingStore, embed_files
+from engine.features.port import load_feature_layer
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,10 @@
-"""Export: SavedModel + three TFLite variants + card + bundle, made for real (one shared export for several modules)."""
+"""engine.export.artefacts: SavedModel + three TFLite variants + labels + card, made for real (one shared export for
+several test modules: import its helpers as `test_export`, the name pytest gives this file)."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import re
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +15,16 @@ import pytest
 
 from engine.core.tfcompat import hub, keras, tf
 from engine.export import artefacts as export
+from engine.export.bundle import write_bundle
+from engine.export.savedmodel import saved_model_zip
 from engine.features.backbones import resolve
 from engine.features.embeddings import Embedder
-from engine.learn.head import Head
 from engine.learn.classifier import build_classifier
+from engine.learn.head import Head
 
 # Deliberately not alphabetical, one with a space: labels.txt must keep the caller's order verbatim.
 CLASSES = ["stripes", "red circle", "checker", "blank", "noise"]
 SIZE = 224
-TOP_LINE = re.compile(r"^\d\.\d{6}: \S.*$")
 
 
 def draw(cls: int, rng: np.random.Generator, h: int = SIZE, w: int = SIZE) -> np.ndarray:
@@ -120,11 +118,6 @@ def exp(tmp_path_factory):
     return exported_once(tmp_path_factory)
 
 
-@pytest.fixture(scope="module")
-def bundle(exp):
-    return export.write_bundle(exp.out, exp.root / "dl" / "bundle.zip")
-
-
 @pytest.mark.slow
 def test_every_file_is_written_and_labels_keep_the_callers_order(exp):
     names = {"saved_model", "model_float32.tflite", "model_dynamic.tflite", "model_int8.tflite", "labels.txt",
@@ -159,7 +152,7 @@ def test_saved_model_still_loads_as_a_keras_model(exp):
 @pytest.mark.slow
 def test_saved_model_zip_unpacks_to_a_loadable_model_and_writes_nothing(exp, tmp_path):
     before = sorted(p.relative_to(exp.out) for p in exp.out.rglob("*"))
-    with zipfile.ZipFile(io.BytesIO(export.saved_model_zip(exp.out))) as zf:
+    with zipfile.ZipFile(io.BytesIO(saved_model_zip(exp.out))) as zf:
         zf.extractall(tmp_path)
     assert sorted(p.relative_to(exp.out) for p in exp.out.rglob("*")) == before  # a reader never writes
     fn = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
@@ -227,103 +220,7 @@ def test_bad_arguments_are_rejected_before_any_work(tmp_path):
         export.export_model(None, CLASSES, tmp_path, image_size=SIZE, center_crop=False,
                             representative=x[:, :100], validation=None, card={})
     with pytest.raises(FileNotFoundError, match="export it first"):
-        export.write_bundle(tmp_path, tmp_path / "bundle.zip")
-
-
-@pytest.mark.slow
-def test_bundle_holds_everything_and_no_temporary_file_remains(exp, bundle):
-    names = set(zipfile.ZipFile(bundle).namelist())
-    assert {"saved_model/saved_model.pb", "model_float32.tflite", "model_dynamic.tflite", "model_int8.tflite",
-            "labels.txt", "model_card.json", "predict.py", "requirements.txt", "README.md"} <= names
-    assert any(n.startswith("saved_model/variables/") for n in names)
-    assert [p.name for p in bundle.parent.iterdir()] == ["bundle.zip"]
-    reqs = zipfile.ZipFile(bundle).read("requirements.txt").decode().split()
-    assert [re.split("[<>=]", r)[0] for r in reqs] == ["ai-edge-litert", "numpy", "pillow"]
-    # ranges, not the trainer's exact versions: lowest tested version up to the next major (test_serve.py tests both)
-    assert all(re.fullmatch(r"[\w-]+>=\d+(\.\d+)*,<\d+", r) for r in reqs), reqs
-    serve = zipfile.ZipFile(bundle).read("requirements-serve.txt").decode().split()
-    assert serve[:2] == ["-r", "requirements.txt"] and all(re.fullmatch(r"[\w-]+>=\d+(\.\d+)*,<\d+", r)
-                                                          for r in serve[2:]), serve
-
-
-@pytest.mark.slow
-def test_a_failed_bundle_write_leaves_neither_a_bundle_nor_a_temp_file(exp, tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "BUNDLE_SOURCES", tmp_path / "missing")
-    with pytest.raises(FileNotFoundError):
-        export.write_bundle(exp.out, tmp_path / "out" / "bundle.zip")
-    assert list((tmp_path / "out").iterdir()) == []
-
-
-def _modelless_export(folder: Path) -> Path:
-    """An export folder without models: all that write_bundle needs, without TensorFlow."""
-    folder.mkdir(parents=True)
-    (folder / "labels.txt").write_text("a\nb\n")
-    (folder / "model_card.json").write_text(json.dumps({"labels": ["a", "b"], "image_size": 96,
-                                                        "engine_version": "9.9", "tflite": {}}))
-    return folder
-
-
-SHIPPED = ("predict.py", "serve.py", "Dockerfile", "requirements.txt", "requirements-serve.txt")
-
-
-def test_the_bundle_ships_engine_bundle_files_byte_for_byte(tmp_path):
-    bundle = export.write_bundle(_modelless_export(tmp_path / "out"), tmp_path / "bundle.zip")
-    with zipfile.ZipFile(bundle) as zf:
-        assert set(zf.namelist()) == {*SHIPPED, "README.md", "labels.txt", "model_card.json"}
-        for name in SHIPPED:
-            assert zf.read(name) == (export.BUNDLE_SOURCES / name).read_bytes(), name
-            assert zf.getinfo(name).external_attr >> 16 == 0o644, name
-        readme = zf.read("README.md").decode()
-    assert readme == export.bundle_readme(json.loads((tmp_path / "out" / "model_card.json").read_text()))
-    assert readme.startswith("# Image classifier (2 classes)\n\nMade with Retrain Studio 9.9 on .")
-    assert "`[N,96,96,3]`" in readme and "Resize to 96x96" in readme and "$" not in readme
-
-
-def test_nothing_but_the_bundle_folders_files_ships(tmp_path, monkeypatch):
-    sources = tmp_path / "bundle_sources"
-    sources.mkdir()
-    for name in SHIPPED + ("README.md",):
-        (sources / name).write_bytes((export.BUNDLE_SOURCES / name).read_bytes())
-    (sources / "__pycache__").mkdir()  # left by importing engine.inference.bundle.predict from the source tree
-    (sources / "__pycache__" / "predict.cpython-311.pyc").write_bytes(b"\x00")
-    (sources / ".DS_Store").write_bytes(b"\x00")
-    monkeypatch.setattr(export, "BUNDLE_SOURCES", sources)
-    bundle = export.write_bundle(_modelless_export(tmp_path / "out"), tmp_path / "bundle.zip")
-    names = zipfile.ZipFile(bundle).namelist()
-    assert not [n for n in names if "__pycache__" in n or n.startswith(".")], names
-
-
-def _run_bundle_predict(unpacked: Path, *args: str) -> subprocess.CompletedProcess:
-    """predict.py from the unzipped bundle, in a clean environment where engine, TensorFlow and OpenCV cannot be
-    imported: it must stand alone."""
-    block = ("import runpy, sys; sys.modules.update(dict.fromkeys(['engine', 'tensorflow', 'cv2'])); "
-             "sys.argv = ['predict.py', *sys.argv[1:]]; runpy.run_path('predict.py', run_name='__main__')")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([sys.executable, "-c", block, *args], cwd=unpacked, env=env, capture_output=True,
-                          text=True, timeout=120)
-
-
-@pytest.mark.slow
-def test_bundle_predict_runs_standalone_and_prints_label_image_lines(exp, bundle, tmp_path):
-    unpacked = tmp_path / "unpacked"
-    zipfile.ZipFile(bundle).extractall(unpacked)
-    rng = np.random.default_rng(7)
-    circle = save_rgb(tmp_path / "circle.jpg", draw(1, rng, 300, 400))  # not model-sized: predict.py resizes
-    proc = _run_bundle_predict(unpacked, str(circle))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 5 and all(TOP_LINE.match(line) for line in lines), proc.stdout
-    assert lines[0].endswith(": red circle")
-    probs = [float(line.split(":")[0]) for line in lines]
-    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-3)
-
-    stripes = save_rgb(tmp_path / "stripes.png", draw(0, rng, 260, 200))
-    (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    proc = _run_bundle_predict(unpacked, "--model", "model_int8.tflite", "--json", str(stripes),
-                               str(tmp_path / "broken.jpg"))
-    assert proc.returncode == 1 and "broken.jpg" in proc.stderr and "Traceback" not in proc.stderr
-    [result] = json.loads(proc.stdout)
-    assert result["predictions"][0]["label"] == "stripes"
+        write_bundle(tmp_path, tmp_path / "bundle.zip")
 
 
 @pytest.mark.slow
@@ -336,14 +233,3 @@ def test_legacy_outputs_are_copied_to_the_flag_paths(exp, tmp_path):
     assert (tmp_path / "a" / "labels.txt").read_text().splitlines() == CLASSES
     assert (tmp_path / "b" / "model.tflite").read_bytes() == (exp.out / "model_float32.tflite").read_bytes()
     assert export.write_legacy_outputs(exp.result) == {}
-
-
-@pytest.mark.slow
-def test_exported_files_are_readable_by_others_like_any_new_file(exp, bundle):
-    """A Dockerfile's non-root user must be able to read the models it copies in (mkstemp alone makes 0600)."""
-    for p in (exp.out / "model_float32.tflite", exp.out / "model_card.json", bundle):
-        assert p.stat().st_mode & 0o044 == 0o044, p
-    with zipfile.ZipFile(bundle) as zf:
-        for info in zf.infolist():
-            if info.filename.endswith((".tflite", ".json", ".txt")):
-                assert (info.external_attr >> 16) & 0o044 == 0o044, info.filename

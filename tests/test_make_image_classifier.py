@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.cli.main import build_parser, config_from_args
+from engine.cli.main import build_parser
+from engine.cli.train import config_from_args
 from engine.config.training import TrainConfig
 from engine.core.tfcompat import keras, set_memory_growth, tf
-from engine.features import backbones
+from engine.features import backbones, port
 from engine.learn import augment
 from engine.learn.summaries import write_summaries
 
@@ -114,7 +115,7 @@ def modules(tmp_path_factory):
     tf.saved_model.save(fixed, str(root / "sig40"), signatures={"serving_default": fixed.__call__})
     tf.saved_model.save(_FixedSize(48), str(root / "call48"), signatures={})
     inputs = keras.Input((None, None, 3))
-    backbones.save_hub_module(keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs)), root / "any")
+    port.save_hub_module(keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs)), root / "any")
     return root
 
 
@@ -122,7 +123,7 @@ def test_local_module_defaults_to_its_own_input_size_read_once(modules, tmp_path
     monkeypatch.setenv("RETRAIN_STUDIO_CACHE", str(tmp_path))
     resolved = backbones.resolve(str(modules / "sig40"))
     assert resolved.image_size == 40
-    assert backbones.load_feature_layer(resolved)(tf.zeros((1, 40, 40, 3))).shape == (1, 4)
+    assert port.load_feature_layer(resolved)(tf.zeros((1, 40, 40, 3))).shape == (1, 4)
     assert backbones.resolve(str(modules / "call48")).image_size == 48
     cached = tmp_path / "backbones" / f"{resolved.backbone_id}.json"
     assert json.loads(cached.read_text())["image_size"] == 40

@@ -16,7 +16,8 @@ from test_export import CLASSES, SIZE, draw, exported_once, save_rgb
 
 from engine.cli.predict import add_predict_args, run_predict
 from engine.data import images
-from engine.export import artefacts as export
+from engine.export.bundle import write_bundle
+from engine.inference.bundle_files import BUNDLE_SOURCES
 from engine.inference.predict import PredictError, load_predictor
 
 TOP_LINE = re.compile(r"^\d\.\d{6}: \S.*$")
@@ -94,7 +95,7 @@ def test_int8_output_is_dequantised_to_probabilities(exp, files, tflite):
 
 @pytest.mark.slow
 def test_bundle_zip_and_run_folder_load_with_their_labels(exp, files, tmp_path):
-    bundle = export.write_bundle(exp.out, tmp_path / "bundle.zip")
+    bundle = write_bundle(exp.out, tmp_path / "bundle.zip")
     from_zip = load_predictor(str(bundle))
     from_run = load_predictor(str(exp.out))
     for p in (from_zip, from_run):
@@ -203,7 +204,7 @@ def test_wrong_label_file_is_a_clear_error(exp, tmp_path):
 
 def _bundle_module():
     """The bundle's predict.py as a module (it is a standalone script, not part of the engine package)."""
-    spec = importlib.util.spec_from_file_location("bundle_predict", export.BUNDLE_SOURCES / "predict.py")
+    spec = importlib.util.spec_from_file_location("bundle_predict", BUNDLE_SOURCES / "predict.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

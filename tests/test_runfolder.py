@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from engine.config import runfiles as runfolder
+from engine.config import variants
 from engine.config.training import TrainConfig
 from engine.data import dataset
-from engine.export import artefacts as export
 from engine.inference import predict
 from engine.runs import jobs
 from engine.runs import pipeline as runs
@@ -44,7 +44,7 @@ def _png(seed: int) -> bytes:
 
 
 def test_names_have_one_owner():
-    assert export.VARIANTS == runfolder.VARIANTS == ("float32", "dynamic", "int8")
+    assert variants.NAMES == runfolder.VARIANTS == ("float32", "dynamic", "int8")
     assert predict.MODEL_PREFERENCE == runfolder.MODEL_PREFERENCE == (
         "model_float32.tflite", "model_dynamic.tflite", "model_int8.tflite", "saved_model")
     assert dataset.SNAPSHOT_FILE == runfolder.SNAPSHOT
@@ -53,7 +53,7 @@ def test_names_have_one_owner():
     code = ("import sys, engine.config.runfiles; "
             "print(sorted(m for m in sys.modules if m.startswith(('engine.', 'tensorflow', 'keras'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['engine.config', 'engine.config.runfiles']"
+    assert out.strip() == "['engine.config', 'engine.config.runfiles', 'engine.config.variants']"
 
 
 def test_write_and_read_status_of_this_process(tmp_path):

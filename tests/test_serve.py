@@ -34,6 +34,7 @@ from test_export import CLASSES, SIZE, build_model, draw, make_set
 
 from engine.data.demo import bad_file_corpus
 from engine.export import artefacts as export
+from engine.export.bundle import write_bundle
 
 try:  # requirements-dev.txt; without it the spec test is skipped, the rest still runs
     import schemathesis
@@ -166,7 +167,7 @@ def bundle(tmp_path_factory) -> Path:
         export.export_model(build_model(x_tr, y_tr), CLASSES, out, image_size=SIZE, center_crop=False,
                             representative=x_tr, validation=(x_val, y_val),
                             card={"metrics": {"val_accuracy": 1.0}}, variants=("float32",))
-    return export.write_bundle(out, root / "dl" / "bundle.zip")
+    return write_bundle(out, root / "dl" / "bundle.zip")
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,16 @@ import pytest
 from engine.config.training import TrainConfig
 from engine.data.dataset import DatasetError
 from engine.data.demo import make_demo_dataset
-from engine.features.backbones import load_feature_layer, resolve
+from engine.export.card import training_facts
+from engine.features.backbones import resolve
 from engine.features.embeddings import EmbeddingStore
+from engine.features.port import load_feature_layer
 from engine.learn.evaluate import evaluate
 from engine.learn.head import Head
 from engine.learn.train import (
     AccuracyError,
     check_accuracy,
     fit_head,
-    model_card,
     sample_weights,
     train,
     train_head,
@@ -88,10 +89,11 @@ def test_calibration_and_threshold_reach_metrics_and_the_model_card(result):
     m = result.metrics
     assert m["calibration"]["temperature"] == result.head.temperature > 0
     assert {"ece_before", "ece_after"} <= set(m["calibration"])
-    card = model_card(result)
+    card = training_facts(result)
     assert card["threshold"]["value"] == m["threshold"]["value"] is not None
     assert card["threshold"]["target_precision"] == 0.95 and 0 < card["threshold"]["coverage"] <= 1
-    assert card["evaluation"] == m["evaluation"] and card["temperature"] == result.head.temperature
+    assert card["metrics"]["evaluation"] == m["evaluation"]
+    assert card["metrics"]["calibration"]["temperature"] == result.head.temperature
     assert "predictions" not in card["metrics"] and len(m["threshold"]["curve"]) > 10
 
 

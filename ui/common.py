@@ -206,11 +206,8 @@ def set_selection(key: str, shas: Sequence[str], value: bool) -> None:
 # ------------------------------------------------------------------------------------------------------------------
 @st.cache_resource(show_spinner="Loading the list of backbones ...")
 def backbone_names() -> list[str]:
-    try:
-        from engine.features.backbones import BACKBONES
-    except Exception as exc:  # noqa: BLE001 - the engine may be half-installed; training will say why
-        log.warning("engine.features.backbones unavailable: %r", exc)
-        return ["efficientnet-lite0"]
+    from engine.config.backbones import BACKBONES  # the table alone: standard library, no NumPy or TensorFlow
+
     return list(BACKBONES)
 
 

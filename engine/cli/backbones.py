@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.features.backbones import BACKBONES, DEFAULT_BACKBONE
+from engine.config.backbones import BACKBONES, DEFAULT_BACKBONE  # the table only: listing it loads no NumPy
 
 
 def run_backbones(args: argparse.Namespace | None = None) -> int:  # noqa: ARG001 - no flags

@@ -7,6 +7,8 @@ import sys
 
 from tqdm import tqdm
 
+from engine.core.events import EventKind, Stage
+
 
 class ConsoleProgress:
     """Turns progress events into a tqdm bar for embedding and a line every few epochs."""
@@ -16,17 +18,17 @@ class ConsoleProgress:
 
     def __call__(self, event: dict) -> None:
         kind = event["type"]
-        if kind == "embed":
+        if kind == EventKind.EMBED:
             self._embed(event)
-        elif kind == "epoch" and (event["epoch"] % 10 == 0 or event["phase"] == "fine_tune"):
+        elif kind == EventKind.EPOCH and (event["epoch"] % 10 == 0 or event["phase"] == "fine_tune"):
             val = event.get("val_accuracy")
             print(f"  {event['phase']} epoch {event['epoch']}: loss {event['loss']:.4f} acc {event['accuracy']:.3f}"
                   + (f" val_loss {event['val_loss']:.4f} val_acc {val:.3f}" if val is not None else ""),
                   file=sys.stderr)
-        elif kind == "stage":
+        elif kind == EventKind.STAGE:
             self.close()
-            print(event["message"] + ("" if event["stage"] == "done" else " ..."), file=sys.stderr)
-        elif kind == "warning":
+            print(event["message"] + ("" if event["stage"] == Stage.DONE else " ..."), file=sys.stderr)
+        elif kind == EventKind.WARNING:
             print(f"warning: {event['message']}", file=sys.stderr)
 
     def _embed(self, event: dict) -> None:

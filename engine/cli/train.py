@@ -9,11 +9,15 @@ import signal
 import sys
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, get_args, get_origin, get_type_hints
 
 from engine.cli.progress import ConsoleProgress
 from engine.config import runfiles
-from engine.config.training import TrainConfig
+from engine.config.training import ConfigError, TrainConfig, check_option, option_bounds
+from engine.data.dataset import DatasetError
+from engine.features.backbones import BackboneError
+from engine.features.ray_embed import DistributedError
 
 
 def parse_bool(text: str) -> bool:
@@ -32,13 +36,46 @@ def _base_type(hint: Any) -> Any:
     return get_origin(hint) or hint
 
 
+def _checked(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse type= for a TrainConfig flag: parse the text, then refuse a value TrainConfig would refuse, while
+    argparse still parses the command line (exit 2, usage shown, before any engine module loads)."""
+
+    def convert(text: str) -> Any:
+        value = parse(text)  # a ValueError here is argparse's own "invalid int value: 'x'"
+        try:
+            check_option(name, value)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(exc.problem) from exc
+        return value
+
+    convert.__name__ = getattr(parse, "__name__", name)  # argparse names the type in its "invalid ..." message
+    return convert
+
+
+def _split_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _help(f: dataclasses.Field, default: Any) -> str:
+    """The field's help text, its default and its bounds (the ones TrainConfig enforces)."""
+    lo, hi = option_bounds(f.name)
+    span = ""
+    if lo is not None:
+        span = f"; {lo:g} to {hi:g}" if hi is not None else f"; at least {lo:g}"
+    elif hi is not None:
+        span = f"; at most {hi:g}"
+    return f"{f.metadata.get('help', '')} (default: {default}{span})"
+
+
 def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="JSON file with TrainConfig fields; flags given here override it.")
+    # config_from_args reports a bad --config file argparse-style too, after parsing: it needs this parser for that
+    parser.set_defaults(train_parser_error=parser.error)
     hints = get_type_hints(TrainConfig)
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         kind, default = _base_type(hints[f.name]), getattr(defaults, f.name)
-        text = f"{f.metadata.get('help', '')} (default: {default})"
+        text = _help(f, default)
         flag = f"--{f.name}"
         if kind is bool:
             # absl style, as make_image_classifier: --flag, --noflag, --flag=true|false
@@ -46,37 +83,35 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(f"--no{f.name}", dest=f.name, action="store_false", default=argparse.SUPPRESS,
                                 help=argparse.SUPPRESS)
         elif kind is list:
-            parser.add_argument(flag, type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
-                                default=argparse.SUPPRESS, help=text)
-        else:
+            parser.add_argument(flag, type=_checked(f.name, _split_list), default=argparse.SUPPRESS, help=text)
+        elif kind in (int, float):
+            parser.add_argument(flag, type=_checked(f.name, kind), default=argparse.SUPPRESS, help=text)
+        else:  # text: argparse checks the choices itself ("invalid choice: ... (choose from ...)")
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=f.metadata.get("choices"),
                                 help=text)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
-    base = TrainConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
-    cfg = TrainConfig.from_dict({**base, **given})
+    try:
+        base = TrainConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
+        cfg = TrainConfig.from_dict({**base, **given})
+    except ConfigError as exc:  # a bad value in --config: refused like a bad flag (exit 2), before any work
+        error = getattr(args, "train_parser_error", None)
+        if error is None:
+            raise
+        error(str(exc))
     if not cfg.image_dir:
         raise SystemExit("error: --image_dir is required (a folder with one subfolder of images per class)")
     return cfg
 
 
-def _sigterm_to_exception(signum, frame):  # noqa: ARG001 - signal handler signature
-    from engine.runs.pipeline import Cancelled  # loaded already: run_train imported it before installing this
-
-    raise Cancelled("the training process was asked to stop")
-
-
 def run_train(args: argparse.Namespace) -> int:
-    # The training stack (NumPy, OpenCV, SciPy, LiteRT) loads once the flags are known to be good: --help stays fast
-    from engine.data.dataset import DatasetError
-    from engine.features.backbones import BackboneError
-    from engine.features.ray_embed import DistributedError
+    cfg = config_from_args(args)  # first: a bad --config value is refused before the training stack loads
+    # The training stack (SciPy, scikit-learn, LiteRT) loads once the flags are known to be good: --help stays fast
     from engine.learn.train import AccuracyError
     from engine.runs.pipeline import Cancelled, execute
 
-    cfg = config_from_args(args)
     if cfg.set_memory_growth:  # before make_strategy below puts the GPUs to use
         from engine.core.tfcompat import set_memory_growth  # TensorFlow: only when asked for GPUs
 
@@ -89,7 +124,10 @@ def run_train(args: argparse.Namespace) -> int:
         except DistributedError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    signal.signal(signal.SIGTERM, _sigterm_to_exception)
+    def stop(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise Cancelled("the training process was asked to stop")
+
+    signal.signal(signal.SIGTERM, stop)
     progress = ConsoleProgress()
     try:
         result = execute(cfg, progress)

@@ -8,18 +8,20 @@ takes them from here (the status rule that reads status.json lives in engine.run
     <run_dir>/metrics.json     per-class metrics, confusion matrix, per-image predictions, history: Review opens
     <run_dir>/head.npz         the trained head (kernel, bias, temperature), for scoring cached embeddings
     <run_dir>/snapshot.json    (sha256, label) of every image the run trained on
-    <run_dir>/model_card.json, labels.txt, saved_model/, model_{variant}.tflite   (engine.export)
+    <run_dir>/model_card.json, labels.txt, saved_model/, model_{variant}.tflite  (engine.export, engine.config.variants)
     <run_dir>/bundle.zip       the last artefact, written atomically: if it exists, the run is downloadable
                                (afterwards the job may still add the backbone comparison to metrics.json)
     <run_dir>/run.json         app jobs only (engine.runs.jobs): run_id, project, command, pid, proc_start, counts
     <run_dir>/log.txt          app jobs only: the job's stdout and stderr
     <run_dir>/cancel           app jobs only: marker, the user asked to stop
 
-Plain names only, no imports: the app reads run folders on every page.
+Plain names only, no imports beyond the variant table (plain data): the app reads run folders on every page.
 """
 
 
 from __future__ import annotations
+
+from engine.config import variants
 
 CONFIG = "config.json"
 EVENTS = "events.jsonl"
@@ -35,12 +37,8 @@ RUN = "run.json"
 LOG = "log.txt"
 CANCEL = "cancel"
 
-VARIANTS = ("float32", "dynamic", "int8")  # the TFLite variants a run can export, in preference order
-
-
-def tflite_name(variant: str) -> str:
-    return f"model_{variant}.tflite"
-
+# engine.config.training still takes --quantize's names from here; the owner is variants.NAMES
+VARIANTS = variants.NAMES
 
 # The model a run or bundle folder offers when its card names none: first one present wins.
-MODEL_PREFERENCE = (*(tflite_name(v) for v in VARIANTS), SAVED_MODEL)
+MODEL_PREFERENCE = (*variants.FILES, SAVED_MODEL)

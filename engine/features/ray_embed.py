@@ -28,9 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.events import ProgressCallback, emit
+from engine.config.backbones import DEFAULT_BACKBONE
+from engine.core.events import EventKind, ProgressCallback, emit
 from engine.core.files import has_hidden_part, is_hidden
 from engine.data import images
+from engine.features.backbones import resolve
+from engine.features.embeddings import Embedder, EmbeddingStore, embed_files, preprocess_id
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +123,7 @@ def _hash(fs, path: str) -> tuple[str, str]:
 
 def _to_unit_float(image_uint8: np.ndarray) -> np.ndarray:
     # Same arithmetic as engine.features.embeddings.to_unit_float, which Ray workers must not import: that module loads
-    # TensorFlow (seconds and ~1 GB per worker). tests/test_distributed.py checks both paths agree to 1e-6.
+    # TensorFlow (seconds and ~1 GB per worker). tests/test_scaling.py checks both paths agree to 1e-6.
     return image_uint8.astype(np.float32) * np.float32(1.0 / 255.0)
 
 
@@ -210,8 +213,6 @@ def merge_shards(shard_dir: str, store) -> int:
 # Embedding: local (engine.features.embeddings.embed_files) or on Ray
 # ----------------------------------------------------------------------------------------------------------------
 def _setup(image_dir, backbone, image_size, center_crop, store, cache_dir):
-    from engine.features.backbones import resolve
-    from engine.features.embeddings import EmbeddingStore, preprocess_id
 
     resolved = resolve(backbone, image_size)
     if store is None:
@@ -227,8 +228,6 @@ def embed_local(image_dir: str | Path, backbone: str | None = None, image_size: 
     LiteRT's thread count (default: all cores), decoding runs in one thread beside it."""
     import pyarrow.fs as pafs
 
-    from engine.features.backbones import DEFAULT_BACKBONE
-    from engine.features.embeddings import Embedder, embed_files
 
     resolved, _prep, store, fs, paths = _setup(image_dir, backbone or DEFAULT_BACKBONE, image_size, center_crop,
                                                store, cache_dir)
@@ -349,8 +348,6 @@ def embed_with_ray(image_dir: str | Path, backbone: str | None = None, image_siz
     one block, one actor call and one shard. `on_shard(path)` runs after each shard is merged (tests interrupt
     there; a progress callback may as well raise KeyboardInterrupt).
     """
-    from engine.features.backbones import DEFAULT_BACKBONE
-    from engine.features.embeddings import Embedder
 
     resolved, prep, store, fs, paths = _setup(image_dir, backbone or DEFAULT_BACKBONE, image_size, center_crop,
                                               store, cache_dir)
@@ -385,7 +382,7 @@ def embed_with_ray(image_dir: str | Path, backbone: str | None = None, image_siz
         todo = [{"path": p, "sha256": s} for s, p in first.items()]
         cached = sum(1 for p in paths if sha_of.get(p) in have)
         total, done, computed = len(paths), cached + len(failed), 0
-        emit(progress, "embed", done=done, total=total, cached=cached, images_per_s=0.0)
+        emit(progress, EventKind.EMBED, done=done, total=total, cached=cached, images_per_s=0.0)
         start = time.perf_counter()
         if todo:
             # A ray_remote_args_fn keeps decoding in its own tasks: Ray Data would otherwise fuse it into the
@@ -414,7 +411,7 @@ def embed_with_ray(image_dir: str | Path, backbone: str | None = None, image_siz
                     log.warning("Skipping %s", reason)
                 computed += sum(len(copies[s]) for s in shas)
                 done += sum(len(copies[s]) for s in shas) + sum(len(copies[sha_of[p]]) for p, _ in bad)
-                emit(progress, "embed", done=done, total=total, cached=cached,
+                emit(progress, EventKind.EMBED, done=done, total=total, cached=cached,
                      images_per_s=computed / max(time.perf_counter() - start, 1e-9))
         seconds = time.perf_counter() - start
     log.info("Embedded %d images on Ray (%d cached, %d new, %d unreadable) in %.1f s", len(paths), cached, computed,

@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from engine.config import runfiles as rf
-from engine.export.artefacts import BUNDLE_SOURCES
+from engine.inference.bundle_files import BUNDLE_SOURCES
 from engine.inference.predict import PredictError, unpack_bundle
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.config.backbones import PRESETS
 from engine.config.training import TrainConfig
 from engine.features import backbones
 from engine.features.embeddings import preprocess_id
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 # Backbones compared in the cross-validated report when their features of every image are already cached
-COMPARE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite2")
+COMPARE_BACKBONES = tuple(p["tfhub_module"] for p in PRESETS.values())  # the presets' backbones
 
 
 def comparable_backbones(result: TrainResult) -> list[str]:

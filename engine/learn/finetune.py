@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine.config.training import TrainConfig
-from engine.core.events import ProgressCallback, emit
+from engine.core.events import EventKind, ProgressCallback, Stage, emit
 from engine.core.tfcompat import keras, set_seed, tf
 from engine.data.dataset import load_images
 from engine.learn import augment, crossval
@@ -46,7 +46,7 @@ def fine_tune_and_judge(data: PreparedData, head: Head, cfg: TrainConfig,
     with strategy_scope(cfg.distribution_strategy):  # tf.distribute: build, compile and fit in its scope
         classifier = build_classifier(data.resolved, Head(head.kernel, head.bias), trainable=True,
                                       dropout_rate=cfg.dropout_rate, l1=cfg.l1_regularizer)
-        emit(progress, "stage", stage="fine_tune", message="Fine-tuning the backbone on images")
+        emit(progress, EventKind.STAGE, stage=Stage.FINE_TUNE, message="Fine-tuning the backbone on images")
         history = fine_tune(classifier, data, cfg, progress)
     va, y = data.val_idx, data.dataset.y
     x_val = load_images([data.dataset.items[i].path for i in va], data.resolved.image_size, cfg.center_crop)
@@ -98,7 +98,7 @@ def fine_tune(classifier, data: PreparedData, cfg: TrainConfig, progress: Progre
                    "accuracy": logs.get("accuracy"), "val_loss": logs.get("val_loss"),
                    "val_accuracy": logs.get("val_accuracy"), "elapsed": time.perf_counter() - t0}
             history.append(row)
-            emit(progress, "epoch", **row)
+            emit(progress, EventKind.EPOCH, **row)
             if val is not None and row["val_loss"] is not None and row["val_loss"] < best["loss"]:
                 best.update(loss=row["val_loss"], weights=classifier.get_weights(), epoch=epoch + 1)
 

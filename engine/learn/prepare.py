@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.config.training import TrainConfig
-from engine.core.events import ProgressCallback, emit
+from engine.core.events import EventKind, ProgressCallback, Stage, emit
 from engine.data.dataset import Dataset, ImageItem, Skipped, scan_image_dir, split_dataset, validate
 from engine.features.backbones import ResolvedBackbone, resolve
 from engine.features.embeddings import EmbeddingStore, backbone_ready, embed_files
@@ -31,21 +31,21 @@ class PreparedData:
 
 def prepare_data(cfg: TrainConfig, progress: ProgressCallback | None = None,
                  store: EmbeddingStore | None = None) -> PreparedData:
-    emit(progress, "stage", stage="scan", message=f"Scanning {cfg.image_dir}")
+    emit(progress, EventKind.STAGE, stage=Stage.SCAN, message=f"Scanning {cfg.image_dir}")
     # Images are fully decoded only when embedded: a cached sha256 is already known to be a good image.
     dataset = scan_image_dir(cfg.image_dir, check_images=False, progress=progress)
     for skip in dataset.skipped:
-        emit(progress, "warning", message=f"Skipped {skip.path}: {skip.reason}", path=skip.path)
+        emit(progress, EventKind.WARNING, message=f"Skipped {skip.path}: {skip.reason}", path=skip.path)
     if not backbone_ready(cfg.tfhub_module, cfg.image_size):
-        emit(progress, "stage", stage="prepare", message=f"Preparing the {cfg.tfhub_module} backbone: converted "
-                                                          "once on this machine, about 30 s")
+        emit(progress, EventKind.STAGE, stage=Stage.PREPARE,
+             message=f"Preparing the {cfg.tfhub_module} backbone: converted once on this machine, about 30 s")
     resolved = resolve(cfg.tfhub_module, cfg.image_size)
-    emit(progress, "stage", stage="embed", message=f"Computing {resolved.handle} features")
+    emit(progress, EventKind.STAGE, stage=Stage.EMBED, message=f"Computing {resolved.handle} features")
     store = store or EmbeddingStore(Path(cfg.cache_dir) / "embeddings.sqlite" if cfg.cache_dir else None)
     res = embed_files([it.path for it in dataset.items], [it.sha256 for it in dataset.items], resolved,
                       center_crop=cfg.center_crop, store=store, progress=progress)
     for _, reason in res.failed:
-        emit(progress, "warning", message=f"Skipped {reason}", path=None)
+        emit(progress, EventKind.WARNING, message=f"Skipped {reason}", path=None)
     dataset = _drop_unreadable(dataset, res.failed)
     train_idx, val_idx = split_dataset(dataset, cfg.validation_split, cfg.seed)
     return PreparedData(dataset, resolved, res.features, train_idx, val_idx, res.seconds, res.images_per_s,

@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from engine import __version__
 from engine.config.training import TrainConfig
-from engine.core.events import ProgressCallback, emit
+from engine.core.events import EventKind, ProgressCallback, Stage, emit
 from engine.features.embeddings import EmbeddingStore
 from engine.learn import crossval
 from engine.learn.evaluate import evaluate, fold_spread
@@ -120,7 +119,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, gro
                "val_loss": point["val_loss"], "val_accuracy": point["val_accuracy"],
                "elapsed": time.perf_counter() - t0, "l2": point["l2"]}
         history.append(row)
-        emit(progress, "epoch", **row)
+        emit(progress, EventKind.EPOCH, **row)
 
     oof = crossval.out_of_fold(x, y, n_classes, groups=groups, n_folds=cfg.cv_folds, seed=cfg.seed,
                                l2=cfg.l2_regularizer, sample_weight=weights, on_grid_point=report)
@@ -173,7 +172,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
     groups, grouping = duplicate_groups(data, cfg.cv_folds)
     evaluation = _choose_evaluation(data, cfg, groups)
     tr, n_classes = data.train_idx, len(data.dataset.labels)
-    emit(progress, "stage", stage="train", message=f"Training a {n_classes}-class head"
+    emit(progress, EventKind.STAGE, stage=Stage.TRAIN, message=f"Training a {n_classes}-class head"
          + (" with cross-validation" if evaluation.cross_validated else ""))
     fit = fit_head(data.features[tr], data.dataset.y[tr], n_classes, cfg, groups[tr], progress)
     t_head = time.perf_counter()
@@ -273,31 +272,3 @@ def check_accuracy(result: TrainResult, threshold: float | None) -> None:
     if acc < threshold:
         what = result.metrics.get("evaluation", "validation")
         raise AccuracyError(f"Accuracy {acc:.3f} ({what}) is below --assert_accuracy_at_least {threshold:.3f}")
-
-
-def model_card(result: TrainResult) -> dict[str, Any]:
-    data, cfg, metrics = result.data, result.config, result.metrics
-    threshold = metrics.get("threshold") or {}
-    calibration = metrics.get("calibration") or {}
-    return {
-        "engine_version": __version__,
-        "labels": result.labels,
-        "backbone": {"handle": data.resolved.handle, "id": data.resolved.backbone_id,
-                     "image_size": data.resolved.image_size},
-        "config": cfg.to_dict(),
-        "dataset": {"root": str(data.dataset.root), "hash": data.dataset.dataset_hash(),
-                    "class_counts": data.dataset.class_counts(), "n_train": int(len(data.train_idx)),
-                    "n_validation": int(len(data.val_idx)), "n_evaluated": metrics.get("n_evaluated"),
-                    "skipped": len(data.dataset.skipped)},
-        "dataset_hash": data.dataset.dataset_hash(),
-        "class_counts": data.dataset.class_counts(),
-        "evaluation": metrics.get("evaluation"),
-        # Probabilities of every exported variant are calibrated (the temperature is in the weights); predictions
-        # below threshold.value are "unknown" (predict --threshold and the server follow it by default).
-        "temperature": result.head.temperature,
-        "calibration": calibration,
-        "threshold": {k: threshold.get(k) for k in ("value", "target_precision", "precision", "coverage", "reached")},
-        "metrics": {k: v for k, v in metrics.items() if k != "predictions"},
-        "history_epochs": len(result.history),
-        "timings": result.timings,
-    }

@@ -33,7 +33,7 @@ from typing import Any
 from engine.config import runfiles as runfolder
 from engine.runs import status as run_status
 from engine.config.training import TrainConfig
-from engine.core.events import read_events
+from engine.core.events import EventKind, read_events
 from engine.core.fileio import atomic_write_json, read_json
 from engine.data.dataset import training_problem
 from engine.store.workspace import Project, WorkspaceError, storage_error_message
@@ -314,7 +314,8 @@ def list_runs(project: Project) -> list[dict[str, Any]]:
         cfg = read_json(run_dir / runfolder.CONFIG)
         # The "result" event carries the headline accuracy: parsing metrics.json (per-image predictions, megabytes
         # on a big project) for every run on every refresh of the page would cost more than the retrain itself.
-        val_acc = next((e.get("val_accuracy") for e in reversed(events(run_dir)) if e.get("type") == "result"), None)
+        val_acc = next((e.get("val_accuracy") for e in reversed(events(run_dir))
+                        if e.get("type") == EventKind.RESULT), None)
         if val_acc is None and status["state"] == "succeeded":
             val_acc = (load_metrics(run_dir) or {}).get("val_accuracy")
         started = status.get("started") or meta.get("started")

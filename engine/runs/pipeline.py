@@ -13,12 +13,15 @@ import numpy as np
 
 from engine.config import runfiles as rf
 from engine.config.training import TrainConfig
-from engine.core.events import EventLog, ProgressCallback, emit, tee
+from engine.core.events import EventKind, EventLog, ProgressCallback, Stage, emit, tee
 from engine.core.fileio import atomic_write_bytes, atomic_write_json
 from engine.data.dataset import load_images, write_snapshot
+from engine.export.artefacts import export_composed, export_model, write_legacy_outputs
+from engine.export.bundle import write_bundle
+from engine.export.card import training_facts
 from engine.learn.backbone_comparison import backbone_comparison, comparable_backbones
 from engine.learn.head import Head
-from engine.learn.train import AccuracyError, TrainResult, check_accuracy, model_card, train
+from engine.learn.train import AccuracyError, TrainResult, check_accuracy, train
 from engine.runs import status as run_status
 
 log = logging.getLogger(__name__)
@@ -54,21 +57,19 @@ def execute(cfg: TrainConfig, progress: ProgressCallback | None = None) -> Train
         result = _execute(cfg, run_dir, progress)
     except Cancelled as exc:
         run_status.write_status(run_dir, "cancelled", str(exc) or run_status.CANCELLED_MESSAGE)
-        emit(progress, "error", message="cancelled")
+        emit(progress, EventKind.ERROR, message="cancelled")
         raise
     except BaseException as exc:
         message = str(exc) or type(exc).__name__
         run_status.write_status(run_dir, "failed", message)
-        emit(progress, "error", message=message)
+        emit(progress, EventKind.ERROR, message=message)
         raise
     run_status.write_status(run_dir, "succeeded", f"validation accuracy {result.val_accuracy}")
-    emit(progress, "stage", stage="done", message=f"Run saved in {run_dir}")
+    emit(progress, EventKind.STAGE, stage=Stage.DONE, message=f"Run saved in {run_dir}")
     return result
 
 
 def _execute(cfg: TrainConfig, run_dir: Path, progress: ProgressCallback) -> TrainResult:
-    from engine.export.artefacts import export_composed, export_model, write_bundle, write_legacy_outputs
-
     result = train(cfg, progress)
     result.run_dir = run_dir
     write_snapshot(result.data.dataset, run_dir)  # what this run trained on: (sha256, label) of every image
@@ -80,22 +81,22 @@ def _execute(cfg: TrainConfig, run_dir: Path, progress: ProgressCallback) -> Tra
 
         write_summaries(cfg.summaries_dir, result.history)
     write_head(run_dir / rf.HEAD, result.head)
-    emit(progress, "result", val_accuracy=result.val_accuracy, metrics_file=str(run_dir / rf.METRICS),
+    emit(progress, EventKind.RESULT, val_accuracy=result.val_accuracy, metrics_file=str(run_dir / rf.METRICS),
          l2=result.metrics.get("l2"))
     check_accuracy(result, cfg.assert_accuracy_at_least)
-    emit(progress, "stage", stage="export", message="Exporting SavedModel and TFLite models")
+    emit(progress, EventKind.STAGE, stage=Stage.EXPORT, message="Exporting SavedModel and TFLite models")
     data, size = result.data, result.data.resolved.image_size
     idx, checks = _check_images(result)
     if result.fine_tuned_model is None:
         result.export = export_composed(
             result.head, data.resolved, result.labels, run_dir, center_crop=cfg.center_crop,
             features=data.features, checks=(*checks, result.head.probabilities(data.features[idx])) if checks else None,
-            card=model_card(result), variants=tuple(cfg.quantize), progress=progress)
+            card=training_facts(result), variants=tuple(cfg.quantize), progress=progress)
     else:
         result.export = export_model(
             result.model, result.labels, run_dir, image_size=size, center_crop=cfg.center_crop,
-            validation=checks, card=model_card(result), variants=tuple(cfg.quantize), progress=progress)
-    emit(progress, "stage", stage="export", message=f"Writing {rf.BUNDLE}")
+            validation=checks, card=training_facts(result), variants=tuple(cfg.quantize), progress=progress)
+    emit(progress, EventKind.STAGE, stage=Stage.EXPORT, message=f"Writing {rf.BUNDLE}")
     write_bundle(run_dir, run_dir / rf.BUNDLE)
     write_legacy_outputs(result.export, saved_model_dir=cfg.saved_model_dir,
                          labels_output_file=cfg.labels_output_file, tflite_output_file=cfg.tflite_output_file)
@@ -110,7 +111,8 @@ def _add_backbone_comparison(result: TrainResult, run_dir: Path, metrics: dict, 
     names = comparable_backbones(result)
     if not names:
         return
-    emit(progress, "stage", stage="compare", message="Comparing backbones on these images (cached features)")
+    emit(progress, EventKind.STAGE, stage=Stage.COMPARE,
+         message="Comparing backbones on these images (cached features)")
     rows = backbone_comparison(result, names)
     if rows:
         metrics["backbone_comparison"] = rows

@@ -11,7 +11,9 @@ import pandas as pd
 import streamlit as st
 
 from engine.config import runfiles as rf
+from engine.config import variants
 from engine.core.fileio import read_json
+from engine.export.savedmodel import saved_model_zip
 from engine.runs import jobs
 from ui import common
 
@@ -26,10 +28,9 @@ if run_dir is None:
     st.stop()
 exporting = jobs.job_status(run_dir)["state"] == "running"
 
-VARIANT_TEXT = {"float32": "TFLite, float32", "dynamic": "TFLite, dynamic-range quantized (smaller)",
-                "int8": "TFLite, full int8 (microcontrollers, Edge TPU)"}
 FILES = [
-    *((rf.tflite_name(v), VARIANT_TEXT.get(v, f"TFLite, {v}"), "application/octet-stream") for v in rf.VARIANTS),
+    *((v.file, f"{v.label}. Input: {v.input}. Runs on: {', '.join(v.runtimes)}.", "application/octet-stream")
+      for v in variants.TABLE),
     (rf.LABELS, "Labels (line i = output i)", "text/plain"),
     (rf.MODEL_CARD, "Model card", "application/json"),
 ]
@@ -40,8 +41,6 @@ def _reader(path: Path):
 
 
 def _saved_model_zip() -> bytes:
-    from engine.export.artefacts import saved_model_zip
-
     return saved_model_zip(run_dir)
 
 
@@ -65,7 +64,7 @@ def _variants_table(card: dict) -> None:
     for variant, s in (card.get("tflite") or {}).items():
         if not isinstance(s, dict):
             continue
-        path = run_dir / str(s.get("file") or rf.tflite_name(variant))
+        path = run_dir / str(s.get("file") or variants.file_name(variant))
         size = s.get("bytes") or (path.stat().st_size if path.exists() else None)
         rows.append({"model": path.name, "size": _fmt_bytes(size),
                      "same answer as the SavedModel": s.get("agreement_top1_vs_keras"),

@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.config import runfiles as rf
+from engine.core.events import EventKind
 from engine.core.fileio import read_json
 from engine.runs import jobs
 from ui import common
@@ -88,7 +89,7 @@ def _watch_retrain(run_id: str) -> None:
     if (run / rf.METRICS).exists() or status["state"] != "running":
         st.rerun(scope="app")
     events = jobs.events(run)
-    stage = next((e.get("message") for e in reversed(events) if e.get("type") == "stage"), None)
+    stage = next((e.get("message") for e in reversed(events) if e.get("type") == EventKind.STAGE), None)
     st.info(f"Retraining ({run_id}): {stage or status.get('message') or 'starting…'} The new result appears here "
             "when training is done.", icon=":material/progress_activity:")
 

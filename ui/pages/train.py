@@ -13,7 +13,8 @@ import pandas as pd
 import streamlit as st
 
 from engine.config import runfiles as rf
-from engine.config.training import TrainConfig
+from engine.config.training import TrainConfig, option_bounds
+from engine.core.events import EventKind
 from engine.core.fileio import read_json
 from engine.data.dataset import training_problem
 from engine.runs import jobs
@@ -31,28 +32,14 @@ HIDDEN = {"image_dir", "run_dir", "saved_model_dir", "labels_output_file", "tfli
           "assert_accuracy_at_least", "summaries_dir"}  # paths on this machine: command-line options
 # multi_worker needs one process per machine started with TF_CONFIG: a command-line feature (docs/scaling.md)
 NOT_IN_APP = {"distribution_strategy": ("multi_worker",)}
-LIMITS: dict[str, dict[str, Any]] = {
-    "validation_split": {"min_value": 0.0, "max_value": 0.9, "step": 0.05},
-    "cv_folds": {"min_value": 2, "max_value": 20, "step": 1},
-    "target_precision": {"min_value": 0.5, "max_value": 1.0, "step": 0.01},
-    "train_epochs": {"min_value": 1, "max_value": 10000, "step": 10},
-    "batch_size": {"min_value": 1, "max_value": 4096, "step": 8},
-    "learning_rate": {"min_value": 0.0, "step": 0.001},
-    "fine_tune_learning_rate": {"min_value": 0.0, "step": 0.0001},
-    "momentum": {"min_value": 0.0, "max_value": 1.0, "step": 0.05},
-    "dropout_rate": {"min_value": 0.0, "max_value": 0.95, "step": 0.05},
-    "label_smoothing": {"min_value": 0.0, "max_value": 0.5, "step": 0.05},
-    "l1_regularizer": {"min_value": 0.0, "step": 0.0001},
-    "l2_regularizer": {"min_value": 0.0, "step": 0.0001},
-    "early_stopping_patience": {"min_value": 1, "max_value": 1000, "step": 1},
-    "fine_tune_epochs": {"min_value": 1, "max_value": 1000, "step": 1},
-    "rotation_range": {"min_value": 0.0, "max_value": 180.0, "step": 5.0},
-    "zoom_range": {"min_value": 0.0, "max_value": 0.9, "step": 0.05},
-    "width_shift_range": {"min_value": 0.0, "max_value": 0.5, "step": 0.05},
-    "height_shift_range": {"min_value": 0.0, "max_value": 0.5, "step": 0.05},
-    "shear_range": {"min_value": 0.0, "max_value": 45.0, "step": 1.0},
-    "seed": {"min_value": 0, "step": 1},
-    "image_size": {"min_value": 32, "max_value": 1024, "step": 8},
+# The bounds of every number are TrainConfig's (engine.config.training: the field's min/max, also enforced there
+# and by the CLI); only the arrow-key step is the form's own.
+STEPS: dict[str, float] = {
+    "validation_split": 0.05, "cv_folds": 1, "target_precision": 0.01, "train_epochs": 10, "batch_size": 8,
+    "learning_rate": 0.001, "fine_tune_learning_rate": 0.0001, "momentum": 0.05, "dropout_rate": 0.05,
+    "label_smoothing": 0.05, "l1_regularizer": 0.0001, "l2_regularizer": 0.0001, "early_stopping_patience": 1,
+    "fine_tune_epochs": 1, "rotation_range": 5.0, "zoom_range": 0.05, "width_shift_range": 0.05,
+    "height_shift_range": 0.05, "shear_range": 1.0, "seed": 1, "image_size": 8,
 }
 LIVE_EVERY_S = 1.0  # how often a running job's view refreshes
 # A warm retrain is over in a few seconds: poll faster while a run is young, so Review and the bundle show up the
@@ -106,7 +93,8 @@ def _field_widget(f: dataclasses.Field, hint: Any, default: Any) -> Any:
     if typing.get_origin(base) is list or base is list:
         options = list(default or [])
         return st.multiselect(label, options, default=options, key=key, help=help_text)
-    limits = dict(LIMITS.get(f.name, {}))
+    lo, hi = option_bounds(f.name)
+    limits = {k: v for k, v in (("min_value", lo), ("max_value", hi), ("step", STEPS.get(f.name))) if v is not None}
     if base is int:
         limits = {k: int(v) for k, v in limits.items()}
         return st.number_input(label, value=default, key=key, help=help_text, placeholder="backbone default",
@@ -154,7 +142,7 @@ def _config_form() -> None:
 
 # --- live view -----------------------------------------------------------------------------------------------------
 def _history_frame(events: list[dict]) -> pd.DataFrame:
-    rows = [e for e in events if e.get("type") == "epoch"]
+    rows = [e for e in events if e.get("type") == EventKind.EPOCH]
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
@@ -172,7 +160,7 @@ def _history_note(hist: pd.DataFrame, events: list[dict], state: str) -> str:
     text = (f"{n} training step(s) ({'regularisation strengths tried' if grid else 'epochs'}) · "
             f"last step: accuracy {common.fmt_pct(last.get('accuracy'))}, validation accuracy "
             f"{common.fmt_pct(last.get('val_accuracy'))}.")
-    result = next((e for e in reversed(events) if e.get("type") == "result"), None)
+    result = next((e for e in reversed(events) if e.get("type") == EventKind.RESULT), None)
     if grid and result is not None and result.get("l2") is not None:
         # the kept L2 follows the one-standard-error rule (engine.learn.crossval), not the lowest loss on the chart
         steps = hist.index[hist["l2"].astype(float) == float(result["l2"])]
@@ -185,7 +173,7 @@ def _history_note(hist: pd.DataFrame, events: list[dict], state: str) -> str:
         text += (f" The model kept is the one from {kept} (lowest validation loss, validation accuracy "
                  f"{common.fmt_pct(hist.loc[best].get('val_accuracy'))}), not necessarily the last one, so the "
                  "final accuracy can differ from the last point of the chart.")
-    times = [float(e["time"]) for e in events if e.get("type") == "epoch" and e.get("time") is not None]
+    times = [float(e["time"]) for e in events if e.get("type") == EventKind.EPOCH and e.get("time") is not None]
     if state != "running" and len(times) >= 2 and times[-1] - times[0] < 2 * LIVE_EVERY_S:
         text += (f" Training took {times[-1] - times[0]:.1f} s — faster than this page refreshes, so the chart "
                  "appeared complete at once instead of growing live.")
@@ -199,12 +187,12 @@ def _render_run(run_dir: Path) -> dict:
     icon = {"running": ":material/progress_activity:", "succeeded": ":material/check_circle:",
             "failed": ":material/error:", "cancelled": ":material/stop_circle:"}.get(state, "")
     st.markdown(f"**Run `{run_dir.name}`** — {icon} {state}")
-    stages = [e for e in events if e.get("type") == "stage"]
+    stages = [e for e in events if e.get("type") == EventKind.STAGE]
     if state == "running":
         c1, c2 = st.columns([4, 1], vertical_alignment="center")
         with c1:
             st.caption(stages[-1]["message"] if stages else (status.get("message") or "starting…"))
-            embed = next((e for e in reversed(events) if e.get("type") == "embed"), None)
+            embed = next((e for e in reversed(events) if e.get("type") == EventKind.EMBED), None)
             if embed and embed.get("total"):
                 done, total = int(embed["done"]), int(embed["total"])
                 ips = embed.get("images_per_s")
@@ -214,11 +202,11 @@ def _render_run(run_dir: Path) -> dict:
                 if embed.get("cached"):
                     text += f" · {embed['cached']} from cache"
                 st.progress(min(1.0, done / max(1, total)), text=text)
-            export = next((e for e in reversed(events) if e.get("type") == "export"), None)
+            export = next((e for e in reversed(events) if e.get("type") == EventKind.EXPORT), None)
             if export and export.get("total"):
                 st.progress(min(1.0, int(export["done"]) / int(export["total"])),
                             text=f"Exporting: {export.get('file')} written ({export['done']}/{export['total']})")
-            result = next((e for e in reversed(events) if e.get("type") == "result"), None)
+            result = next((e for e in reversed(events) if e.get("type") == EventKind.RESULT), None)
             if result is not None and status.get("downloadable"):
                 # bundle.zip is written; the job only adds a side report (engine.runs.pipeline: backbone comparison)
                 st.info(f"Trained: validation accuracy {common.fmt_pct(result.get('val_accuracy'))}. The bundle "
@@ -251,7 +239,7 @@ def _render_run(run_dir: Path) -> dict:
                 else:
                     common.line_chart(data, height=260, y_title=title.split(" ")[0].lower())
         st.caption(_history_note(hist, events, state))
-    warnings = [e for e in events if e.get("type") == "warning"]
+    warnings = [e for e in events if e.get("type") == EventKind.WARNING]
     if warnings:
         with st.expander(f"{len(warnings)} warning(s)"):
             for w in warnings[:200]:
@@ -307,16 +295,17 @@ if watched:
 def _progress(run_id: str) -> str:
     """A running job's progress in a few words, from its events."""
     evs = jobs.events(jobs.run_path(project, run_id))
-    result = next((e for e in reversed(evs) if e.get("type") == "result"), None)
+    result = next((e for e in reversed(evs) if e.get("type") == EventKind.RESULT), None)
     if result is not None:
         return f"trained ({common.fmt_pct(result.get('val_accuracy'))}), exporting…"
-    last = next((e for e in reversed(evs) if e.get("type") in ("stage", "embed", "epoch")), None)
+    last = next((e for e in reversed(evs) if e.get("type") in (EventKind.STAGE, EventKind.EMBED, EventKind.EPOCH)),
+                None)
     if last is None:
         return "starting…"
-    if last["type"] == "embed" and last.get("total"):
+    if last["type"] == EventKind.EMBED and last.get("total"):
         return f"features {last.get('done', 0)}/{last['total']}"
-    if last["type"] == "epoch":
-        return f"training, step {sum(1 for e in evs if e.get('type') == 'epoch')}"
+    if last["type"] == EventKind.EPOCH:
+        return f"training, step {sum(1 for e in evs if e.get('type') == EventKind.EPOCH)}"
     return str(last.get("message") or last.get("stage") or "running…")
 
 

@@ -1,4 +1,5 @@
-"""Scaling out (issue 12): Ray Data embedding against the local path, resume, bad files; tf.distribute fine-tuning.
+"""Scaling out (docs/scaling.md): engine.features.ray_embed (Ray Data embedding against the local path, resume, bad
+files) and engine.learn.strategy (tf.distribute fine-tuning), in one module so both run at once.
 
 The Ray tests run a real local cluster (ray.init(num_cpus=2), shared by the module) and skip with the reason when
 Ray is not installed (requirements-ray.txt). The strategy tests run tests/strategy_worker.py in fresh processes:
@@ -19,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.features.distributed import embed_local, embed_with_ray, list_images, merge_shards
+from engine.features.ray_embed import embed_local, embed_with_ray, list_images, merge_shards
 
 REPO = Path(__file__).resolve().parents[1]
 N_GOOD = 14  # per class, two classes; one extra exact copy
@@ -169,7 +170,7 @@ def _free_port() -> int:
 def strategy_runs(tmp_path_factory):
     """Start the three fine-tuning processes at once; tests wait for theirs."""
     from engine.core.tfcompat import keras
-    from engine.features.backbones import save_hub_module
+    from engine.features.port import save_hub_module
 
     root = tmp_path_factory.mktemp("strategies")
     rng = np.random.default_rng(1)
@@ -242,7 +243,8 @@ def test_multi_worker_fine_tuning_with_two_local_workers(strategy_runs):
 
 
 def test_strategy_errors_are_worded_for_the_user(monkeypatch):
-    from engine.features.distributed import DistributedError, make_strategy
+    from engine.features.ray_embed import DistributedError
+    from engine.learn.strategy import make_strategy
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     make_strategy.cache_clear()
@@ -263,7 +265,7 @@ def test_bundle_dockerfile_serves_what_the_bundle_holds():
     text = (REPO / "engine" / "inference" / "bundle" / "Dockerfile").read_text()
     lines = [ln.strip() for ln in text.replace("\\\n", " ").splitlines() if ln.strip() and not ln.startswith("#")]
     bundle_files = {"requirements.txt", "requirements-serve.txt", "model_card.json", "labels.txt", "predict.py",
-                    "serve.py", "model_*.tflite"}  # what engine.export.artefacts.write_bundle puts in every bundle
+                    "serve.py", "model_*.tflite"}  # what engine.export puts in every bundle
     copied = [name for ln in lines if ln.startswith("COPY ") for name in ln.split()[1:-1]]
     assert set(copied) <= bundle_files and {"serve.py", "predict.py", "model_*.tflite"} <= set(copied)
     assert not any("tensorflow" in ln.lower() for ln in lines if ln.startswith("RUN"))

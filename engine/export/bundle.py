@@ -1,0 +1,80 @@
+"""bundle.zip: the exported files with engine/inference/bundle/'s (predict.py, serve.py, requirements, Dockerfile,
+and README.md filled in from the model card), so the model runs anywhere without this engine or TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import string
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from engine.config import runfiles as rf
+from engine.config import variants
+from engine.core.fileio import atomic_path
+from engine.export.card import BUNDLE_RESAMPLING, TRAINING_RESAMPLING
+from engine.inference.bundle_files import BUNDLE_README, BUNDLE_SOURCES
+
+log = logging.getLogger(__name__)
+
+
+def bundle_readme(card: dict[str, Any]) -> str:
+    """engine/inference/bundle/README.md filled in from the model card."""
+    labels = card.get("labels") or []
+    rows = "\n".join(
+        f"| `{s['file']}` | {s['bytes'] / 1e6:.1f} MB | {s['input']} | {s['output']} | "
+        f"{_pct(s.get('agreement_top1_vs_keras'))} | {_pct(s.get('val_accuracy'))} |"
+        for s in (card.get("tflite") or {}).values())
+    crop = ("yes: images more than 1.5x longer than wide (or wider than long) are cropped to a centred square "
+            "first" if card.get("preprocessing", {}).get("center_crop") else "no")
+    template = string.Template((BUNDLE_SOURCES / BUNDLE_README).read_text(encoding="utf-8"))
+    return template.substitute(
+        n_classes=len(labels), engine_version=card.get("engine_version", ""), created=card.get("created", ""),
+        labels=", ".join(labels), rows=rows, size=card.get("image_size"), crop=crop,
+        training_resampling=TRAINING_RESAMPLING, bundle_resampling=BUNDLE_RESAMPLING)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def _zip_file(zf: zipfile.ZipFile, path: Path, name: str) -> None:
+    # Weights barely compress (~7%) and deflating 30 MB of them costs seconds per bundle: store them as they are.
+    weights = path.suffix == ".tflite" or path.name.startswith("variables.data")
+    zf.write(path, name, compress_type=zipfile.ZIP_STORED if weights else zipfile.ZIP_DEFLATED)
+
+
+def _zip_text(zf: zipfile.ZipFile, name: str, text: str | bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
+    info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED  # writestr's default is 0600
+    zf.writestr(info, text)
+
+
+def bundle_sources() -> list[Path]:
+    """The files of engine/inference/bundle/ that ship, by name: never a __pycache__ (or any folder) left by running
+    them."""
+    return sorted(p for p in BUNDLE_SOURCES.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def write_bundle(out_dir: str | Path, bundle_path: str | Path) -> Path:
+    """Zip an export folder's files with the bundle's own; atomically, so a bundle that exists is complete."""
+    out, bundle = Path(out_dir), Path(bundle_path)
+    card_path = out / rf.MODEL_CARD
+    if not card_path.exists() or not (out / rf.LABELS).exists():
+        raise FileNotFoundError(f"{out} has no exported model (model_card.json, labels.txt); export it first")
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    models = sorted(out / name for name in variants.FILES)
+    files = [p for p in [card_path, out / rf.LABELS, *models] if p.exists()]
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(bundle) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for p in files:
+            _zip_file(zf, p, p.name)
+        for p in sorted((out / rf.SAVED_MODEL).rglob("*")):
+            if p.is_file():
+                _zip_file(zf, p, p.relative_to(out).as_posix())
+        for p in bundle_sources():
+            _zip_text(zf, p.name, bundle_readme(card) if p.name == BUNDLE_README else p.read_bytes())
+    log.info("Bundle written: %s (%.1f MB)", bundle, bundle.stat().st_size / 1e6)
+    return bundle
