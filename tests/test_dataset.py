@@ -453,5 +453,5 @@ def test_cli_training_succeeds_while_another_process_moves_its_photos(tmp_path):
     snapshot = json.loads((run_dir / "snapshot.json").read_text())
     assert {sha: label for sha, label, _ in snapshot["items"]} == before  # trained on what it saw at the start
     card = json.loads((run_dir / "model_card.json").read_text())
-    assert card["dataset"]["hash"] == snapshot["hash"]
+    assert card["dataset_hash"] == snapshot["hash"]
     assert sorted(images.file_sha256(p) for p in root.rglob("*") if p.is_file()) == sorted(before)  # none lost

@@ -44,7 +44,7 @@ def _png(seed: int) -> bytes:
 
 
 def test_names_have_one_owner():
-    assert variants.NAMES == runfolder.VARIANTS == ("float32", "dynamic", "int8")
+    assert variants.NAMES == ("float32", "dynamic", "int8")
     assert predict.MODEL_PREFERENCE == runfolder.MODEL_PREFERENCE == (
         "model_float32.tflite", "model_dynamic.tflite", "model_int8.tflite", "saved_model")
     assert dataset.SNAPSHOT_FILE == runfolder.SNAPSHOT

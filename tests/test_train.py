@@ -230,10 +230,11 @@ def test_backbone_comparison_ranks_this_run_against_another_backbones_cached_fea
     would take a minute); resolving its name is the one part replaced."""
     import engine.features.backbones as backbones
     import engine.learn.backbone_comparison as train_module
+    from engine.config.backbones import ResolvedBackbone
     from engine.features.embeddings import preprocess_id
 
     data = result.data
-    other = backbones.ResolvedBackbone("noisy", "-", data.resolved.image_size, None, "noisy-test-features")
+    other = ResolvedBackbone("noisy", "-", data.resolved.image_size, None, "noisy-test-features")
     noisy = data.features + np.random.default_rng(0).normal(0, 3 * data.features.std(), data.features.shape)
     prep = preprocess_id(other.image_size, result.config.center_crop)
     data.store.put_many([(it.sha256, f.astype(np.float32)) for it, f in zip(data.dataset.items, noisy, strict=True)],

@@ -69,3 +69,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"tfhub_module": DEFAULT_BACKBONE},
     "accuracy": {"tfhub_module": "efficientnet-lite2"},
 }
+
+
+@dataclass
+class ResolvedBackbone:
+    """A `--tfhub_module` handle resolved (engine.features.backbones.resolve): what to load, at which size."""
+
+    handle: str  # what the user asked for
+    path: str  # what hub.KerasLayer loads (local folder or URL)
+    image_size: int
+    feature_size: int | None
+    backbone_id: str  # stable id for caches: table name + weights digest, or the folder's content hash

@@ -37,8 +37,5 @@ RUN = "run.json"
 LOG = "log.txt"
 CANCEL = "cancel"
 
-# engine.config.training still takes --quantize's names from here; the owner is variants.NAMES
-VARIANTS = variants.NAMES
-
 # The model a run or bundle folder offers when its card names none: first one present wins.
 MODEL_PREFERENCE = (*variants.FILES, SAVED_MODEL)

@@ -26,13 +26,13 @@ import numpy as np
 
 from engine.config import runfiles as rf
 from engine.config import variants as variant_table  # `variants` is the exporters' argument
+from engine.config.backbones import ResolvedBackbone
 from engine.core.events import EventKind, ProgressCallback, Stage, emit
 from engine.core.fileio import atomic_write_bytes, atomic_write_text, json_default
 from engine.export import card as model_card
 from engine.export import compose, savedmodel
 from engine.export.calibration import CALIBRATION_IMAGES, CALIBRATION_SEED, calibration_images
 from engine.export.tflite import convert_tflite, tflite_stats
-from engine.features.backbones import ResolvedBackbone
 from engine.learn.head import Head
 
 log = logging.getLogger(__name__)

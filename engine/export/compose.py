@@ -19,11 +19,12 @@ from pathlib import Path
 import flatbuffers
 import numpy as np
 
+from engine.config.backbones import ResolvedBackbone
 from engine.core.fileio import atomic_write_bytes
 from engine.export.calibration import calibration_images
 from engine.export.savedmodel import INPUT_NAME, OUTPUT_NAME  # the TFLite files' signature uses the same names
 from engine.export.tflite import configure
-from engine.features.backbones import ResolvedBackbone, cache_root
+from engine.features.backbones import cache_root
 from engine.features.embeddings import Embedder
 from engine.learn.head import Head
 

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import runfiles as rf
+from engine.config.backbones import ResolvedBackbone
 from engine.core.fileio import atomic_write_text, read_json
 from engine.export import tfbundle
-from engine.features.backbones import ResolvedBackbone, cache_root
+from engine.features.backbones import cache_root
 from engine.features.embeddings import Embedder
 from engine.learn.head import Head
 

@@ -15,11 +15,10 @@ import functools
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 # The table (names, weights packages, sizes, the default) is config: the CLI and the app read it without NumPy
-from engine.config.backbones import BACKBONES, DEFAULT_BACKBONE, BackboneError
+from engine.config.backbones import BACKBONES, DEFAULT_BACKBONE, BackboneError, ResolvedBackbone
 from engine.core.fileio import atomic_write_json, read_json
 from engine.data.images import file_sha256
 
@@ -62,15 +61,6 @@ def ensure_cached(name: str) -> Path:
 
         port.save_hub_module(port.build_lite_model(BACKBONES[name]), path)
     return path
-
-
-@dataclass
-class ResolvedBackbone:
-    handle: str  # what the user asked for
-    path: str  # what hub.KerasLayer loads (local folder or URL)
-    image_size: int
-    feature_size: int | None
-    backbone_id: str  # stable id for caches: table name + weights digest, or the folder's content hash
 
 
 def resolve(handle: str, image_size: int | None = None) -> ResolvedBackbone:

@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402 - after tfcompat set TF's environment
 
-from engine.config.backbones import DEFAULT_BACKBONE, Backbone, BackboneError
+from engine.config.backbones import DEFAULT_BACKBONE, Backbone, BackboneError, ResolvedBackbone
 from engine.core.tfcompat import hub, keras, tf
-from engine.features.backbones import ResolvedBackbone
 from engine.features.torch_legacy import load_state_dict
 
 log = logging.getLogger(__name__)

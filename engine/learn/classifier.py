@@ -7,8 +7,8 @@ SavedModel template and TrainResult.model do.
 
 from __future__ import annotations
 
+from engine.config.backbones import ResolvedBackbone
 from engine.core.tfcompat import hub, keras
-from engine.features.backbones import ResolvedBackbone
 from engine.features.port import load_feature_layer
 from engine.learn.head import Head
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.config.backbones import ResolvedBackbone
 from engine.config.training import TrainConfig
 from engine.core.events import EventKind, ProgressCallback, Stage, emit
 from engine.data.dataset import Dataset, ImageItem, Skipped, scan_image_dir, split_dataset, validate
-from engine.features.backbones import ResolvedBackbone, resolve
+from engine.features.backbones import resolve
 from engine.features.embeddings import EmbeddingStore, backbone_ready, embed_files
 
 

@@ -6,12 +6,15 @@ started in its own session (process group) with its output in `log.txt`; cancell
 
 Files we write around the engine's own (names and the status rule: engine.config.runfiles):
     run.json        what was started: run_id, project, command, pid and its start time, class counts, backbone
-    status.json     written "running" before the process starts; the engine then keeps it up to date
+    status.json     "running" before the process starts (run_status.write_launch_status); the engine then keeps
+                    it up to date; a cancel's final "cancelled" is run_status.record_cancelled's: engine.runs.status
+                    is the only module that writes it
     cancel          marker: the user asked to stop
 
 A job that dies without writing its final state is recorded as failed (run_status.settle) by the thread that
 launched it and watches it, or — when that process is gone too (a restarted server) — by `wait` and by the next
-`start_training` of the project. Reading a status (`job_status`, `list_runs`, `active_run`) never writes.
+`start_training` of the project. Reading a status (`job_status`, `active_run`) never writes; the run history,
+metrics, events and log are read in engine.runs.history.
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import runfiles as runfolder
-from engine.runs import status as run_status
 from engine.config.training import TrainConfig
-from engine.core.events import EventKind, read_events
 from engine.core.fileio import atomic_write_json, read_json
 from engine.data.dataset import training_problem
+from engine.runs import status as run_status
+from engine.runs.status import RunState, RunStatus
 from engine.store.workspace import Project, WorkspaceError, storage_error_message
 
 log = logging.getLogger(__name__)
@@ -44,8 +47,6 @@ log = logging.getLogger(__name__)
 COMMAND_ENV = "RETRAIN_STUDIO_TRAIN_CMD"
 WORKER_ENV = "RETRAIN_STUDIO_WORKER"  # "0": start every job as a fresh `python -m engine` process
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DIED_MESSAGE = run_status.DIED_MESSAGE
-FINAL_STATES = run_status.FINAL_STATES
 WATCH_EVERY_S = 0.5  # how often a job forked by the worker (not our child) is checked for having died
 
 _START_LOCK = threading.Lock()
@@ -130,7 +131,7 @@ def _launch(project: Project, cfg: TrainConfig, run_id: str, run_dir: Path, coun
     fill = {"run_dir": str(run_dir), "image_dir": str(image_dir), "config": str(config_path)}
     argv = [str(a).format(**fill) for a in command] if command else _engine_command(config_path)
     started = time.time()
-    run_status.write_launch_status(run_dir, run_status.RUNNING, "starting", started)
+    run_status.write_launch_status(run_dir, RunState.RUNNING, "starting", started)
     meta = {"run_id": run_id, "project": project.slug, "started": started, "command": argv, "counts": counts,
             "n_images": sum(counts.values()), "backbone": cfg.tfhub_module}
     atomic_write_json(run_dir / runfolder.RUN, meta)
@@ -138,7 +139,7 @@ def _launch(project: Project, cfg: TrainConfig, run_id: str, run_dir: Path, coun
     try:
         pid, proc = _spawn(argv, run_dir / runfolder.LOG, env, use_worker=command is None)
     except OSError as exc:
-        run_status.write_launch_status(run_dir, "failed", f"could not start training: {exc}", started)
+        run_status.write_launch_status(run_dir, RunState.FAILED, f"could not start training: {exc}", started)
         raise JobError(f"Could not start the training process: {exc}") from exc
     meta.update(pid=pid, proc_start=run_status.process_start_time(pid))
     atomic_write_json(run_dir / runfolder.RUN, meta)
@@ -220,21 +221,18 @@ def _unlock_file(fh) -> None:
         pass
 
 
-def job_status(run_dir: str | Path) -> dict[str, Any]:
-    """The run's status as it is now (run_status.read_status as a dict); never writes.
-
-    Keys: state (running|succeeded|failed|cancelled|unknown; a dead "running" job reads failed with DIED_MESSAGE),
-    pid, proc_start, started, finished, message, and downloadable (bundle.zip exists).
-    """
-    return run_status.read_status(run_dir).as_dict()
+def job_status(run_dir: str | Path) -> RunStatus:
+    """The run's status as it is now (run_status.read_status); never writes. A dead "running" job reads failed
+    with run_status.DIED_MESSAGE; `downloadable` says bundle.zip exists."""
+    return run_status.read_status(run_dir)
 
 
-def cancel(run_dir: str | Path, timeout: float = 10.0) -> dict[str, Any]:
+def cancel(run_dir: str | Path, timeout: float = 10.0) -> RunStatus:
     """Stop a running job: SIGTERM its process group, SIGKILL after `timeout` seconds; status becomes cancelled."""
     run_dir = Path(run_dir)
     status = run_status.read_status(run_dir)
     if not status.running:
-        return status.as_dict()
+        return status
     (run_dir / runfolder.CANCEL).write_text(str(time.time()))
     meta = read_json(run_dir / runfolder.RUN)
     pid = status.pid or meta.get("pid")
@@ -249,12 +247,7 @@ def cancel(run_dir: str | Path, timeout: float = 10.0) -> dict[str, Any]:
             deadline = time.time() + 5
             while time.time() < deadline and run_status.pid_alive(pid, proc_start):
                 time.sleep(0.1)
-    stored = read_json(run_dir / runfolder.STATUS)
-    if stored.get("state") != "succeeded":
-        stored.update(state="cancelled", finished=stored.get("finished") or time.time(),
-                      message=run_status.CANCELLED_MESSAGE)
-        atomic_write_json(run_dir / runfolder.STATUS, stored)
-    return job_status(run_dir)
+    return run_status.record_cancelled(run_dir)
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -267,81 +260,17 @@ def _signal_group(pid: int, sig: int) -> None:
             pass
 
 
-def wait(run_dir: str | Path, timeout: float = 600, poll: float = 0.2) -> dict[str, Any]:
+def wait(run_dir: str | Path, timeout: float = 600, poll: float = 0.2) -> RunStatus:
     """Block until the job is no longer running (tests, scripts). Returns the final status, settled: a job that
     died is recorded as failed in status.json before this returns."""
     deadline = time.time() + timeout
     while True:
         status = run_status.read_status(run_dir)
         if not status.running:
-            return run_status.settle(run_dir).as_dict()
+            return run_status.settle(run_dir)
         if time.time() > deadline:
-            return status.as_dict()
+            return status
         time.sleep(poll)
-
-
-def load_metrics(run_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / runfolder.METRICS
-    return read_json(path) if path.exists() else None
-
-
-def events(run_dir: str | Path) -> list[dict[str, Any]]:
-    return read_events(Path(run_dir) / runfolder.EVENTS)
-
-
-def log_tail(run_dir: str | Path, lines: int = 40) -> str:
-    path = Path(run_dir) / runfolder.LOG
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 64 * 1024))
-            text = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    # tqdm redraws with carriage returns: keep the last state of each line
-    cleaned = [ln.rsplit("\r", 1)[-1] for ln in text.splitlines()]
-    return "\n".join(cleaned[-lines:])
-
-
-def list_runs(project: Project) -> list[dict[str, Any]]:
-    """One row per run, newest first: run_id, started, state, val_accuracy, backbone, n_images, duration (s)."""
-    rows = []
-    for run_dir in run_status.run_dirs(project.runs_dir):
-        if not (run_dir / runfolder.STATUS).exists() and not (run_dir / runfolder.RUN).exists():
-            continue
-        status = job_status(run_dir)
-        meta = read_json(run_dir / runfolder.RUN)
-        cfg = read_json(run_dir / runfolder.CONFIG)
-        # The "result" event carries the headline accuracy: parsing metrics.json (per-image predictions, megabytes
-        # on a big project) for every run on every refresh of the page would cost more than the retrain itself.
-        val_acc = next((e.get("val_accuracy") for e in reversed(events(run_dir))
-                        if e.get("type") == EventKind.RESULT), None)
-        if val_acc is None and status["state"] == "succeeded":
-            val_acc = (load_metrics(run_dir) or {}).get("val_accuracy")
-        started = status.get("started") or meta.get("started")
-        finished = status.get("finished")
-        duration = None
-        if started:
-            end = finished if finished else (time.time() if status["state"] == "running" else None)
-            duration = round(float(end) - float(started), 1) if end else None
-        rows.append({
-            "run_id": run_dir.name,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(started))) if started else "",
-            "state": status["state"],
-            "val_accuracy": float(val_acc) if isinstance(val_acc, int | float) else None,
-            "backbone": meta.get("backbone") or cfg.get("tfhub_module") or "",
-            "n_images": meta.get("n_images"),
-            "duration": duration,
-            "downloadable": status["downloadable"],
-        })
-    return rows
-
-
-def latest_run(project: Project, state: str | None = "succeeded") -> str | None:
-    for row in list_runs(project):
-        if state is None or row["state"] == state:
-            return row["run_id"]
-    return None
 
 
 def delete_run(project: Project, run_id: str) -> None:
@@ -353,6 +282,5 @@ def delete_run(project: Project, run_id: str) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-__all__ = ["COMMAND_ENV", "DIED_MESSAGE", "JobError", "WorkspaceError", "active_run", "cancel", "delete_run",
-           "events", "job_status", "latest_run", "list_runs", "load_metrics", "log_tail", "new_run_id", "run_path",
-           "start_training", "wait"]
+__all__ = ["COMMAND_ENV", "JobError", "WorkspaceError", "active_run", "cancel", "delete_run", "job_status",
+           "new_run_id", "run_path", "start_training", "wait"]

@@ -23,6 +23,7 @@ from engine.learn.backbone_comparison import backbone_comparison, comparable_bac
 from engine.learn.head import Head
 from engine.learn.train import AccuracyError, TrainResult, check_accuracy, train
 from engine.runs import status as run_status
+from engine.runs.status import RunState
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +53,19 @@ def execute(cfg: TrainConfig, progress: ProgressCallback | None = None) -> Train
         (run_dir / stale).unlink(missing_ok=True)
     cfg.save(run_dir / rf.CONFIG)
     progress = tee(progress, EventLog(run_dir / rf.EVENTS))
-    run_status.write_status(run_dir, "running", "training")
+    run_status.write_status(run_dir, RunState.RUNNING, "training")
     try:
         result = _execute(cfg, run_dir, progress)
     except Cancelled as exc:
-        run_status.write_status(run_dir, "cancelled", str(exc) or run_status.CANCELLED_MESSAGE)
-        emit(progress, EventKind.ERROR, message="cancelled")
+        run_status.write_status(run_dir, RunState.CANCELLED, str(exc) or run_status.CANCELLED_MESSAGE)
+        emit(progress, EventKind.ERROR, message=RunState.CANCELLED.value)
         raise
     except BaseException as exc:
         message = str(exc) or type(exc).__name__
-        run_status.write_status(run_dir, "failed", message)
+        run_status.write_status(run_dir, RunState.FAILED, message)
         emit(progress, EventKind.ERROR, message=message)
         raise
-    run_status.write_status(run_dir, "succeeded", f"validation accuracy {result.val_accuracy}")
+    run_status.write_status(run_dir, RunState.SUCCEEDED, f"validation accuracy {result.val_accuracy}")
     emit(progress, EventKind.STAGE, stage=Stage.DONE, message=f"Run saved in {run_dir}")
     return result
 

@@ -1,9 +1,11 @@
 """The job status of a run folder: status.json read, written and settled, and whether its process is alive.
 
-Who writes status.json:
-    - the launcher (engine.runs.jobs) writes "running"/"starting" before the process exists, or "failed" if it cannot
-      start; the training process itself (engine.runs.pipeline) then writes running -> succeeded | failed | cancelled;
-    - engine.runs.jobs.cancel writes "cancelled" after stopping the process;
+The states are RunState's (a StrEnum: status.json holds its plain values, "running" and so on); no other module
+spells them. Only this module writes status.json, on behalf of:
+    - the launcher (engine.runs.jobs): `write_launch_status`, "running"/"starting" before the process exists, or
+      "failed" if it cannot start; the training process itself (engine.runs.pipeline) then `write_status`es
+      running -> succeeded | failed | cancelled;
+    - engine.runs.jobs.cancel: `record_cancelled` after stopping the process;
     - a process that died without a final state (kill -9, out of memory) is recorded as failed by `settle`, the
       only function that corrects a status. engine.runs.jobs calls it from the thread that launched the job and watches
       it, from `wait`, and (`settle_all`) when a project's next job starts: that covers jobs whose launcher is
@@ -16,6 +18,7 @@ No TensorFlow (or other heavy) import here: the app and the workspace read run f
 
 from __future__ import annotations
 
+import enum
 import os
 import time
 from dataclasses import asdict, dataclass, fields
@@ -25,8 +28,27 @@ from typing import Any
 from engine.config.runfiles import BUNDLE, CANCEL, RUN, STATUS
 from engine.core.fileio import atomic_write_json, read_json
 
-RUNNING = "running"
-FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+class RunState(enum.StrEnum):
+    """A run's job state. A StrEnum so that status.json, the pages and the history table keep the plain strings."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"  # no status.json (yet), or a state this version does not know
+
+    @classmethod
+    def parse(cls, value: Any) -> RunState:
+        """The state a stored value names; UNKNOWN for anything else (a newer version's state, a damaged file): a
+        reader must never fail on a run folder it cannot make sense of."""
+        try:
+            return cls(value)
+        except (TypeError, ValueError):
+            return cls.UNKNOWN
+
+
+FINAL_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
 DIED_MESSAGE = "the training process stopped unexpectedly"
 CANCELLED_MESSAGE = "cancelled by the user"
 STARTING_WINDOW_S = 30.0  # a "running" status without a pid this young is a job being started, not a dead one
@@ -34,10 +56,10 @@ STARTING_WINDOW_S = 30.0  # a "running" status without a pid this young is a job
 
 @dataclass
 class RunStatus:
-    """status.json as read now. `state` is running | succeeded | failed | cancelled | unknown (no status.json);
+    """status.json as read now. `state` is a RunState (UNKNOWN: no status.json, or a state not known here);
     a stored "running" whose process is gone reads as failed (or cancelled, when the user asked to stop)."""
 
-    state: str
+    state: RunState
     message: str = ""
     pid: int | None = None
     proc_start: str | None = None  # the process's start time (/proc/<pid>/stat), so a reused pid is not "alive"
@@ -47,16 +69,17 @@ class RunStatus:
 
     @property
     def running(self) -> bool:
-        return self.state == RUNNING
+        return self.state is RunState.RUNNING
 
     def as_dict(self) -> dict[str, Any]:
+        """status.json's keys plus downloadable; json.dumps writes the state as its plain string."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunStatus:
         known = {f.name for f in fields(cls)} - {"downloadable"}
         values = {k: v for k, v in data.items() if k in known}
-        values.setdefault("state", "unknown")
+        values["state"] = RunState.parse(values.get("state"))
         values["message"] = str(values.get("message") or "")
         return cls(**values)
 
@@ -128,10 +151,10 @@ def _is_dead(run_dir: Path, stored: dict[str, Any], now: float) -> bool:
     return not pid_alive(pid, proc_start)
 
 
-def _dead_state(run_dir: Path) -> tuple[str, str]:
+def _dead_state(run_dir: Path) -> tuple[RunState, str]:
     if (run_dir / CANCEL).exists():
-        return "cancelled", CANCELLED_MESSAGE
-    return "failed", DIED_MESSAGE
+        return RunState.CANCELLED, CANCELLED_MESSAGE
+    return RunState.FAILED, DIED_MESSAGE
 
 
 def read_status(run_dir: str | Path) -> RunStatus:
@@ -139,7 +162,7 @@ def read_status(run_dir: str | Path) -> RunStatus:
     run_dir = Path(run_dir)
     stored = read_json(run_dir / STATUS)
     if not stored.get("state"):
-        status = RunStatus("unknown", "no status.json in this run folder", started=read_json(run_dir / RUN).get(
+        status = RunStatus(RunState.UNKNOWN, "no status.json in this run folder", started=read_json(run_dir / RUN).get(
             "started"))
     else:
         status = RunStatus.from_dict(stored)
@@ -158,9 +181,9 @@ def settle(run_dir: str | Path) -> RunStatus:
     writing, so a process that finished a moment ago keeps its own final state."""
     run_dir = Path(run_dir)
     stored = read_json(run_dir / STATUS)
-    if stored.get("state") == RUNNING and _is_dead(run_dir, stored, time.time()):
+    if stored.get("state") == RunState.RUNNING and _is_dead(run_dir, stored, time.time()):
         again = read_json(run_dir / STATUS)
-        if again.get("state") == RUNNING:
+        if again.get("state") == RunState.RUNNING:
             state, message = _dead_state(run_dir)
             again.update(state=state, message=message, finished=time.time())
             atomic_write_json(run_dir / STATUS, again)
@@ -170,31 +193,45 @@ def settle(run_dir: str | Path) -> RunStatus:
 def settle_all(runs_dir: str | Path) -> None:
     """`settle` every run under `runs_dir` that still says "running"."""
     for run_dir in run_dirs(runs_dir):
-        if read_json(run_dir / STATUS).get("state") == RUNNING:
+        if read_json(run_dir / STATUS).get("state") == RunState.RUNNING:
             settle(run_dir)
 
 
-def write_status(run_dir: str | Path, state: str, message: str = "", *, pid: int | None = None,
+def write_status(run_dir: str | Path, state: RunState, message: str = "", *, pid: int | None = None,
                  **extra: Any) -> None:
     """Write the job's own state (the training process by default: its pid and start time are recorded, so
     readers can tell when it dies). "running" keeps the first start time; every other state sets `finished`."""
     path = Path(run_dir) / STATUS
     status = read_json(path)
     pid = os.getpid() if pid is None else pid
+    state = RunState(state)  # a misspelt state fails here, in the writer, not later in every reader
     status.update(state=state, message=message, pid=pid, proc_start=process_start_time(pid), **extra)
-    if state == RUNNING:
+    if state is RunState.RUNNING:
         status.setdefault("started", time.time())
     else:
         status["finished"] = time.time()
     atomic_write_json(path, status)
 
 
-def write_launch_status(run_dir: str | Path, state: str, message: str, started: float) -> None:
+def write_launch_status(run_dir: str | Path, state: RunState, message: str, started: float) -> None:
     """The launcher's status before the process exists ("running", message "starting") or when it could not start
     ("failed"): no pid yet, so readers give it STARTING_WINDOW_S to appear."""
+    state = RunState(state)
     atomic_write_json(Path(run_dir) / STATUS, {"state": state, "pid": None, "started": started,
-                                               "finished": None if state == RUNNING else time.time(),
+                                               "finished": None if state is RunState.RUNNING else time.time(),
                                                "message": message})
+
+
+def record_cancelled(run_dir: str | Path) -> RunStatus:
+    """After engine.runs.jobs.cancel stopped the job's process: status.json says cancelled (the process's own pid
+    and start time kept), unless the job succeeded before the signal reached it; returns read_status."""
+    path = Path(run_dir) / STATUS
+    stored = read_json(path)
+    if stored.get("state") != RunState.SUCCEEDED:
+        stored.update(state=RunState.CANCELLED, finished=stored.get("finished") or time.time(),
+                      message=CANCELLED_MESSAGE)
+        atomic_write_json(path, stored)
+    return read_status(run_dir)
 
 
 def run_dirs(runs_dir: str | Path) -> list[Path]:

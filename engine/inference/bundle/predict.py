@@ -10,8 +10,8 @@ plain stretch to the model's size with the same filters as training's OpenCV res
 has more pixels than the model's input, else INTER_LINEAR), re-implemented in NumPy so OpenCV is not needed.
 
 serve.py (the HTTP server) imports this file's functions, so the bundle holds one copy of the preprocessing; the
-engine imports it too (engine.inference.bundle.predict: quantization, top-k, the threshold, the zip-member check), so this file
-must keep to the standard library, NumPy and Pillow.
+engine imports it too (quantization, top-k, the threshold, the zip-member check), so this file must keep to the
+standard library, NumPy and Pillow.
 """
 
 from __future__ import annotations
