@@ -84,7 +84,7 @@ def test_nothing_but_the_bundle_folders_files_ships(tmp_path, monkeypatch):
     sources.mkdir()
     for name in SHIPPED + ("README.md",):
         (sources / name).write_bytes((export_bundle.BUNDLE_SOURCES / name).read_bytes())
-    (sources / "__pycache__").mkdir()  # left by importing engine.inference.bundle.predict from the source tree
+    (sources / "__pycache__").mkdir()  # left by importing engine.bundle.predict from the source tree
     (sources / "__pycache__" / "predict.cpython-311.pyc").write_bytes(b"\x00")
     (sources / ".DS_Store").write_bytes(b"\x00")
     monkeypatch.setattr(export_bundle, "BUNDLE_SOURCES", sources)

@@ -231,7 +231,7 @@ def test_predict_cli_marks_answers_below_the_cards_threshold_unknown(model_dir, 
 @pytest.mark.slow
 def test_bundle_predict_py_marks_unknown_by_the_cards_threshold(model_dir):
     folder, imgs = model_dir
-    shutil.copy(REPO / "engine" / "inference" / "bundle" / "predict.py", folder / "predict.py")
+    shutil.copy(REPO / "engine" / "bundle" / "predict.py", folder / "predict.py")
 
     def run(*extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "predict.py", *extra, *map(str, imgs)], cwd=folder,

@@ -961,8 +961,8 @@ def post(url: str, filename: str, data: bytes) -> tuple[int, dict | None, str]:
 def server(env, cli_run):
     if cli_run.proc.returncode != 0:
         pytest.fail(f"the training run failed: {cli_run.proc.stderr[-1500:]}")
-    if not (REPO / "engine" / "inference" / "bundle" / "serve.py").exists():
-        pytest.skip("the HTTP server (engine/inference/bundle/serve.py) is not committed yet")
+    if not (REPO / "engine" / "bundle" / "serve.py").exists():
+        pytest.skip("the HTTP server (engine/bundle/serve.py) is not committed yet")
     folder = env.root / "served"
     zipfile.ZipFile(cli_run.run_dir / "bundle.zip").extractall(folder)
     port = free_port()
@@ -1464,7 +1464,7 @@ def test_servers_bind_localhost_and_limit_uploads_by_default():
     import argparse
 
     from engine.cli import serve
-    from engine.inference.bundle import serve as bundle_serve
+    from engine.bundle import serve as bundle_serve
 
     parser = argparse.ArgumentParser()
     serve.add_serve_args(parser)

@@ -260,9 +260,9 @@ def test_bundle_dockerfile_serves_what_the_bundle_holds():
     Docker Hub, which CI cannot reach; the commands were also run by hand on an unpacked bundle)."""
     import shlex
 
-    from engine.inference.bundle import serve as bundle_serve
+    from engine.bundle import serve as bundle_serve
 
-    text = (REPO / "engine" / "inference" / "bundle" / "Dockerfile").read_text()
+    text = (REPO / "engine" / "bundle" / "Dockerfile").read_text()
     lines = [ln.strip() for ln in text.replace("\\\n", " ").splitlines() if ln.strip() and not ln.startswith("#")]
     bundle_files = {"requirements.txt", "requirements-serve.txt", "model_card.json", "labels.txt", "predict.py",
                     "serve.py", "model_*.tflite"}  # what engine.export puts in every bundle

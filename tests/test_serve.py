@@ -553,7 +553,7 @@ def test_engine_serve_passes_on_only_the_flags_given_so_the_servers_defaults_app
     import argparse
 
     from engine.cli import serve
-    from engine.inference.bundle import serve as bundle_serve
+    from engine.bundle import serve as bundle_serve
 
     parser = argparse.ArgumentParser()
     serve.add_serve_args(parser)

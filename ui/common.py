@@ -11,6 +11,8 @@ from typing import Any
 import streamlit as st
 
 from engine.data.images import SUPPORTED
+from engine.runs.history import RunSummary, list_runs
+from engine.runs.status import RunState
 from engine.store.ingest import AddReport
 from engine.store.workspace import INBOX, ImageRecord, Project, Workspace, WorkspaceError
 
@@ -330,16 +332,10 @@ def fmt_pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
-def runs_newest_first(project: Project) -> list[dict]:
-    """jobs.list_runs ordered by start time: run ids only have whole seconds, so two runs started within one second
-    (training takes seconds now) may be listed in either order."""
-    from engine.runs import jobs
-
-    def started(row: dict) -> float:
-        value = jobs.job_status(jobs.run_path(project, row["run_id"])).get("started")
-        return float(value) if isinstance(value, int | float) else 0.0
-
-    return sorted(jobs.list_runs(project), key=lambda r: (started(r), r["run_id"]), reverse=True)
+def runs_newest_first(project: Project) -> list[RunSummary]:
+    """history.list_runs ordered by start time: run ids only have whole seconds, so two runs started within one
+    second (training takes seconds now) may be listed in either order."""
+    return sorted(list_runs(project), key=lambda r: (r.started or 0.0, r.run_id), reverse=True)
 
 
 def pick_run(project: Project, label: str = "Trained model", while_exporting: bool = False) -> Path | None:
@@ -347,23 +343,20 @@ def pick_run(project: Project, label: str = "Trained model", while_exporting: bo
 
     with while_exporting, a running job whose metrics are already written counts too: training takes seconds and
     export most of a minute, so Review can start while the models are still being converted."""
-    from engine.config import runfiles as runfolder
-    from engine.runs import jobs
 
-    def usable(r: dict) -> bool:
-        if r["state"] == "succeeded":
+    def usable(r: RunSummary) -> bool:
+        if r.state is RunState.SUCCEEDED:
             return True
-        return while_exporting and r["state"] == "running" and (jobs.run_path(project, r["run_id"]) /
-                                                               runfolder.METRICS).exists()
+        return while_exporting and r.state is RunState.RUNNING and r.reviewable
 
-    runs = [r for r in jobs.list_runs(project) if usable(r)]
+    runs = {r.run_id: r for r in list_runs(project) if usable(r)}
     if not runs:
         return None
-    ids = [r["run_id"] for r in runs]
+    ids = list(runs)
     current = st.session_state.get("run_id")
     current = current if current in ids else ids[0]
-    names = {r["run_id"]: f"{r['run_id']} · val accuracy {fmt_pct(r['val_accuracy'])} · {r['backbone']}"
-             + (" · exporting…" if r["state"] == "running" else "") for r in runs}
+    names = {r.run_id: f"{r.run_id} · val accuracy {fmt_pct(r.val_accuracy)} · {r.backbone}"
+             + (" · exporting…" if r.state is RunState.RUNNING else "") for r in runs.values()}
     key = f"pick_run_{current}"
 
     def _changed() -> None:
@@ -371,7 +364,7 @@ def pick_run(project: Project, label: str = "Trained model", while_exporting: bo
 
     st.selectbox(label, ids, index=ids.index(current), format_func=lambda r: names.get(r, r), key=key,
                  on_change=_changed)
-    return jobs.run_path(project, current)
+    return runs[current].run_dir
 
 
 def import_progress(name: str):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from engine.data import images
-from engine.inference.bundle import predict as bundle
+from engine.bundle import predict as bundle
 from engine.inference.predict import PredictError, load_predictor
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.inference.serve import serve_bundle
 
 # The bundle server's flags this command passes on when given; the server's own defaults apply to the rest (they are
-# declared once, in engine/inference/bundle/serve.py, which is not imported here: it needs FastAPI).
+# declared once, in engine/bundle/serve.py, which is not imported here: it needs FastAPI).
 FORWARDED = ("host", "port", "workers", "max_upload_mb", "top_k")
 
 

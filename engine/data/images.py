@@ -247,7 +247,7 @@ def resize_for_model(img: np.ndarray, size: int) -> np.ndarray:
     h, w = img.shape[:2]
     if (h, w) == (size, size):
         return np.ascontiguousarray(img)
-    # The bundle's predict.py (engine/inference/bundle/) repeats this rule in NumPy: tests keep them in step.
+    # The bundle's predict.py (engine/bundle/) repeats this rule in NumPy: tests keep them in step.
     interp = cv2.INTER_AREA if h * w > size * size else cv2.INTER_LINEAR
     return cv2.resize(img, (size, size), interpolation=interp)
 

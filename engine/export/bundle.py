@@ -1,4 +1,4 @@
-"""bundle.zip: the exported files with engine/inference/bundle/'s (predict.py, serve.py, requirements, Dockerfile,
+"""bundle.zip: the exported files with engine/bundle/'s (predict.py, serve.py, requirements, Dockerfile,
 and README.md filled in from the model card), so the model runs anywhere without this engine or TensorFlow."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def bundle_readme(card: dict[str, Any]) -> str:
-    """engine/inference/bundle/README.md filled in from the model card."""
+    """engine/bundle/README.md filled in from the model card."""
     labels = card.get("labels") or []
     rows = "\n".join(
         f"| `{s['file']}` | {s['bytes'] / 1e6:.1f} MB | {s['input']} | {s['output']} | "
@@ -53,7 +53,7 @@ def _zip_text(zf: zipfile.ZipFile, name: str, text: str | bytes) -> None:
 
 
 def bundle_sources() -> list[Path]:
-    """The files of engine/inference/bundle/ that ship, by name: never a __pycache__ (or any folder) left by running
+    """The files of engine/bundle/ that ship, by name: never a __pycache__ (or any folder) left by running
     them."""
     return sorted(p for p in BUNDLE_SOURCES.iterdir() if p.is_file() and not p.name.startswith("."))
 

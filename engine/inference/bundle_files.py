@@ -1,4 +1,4 @@
-"""Where the bundle's standalone files live: engine/inference/bundle/ (predict.py, serve.py, the Dockerfile, the
+"""Where the bundle's standalone files live: engine/bundle/ (predict.py, serve.py, the Dockerfile, the
 requirements and the README template). The engine serves run folders with them (engine.inference.serve) and the
 export copies them into every bundle (engine.export.bundle); they themselves never import the engine.
 
@@ -11,5 +11,5 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BUNDLE_SOURCES = Path(__file__).resolve().parent / "bundle"
+BUNDLE_SOURCES = Path(__file__).resolve().parents[1] / "bundle"
 BUNDLE_README = "README.md"  # a string.Template, filled in from the model card

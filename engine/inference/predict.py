@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from engine.bundle import predict as bundle
 from engine.config.runfiles import LABELS, MODEL_CARD, MODEL_PREFERENCE
+from engine.core.litert import tflite_interpreter
 from engine.data import images
-from engine.inference.bundle import predict as bundle
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ class TFLiteModel:
     the bundle's predict.py functions, so the engine and the bundle cannot quantize differently."""
 
     def __init__(self, path: str | Path, num_threads: int | None = None):
-        from engine.core.litert import tflite_interpreter
-
         self.path = Path(path)
         try:
             self.interpreter = tflite_interpreter(model_path=str(self.path), num_threads=num_threads)
@@ -95,7 +94,7 @@ class TFLiteModel:
 
 class SavedModelBackend:
     def __init__(self, path: str | Path):
-        from engine.core.tfcompat import tf
+        from engine.core.tfcompat import tf  # TensorFlow: only for a SavedModel; .tflite models need LiteRT alone
 
         self.path = Path(path)
         self._tf = tf

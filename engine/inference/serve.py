@@ -1,6 +1,6 @@
 """Serve an exported model over HTTP (`python -m engine serve --bundle model_bundle.zip`, engine.cli.serve).
 
-The server is the bundle's own serve.py (engine/inference/bundle/serve.py, copied into every bundle by
+The server is the bundle's own serve.py (engine/bundle/serve.py, copied into every bundle by
 engine.export), run as `python serve.py` in the bundle's folder, exactly as a deployment without this engine runs
 it: no TensorFlow and no engine import in the server process. A zip is unpacked into a temporary folder first,
 removed when the server stops. A folder with model_card.json but no serve.py (a run folder, an older bundle) is

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.data.images import SUPPORTED, ImageError, bytes_sha256, load_image, sniff_kind
-from engine.inference.bundle.predict import safe_member_parts  # the one zip-member check (the bundle's serve.py too)
+from engine.bundle.predict import safe_member_parts  # the one zip-member check (the bundle's serve.py too)
 from engine.store.workspace import (
     INBOX,
     WINDOWS_RESERVED_NAMES,

@@ -13,7 +13,8 @@ import streamlit as st
 from engine.config import runfiles as rf
 from engine.core.events import EventKind
 from engine.core.fileio import read_json
-from engine.runs import jobs
+from engine.runs import history, jobs
+from engine.runs.status import RunState
 from ui import common
 
 project = common.require_project()
@@ -25,7 +26,7 @@ if run_dir is None:
     st.info("No finished training run yet. Train a model first; then its mistakes show up here.")
     st.page_link(common.TRAIN, label="Go to Train", icon=":material/model_training:")
     st.stop()
-metrics = jobs.load_metrics(run_dir)
+metrics = history.load_metrics(run_dir)
 if not metrics or not metrics.get("labels"):
     st.error(f"This run has no readable metrics.json ({run_dir}). Pick another run or train again.")
     st.stop()
@@ -50,13 +51,13 @@ def _retrain_and_changes() -> None:
     active = jobs.active_run(project)
     pending = st.session_state.get("retrain_id")
     if pending and not (jobs.run_path(project, pending) / rf.METRICS).exists() \
-            and jobs.job_status(jobs.run_path(project, pending))["state"] == "running":
+            and jobs.job_status(jobs.run_path(project, pending)).running:
         _watch_retrain(pending)
         return
     if pending:
         st.session_state.pop("retrain_id", None)
-        state = jobs.job_status(jobs.run_path(project, pending))["state"]
-        if state != "succeeded" and not (jobs.run_path(project, pending) / rf.METRICS).exists():
+        state = jobs.job_status(jobs.run_path(project, pending)).state
+        if state is not RunState.SUCCEEDED and not (jobs.run_path(project, pending) / rf.METRICS).exists():
             st.error(f"Retraining ({pending}) {state}: the Train page shows why.")
     c1, c2 = st.columns([1, 3], vertical_alignment="center")
     c1.button("Retrain now", key="review_retrain", type="primary", icon=":material/replay:", on_click=_retrain,
@@ -76,7 +77,7 @@ def _retrain_and_changes() -> None:
         return
     from engine.runs.compare import diff_runs
 
-    before = jobs.load_metrics(previous) or {}
+    before = history.load_metrics(previous) or {}
     diff = diff_runs(before, metrics, read_json(previous / rf.CONFIG), read_json(run_dir / rf.CONFIG))
     with st.expander(f"What changed since the previous run ({previous.name})", expanded=True):
         common.show_run_diff(project, diff, previous.name, run_dir.name, key="review_diff")
@@ -86,30 +87,31 @@ def _retrain_and_changes() -> None:
 def _watch_retrain(run_id: str) -> None:
     run = jobs.run_path(project, run_id)
     status = jobs.job_status(run)
-    if (run / rf.METRICS).exists() or status["state"] != "running":
+    if (run / rf.METRICS).exists() or not status.running:
         st.rerun(scope="app")
-    events = jobs.events(run)
+    events = history.events(run)
     stage = next((e.get("message") for e in reversed(events) if e.get("type") == EventKind.STAGE), None)
-    st.info(f"Retraining ({run_id}): {stage or status.get('message') or 'starting…'} The new result appears here "
+    st.info(f"Retraining ({run_id}): {stage or status.message or 'starting…'} The new result appears here "
             "when training is done.", icon=":material/progress_activity:")
 
 
 @st.fragment(run_every=2.0)
 def _wait_for(run_id: str) -> None:
     """While another job runs (or the last one still exports), say so; redraw the page when it ends."""
-    if jobs.job_status(jobs.run_path(project, run_id))["state"] != "running":
+    if not jobs.job_status(jobs.run_path(project, run_id)).running:
         st.rerun(scope="app")
     st.caption(f"A training job ({run_id}) is running; retraining is possible when it is done.")
 
 
 def _previous_run() -> Path | None:
     """The newest run before the shown one that has metrics."""
-    ids = [r["run_id"] for r in common.runs_newest_first(project)]
+    runs = common.runs_newest_first(project)
+    ids = [r.run_id for r in runs]
     if run_dir.name not in ids:
         return None
-    for rid in ids[ids.index(run_dir.name) + 1:]:
-        if (jobs.run_path(project, rid) / rf.METRICS).exists():
-            return jobs.run_path(project, rid)
+    for r in runs[ids.index(run_dir.name) + 1:]:
+        if r.reviewable:
+            return r.run_dir
     return None
 
 
