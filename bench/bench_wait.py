@@ -171,7 +171,7 @@ def app_clicks(projects: dict[str, Path], env: dict[str, str], tmp: Path) -> dic
                     expect(page.get_by_text("Download & try the model")).to_be_visible(timeout=600_000)
                     expect(page.get_by_text("still being written")).to_have_count(0, timeout=600_000)
                     t_bundle = time.perf_counter() - t0
-                    assert jobs.job_status(run_dir)["downloadable"], run_dir
+                    assert jobs.job_status(run_dir).downloadable, run_dir
                     started = json.loads((run_dir / "status.json").read_text()).get("started", 0)
                     clicked = time.time() - (time.perf_counter() - t0)
                     results[f"{name} ({attempt} click)"] = {

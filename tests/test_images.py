@@ -325,6 +325,21 @@ def test_center_crop_only_when_elongated():
     assert images.center_crop_if_elongated(_columns(100, 150), max_aspect=1.2).shape == (100, 100, 3)
 
 
+def test_the_bundle_crops_by_the_engines_rule():
+    """The bundle's predict.py ships without the engine, so it restates the crop rule: both must crop the same
+    images the same way (a changed aspect in either place fails here)."""
+    from engine.bundle import predict as bundle
+    from engine.config.training import CENTER_CROP_ASPECT
+
+    assert bundle.CENTER_CROP_ASPECT == CENTER_CROP_ASPECT
+    for h, w in ((100, 150), (100, 151), (151, 100), (64, 300), (90, 90)):
+        img = _columns(h, w)
+        ours = images.resize_for_model(images.center_crop_if_elongated(img), 48)
+        theirs = bundle.prepare(cv2.imencode(".png", img)[1].tobytes(), 48, center_crop=True)  # grey: BGR = RGB
+        assert ours.shape == theirs.shape == (48, 48, 3)
+        assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1, (h, w)  # resizing agrees within 1 level
+
+
 def test_resize_uses_area_when_shrinking_and_linear_when_growing():
     rng = np.random.default_rng(0)
     big = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)

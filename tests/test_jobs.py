@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from engine.config import runfiles as runfolder
-from engine.runs import status as run_status
 from engine.config.training import TrainConfig
 from engine.core.fileio import read_json
-from engine.runs import jobs
+from engine.runs import history, jobs
+from engine.runs import status as run_status
 from engine.store.workspace import Workspace
 
 # A stand-in for `python -m engine train`: same arguments, same files in the run folder.
@@ -162,18 +162,18 @@ def test_successful_run(project, tmp_path):
     run_id = jobs.start_training(project, TrainConfig(train_epochs=7), command=fake_command(tmp_path))
     run_dir = jobs.run_path(project, run_id)
     status = jobs.wait(run_dir, timeout=60)
-    assert status["state"] == "succeeded", jobs.log_tail(run_dir)
-    assert status["downloadable"]
+    assert status.state == "succeeded", history.log_tail(run_dir)
+    assert status.downloadable
     cfg = TrainConfig.load(run_dir / "config.json")
     assert cfg.train_epochs == 7 and cfg.image_dir == str(project.image_dir()) and cfg.run_dir == str(run_dir)
     assert "fake engine started" in (run_dir / "log.txt").read_text()
-    assert [e["epoch"] for e in jobs.events(run_dir) if e["type"] == "epoch"] == [1, 2, 3, 4, 5]
-    (row,) = jobs.list_runs(project)
-    assert row["run_id"] == run_id and row["state"] == "succeeded"
-    assert row["n_images"] == 6 and row["backbone"] == "efficientnet-lite0"
-    assert 0 <= row["val_accuracy"] <= 1 and row["duration"] >= 0
-    assert jobs.latest_run(project) == run_id
-    assert jobs.load_metrics(run_dir)["labels"] == ["cats", "dogs"]
+    assert [e["epoch"] for e in history.events(run_dir) if e["type"] == "epoch"] == [1, 2, 3, 4, 5]
+    (row,) = history.list_runs(project)
+    assert row.run_id == run_id and row.state == "succeeded"
+    assert row.n_images == 6 and row.backbone == "efficientnet-lite0"
+    assert 0 <= row.val_accuracy <= 1 and row.duration >= 0
+    assert history.latest_run(project) == run_id
+    assert history.load_metrics(run_dir)["labels"] == ["cats", "dogs"]
     assert jobs.active_run(project) is None
 
 
@@ -181,17 +181,17 @@ def test_failed_run_keeps_message(project, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "fail")
     run_dir = jobs.run_path(project, jobs.start_training(project, command=fake_command(tmp_path)))
     status = jobs.wait(run_dir, timeout=60)
-    assert status["state"] == "failed" and status["message"] == "boom"
-    assert not status["downloadable"]
-    assert "error: boom" in jobs.log_tail(run_dir)
+    assert status.state == "failed" and status.message == "boom"
+    assert not status.downloadable
+    assert "error: boom" in history.log_tail(run_dir)
 
 
 def test_dead_process_is_reported_failed(project, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "crash")
     run_dir = jobs.run_path(project, jobs.start_training(project, command=fake_command(tmp_path)))
     status = jobs.wait(run_dir, timeout=60)
-    assert status["state"] == "failed"
-    assert status["message"] == jobs.DIED_MESSAGE
+    assert status.state == "failed"
+    assert status.message == run_status.DIED_MESSAGE
     assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"  # rewritten on disk
 
 
@@ -202,8 +202,8 @@ def test_stale_running_status_from_another_process(project):
     run_dir = project.runs_dir / "20200101-000000-abcd"
     run_dir.mkdir(parents=True)
     (run_dir / "status.json").write_text(json.dumps({"state": "running", "pid": dead.pid, "started": 1.0}))
-    assert jobs.job_status(run_dir)["state"] == "failed"
-    assert jobs.job_status(run_dir)["message"] == jobs.DIED_MESSAGE
+    assert jobs.job_status(run_dir).state == "failed"
+    assert jobs.job_status(run_dir).message == run_status.DIED_MESSAGE
 
 
 def test_one_job_per_project_and_cancel(project, tmp_path, monkeypatch):
@@ -222,20 +222,20 @@ def test_one_job_per_project_and_cancel(project, tmp_path, monkeypatch):
         Workspace().delete_project(project.slug)
     grandchild = int((run_dir / "child.pid").read_text())
     status = jobs.cancel(run_dir, timeout=10)
-    assert status["state"] == "cancelled"
+    assert status.state == "cancelled"
     assert _pid_gone(grandchild), "the whole process group must be stopped"
     assert jobs.active_run(project) is None
     monkeypatch.setenv("FAKE_MODE", "ok")
     second = jobs.start_training(project, command=cmd)
-    assert jobs.wait(jobs.run_path(project, second), timeout=60)["state"] == "succeeded"
-    states = {r["run_id"]: r["state"] for r in jobs.list_runs(project)}
+    assert jobs.wait(jobs.run_path(project, second), timeout=60).state == "succeeded"
+    states = {r.run_id: r.state for r in history.list_runs(project)}
     assert states == {run_id: "cancelled", second: "succeeded"}
 
 
 def test_command_from_environment(project, tmp_path, monkeypatch):
     monkeypatch.setenv(jobs.COMMAND_ENV, json.dumps(fake_command(tmp_path)))
     run_dir = jobs.run_path(project, jobs.start_training(project, {"train_epochs": 3}))
-    assert jobs.wait(run_dir, timeout=60)["state"] == "succeeded"
+    assert jobs.wait(run_dir, timeout=60).state == "succeeded"
 
 
 def test_refuses_without_enough_data(tmp_path, monkeypatch):
@@ -246,7 +246,7 @@ def test_refuses_without_enough_data(tmp_path, monkeypatch):
     fill(project, per_class=3, classes=("only",))
     with pytest.raises(jobs.JobError, match="at least 2 classes"):
         jobs.start_training(project, command=fake_command(tmp_path))
-    assert jobs.list_runs(project) == []
+    assert history.list_runs(project) == []
     with pytest.raises(ValueError, match="Unknown"):
         jobs.start_training(project, {"nonsense": 1})
     with pytest.raises(jobs.JobError):
@@ -282,11 +282,11 @@ def test_real_training_on_demo_dataset(demo_project):
     run_id = jobs.start_training(project, TrainConfig(train_epochs=30, quantize=["float32"]))
     run_dir = jobs.run_path(project, run_id)
     status = jobs.wait(run_dir, timeout=600)
-    assert status["state"] == "succeeded", jobs.log_tail(run_dir)
-    metrics = jobs.load_metrics(run_dir)
+    assert status.state == "succeeded", history.log_tail(run_dir)
+    metrics = history.load_metrics(run_dir)
     assert sorted(metrics["labels"]) == ["shapes", "text"]
     assert metrics["predictions"] and Path(metrics["predictions"][0]["path"]).is_file()
-    assert any(e["type"] == "epoch" for e in jobs.events(run_dir))
+    assert any(e["type"] == "epoch" for e in history.events(run_dir))
     # the job got one config file and nothing beside it; that file says where the images and the run are
     command = read_json(run_dir / runfolder.RUN)["command"]
     assert command[-3:] == ["train", "--config", str(run_dir / runfolder.CONFIG)]
@@ -319,8 +319,8 @@ def test_jobs_fork_from_one_worker_and_leave_no_zombies(demo_project):
         pid = read_json(run_dir / "run.json")["pid"]
         assert _ppid(pid) in (worker_pid, None)  # None: it already ended and was reaped
         status = jobs.wait(run_dir, timeout=300)
-        assert status["state"] == "succeeded", jobs.log_tail(run_dir)
-        assert (run_dir / "bundle.zip").is_file() and "Run saved" in jobs.log_tail(run_dir)
+        assert status.state == "succeeded", history.log_tail(run_dir)
+        assert (run_dir / "bundle.zip").is_file() and "Run saved" in history.log_tail(run_dir)
         pids.append(pid)
     assert CLIENT._proc.pid == worker_pid  # the same worker served both runs
     deadline = time.time() + 10
@@ -329,4 +329,4 @@ def test_jobs_fork_from_one_worker_and_leave_no_zombies(demo_project):
     assert not any(Path(f"/proc/{p}").exists() for p in pids), "a finished job was left as a zombie"
     # cancel reaches a forked job through its own process group
     run_dir = jobs.run_path(project, jobs.start_training(project, TrainConfig(do_fine_tuning=True)))
-    assert jobs.cancel(run_dir)["state"] == "cancelled"
+    assert jobs.cancel(run_dir).state == "cancelled"

@@ -41,6 +41,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 TRAINING_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF", *(("HEIF",) if HEIF else ()))
 HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")  # engine.data.images.sniff_kind
 # What Pillow raises on a file it cannot decode (UnidentifiedImageError is an OSError)
+CENTER_CROP_ASPECT = 1.5  # the engine's rule (engine.config.training), restated: this file ships alone
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
@@ -164,7 +165,7 @@ def prepare(source, size: int, center_crop: bool, max_pixels: int | None = None,
     """Decode (see load_rgb), optionally centre-crop, resize: uint8 size x size x 3, what classify() takes."""
     img = load_rgb(source, max_pixels=max_pixels, formats=formats)
     h, w = img.shape[:2]
-    if center_crop and max(h, w) > 1.5 * min(h, w):  # label_image's rule: crop a centred square first
+    if center_crop and max(h, w) > CENTER_CROP_ASPECT * min(h, w):  # label_image's rule: crop a centred square first
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
         img = img[top : top + side, left : left + side]

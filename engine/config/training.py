@@ -25,6 +25,13 @@ from typing import Any
 from engine.config.backbones import DEFAULT_BACKBONE, PRESETS
 from engine.config.variants import NAMES as VARIANT_NAMES  # the TFLite variants --quantize may name
 
+# --center_crop, TF label_image's rule: an image whose long side is more than this times its short side is cropped
+# to a centred square before resizing. Training, export, predict and the cache key read it here; the bundle's
+# standalone predict.py restates it (it ships without the engine) and a test keeps the two equal.
+CENTER_CROP_ASPECT = 1.5
+CENTER_CROP_RULE = (f"if the long side is more than {CENTER_CROP_ASPECT:g}x the short side, crop a centred square "
+                    "first")
+
 
 class ConfigError(ValueError):
     """A training option refused where the config is built, before anything is read or written.
@@ -66,8 +73,9 @@ class TrainConfig:
                             "always share a fold). Fewer are used when there are fewer distinct images. With "
                             "--do_fine_tuning, one fold is held out for validation.", min=2, max=20)
     seed: int = _opt(42, "Random seed for the split, shuffling and initialisation (same seed, same result).", min=0)
-    center_crop: bool = _opt(False, "Crop images longer than 1.5:1 to a centred square before resizing "
-                                    "(as label_image does); applied identically in training, export and predict.")
+    center_crop: bool = _opt(False, f"Crop images longer than {CENTER_CROP_ASPECT:g}:1 to a centred square before "
+                                    "resizing (as label_image does); applied identically in training, export and "
+                                    "predict.")
 
     # --- backbone -------------------------------------------------------------------------------------------------
     tfhub_module: str = _opt(DEFAULT_BACKBONE, "Backbone: a built-in offline name (efficientnet-lite0/1/2), a local "

@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from engine.config.training import CENTER_CROP_ASPECT
+
 log = logging.getLogger(__name__)
 
 MAX_PIXELS = 80_000_000
@@ -232,7 +234,7 @@ def _gray_to_uint8(im: Image.Image) -> np.ndarray:
     return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def center_crop_if_elongated(img: np.ndarray, max_aspect: float = 1.5) -> np.ndarray:
+def center_crop_if_elongated(img: np.ndarray, max_aspect: float = CENTER_CROP_ASPECT) -> np.ndarray:
     """Crop an image longer than max_aspect:1 to a centred square, as TF's label_image example does."""
     h, w = img.shape[:2]
     if max(h, w) <= max_aspect * min(h, w):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from engine import __version__
 from engine.config import runfiles as rf
 from engine.config import variants
+from engine.config.training import CENTER_CROP_RULE
 from engine.export.savedmodel import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def build(facts: dict[str, Any], *, labels: list[str], image_size: int, center_c
         "preprocessing": {
             "input": "RGB", "range": "[0,1] float32 (uint8/255)", "resize": "plain stretch to SxS",
             "center_crop": bool(center_crop),
-            "center_crop_rule": "if the long side is more than 1.5x the short side, crop a centred square first",
+            "center_crop_rule": CENTER_CROP_RULE,
             "int8_input": "uint8 0-255",
             "decode": "EXIF orientation applied; alpha composited on white; greyscale/CMYK converted to RGB",
             "resampling_training": TRAINING_RESAMPLING,

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.config.backbones import BACKBONES
+from engine.config.training import CENTER_CROP_ASPECT
 from engine.core.events import EventKind, ProgressCallback, emit
 from engine.core.fileio import atomic_write_bytes, thread_sqlite
 from engine.core.litert import tflite_interpreter
@@ -57,7 +58,7 @@ class EmbedResult:
 
 
 def preprocess_id(image_size: int, center_crop: bool) -> str:
-    return f"{EMBEDDER_VERSION}|{image_size}|{'crop1.5' if center_crop else 'stretch'}"
+    return f"{EMBEDDER_VERSION}|{image_size}|{f'crop{CENTER_CROP_ASPECT:g}' if center_crop else 'stretch'}"
 
 
 class EmbeddingStore:

@@ -14,7 +14,7 @@ from engine.config import runfiles as rf
 from engine.config import variants
 from engine.core.fileio import read_json
 from engine.export.savedmodel import saved_model_zip
-from engine.runs import jobs
+from engine.runs import history, jobs
 from ui import common
 
 project = common.require_project()
@@ -26,7 +26,7 @@ if run_dir is None:
     st.info("No finished training run yet. Train a model first; then you can download it here.")
     st.page_link(common.TRAIN, label="Go to Train", icon=":material/model_training:")
     st.stop()
-exporting = jobs.job_status(run_dir)["state"] == "running"
+exporting = jobs.job_status(run_dir).running
 
 FILES = [
     *((v.file, f"{v.label}. Input: {v.input}. Runs on: {', '.join(v.runtimes)}.", "application/octet-stream")
@@ -90,7 +90,7 @@ bundle_name = f"{slug}-{run_dir.name}.zip"
 @st.fragment(run_every=2.0 if exporting else None)
 def downloads() -> None:
     """Each file as soon as it exists (the export writes them one by one, atomically; bundle.zip comes last)."""
-    still_exporting = jobs.job_status(run_dir)["state"] == "running"
+    still_exporting = jobs.job_status(run_dir).running
     if exporting and not still_exporting:
         st.rerun(scope="app")  # the export finished: redraw the whole page (models to try, bundle)
     st.subheader("Download")
@@ -137,7 +137,7 @@ downloads()
 
 def _threshold_chart() -> None:
     """Precision against coverage of the cross-validated predictions, with the model's "unknown" threshold."""
-    thr = (jobs.load_metrics(run_dir) or {}).get("threshold") or {}
+    thr = (history.load_metrics(run_dir) or {}).get("threshold") or {}
     curve = [p for p in thr.get("curve") or [] if p.get("precision") is not None]
     if not curve or thr.get("value") is None:
         return

@@ -17,7 +17,9 @@ from engine.config.training import TrainConfig, option_bounds
 from engine.core.events import EventKind
 from engine.core.fileio import read_json
 from engine.data.dataset import training_problem
-from engine.runs import jobs
+from engine.runs import history, jobs
+from engine.runs.history import RunSummary
+from engine.runs.status import RunState, RunStatus
 from engine.store.workspace import INBOX
 from ui import common
 
@@ -150,7 +152,7 @@ def _history_frame(events: list[dict]) -> pd.DataFrame:
     return df.set_index("step")
 
 
-def _history_note(hist: pd.DataFrame, events: list[dict], state: str) -> str:
+def _history_note(hist: pd.DataFrame, events: list[dict], state: RunState) -> str:
     """What the chart shows: the steps so far, which one was kept and why the numbers differ, and whether it was
     too fast to watch."""
     n = len(hist)
@@ -174,24 +176,24 @@ def _history_note(hist: pd.DataFrame, events: list[dict], state: str) -> str:
                  f"{common.fmt_pct(hist.loc[best].get('val_accuracy'))}), not necessarily the last one, so the "
                  "final accuracy can differ from the last point of the chart.")
     times = [float(e["time"]) for e in events if e.get("type") == EventKind.EPOCH and e.get("time") is not None]
-    if state != "running" and len(times) >= 2 and times[-1] - times[0] < 2 * LIVE_EVERY_S:
+    if state is not RunState.RUNNING and len(times) >= 2 and times[-1] - times[0] < 2 * LIVE_EVERY_S:
         text += (f" Training took {times[-1] - times[0]:.1f} s — faster than this page refreshes, so the chart "
                  "appeared complete at once instead of growing live.")
     return text
 
 
-def _render_run(run_dir: Path) -> dict:
+def _render_run(run_dir: Path) -> RunStatus:
     status = jobs.job_status(run_dir)
-    events = jobs.events(run_dir)
-    state = status["state"]
-    icon = {"running": ":material/progress_activity:", "succeeded": ":material/check_circle:",
-            "failed": ":material/error:", "cancelled": ":material/stop_circle:"}.get(state, "")
+    events = history.events(run_dir)
+    state = status.state
+    icon = {RunState.RUNNING: ":material/progress_activity:", RunState.SUCCEEDED: ":material/check_circle:",
+            RunState.FAILED: ":material/error:", RunState.CANCELLED: ":material/stop_circle:"}.get(state, "")
     st.markdown(f"**Run `{run_dir.name}`** — {icon} {state}")
     stages = [e for e in events if e.get("type") == EventKind.STAGE]
-    if state == "running":
+    if state is RunState.RUNNING:
         c1, c2 = st.columns([4, 1], vertical_alignment="center")
         with c1:
-            st.caption(stages[-1]["message"] if stages else (status.get("message") or "starting…"))
+            st.caption(stages[-1]["message"] if stages else (status.message or "starting…"))
             embed = next((e for e in reversed(events) if e.get("type") == EventKind.EMBED), None)
             if embed and embed.get("total"):
                 done, total = int(embed["done"]), int(embed["total"])
@@ -207,7 +209,7 @@ def _render_run(run_dir: Path) -> dict:
                 st.progress(min(1.0, int(export["done"]) / int(export["total"])),
                             text=f"Exporting: {export.get('file')} written ({export['done']}/{export['total']})")
             result = next((e for e in reversed(events) if e.get("type") == EventKind.RESULT), None)
-            if result is not None and status.get("downloadable"):
+            if result is not None and status.downloadable:
                 # bundle.zip is written; the job only adds a side report (engine.runs.pipeline: backbone comparison)
                 st.info(f"Trained: validation accuracy {common.fmt_pct(result.get('val_accuracy'))}. The bundle "
                         "is ready; the run is still comparing backbones on these images.")
@@ -244,23 +246,23 @@ def _render_run(run_dir: Path) -> dict:
         with st.expander(f"{len(warnings)} warning(s)"):
             for w in warnings[:200]:
                 st.write(f"- {w.get('message')}" + (f" (`{w['path']}`)" if w.get("path") else ""))
-    if state == "succeeded":
-        metrics = jobs.load_metrics(run_dir) or {}
+    if state is RunState.SUCCEEDED:
+        metrics = history.load_metrics(run_dir) or {}
         how = " (cross-validated: each image judged by a model that never saw it)" \
             if metrics.get("cross_validated") else ""
         st.success(f"Done: validation accuracy {common.fmt_pct(metrics.get('val_accuracy'))}{how}."
-                   + ("" if status.get("downloadable") else " The bundle is still being written."))
+                   + ("" if status.downloadable else " The bundle is still being written."))
         c1, c2 = st.columns(2)
         c1.page_link(common.REVIEW, label="Review mistakes", icon=":material/fact_check:")
         c2.page_link(common.EXPORT, label="Download & try the model", icon=":material/download:")
-    elif state in ("failed", "cancelled", "unknown"):
-        message = status.get("message") or state
-        if state == "failed":
+    elif state in (RunState.FAILED, RunState.CANCELLED, RunState.UNKNOWN):
+        message = status.message or state
+        if state is RunState.FAILED:
             st.error(f"Training failed: {message}. Check the data on the Data page and the options above, then "
                      "start again. The log below has the details.")
         else:
             st.warning(f"Training {state}: {message}.")
-        tail = jobs.log_tail(run_dir)
+        tail = history.log_tail(run_dir)
         if tail:
             with st.expander("Log (last lines)"):
                 st.code(tail, language=None)
@@ -271,22 +273,22 @@ _data_check()
 jobs.warm_worker()  # the process that starts training jobs, imported ahead of the click
 _config_form()
 
-watched = active or st.session_state.get("run_id") or jobs.latest_run(project, state=None)
+watched = active or st.session_state.get("run_id") or history.latest_run(project, state=None)
 if watched and not jobs.run_path(project, watched).is_dir():
-    watched = active or jobs.latest_run(project, state=None)
+    watched = active or history.latest_run(project, state=None)
 if watched:
     st.divider()
     watched_status = jobs.job_status(jobs.run_path(project, watched))
-    running_now = watched_status["state"] == "running"
-    young = time.time() - float(watched_status.get("started") or 0) < FAST_FOR_S
+    running_now = watched_status.running
+    young = time.time() - float(watched_status.started or 0) < FAST_FOR_S
     every = (FAST_EVERY_S if young else LIVE_EVERY_S) if running_now else None
 
     @st.fragment(run_every=every)
     def live() -> None:
         status = _render_run(jobs.run_path(project, watched))
-        if running_now and status["state"] != "running":
+        if running_now and not status.running:
             st.rerun(scope="app")  # the job ended: re-render the whole page (form enabled, history updated)
-        elif every == FAST_EVERY_S and time.time() - float(status.get("started") or 0) >= FAST_FOR_S:
+        elif every == FAST_EVERY_S and time.time() - float(status.started or 0) >= FAST_FOR_S:
             st.rerun(scope="app")  # a long run: switch to the slower refresh
 
     live()
@@ -294,7 +296,7 @@ if watched:
 # --- history -------------------------------------------------------------------------------------------------------
 def _progress(run_id: str) -> str:
     """A running job's progress in a few words, from its events."""
-    evs = jobs.events(jobs.run_path(project, run_id))
+    evs = history.events(jobs.run_path(project, run_id))
     result = next((e for e in reversed(evs) if e.get("type") == EventKind.RESULT), None)
     if result is not None:
         return f"trained ({common.fmt_pct(result.get('val_accuracy'))}), exporting…"
@@ -309,32 +311,32 @@ def _progress(run_id: str) -> str:
     return str(last.get("message") or last.get("stage") or "running…")
 
 
-def _history_table(runs: list[dict]) -> pd.DataFrame:
+def _history_table(runs: list[RunSummary]) -> pd.DataFrame:
     rows = []
     for r in runs:
-        running = r["state"] == "running"
-        duration = r.get("duration")
+        running = r.state is RunState.RUNNING
+        duration = r.duration
         rows.append({
-            "run_id": r["run_id"], "started": r["started"], "state": r["state"],
-            "result": _progress(r["run_id"]) if running else (
-                f"val accuracy {common.fmt_pct(r['val_accuracy'])}" if r["val_accuracy"] is not None else "–"),
-            "backbone": r["backbone"], "images": r["n_images"],
+            "run_id": r.run_id, "started": r.started_text, "state": r.state.value,
+            "result": _progress(r.run_id) if running else (
+                f"val accuracy {common.fmt_pct(r.val_accuracy)}" if r.val_accuracy is not None else "–"),
+            "backbone": r.backbone, "images": r.n_images,
             "duration": "–" if duration is None else (f"{duration:.0f} s so far" if running else f"{duration:.1f} s"),
         })
     return pd.DataFrame(rows)
 
 
-runs = jobs.list_runs(project)
+runs = history.list_runs(project)
 if runs:
     st.divider()
     st.subheader("Run history")
 
     @st.fragment(run_every=LIVE_EVERY_S if active else None)
     def history_table() -> None:
-        st.dataframe(_history_table(jobs.list_runs(project)), hide_index=True, width="stretch")
+        st.dataframe(_history_table(history.list_runs(project)), hide_index=True, width="stretch")
 
     history_table()
-    ids = [r["run_id"] for r in runs]
+    ids = [r.run_id for r in runs]
     shown = watched if watched in ids else ids[0]
 
     def _pick() -> None:
@@ -344,8 +346,7 @@ if runs:
                  help="The run shown above and used on the Review and Export pages.")
 
     # --- compare -----------------------------------------------------------------------------------------------------
-    done = [r["run_id"] for r in common.runs_newest_first(project)
-            if (jobs.run_path(project, r["run_id"]) / rf.METRICS).exists()]
+    done = [r.run_id for r in common.runs_newest_first(project) if r.reviewable]
     if len(done) >= 2:
         st.subheader("Compare two runs")
         c1, c2 = st.columns(2)
