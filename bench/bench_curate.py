@@ -7,7 +7,7 @@
 2. 30 altered copies (JPEG q40, half size, 90% centre crop, +15% brightness; each in a random class): share grouped
    with their original, and false groups on the untouched set; also each alteration alone.
 3. Inbox: 10 labelled photos per class, the rest unsorted: precision and coverage of suggestions >= 0.9 (with the
-   suggestion temperature, engine.curate.curate.suggestion_temperature, and with the head's own for comparison).
+   suggestion temperature, engine.curate.suggestions.suggestion_temperature, and with the head's own for comparison).
 4. Timings on flowers_large (3,461 images, cached embeddings): all findings, the map (PCA, t-SNE).
 Embeddings come from the shared cache (engine.features.embeddings), so the first run embeds ~3,800 images once.
 """
@@ -26,7 +26,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.curate import curate  # noqa: E402
+from engine.curate.findings import find_issues  # noqa: E402
+from engine.curate.label_issues import label_issues, suspect_probabilities  # noqa: E402
+from engine.curate.map import MAP_METHODS, project_2d  # noqa: E402
+from engine.curate.outliers import class_outlier_scores  # noqa: E402
+from engine.curate.suggestions import suggestion_temperature  # noqa: E402
+from engine.features.image_stats import image_stats  # noqa: E402
+from engine.learn.groups import groups_to_lists, near_duplicate_groups  # noqa: E402
 
 ALTERATIONS = ("jpeg40", "half", "crop90", "bright15")
 
@@ -80,8 +86,8 @@ def bench_flips(root: Path, seeds: int) -> None:
 
     ds, paths, shas, x = load_set(root)
     y0, k_cls = ds.y, len(ds.labels)
-    stats = curate.image_stats(paths, shas)
-    groups = curate.near_duplicate_groups(x, shas, hashes=stats.hashes)
+    stats = image_stats(paths, shas)
+    groups = near_duplicate_groups(x, shas, hashes=stats.hashes)
     rankings = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
     rec: dict[str, list[float]] = {r: [] for r in rankings}
     rec_curate, rec_outlier, rec_oof, n_flagged, secs = [], [], [], [], []
@@ -93,24 +99,24 @@ def bench_flips(root: Path, seeds: int) -> None:
         y = y0.copy()
         y[flipped] = (y[flipped] + rng.integers(1, k_cls, n_flip)) % k_cls  # always a different class
         t0 = time.perf_counter()
-        probs = curate.suspect_probabilities(x, y, k_cls, groups)
+        probs = suspect_probabilities(x, y, k_cls, groups)
         oof_only = out_of_fold(x, y, k_cls, groups=groups, seed=42, l2=1e-3).probs
-        issues = curate.label_issues(y, probs)
+        issues = label_issues(y, probs)
         secs.append(time.perf_counter() - t0)
         n_flagged.append(len(issues))
         rec_curate.append(len({li.index for li in issues[:n_flip]} & set(flipped.tolist())) / n_flip)
-        issues_sc = curate.label_issues(y, probs, ranking="self_confidence")
+        issues_sc = label_issues(y, probs, ranking="self_confidence")
         rec_sc.append(len({li.index for li in issues_sc[:n_flip]} & set(flipped.tolist())) / n_flip)
         for r in rankings:
             idx = find_label_issues(y, probs, return_indices_ranked_by=r, n_jobs=1)[:n_flip]
             rec[r].append(len(set(idx.tolist()) & set(flipped.tolist())) / n_flip)
         idx = find_label_issues(y, oof_only, return_indices_ranked_by="self_confidence", n_jobs=1)[:n_flip]
         rec_oof.append(len(set(idx.tolist()) & set(flipped.tolist())) / n_flip)
-        _, z = curate.class_outlier_scores(x, y)
+        _, z = class_outlier_scores(x, y)
         top = np.argsort(-z)[:n_flip]
         rec_outlier.append(len(set(top.tolist()) & set(flipped.tolist())) / n_flip)
     print(f"\n[1] {root.name}: flip 10% of {len(y0)} labels ({round(0.1 * len(y0))}), {seeds} seeds")
-    print(f"    top-k recall of curate's suspects (engine.curate.curate.label_issues): {np.mean(rec_curate):.3f}  "
+    print(f"    top-k recall of curate's suspects (engine.curate.label_issues): {np.mean(rec_curate):.3f}  "
           f"(per seed {np.round(rec_curate, 3)}); ranked by self-confidence {np.mean(rec_sc):.3f}")
     for r in rankings:
         print(f"    top-k recall, find_label_issues ranked by {r:28s}: {np.mean(rec[r]):.3f}  "
@@ -124,10 +130,10 @@ def bench_flips(root: Path, seeds: int) -> None:
 # ------------------------------------------------------------------------------------------------------------------
 def bench_copies(root: Path, n_copies: int = 30, seed: int = 0) -> None:
     ds, paths, shas, x = load_set(root)
-    stats = curate.image_stats(paths, shas)
-    untouched = curate.near_duplicate_groups(x, shas, hashes=stats.hashes)
-    false_groups = curate.groups_to_lists(untouched)
-    emb_only = curate.groups_to_lists(curate.near_duplicate_groups(x, shas))
+    stats = image_stats(paths, shas)
+    untouched = near_duplicate_groups(x, shas, hashes=stats.hashes)
+    false_groups = groups_to_lists(untouched)
+    emb_only = groups_to_lists(near_duplicate_groups(x, shas))
     print(f"\n[2] {root.name}: {n_copies} altered copies each; untouched set: {len(false_groups)} groups "
           f"(embedding-only rule: {len(emb_only)})")
     rng = np.random.default_rng(seed)
@@ -140,13 +146,13 @@ def bench_copies(root: Path, n_copies: int = 30, seed: int = 0) -> None:
                 p.write_bytes(alter(paths[i], kinds))
                 copy_paths.append(str(p))
             c_shas, c_x = embed_paths(copy_paths)
-            c_stats = curate.image_stats(copy_paths, c_shas, cache=False)
+            c_stats = image_stats(copy_paths, c_shas, cache=False)
             all_x = np.vstack([x, c_x])
             all_h = np.concatenate([stats.hashes, c_stats.hashes])
             t0 = time.perf_counter()
-            g = curate.near_duplicate_groups(all_x, shas + c_shas, hashes=all_h)
+            g = near_duplicate_groups(all_x, shas + c_shas, hashes=all_h)
             secs = time.perf_counter() - t0
-            ge = curate.near_duplicate_groups(all_x, shas + c_shas)
+            ge = near_duplicate_groups(all_x, shas + c_shas)
             n0 = len(paths)
             hit = np.mean([g[n0 + c] == g[o] for c, o in enumerate(originals)])
             hit_e = np.mean([ge[n0 + c] == ge[o] for c, o in enumerate(originals)])
@@ -180,7 +186,7 @@ def bench_inbox(root: Path, per_class: int = 10, seeds: int = 3, threshold: floa
         head = fit.head
         # what metrics.json stores as "predictions": out-of-fold probabilities at the head's temperature
         oof_probs = np.round(crossval.softmax(fit.oof.logits / head.temperature), 6)
-        t = curate.suggestion_temperature(head.temperature, oof_probs, y[labelled])
+        t = suggestion_temperature(head.temperature, oof_probs, y[labelled])
         temps.append((head.temperature, t))
         for kind, h in zip(kinds, (Head(head.kernel, head.bias, t), head), strict=True):
             probs = h.probabilities(x[inbox])
@@ -206,14 +212,14 @@ def bench_timings(root: Path) -> None:
     ds, paths, shas, x = load_set(root)
     print(f"\n[4] {root.name}: {len(paths)} images, cached embeddings")
     t0 = time.perf_counter()
-    stats = curate.image_stats(paths, shas, cache=False)
+    stats = image_stats(paths, shas, cache=False)
     t_stats = time.perf_counter() - t0
-    curate.image_stats(paths, shas)  # fills the cache
+    image_stats(paths, shas)  # fills the cache
     t0 = time.perf_counter()
-    stats = curate.image_stats(paths, shas)
+    stats = image_stats(paths, shas)
     t_cached = time.perf_counter() - t0
     t0 = time.perf_counter()
-    found = curate.find_issues(x, ds.y, len(ds.labels), shas, stats)
+    found = find_issues(x, ds.y, len(ds.labels), shas, stats)
     t_find = time.perf_counter() - t0
     print(f"    image statistics: {t_stats:.1f} s uncached, {t_cached:.2f} s cached")
     print(f"    all findings: {t_find:.1f} s {found.timings}; {len(found.label_issues)} label issues, "
@@ -223,9 +229,9 @@ def bench_timings(root: Path) -> None:
     for o in found.outliers:
         by_reason[o.reason] = by_reason.get(o.reason, 0) + 1
     print(f"    outliers by reason: {by_reason}")
-    for method in curate.MAP_METHODS:
+    for method in MAP_METHODS:
         t0 = time.perf_counter()
-        curate.project_2d(x, method)
+        project_2d(x, method)
         print(f"    map {method}: {time.perf_counter() - t0:.1f} s")
     try:
         import umap  # noqa: F401 - optional, only measured when installed

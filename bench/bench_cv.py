@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.config.training import TrainConfig  # noqa: E402
 from engine.data.dataset import scan_image_dir  # noqa: E402
 from engine.learn import crossval  # noqa: E402
+from engine.learn.groups import duplicate_groups  # noqa: E402
 from engine.learn.train import fit_head  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -58,7 +59,7 @@ def compare(x: np.ndarray, y: np.ndarray, shas: list[str], splits: int) -> dict[
     for seed in range(splits):
         a, b = halves(y, seed)
         for tr, te in ((a, b), (b, a)):
-            groups = crossval.duplicate_groups(x[tr], [shas[i] for i in tr])
+            groups = duplicate_groups(x[tr], [shas[i] for i in tr])
             fit = fit_head(x[tr], y[tr], k, TrainConfig(seed=seed), groups)
             probs = fit.head.probabilities(x[te])
             raw = crossval.softmax(x[te] @ fit.head.kernel + fit.head.bias)
@@ -85,7 +86,7 @@ def timing(x: np.ndarray, y: np.ndarray, shas: list[str], n: int) -> tuple[float
     idx = np.random.default_rng(0).permutation(len(y))[:n]
     k = int(y.max()) + 1
     t0 = time.perf_counter()
-    groups = crossval.duplicate_groups(x[idx], [shas[i] for i in idx])
+    groups = duplicate_groups(x[idx], [shas[i] for i in idx])
     t1 = time.perf_counter()
     fit = fit_head(x[idx], y[idx], k, TrainConfig(), groups)
     return t1 - t0, time.perf_counter() - t1, fit.oof.l2

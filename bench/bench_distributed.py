@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.features.ray_embed import embed_local, embed_with_ray, list_images  # noqa: E402
 from engine.features.embeddings import EmbeddingStore  # noqa: E402
+from engine.features.ray_embed import embed_local, embed_with_ray, list_images  # noqa: E402
 
 
 def subset(image_dir: str, limit: int, dest: Path) -> str:

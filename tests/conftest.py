@@ -1,8 +1,12 @@
-"""Shared test fixtures. Tests make their own images; real-data tests skip when ../shared is absent."""
+"""Shared test fixtures: a workspace and a project of the test's own, and for the browser tests the app server, a
+watch on what the browser requests and one Chromium page per module. Tests make their own images; real-data tests
+skip when ../shared is absent. Helper modules beside this one: servers.py, browser_app.py, export_data.py,
+curate_data.py (imported by their one name)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,55 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"shared dataset {name!r} not found at {path} (team material beside the repo; absent here)")
     return path
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    """An empty workspace of the test's own ($RETRAIN_STUDIO_WORKSPACE points at it; jobs run the real engine)."""
+    from engine.runs.jobs import COMMAND_ENV
+    from engine.store.workspace import Workspace
+
+    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.delenv(COMMAND_ENV, raising=False)
+    return Workspace()
+
+
+@pytest.fixture
+def project(ws):
+    """An empty project in `ws`; a module that needs images overrides this fixture and fills it."""
+    return ws.create_project("Test project")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the app in a browser (tests/browser_app.py skips a module that imports it when Playwright or Chromium is missing)
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def workspace_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("browser_ws")
+
+
+@pytest.fixture(scope="module")
+def app_server(workspace_root) -> Iterator[str]:
+    """`streamlit run app.py` over `workspace_root`, one per module: its URL."""
+    from servers import app_server as start_app
+
+    with start_app(workspace_root) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def watch(app_server):
+    from browser_app import Watch
+
+    return Watch(app_server)
+
+
+@pytest.fixture(scope="module")
+def browser_page(app_server, watch):
+    from browser_app import open_page
+
+    with open_page(watch) as page:
+        yield page
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001 - pytest hook signature

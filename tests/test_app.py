@@ -18,21 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the pages import ui/ and engine/ from the repo root, as `streamlit run` does
     sys.path.insert(0, str(REPO))
 
+from fake_engine import fake_command  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from engine.config.training import TrainConfig  # noqa: E402
+from engine.runs import history as run_history  # noqa: E402 (a test's own `history` is the page's table)
 from engine.runs import jobs  # noqa: E402
-from engine.store.workspace import INBOX, Workspace  # noqa: E402
-
-
-def _load_fake_engine():
-    spec = importlib.util.spec_from_file_location("_jobs_tests", Path(__file__).with_name("test_jobs.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fake = _load_fake_engine()
+from engine.store.names import INBOX  # noqa: E402
+from engine.store.workspace import Workspace  # noqa: E402
 
 
 def png(seed: int, size: int = 20) -> bytes:
@@ -42,11 +35,11 @@ def png(seed: int, size: int = 20) -> bytes:
 
 
 @pytest.fixture
-def ws(tmp_path, monkeypatch) -> Workspace:
-    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
-    monkeypatch.setenv(jobs.COMMAND_ENV, json.dumps(fake.fake_command(tmp_path)))
+def ws(ws, tmp_path, monkeypatch) -> Workspace:
+    """conftest's workspace, whose jobs run a fake training command (tests/data/fake_train.py)."""
+    monkeypatch.setenv(jobs.COMMAND_ENV, json.dumps(fake_command(tmp_path)))
     monkeypatch.delenv("FAKE_MODE", raising=False)
-    return Workspace()
+    return ws
 
 
 def app(project: str | None = None) -> AppTest:
@@ -239,14 +232,14 @@ def test_train_runs_a_job_and_shows_it(ws):
     assert not button(at, "Start training").disabled
     next(n for n in at.number_input if n.label == "Max iterations").set_value(11)
     ok(button(at, "Start training").click().run())
-    (row,) = jobs.list_runs(project)
-    run_dir = jobs.run_path(project, row["run_id"])
-    assert jobs.wait(run_dir, timeout=60)["state"] == "succeeded", jobs.log_tail(run_dir)
+    (row,) = run_history.list_runs(project)
+    run_dir = jobs.run_path(project, row.run_id)
+    assert jobs.wait(run_dir, timeout=60).state == "succeeded", run_history.log_tail(run_dir)
     assert json.loads((run_dir / "config.json").read_text())["train_epochs"] == 11
     ok(at.run())
     shown = texts(at)
     assert "Done: validation accuracy" in shown and "Run history" in shown
-    assert at.session_state["run_id"] == row["run_id"]
+    assert at.session_state["run_id"] == row.run_id
 
 
 def test_train_running_job_shows_its_progress_in_the_history(ws, monkeypatch):
@@ -257,8 +250,8 @@ def test_train_running_job_shows_its_progress_in_the_history(ws, monkeypatch):
     run_dir = jobs.run_path(project, run_id)
     try:
         deadline = time.time() + 30
-        while not any(e["type"] == "embed" and e["done"] == e["total"] for e in jobs.events(run_dir)):
-            assert time.time() < deadline, jobs.log_tail(run_dir)
+        while not any(e["type"] == "embed" and e["done"] == e["total"] for e in run_history.events(run_dir)):
+            assert time.time() < deadline, run_history.log_tail(run_dir)
             time.sleep(0.1)
         at = page(ok(app(project.slug).run()), "ui/pages/train.py")
         history = next(df.value for df in at.dataframe if "result" in df.value)
@@ -272,10 +265,10 @@ def test_train_running_job_shows_its_progress_in_the_history(ws, monkeypatch):
 def test_train_history_explains_the_kept_step_and_compares_runs(ws):
     project = sorted_project(ws)
     first = jobs.start_training(project, {"train_epochs": 7})
-    assert jobs.wait(jobs.run_path(project, first), timeout=60)["state"] == "succeeded"
+    assert jobs.wait(jobs.run_path(project, first), timeout=60).state == "succeeded"
     project.move([project.images("cats")[0].sha256], "dogs")
     second = jobs.start_training(project)
-    assert jobs.wait(jobs.run_path(project, second), timeout=60)["state"] == "succeeded"
+    assert jobs.wait(jobs.run_path(project, second), timeout=60).state == "succeeded"
     at = page(ok(app(project.slug).run()), "ui/pages/train.py")
     shown = texts(at)
     # the fake engine writes 5 steps in a few milliseconds, its lowest validation loss at the last one
@@ -297,7 +290,7 @@ def test_train_history_names_the_l2_kept_by_the_one_standard_error_rule(ws, monk
     monkeypatch.setenv("FAKE_MODE", "grid")
     project = sorted_project(ws)
     run_id = jobs.start_training(project)
-    assert jobs.wait(jobs.run_path(project, run_id), timeout=60)["state"] == "succeeded"
+    assert jobs.wait(jobs.run_path(project, run_id), timeout=60).state == "succeeded"
     shown = texts(page(ok(app(project.slug).run()), "ui/pages/train.py"))
     assert "5 training step(s) (regularisation strengths tried)" in shown
     assert "uses L2 0.003 (step 2)" in shown and "lowest validation loss" not in shown
@@ -312,9 +305,9 @@ def test_train_page_offers_the_bundle_as_soon_as_it_is_written(ws, monkeypatch):
     try:
         deadline = time.time() + 30
         while not (run_dir / "bundle.zip").exists():
-            assert time.time() < deadline, jobs.log_tail(run_dir)
+            assert time.time() < deadline, run_history.log_tail(run_dir)
             time.sleep(0.05)
-        assert jobs.job_status(run_dir)["state"] == "running"
+        assert jobs.job_status(run_dir).state == "running"
         shown = texts(page(ok(app(project.slug).run()), "ui/pages/train.py"))
         assert "The bundle is ready; the run is still comparing backbones" in shown
         assert "being exported" not in shown
@@ -327,8 +320,8 @@ def test_train_failure_is_shown_without_traceback(ws, monkeypatch):
     project = sorted_project(ws)
     at = page(ok(app(project.slug).run()), "ui/pages/train.py")
     ok(button(at, "Start training").click().run())
-    (row,) = jobs.list_runs(project)
-    jobs.wait(jobs.run_path(project, row["run_id"]), timeout=60)
+    (row,) = run_history.list_runs(project)
+    jobs.wait(jobs.run_path(project, row.run_id), timeout=60)
     ok(at.run())
     assert any("Training failed: boom" in e.value for e in at.error)
 
@@ -339,7 +332,7 @@ def test_train_failure_is_shown_without_traceback(ws, monkeypatch):
 def trained(ws):
     project = sorted_project(ws)
     run_id = jobs.start_training(project)
-    assert jobs.wait(jobs.run_path(project, run_id), timeout=60)["state"] == "succeeded"
+    assert jobs.wait(jobs.run_path(project, run_id), timeout=60).state == "succeeded"
     return project, run_id
 
 
@@ -354,7 +347,7 @@ def test_review_relabel_and_confusion_cell(ws):
     project, run_id = trained(ws)
     at = page(ok(app(project.slug).run()), "ui/pages/review.py")
     assert "Validation accuracy" in [m.label for m in at.metric]
-    metrics = jobs.load_metrics(jobs.run_path(project, run_id))
+    metrics = run_history.load_metrics(jobs.run_path(project, run_id))
     mistakes = [p for p in metrics["predictions"] if p["true"] != p["predicted"]]
     assert mistakes
     first = max(mistakes, key=lambda p: p["probability"])
@@ -366,10 +359,10 @@ def test_review_relabel_and_confusion_cell(ws):
     # retrain with the same settings from Review; afterwards the page says what changed
     assert "What changed" not in texts(at) and not [e for e in at.expander if "What changed" in e.label]
     ok(button(at, "Retrain now").click().run())
-    new_runs = {r["run_id"] for r in jobs.list_runs(project)} - {run_id}
+    new_runs = {r.run_id for r in run_history.list_runs(project)} - {run_id}
     assert len(new_runs) == 1, texts(at)
     (retrain_id,) = new_runs
-    assert jobs.wait(jobs.run_path(project, retrain_id), timeout=60)["state"] == "succeeded"
+    assert jobs.wait(jobs.run_path(project, retrain_id), timeout=60).state == "succeeded"
     ok(at.run())
     assert at.session_state["run_id"] == retrain_id
     (changed,) = [e for e in at.expander if "What changed since the previous run" in e.label]
@@ -377,7 +370,7 @@ def test_review_relabel_and_confusion_cell(ws):
     assert {"Now right", "Now wrong"} <= {m.label for m in at.metric}
     assert json.loads((jobs.run_path(project, retrain_id) / "config.json").read_text())["train_epochs"] == \
         json.loads((jobs.run_path(project, run_id) / "config.json").read_text())["train_epochs"]
-    metrics = jobs.load_metrics(jobs.run_path(project, retrain_id))  # the page now shows the new run
+    metrics = run_history.load_metrics(jobs.run_path(project, retrain_id))  # the page now shows the new run
 
     at.segmented_control(key="review_mode").set_value("Low confidence")
     ok(at.run())

@@ -5,6 +5,8 @@ of the project's own modules. Fast: reads the sources, runs nothing."""
 from __future__ import annotations
 
 import ast
+import enum
+import importlib
 import re
 from pathlib import Path
 
@@ -163,6 +165,51 @@ def test_the_architecture_document_lists_the_layers_in_order():
     assert positions == sorted(positions, reverse=True), "docs/architecture.md draws the layers out of order"
     for layer in LAYERS:
         assert (REPO / "engine" / layer / "__init__.py").is_file(), layer
+
+
+# Words with one owner each (docs/architecture.md): no other engine or ui module spells them as a string; they import
+# the owner's name for it. engine/bundle/ ships alone and restates what it must (its tests compare it with the owner).
+OWNED_WORDS = {
+    **{name: "engine.config.runfiles" for name in ("config.json", "events.jsonl", "status.json", "metrics.json",
+                                                   "head.npz", "snapshot.json", "model_card.json", "labels.txt",
+                                                   "bundle.zip", "run.json", "log.txt")},
+    **{f"model_{v}.tflite": "engine.config.variants" for v in ("float32", "dynamic", "int8")},
+    "efficientnet-lite0": "engine.config.backbones",
+    "succeeded": "engine.runs.status",
+    "__inbox__": "engine.store.names",
+    "__trash__": "engine.store.names",
+    "project.db": "engine.store.index",
+}
+
+
+def _spelled_words(module: str, source: str) -> list[tuple[str, int]]:
+    """(owned word, line) for every string constant of `source` that is an owned word of another module
+    (docstrings are prose and do not count)."""
+    tree = ast.parse(source)
+    prose = {id(node.body[0].value) for node in ast.walk(tree)
+             if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.body
+             and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.value, node.lineno) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose
+            and OWNED_WORDS.get(node.value, module) != module]
+
+
+def test_shared_words_are_spelled_only_by_their_owner():
+    for word, owner in OWNED_WORDS.items():  # each owner really names the word (a constant, a table, an enum)
+        values = [v for v in vars(importlib.import_module(owner)).values() if not callable(v) or isinstance(v, type)]
+        spelled = [x for v in values for x in (v if isinstance(v, tuple | list | set | frozenset | enum.EnumMeta)
+                                                else [v])]
+        assert word in spelled, f"{owner} does not define {word!r}"
+    copies = [f"{MODULES[m].relative_to(REPO)}:{line}: {word!r} belongs to {OWNED_WORDS[word]}"
+              for m in MODULES if not m.startswith(BUNDLE + ".")
+              for word, line in _spelled_words(m, MODULES[m].read_text(encoding="utf-8"))]
+    assert not copies, copies
+
+
+def test_the_owner_check_sees_a_second_spelling():
+    """The check above can fail: a page writing its own "metrics.json" is a second owner of the name."""
+    assert _spelled_words("ui.pages.review", 'path = run_dir / "metrics.json"\n') == [("metrics.json", 1)]
+    assert _spelled_words("engine.config.runfiles", 'METRICS = "metrics.json"\n') == []
 
 
 def test_the_checker_sees_an_upward_import(tmp_path):

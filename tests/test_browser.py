@@ -1,259 +1,36 @@
-"""The app in a real browser: Debian's Chromium driven by Playwright against `streamlit run app.py`.
+"""The app in a real browser: Debian's Chromium driven by Playwright against `streamlit run app.py` (helpers:
+tests/browser_app.py; the app_server and browser fixtures: conftest.py).
 
-Screenshots of each page go to artifacts/screenshots/ (gitignored). Needs `pip install playwright` (no
-`playwright install`: the browser is /usr/bin/chromium from `apt-get install chromium`); skipped otherwise.
-
-The server runs with the shipped .streamlit/config.toml (only the port is given). Every step waits for the app to
-be idle (act/click/settle: no script or fragment run in flight) instead of sleeping or retrying, and every page
-visited must make no request to another host (Watch) and show no traceback. Other browser test modules import
-these helpers and fixtures (browser_page, server, watch, workspace_root, goto, click, shot, settle, float32_only).
+The app_server runs with the shipped .streamlit/config.toml (only the port is given). Screenshots of each page go to
+artifacts/screenshots/ (gitignored).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_app import REPO, Page, Watch, act, click, expect, float32_only, goto, sample_images, settle, shot
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
-SCREENSHOTS = REPO / "artifacts" / "screenshots"
-CHROMIUM = os.environ.get("RETRAIN_STUDIO_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage"]
-SHARED_FLOWERS = Path(os.environ.get("RETRAIN_SHARED_DATASETS", REPO.parent / "shared" / "datasets")) / "flowers"
 
-if importlib.util.find_spec("playwright") is None:
-    pytest.skip("playwright is not installed (pip install -r requirements-browser.txt)", allow_module_level=True)
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
-
-from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
-from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
-
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _engine_missing() -> str | None:
-    for mod in ("engine.cli.main", "engine.data.dataset", "engine.export.artefacts", "engine.data.demo"):
-        if importlib.util.find_spec(mod) is None:
-            return f"the training engine is not complete yet ({mod} is missing)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def workspace_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("browser_ws")
-
-
-@pytest.fixture(scope="module")
-def server(workspace_root) -> Iterator[str]:
-    port = _free_port()
-    env = dict(os.environ, RETRAIN_STUDIO_WORKSPACE=str(workspace_root), PYTHONUNBUFFERED="1")
-    env.pop("RETRAIN_STUDIO_TRAIN_CMD", None)
-    log_path = workspace_root / "streamlit.log"
-    with open(log_path, "wb") as log:
-        # only the port on the command line: everything else comes from the shipped .streamlit/config.toml
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
-                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
-# Counts script runs: each time the app's root element enters the "running" state. Lets a step wait for the rerun
-# its own click caused, not just for a moment of quiet before that rerun has even started.
-COUNT_RUNS = """
-window.__stRuns = 0;
-new MutationObserver((mutations) => {
-  for (const m of mutations) {
-    if (m.target.getAttribute && m.target.getAttribute('data-test-script-state') === 'running') window.__stRuns++;
-  }
-}).observe(document, {subtree: true, attributes: true, attributeFilter: ['data-test-script-state']});
-"""
-# Idle: connected, no script (or fragment) run in flight, no running indicator in the status widget.
-IDLE = """() => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  return !!app && app.getAttribute('data-test-connection-state') === 'CONNECTED'
-    && app.getAttribute('data-test-script-state') === 'notRunning'
-    && !document.querySelector('[data-testid="stStatusWidgetRunningIcon"]');
-}"""
-
-
-class Watch:
-    """What the browser did that an offline app must not do: requests to other hosts, chart warnings."""
-
-    def __init__(self, server: str):
-        self.host = urllib.parse.urlsplit(server).netloc
-        self.outside: list[str] = []
-        self.chart_warnings: list[str] = []
-
-    def request(self, request) -> None:
-        url = urllib.parse.urlsplit(request.url)
-        if url.scheme in ("data", "blob", "about") or url.netloc == self.host:
-            return
-        self.outside.append(f"{request.method} {request.url}")
-
-    def console(self, message) -> None:
-        if "Infinite extent" in message.text:
-            self.chart_warnings.append(message.text)
-
-    def check(self, where: str) -> None:
-        assert not self.outside, f"requests to outside hosts on {where}: {self.outside}"
-
-
-@pytest.fixture(scope="module")
-def watch(server) -> Watch:
-    return Watch(server)
-
-
-@pytest.fixture(scope="module")
-def browser_page(server, watch) -> Iterator[Page]:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        # a fake camera, allowed without a prompt: st.camera_input works headless
-        args = [*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        context.set_default_timeout(30_000)
-        context.add_init_script(COUNT_RUNS)
-        context.on("request", watch.request)
-        page = context.new_page()
-        page.on("console", watch.console)
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
-
-
-def settle(page: Page, timeout: float = 60_000) -> None:
-    """Wait until the app is idle, and still idle a moment later (a queued rerun starts within that moment)."""
-    page.wait_for_function(IDLE, timeout=timeout, polling=50)
-    page.wait_for_timeout(150)
-    page.wait_for_function(IDLE, timeout=timeout, polling=50)
-
-
-def act(page: Page, action, rerun: bool = True, timeout: float = 60_000) -> None:
-    """Wait for idle, act, then wait for the rerun the action causes (if any) to start and finish."""
-    settle(page, timeout)
-    runs = page.evaluate("window.__stRuns")
-    action()
-    if rerun:
-        try:
-            page.wait_for_function(f"window.__stRuns > {runs}", timeout=3_000, polling=20)
-        except PlaywrightTimeout:
-            pass  # the rerun was quicker than one animation frame; settle() still waits for idle
-    settle(page, timeout)
-
-
-def click(page: Page, locator, rerun: bool = True) -> None:
-    act(page, locator.click, rerun=rerun)
-
-
-def shot(page: Page, watch: Watch, name: str, show=None) -> None:
-    """A screenshot of the viewport (Streamlit scrolls inside it), scrolled to `show` when given."""
-    settle(page)
-    if show is not None:
-        show.first.evaluate("e => e.scrollIntoView({block: 'start'})")
-        page.wait_for_timeout(100)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-    watch.check(name)
-
-
-def float32_only(page: Page) -> None:
-    """Export only the float32 TFLite model (each conversion costs seconds on two cores)."""
-    quantize = page.locator(".st-key-cfg_quantize")
-    for variant in ("dynamic", "int8"):
-        remove = quantize.get_by_role("button", name=f"Remove {variant}")
-        click(page, remove, rerun=False)  # a widget in a form: no rerun until the form is submitted
-        expect(remove).to_have_count(0)
-    expect(quantize.get_by_role("button", name="Remove float32")).to_be_visible()
-
-
-def goto(page: Page, watch: Watch, server: str, path: str, slug: str | None = None) -> None:
-    page.goto(f"{server}/{path}" + (f"?project={slug}" if slug else ""))
-    expect(page.locator('[data-testid="stSidebar"]')).to_be_visible()
-    settle(page)
-    expect(page.locator('[data-testid="stException"]')).to_have_count(0)  # no traceback on any page
-    watch.check(f"/{path}")
-
-
-def sample_images(tmp_path: Path, per_class: int) -> dict[str, list[Path]]:
-    """A few images per class: from ../shared/datasets/flowers (read only) when present, else generated."""
-    if SHARED_FLOWERS.is_dir():
-        classes = sorted(p for p in SHARED_FLOWERS.iterdir() if p.is_dir())[:2]
-        return {c.name: sorted(c.glob("*.jpg"))[:per_class] for c in classes}
-    if importlib.util.find_spec("engine.data.demo") is None:
-        import numpy as np
-        from PIL import Image
-
-        out: dict[str, list[Path]] = {}
-        for k, cls in enumerate(("red", "blue")):
-            (tmp_path / cls).mkdir(parents=True)
-            for i in range(per_class):
-                arr = np.random.default_rng(100 * k + i).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-                arr[..., 2 * k] = 255
-                Image.fromarray(arr).save(tmp_path / cls / f"{cls}{i}.png")
-            out[cls] = sorted((tmp_path / cls).glob("*.png"))
-        return out
-    from engine.data.demo import make_demo_dataset
-
-    root = make_demo_dataset(tmp_path / "demo", per_class=per_class)
-    return {c.name: sorted(c.iterdir())[:per_class] for c in sorted(root.iterdir()) if c.is_dir()}
-
-
-def test_projects_upload_and_sort(browser_page: Page, server: str, watch: Watch, workspace_root: Path,
+def test_projects_upload_and_sort(browser_page: Page, app_server: str, watch: Watch, workspace_root: Path,
                                   tmp_path: Path):
     page = browser_page
     # a deep link as the very first request still goes through app.py's navigation
-    goto(page, watch, server, "data")
+    goto(page, watch, app_server, "data")
     expect(page.get_by_text("No project is open")).to_be_visible()
     expect(page.locator('[data-testid="stSidebarNav"]').get_by_text("Projects")).to_be_visible()
-    goto(page, watch, server, "")
+    goto(page, watch, app_server, "")
     expect(page.get_by_text("No projects yet in")).to_be_visible()
     # the page icon is drawn locally (a data: URL), not fetched from a font CDN
     assert page.locator("link[rel='shortcut icon']").get_attribute("href").startswith("data:")
@@ -262,7 +39,8 @@ def test_projects_upload_and_sort(browser_page: Page, server: str, watch: Watch,
     page.get_by_label("New project name").fill("Browser flowers")
     click(page, page.get_by_role("button", name="Create project"))
     expect(page.get_by_text("Created project 'Browser flowers'")).to_be_visible()
-    from engine.store.workspace import INBOX, Workspace
+    from engine.store.names import INBOX
+    from engine.store.workspace import Workspace
 
     ws = Workspace(workspace_root)
     project = ws.open_project("browser-flowers")
@@ -286,7 +64,7 @@ def test_projects_upload_and_sort(browser_page: Page, server: str, watch: Watch,
     assert sorted(p.slug for p in ws.list_projects()) == ["browser-flowers", "import-me"]
 
     # upload into the inbox
-    goto(page, watch, server, "data", project.slug)
+    goto(page, watch, app_server, "data", project.slug)
     files = [p for paths in images.values() for p in paths]
     act(page, lambda: page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
         [str(p) for p in files]))
@@ -339,12 +117,10 @@ def test_projects_upload_and_sort(browser_page: Page, server: str, watch: Watch,
     watch.check("the Data page")
 
 
-def test_train_review_export(browser_page: Page, server: str, watch: Watch, workspace_root: Path, tmp_path: Path):
-    reason = _engine_missing()
-    if reason:
-        pytest.skip(f"training in the browser skipped: {reason}")
-    from engine.runs import jobs
-    from engine.store.workspace import INBOX, Workspace
+def test_train_review_export(browser_page: Page, app_server: str, watch: Watch, workspace_root: Path, tmp_path: Path):
+    from engine.runs import history, jobs
+    from engine.store.names import INBOX
+    from engine.store.workspace import Workspace
 
     page = browser_page
     project = Workspace(workspace_root).create_project("Browser training")
@@ -355,14 +131,14 @@ def test_train_review_export(browser_page: Page, server: str, watch: Watch, work
             shutil.copy(p, src / cls / p.name)
     project.import_image_dir(src)
 
-    goto(page, watch, server, "train", project.slug)
+    goto(page, watch, app_server, "train", project.slug)
     # advanced options: export only the float32 TFLite model (each conversion costs seconds)
     click(page, page.get_by_text("Advanced options"), rerun=False)
     float32_only(page)
     shot(page, watch, "05-train-form")
     click(page, page.get_by_role("button", name="Start training"))
     expect(page.get_by_text("Done: validation accuracy")).to_be_visible(timeout=240_000)
-    run_id = jobs.latest_run(project)
+    run_id = history.latest_run(project)
     assert run_id is not None
     assert json.loads((jobs.run_path(project, run_id) / "config.json").read_text())["quantize"] == ["float32"]
     expect(page.get_by_text("Loss (train / validation)")).to_be_visible()
@@ -371,7 +147,7 @@ def test_train_review_export(browser_page: Page, server: str, watch: Watch, work
     expect(page.get_by_text("training step(s)")).to_be_visible()
     shot(page, watch, "06-train-done", show=page.get_by_text("Loss (train / validation)"))
 
-    goto(page, watch, server, "review", project.slug)
+    goto(page, watch, app_server, "review", project.slug)
     expect(page.get_by_text("Confusion matrix")).to_be_visible()
     expect(page.get_by_role("button", name="Retrain now")).to_be_enabled()
     click(page, page.get_by_text("Low confidence", exact=True))
@@ -391,24 +167,24 @@ def test_train_review_export(browser_page: Page, server: str, watch: Watch, work
     click(page, page.get_by_role("button", name="Retrain now"))
     changed = page.get_by_text("What changed since the previous run")
     expect(changed).to_be_visible(timeout=240_000)
-    (retrain_id,) = {r["run_id"] for r in jobs.list_runs(project)} - {run_id}
+    (retrain_id,) = {r.run_id for r in history.list_runs(project)} - {run_id}
     assert run_id in changed.inner_text()
     expect(page.get_by_text("Now right", exact=True)).to_be_visible()
     retrain_dir = jobs.run_path(project, retrain_id)
     assert json.loads((retrain_dir / "config.json").read_text())["quantize"] == ["float32"]  # the same settings
     shot(page, watch, "07c-review-what-changed", show=changed)
-    assert jobs.wait(retrain_dir, timeout=240)["state"] == "succeeded", jobs.log_tail(retrain_dir)
-    last_embed = [e for e in jobs.events(retrain_dir) if e.get("type") == "embed"][-1]
+    assert jobs.wait(retrain_dir, timeout=240).state == "succeeded", history.log_tail(retrain_dir)
+    last_embed = [e for e in history.events(retrain_dir) if e.get("type") == "embed"][-1]
     assert last_embed["cached"] == last_embed["total"]  # nothing re-embedded after the relabel
 
     if (REPO / "ui" / "pages" / "curate.py").exists():  # every page renders, offline, without a traceback
-        goto(page, watch, server, "curate", project.slug)
-    goto(page, watch, server, "train", project.slug)
+        goto(page, watch, app_server, "curate", project.slug)
+    goto(page, watch, app_server, "train", project.slug)
     expect(page.get_by_text("Compare two runs")).to_be_visible()
     shot(page, watch, "08-train-history-compare", show=page.get_by_text("Run history"))
     shot(page, watch, "08b-train-compare-matrices", show=page.get_by_text("Confusion matrices"))
 
-    goto(page, watch, server, "export", project.slug)
+    goto(page, watch, app_server, "export", project.slug)
     button = page.get_by_role("button", name="Download everything (bundle.zip")
     expect(button).to_be_visible()
     expect(page.get_by_text("pip install -r requirements.txt")).to_be_visible()

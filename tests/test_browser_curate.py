@@ -1,30 +1,19 @@
 """The Curate page in a real browser (issue 10): findings with thumbnails, one fix by click, the map.
 
-Reuses the server, browser and idle-waiting helpers of tests/test_browser.py; screenshots go to
-artifacts/screenshots/curate-*.png.
+The server and browser come from conftest.py, the idle-waiting helpers from tests/browser_app.py; screenshots go
+to artifacts/screenshots/curate-*.png.
 """
 
 from __future__ import annotations
 
 import pytest
+from browser_app import click, expect, goto, shot  # skips this module when Playwright or Chromium is missing
+from curate_data import KINDS, altered, drawing, fake_run, jpeg
 
 pytestmark = pytest.mark.browser
-pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-browser.txt)")
-
-from playwright.sync_api import expect  # noqa: E402
-from test_browser import (  # noqa: E402 - after the marker; skips the module when Playwright/Chromium are absent
-    browser_page,  # noqa: F401 - fixture
-    click,
-    goto,
-    server,  # noqa: F401 - fixture
-    shot,
-    watch,  # noqa: F401 - fixture
-    workspace_root,  # noqa: F401 - fixture
-)
-from test_curate import KINDS, altered, drawing, fake_run, jpeg  # noqa: E402
 
 
-def test_curate_page(browser_page, server, watch, workspace_root, tmp_path):  # noqa: F811 - fixtures
+def test_curate_page(browser_page, app_server, watch, workspace_root, tmp_path):
     import numpy as np
 
     from engine.store.workspace import Workspace
@@ -41,7 +30,7 @@ def test_curate_page(browser_page, server, watch, workspace_root, tmp_path):  # 
     project.import_image_dir(src)
 
     page = browser_page
-    goto(page, watch, server, "curate", project.slug)
+    goto(page, watch, app_server, "curate", project.slug)
     click(page, page.get_by_role("button", name="Check the data"))
     expect(page.get_by_text("looks like red").first).to_be_visible()
     shot(page, watch, "curate-1-label-issues")
@@ -63,18 +52,18 @@ def test_curate_page(browser_page, server, watch, workspace_root, tmp_path):  # 
     shot(page, watch, "curate-3-map")
 
     # the model-assisted inbox: a trained head (as a run leaves it) suggests classes for unsorted images
-    from engine.curate import curate
+    from engine.curate.model import embed_records, project_model
     from engine.learn.crossval import fit_logreg
-    from engine.store.workspace import INBOX
+    from engine.store.names import INBOX
 
     unsorted = [project.find_by_filename(f"{kind}{i}.jpg") for kind in KINDS for i in (6, 7)]
     project.act([r.sha256 for r in unsorted], INBOX)
     labelled = [r for r in project.images() if r.class_name]
-    feats, ok = curate.embed_records(labelled, curate.project_model(project))
+    feats, ok = embed_records(labelled, project_model(project))
     y = np.array([KINDS.index(labelled[i].class_name) for i in ok])
     kernel, bias, _ = fit_logreg(feats, y, 3, 1e-3)
     fake_run(project, list(KINDS), kernel, bias)
-    goto(page, watch, server, "data", project.slug)
+    goto(page, watch, app_server, "data", project.slug)
     click(page, page.locator(".st-key-data_section").get_by_text("Sort inbox"))
     click(page, page.locator(".st-key-sort_order").get_by_text("Least confident first"))
     accept = page.locator(".st-key-sort_accept button").first

@@ -18,18 +18,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import browser_app as tb  # skips this module when Playwright or Chromium is missing
 import numpy as np
 import pytest
-import test_browser as tb
 from PIL import Image
-from test_browser import server, workspace_root  # noqa: F401 - the app server fixture, one per module
 
-from engine.runs import jobs
-from engine.store.workspace import INBOX, Project, Workspace
+from engine.runs import history, jobs
+from engine.store.names import INBOX
+from engine.store.workspace import Project, Workspace
 
 pytestmark = pytest.mark.browser
 
-from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402 - after test_browser's skip checks
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402 - after browser_app's skip checks
 
 RUN_SEED = int.from_bytes(os.urandom(3), "little")  # new pictures each time: the run has to embed them
 
@@ -62,7 +62,7 @@ def versions(project: Project) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def two(server) -> Iterator[tuple[Page, Page]]:  # noqa: F811 - the imported fixture
+def two(app_server) -> Iterator[tuple[Page, Page]]:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=tb.CHROMIUM, args=tb.CHROMIUM_ARGS, headless=True)
         pages = []
@@ -77,8 +77,8 @@ def two(server) -> Iterator[tuple[Page, Page]]:  # noqa: F811 - the imported fix
             browser.close()
 
 
-def open_page(page: Page, server: str, path: str, slug: str) -> None:  # noqa: F811
-    page.goto(f"{server}/{path}?project={slug}")
+def open_page(page: Page, app_server: str, path: str, slug: str) -> None:
+    page.goto(f"{app_server}/{path}?project={slug}")
     expect(page.locator('[data-testid="stSidebar"]')).to_be_visible()
     tb.settle(page)
 
@@ -87,7 +87,7 @@ def section(page: Page, name: str) -> None:
     tb.click(page, page.get_by_text(name, exact=True).first)
 
 
-def test_two_people_sort_browse_and_train_on_one_project(two, server, workspace_root):  # noqa: F811
+def test_two_people_sort_browse_and_train_on_one_project(two, app_server, workspace_root):
     a, b = two
     project = Workspace(workspace_root).create_project("Together")
     for k, cls in enumerate(("red", "green")):
@@ -98,7 +98,7 @@ def test_two_people_sort_browse_and_train_on_one_project(two, server, workspace_
 
     # --- sorting at once: each session is shown an image nobody else is looking at ---------------------------------
     for page in (a, b):
-        open_page(page, server, "data", project.slug)
+        open_page(page, app_server, "data", project.slug)
         section(page, "Sort inbox")
     tb.SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     a.screenshot(path=str(tb.SCREENSHOTS / "together-1-sorter-a.png"))
@@ -137,20 +137,20 @@ def test_two_people_sort_browse_and_train_on_one_project(two, server, workspace_
 
     # --- A trains while B keeps moving the run's images ---------------------------------------------------------------
     labels_at_start = project.labels()
-    open_page(b, server, "data", project.slug)  # a fresh session for B, on Browse: green
+    open_page(b, app_server, "data", project.slug)  # a fresh session for B, on Browse: green
     first_box = b.locator('.st-key-browse_grid [data-testid="stCheckbox"] label').first
     tb.click(b, first_box)
-    open_page(a, server, "train", project.slug)
+    open_page(a, app_server, "train", project.slug)
     tb.click(a, a.get_by_text("Advanced options"), rerun=False)
     tb.float32_only(a)
     # A head-only retrain is over in about a second, often before B's first click lands; fine-tuning reads every
     # image again (through the run's snapshot) for tens of seconds, so B's moves surely happen during the run.
     tb.click(a, a.get_by_text("Fine-tune the backbone"), rerun=False)
     tb.click(a, a.get_by_role("button", name="Start training"))
-    run_dir = jobs.run_path(project, jobs.active_run(project) or jobs.latest_run(project, state=None))
+    run_dir = jobs.run_path(project, jobs.active_run(project) or history.latest_run(project, state=None))
     assert json.loads((run_dir / "config.json").read_text())["do_fine_tuning"] is True
     acted, deadline = [], time.time() + 90
-    while jobs.job_status(run_dir)["state"] == "running" and time.time() < deadline and project.count("green") > 4:
+    while jobs.job_status(run_dir).state == "running" and time.time() < deadline and project.count("green") > 4:
         tb.click(b, b.get_by_role("button", name="Move 1", exact=True))  # a green image to the inbox
         acted.append(time.time())
         tb.click(b, first_box)
@@ -161,10 +161,10 @@ def test_two_people_sort_browse_and_train_on_one_project(two, server, workspace_
         acted.append(time.time())
     expect(a.get_by_text("Done: validation accuracy")).to_be_visible(timeout=240_000)
     status = jobs.job_status(run_dir)
-    assert status["state"] == "succeeded", status
-    scanned = next(e["time"] for e in jobs.events(run_dir) if e.get("type") == "scan")
-    assert any(scanned < t < status["finished"] for t in acted), ([round(t - scanned, 2) for t in acted],
-                                                                  status["finished"] - scanned)
+    assert status.state == "succeeded", status
+    scanned = next(e["time"] for e in history.events(run_dir) if e.get("type") == "scan")
+    assert any(scanned < t < status.finished for t in acted), ([round(t - scanned, 2) for t in acted],
+                                                               status.finished - scanned)
     snapshot = json.loads((run_dir / "snapshot.json").read_text())
     trained_on = {sha: label for sha, label, _ in snapshot["items"]}
     assert len(trained_on) >= len(labels_at_start) - 1  # at most the one image in the inbox at the scan

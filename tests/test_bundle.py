@@ -1,5 +1,5 @@
 """engine.export.bundle: bundle.zip holds the export and the bundle's own files, atomically, and its predict.py runs
-alone (on the export that test_export.py shares with the other export tests)."""
+alone (on the export the export tests share, tests/export_data.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export import draw, exported_once, save_rgb
+from export_data import draw, exported_once, save_rgb
 
 from engine.export import bundle as export_bundle
 

@@ -98,5 +98,6 @@ except bp.DECODE_ERRORS as exc:
     ("../x", None), ("a/../../x", None), ("a\\..\\x", None), ("/etc/x", None), ("\\x", None), ("C:x", None),
     ("c:\\x", None), ("a\x00b", None), ("", None), ("./", None)])
 def test_zip_member_names_are_checked_once_for_every_zip(name, parts):
-    """engine.inference.predict, engine.inference.serve, the bundle's serve.py and the data import all use this one check."""
+    """engine.inference.predict, engine.inference.serve, the bundle's serve.py and the data import all use this one
+    check."""
     assert bundle_predict().safe_member_parts(name) == parts

@@ -10,7 +10,7 @@ import types
 import cv2
 import numpy as np
 import pytest
-from test_export import exported_once
+from export_data import exported_once
 
 from engine.config.training import TrainConfig
 from engine.data.dataset import scan_image_dir, split_dataset

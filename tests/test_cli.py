@@ -188,7 +188,7 @@ def _lowest_versions(requirements: str) -> list[str]:
 def test_the_bundle_works_with_the_lowest_versions_its_requirements_allow(trained, tmp_path):
     # RETRAIN_STUDIO_BUNDLE_PYTHON=/path/to/python3.x runs it on another Python than the trainer's (run on 3.10 and
     # 3.11; the oldest versions have no builds for 3.13, where pip picks newer ones: the test above)
-    from test_serve import _curl_upload, clean_env, free_port, start
+    from servers import clean_env, curl_upload, free_port, start
 
     tmp, data, _, proc = trained
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -216,7 +216,7 @@ def test_the_bundle_works_with_the_lowest_versions_its_requirements_allow(traine
     port = free_port()
     srv = start([str(venv / "bin" / "python"), "serve.py", "--port", str(port)], bundle, tmp_path / "log", port)
     try:
-        assert _curl_upload(srv.url + "/classify", image)[image.name]["preds"][0]["tagName"] == "shapes"
+        assert curl_upload(srv.url + "/classify", image)[image.name]["preds"][0]["tagName"] == "shapes"
     finally:
         srv.stop()
 

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_export import CLASSES, SIZE, exported_once
+from export_data import CLASSES, SIZE, exported_once
 
 from engine.export import artefacts as export
 from engine.export import compose, savedmodel, tfbundle

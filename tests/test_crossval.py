@@ -83,18 +83,6 @@ def test_fewer_distinct_images_than_folds_uses_fewer_folds_and_one_refuses():
         crossval.out_of_fold(x, y, 2, groups=np.zeros(4, int))
 
 
-def test_near_duplicates_share_a_group_unless_the_group_would_not_fit_a_fold():
-    x, _ = blobs([10, 10], d=32, spread=1.0)
-    x[1] = x[0] * 1.01  # a near-copy
-    shas = [f"s{i}" for i in range(20)]
-    shas[5] = shas[4]  # an exact copy
-    groups, how = crossval.fold_groups(x, shas, n_folds=5)
-    assert groups[0] == groups[1] and groups[4] == groups[5] and "near-duplicates" in how
-    look_alike = np.ones((20, 32), np.float32)  # e.g. noise frames the backbone cannot tell apart
-    groups, how = crossval.fold_groups(look_alike, shas, n_folds=5)
-    assert len(set(groups.tolist())) == 19 and "larger than a fold" in how
-
-
 def test_l2_search_reports_each_point_and_steps_past_the_grid_edge():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(80, 16)).astype(np.float32), rng.integers(0, 2, 80)  # noise: strongest L2 wins
@@ -175,12 +163,12 @@ def test_head_only_training_imports_no_tensorflow(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The threshold in the outputs (a real exported model: the one test_export.py makes once per session)
+# The threshold in the outputs (a real exported model: the one tests/export_data.py makes once per session)
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """The shared export's float32 model, labels and card, with images to classify."""
-    from test_export import CLASSES, draw, exported_once, save_rgb
+    from export_data import CLASSES, draw, exported_once, save_rgb
 
     exp = exported_once(tmp_path_factory)
     folder = tmp_path_factory.mktemp("threshold")

@@ -1,5 +1,6 @@
-"""Curate (issue 10): near-duplicates, label issues, outliers, the model-assisted inbox, the map, the `inspect` CLI
-and the Curate page, on images made here with OpenCV and the real backbone (embeddings are cached by SHA-256)."""
+"""Curate (issue 10): label issues, outliers, the model-assisted inbox, the map, the `inspect` CLI and the Curate
+page, on images made here with OpenCV (tests/curate_data.py) and the real backbone (embeddings are cached by
+SHA-256). Near-duplicate groups: tests/test_groups.py; image statistics: tests/test_image_stats.py."""
 
 from __future__ import annotations
 
@@ -15,53 +16,26 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine.curate import curate  # noqa: E402
+from curate_data import KINDS, PER_CLASS, altered, blobs, drawing, fake_run, jpeg  # noqa: E402
+
+from engine.curate.decisions import Decisions  # noqa: E402
+from engine.curate.findings import find_issues, inspect_image_dir, project_findings  # noqa: E402
+from engine.curate.label_issues import knn_probabilities, label_issues  # noqa: E402
+from engine.curate.map import cached_map, project_2d  # noqa: E402
+from engine.curate.model import embed_records, load_head, project_model  # noqa: E402
+from engine.curate.outliers import OUTLIER_Z, class_outlier_scores, odd_image_reasons  # noqa: E402
+from engine.curate.suggestions import (  # noqa: E402
+    accept_suggestions,
+    inbox_suggestions,
+    order_suggestions,
+    run_suggestion_temperature,
+    suggestion_temperature,
+)
+from engine.features.image_stats import image_stats  # noqa: E402
+from engine.learn.groups import near_duplicate_groups  # noqa: E402
 from engine.learn.head import Head  # noqa: E402
-from engine.store.workspace import INBOX, Workspace  # noqa: E402
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# generated photos: red discs, blue squares and green stripes on textured backgrounds
-# ----------------------------------------------------------------------------------------------------------------
-def drawing(kind: str, seed: int, size: int = 128) -> np.ndarray:
-    """A 'photo': a random two-colour gradient with clutter, and 1-3 objects of the class at random places."""
-    rng = np.random.default_rng(seed)
-    c0, c1 = rng.integers(40, 230, 3), rng.integers(40, 230, 3)
-    angle = rng.uniform(0, np.pi)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    t = (np.cos(angle) * xx + np.sin(angle) * yy)[..., None]
-    img = (c0 * (1 - t) + c1 * t + rng.normal(0, 12, (size, size, 3))).clip(0, 255).astype(np.uint8)
-    for _ in range(int(rng.integers(3, 8))):  # clutter: grey-ish blobs anywhere
-        cv2.ellipse(img, (int(rng.integers(0, size)), int(rng.integers(0, size))),
-                    (int(rng.integers(4, 20)), int(rng.integers(4, 20))), float(rng.uniform(0, 180)), 0, 360,
-                    tuple(int(v) for v in rng.integers(60, 200, 3)), -1)
-    for _ in range(int(rng.integers(1, 4))):
-        cx, cy = (int(v) for v in rng.integers(size // 5, 4 * size // 5, 2))
-        r = int(rng.integers(size // 10, size // 4))
-        if kind == "red":
-            cv2.circle(img, (cx, cy), r, (30, 30, 220), -1)
-        elif kind == "blue":
-            cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), (220, 60, 30), -1)
-        else:
-            cv2.line(img, (cx - r, cy - 2 * r), (cx + r, cy + 2 * r), (40, 200, 40), 6)
-            cv2.line(img, (cx - r + 12, cy - 2 * r), (cx + r + 12, cy + 2 * r), (40, 200, 40), 6)
-    return img
-
-
-def jpeg(img: np.ndarray, quality: int = 90) -> bytes:
-    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
-
-
-def altered(img: np.ndarray) -> bytes:
-    """The bench's alteration: 90% centre crop, half size, +15% brightness, JPEG quality 40."""
-    h, w = img.shape[:2]
-    crop = img[round(h * 0.05): h - round(h * 0.05), round(w * 0.05): w - round(w * 0.05)]
-    small = cv2.resize(crop, (crop.shape[1] // 2, crop.shape[0] // 2), interpolation=cv2.INTER_AREA)
-    return jpeg(np.clip(small.astype(np.float32) * 1.15, 0, 255).astype(np.uint8), 40)
-
-
-KINDS = ("red", "blue", "green")
-PER_CLASS = 8
+from engine.store.names import INBOX  # noqa: E402
+from engine.store.workspace import Workspace  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -80,42 +54,12 @@ def image_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(image_dir) -> dict:
-    return curate.inspect_image_dir(image_dir)
+    return inspect_image_dir(image_dir)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# engine: near-duplicates
+# engine: odd images, label issues, class outliers
 # ----------------------------------------------------------------------------------------------------------------
-def test_near_duplicate_groups_sha_cosine_and_singletons():
-    rng = np.random.default_rng(0)
-    f = rng.normal(size=(6, 32)).astype(np.float32)
-    f[3] = f[1] * 2 + rng.normal(scale=0.01, size=32)  # same direction: cosine ~1
-    groups = curate.near_duplicate_groups(f, ["a", "b", "c", "d", "a", "e"])
-    assert groups.tolist() == [0, 1, 2, 1, 0, 3]  # ids in order of first appearance
-    assert curate.near_duplicate_groups(f, list("abcdef"), threshold=1.01).tolist() == list(range(6))
-    assert curate.near_duplicate_groups(np.zeros((0, 4)), []).tolist() == []
-    with pytest.raises(ValueError, match="file hashes"):
-        curate.near_duplicate_groups(f, ["a"])
-
-
-def test_perceptual_hash_groups_an_altered_copy_and_not_a_different_photo(tmp_path):
-    original, other = drawing("red", 1, 256), drawing("green", 2, 256)
-    paths = []
-    for name, data in (("orig.jpg", jpeg(original)), ("copy.jpg", altered(original)), ("other.jpg", jpeg(other))):
-        (tmp_path / name).write_bytes(data)
-        paths.append(str(tmp_path / name))
-    stats = curate.image_stats(paths, ["s1", "s2", "s3"], cache=False)
-    assert stats.readable.all() and stats.hashes.shape == (3, len(curate.HASH_SCALES), 63)
-    # embeddings that agree only loosely (cosine 0.6), as a shrunken copy's do: the hash decides
-    f = np.array([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.6, 0.0, 0.8]], np.float32)
-    groups = curate.near_duplicate_groups(f, ["s1", "s2", "s3"], hashes=stats.hashes)
-    assert groups[0] == groups[1] and groups[2] != groups[0]
-    assert len(set(curate.near_duplicate_groups(f, ["s1", "s2", "s3"]).tolist())) == 3  # without hashes: apart
-    # the hash alone is not enough: a veto when the embeddings disagree
-    far = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.0, 0.8]], np.float32)
-    assert len(set(curate.near_duplicate_groups(far, ["s1", "s2", "s3"], hashes=stats.hashes).tolist())) == 3
-
-
 def test_odd_images_have_reasons(tmp_path):
     grad = np.tile(np.linspace(0, 255, 256, dtype=np.float32), (256, 1))
     texture = drawing("red", 5, 256)
@@ -133,8 +77,8 @@ def test_odd_images_have_reasons(tmp_path):
         paths.append(str(tmp_path / f"{name}.png"))
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     paths.append(str(tmp_path / "broken.png"))
-    stats = curate.image_stats(paths, [f"x{i}" for i in range(len(paths))], cache=False)
-    reasons = {name: {r for r, _ in rs} for name, rs in zip([*cases, "broken"], curate.odd_image_reasons(stats),
+    stats = image_stats(paths, [f"x{i}" for i in range(len(paths))], cache=False)
+    reasons = {name: {r for r, _ in rs} for name, rs in zip([*cases, "broken"], odd_image_reasons(stats),
                                                              strict=True)}
     assert "near-blank" in reasons["blank"]
     assert "very dark" in reasons["dark"]
@@ -145,23 +89,12 @@ def test_odd_images_have_reasons(tmp_path):
     assert reasons["broken"] == {"unreadable"}
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# engine: label issues, class outliers
-# ----------------------------------------------------------------------------------------------------------------
-def blobs(n_per: int = 40, k: int = 3, d: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Separable classes whose members are not near-duplicates of each other (cosine ~0.5, as photos)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=1.0, size=(k, d))
-    y = np.repeat(np.arange(k), n_per)
-    return (centres[y] + rng.normal(size=(len(y), d))).astype(np.float32), y
-
-
 def test_label_issues_find_flipped_labels():
     x, y = blobs()
     flipped = np.array([3, 50, 100])
     y_noisy = y.copy()
     y_noisy[flipped] = (y[flipped] + 1) % 3
-    found = curate.find_issues(x, y_noisy, 3, [f"s{i}" for i in range(len(y))])
+    found = find_issues(x, y_noisy, 3, [f"s{i}" for i in range(len(y))])
     top = [li.index for li in found.label_issues[:3]]
     assert set(top) == set(flipped.tolist())
     for li in found.label_issues[:3]:
@@ -181,38 +114,38 @@ def test_suggestion_temperature_is_conservative_only_for_small_samples():
     for n, head_t in ((40, 0.6), (3000, 0.6)):
         p, y = sample(n)
         point = fit_temperature(np.log(p) * head_t, y)  # what fit_head would choose on these rows
-        t = curate.suggestion_temperature(head_t, p, y)
+        t = suggestion_temperature(head_t, p, y)
         assert t >= head_t
         if n == 40:
             assert t > 1.1 * point  # a small sample: the upper end of what it supports
         else:
             assert abs(t - point) < 0.05 * point  # thousands of rows: as fitted
     p, y = sample(3)
-    assert curate.suggestion_temperature(0.7, p[:1], y[:1]) == 0.7  # too few rows: the head's own
+    assert suggestion_temperature(0.7, p[:1], y[:1]) == 0.7  # too few rows: the head's own
 
 
 def test_label_issues_tolerate_an_empty_class_column():
     x, y = blobs(k=2)
     probs = np.column_stack([np.where(y == 0, 0.9, 0.1), np.where(y == 0, 0.1, 0.9), np.zeros(len(y))])
     probs[5] = [0.05, 0.95, 0.0]  # a class-0 image the model calls class 1
-    issues = curate.label_issues(y, probs)
+    issues = label_issues(y, probs)
     assert [li.index for li in issues] == [5] and issues[0].suggested == 1
 
 
 def test_class_outlier_and_knn_probabilities():
     x, y = blobs(n_per=20)
     x[7] = x[7] + 25.0  # far from its class
-    _, z = curate.class_outlier_scores(x, y)
-    assert int(np.argmax(z)) == 7 and z[7] > curate.OUTLIER_Z
-    p = curate.knn_probabilities(x, y, 3)
+    _, z = class_outlier_scores(x, y)
+    assert int(np.argmax(z)) == 7 and z[7] > OUTLIER_Z
+    p = knn_probabilities(x, y, 3)
     assert np.allclose(p.sum(axis=1), 1) and (p.argmax(1) == y).mean() > 0.9
     # a copy carrying the same wrong label must not vouch for it
     x2 = np.vstack([x, x[25:26]])
     y2 = np.append(y, 0)
     y2[25] = 0
-    groups = curate.near_duplicate_groups(x2, [f"s{i}" for i in range(len(y2))])
-    with_groups = curate.knn_probabilities(x2, y2, 3, groups)
-    without = curate.knn_probabilities(x2, y2, 3)
+    groups = near_duplicate_groups(x2, [f"s{i}" for i in range(len(y2))])
+    with_groups = knn_probabilities(x2, y2, 3, groups)
+    without = knn_probabilities(x2, y2, 3)
     assert with_groups[25, 0] < without[25, 0]
 
 
@@ -251,22 +184,12 @@ def test_cli_inspect_json_shape(image_dir, report, capsys):
 # ----------------------------------------------------------------------------------------------------------------
 # a project: decisions, inbox suggestions, ordered leases, the map
 # ----------------------------------------------------------------------------------------------------------------
-def fake_run(project, labels: list[str], kernel: np.ndarray, bias: np.ndarray, name: str = "run1") -> Path:
-    """A run folder as the trainer leaves it (only what curate reads: head.npz and model_card.json)."""
-    run = project.runs_dir / name
-    run.mkdir(parents=True)
-    np.savez(run / "head.npz", kernel=kernel.astype(np.float32), bias=bias.astype(np.float32),
-             temperature=np.float32(1.0))
-    (run / "model_card.json").write_text(json.dumps({"labels": labels, "backbone": {"handle": "efficientnet-lite0",
-                                                                                     "image_size": 224},
-                                                     "config": {"center_crop": False}}))
-    return run
 
 
 @pytest.fixture
-def project(tmp_path, image_dir):
-    ws = Workspace(tmp_path / "ws")
-    p = ws.create_project("Shapes")
+def project(project, image_dir):
+    """conftest's empty project with five shapes of each kind per class and three of each unsorted."""
+    p = project
     for kind in KINDS:
         p.add_files([str(f) for f in sorted((image_dir / kind).glob(f"{kind}[0-4].jpg"))], kind)
     p.add_files([str(f) for kind in KINDS for f in sorted((image_dir / kind).glob(f"{kind}[5-7].jpg"))], None)
@@ -274,30 +197,30 @@ def project(tmp_path, image_dir):
 
 
 def test_decisions_are_remembered(tmp_path):
-    d = curate.Decisions(tmp_path)
+    d = Decisions(tmp_path)
     assert d.kept() == set()
     assert d.keep("label", "abc") is True
-    assert curate.Decisions(tmp_path).kept() == {"label:abc"}
+    assert Decisions(tmp_path).kept() == {"label:abc"}
     assert d.forget_all() == 1 and d.kept() == set()
 
 
 def test_inbox_suggestions_accept_and_refresh_without_reembedding(project):
-    assert curate.inbox_suggestions(project) == []  # no model yet
+    assert inbox_suggestions(project) == []  # no model yet
     labelled = [r for r in project.images() if r.class_name]
-    model = curate.project_model(project)
-    feats, ok = curate.embed_records(labelled, model)
+    model = project_model(project)
+    feats, ok = embed_records(labelled, model)
     y = np.array([KINDS.index(labelled[i].class_name) for i in ok])
     from engine.learn.crossval import fit_logreg
 
     kernel, bias, _ = fit_logreg(feats, y, 3, 1e-3)
     run = fake_run(project, list(KINDS), kernel, bias)
-    head = curate.load_head(run)
+    head = load_head(run)
     assert isinstance(head, Head) and head.n_classes == 3
-    sugg = curate.inbox_suggestions(project)
+    sugg = inbox_suggestions(project)
     assert len(sugg) == 9
     truth = {r.sha256: r.source_name.rstrip("0123456789.jpg") for r in project.images(INBOX)}
     assert sum(s.class_name == truth[s.sha256] for s in sugg) >= 8
-    ordered = curate.order_suggestions(sugg, least_confident_first=True)
+    ordered = order_suggestions(sugg, least_confident_first=True)
     assert [s.confidence for s in ordered] == sorted(s.confidence for s in sugg)
     # an ordered lease hands out the least confident image first
     first = project.lease_in_order("me", [s.sha256 for s in ordered])
@@ -310,7 +233,7 @@ def test_inbox_suggestions_accept_and_refresh_without_reembedding(project):
     embeddings.Embedder.__init__ = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
     try:
         fake_run(project, list(KINDS), -kernel, bias, name="run2")
-        flipped = curate.inbox_suggestions(project)
+        flipped = inbox_suggestions(project)
     finally:
         embeddings.Embedder.__init__ = original
     assert calls == [] and len(flipped) == 9
@@ -325,30 +248,30 @@ def test_inbox_suggestions_accept_and_refresh_without_reembedding(project):
     (run3 / "metrics.json").write_text(json.dumps({"labels": list(KINDS), "predictions": [
         {"sha256": labelled[i].sha256, "true": t, "probs": p.tolist()} for i, t, p in zip(ok, truth_l, probs,
                                                                                           strict=True)]}))
-    assert curate.run_suggestion_temperature(run3, curate.load_head(run3)) > 1.0
-    humble = {s.sha256: s for s in curate.inbox_suggestions(project)}
+    assert run_suggestion_temperature(run3, load_head(run3)) > 1.0
+    humble = {s.sha256: s for s in inbox_suggestions(project)}
     assert {s.sha256: s.class_name for s in sugg} == {k: s.class_name for k, s in humble.items()}
     assert all(humble[s.sha256].confidence <= s.confidence + 1e-6 for s in sugg)
     assert any(humble[s.sha256].confidence < s.confidence - 1e-3 for s in sugg)
     # accept >= threshold moves only those
     sure = [s for s in sugg if s.confidence >= 0.5]
-    moved = curate.accept_suggestions(project, sugg, 0.5)
+    moved = accept_suggestions(project, sugg, 0.5)
     assert moved == len(sure)
     assert project.count(INBOX) == 9 - moved
 
 
 def test_project_findings_and_cached_map(project):
-    found = curate.project_findings(project)
+    found = project_findings(project)
     assert len(found.shas) == 15 and found.timings["total_s"] > 0
-    feats, ok = curate.embed_records(project.images(), curate.project_model(project))
+    feats, ok = embed_records(project.images(), project_model(project))
     shas = [project.images()[i].sha256 for i in ok]
-    xy = curate.cached_map(project.path, shas, feats, "pca")
+    xy = cached_map(project.path, shas, feats, "pca")
     assert xy.shape == (len(shas), 2)
     cached = list((project.path / "curate").glob("map-pca-*.npz"))
     assert len(cached) == 1
-    again = curate.cached_map(project.path, list(reversed(shas)), feats[::-1], "pca")
+    again = cached_map(project.path, list(reversed(shas)), feats[::-1], "pca")
     assert np.allclose(again, xy[::-1])
-    assert curate.project_2d(feats, "tsne").shape == (len(shas), 2)
+    assert project_2d(feats, "tsne").shape == (len(shas), 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -375,7 +298,7 @@ def test_curate_page_check_keep_and_fix(tmp_path, image_dir, monkeypatch):
     other = next((r for r in issues if r["sha256"] != mis["sha256"]), None)
     if other is not None:
         next(b for b in at.button if b.key == f"li_keep_{other['sha256']}").click().run()
-        assert f"label:{other['sha256']}" in curate.Decisions(p.path).kept()
+        assert f"label:{other['sha256']}" in Decisions(p.path).kept()
         assert not any(b.key == f"li_keep_{other['sha256']}" for b in at.button)
     at.segmented_control(key="curate_section").set_value(
         next(o for o in at.segmented_control(key="curate_section").options if o.startswith("Duplicates"))).run()
@@ -397,7 +320,7 @@ def test_sorter_suggests_orders_and_accepts(project, tmp_path, monkeypatch):
     from engine.learn.crossval import fit_logreg
 
     labelled = [r for r in project.images() if r.class_name]
-    feats, ok = curate.embed_records(labelled, curate.project_model(project))
+    feats, ok = embed_records(labelled, project_model(project))
     y = np.array([KINDS.index(labelled[i].class_name) for i in ok])
     kernel, bias, _ = fit_logreg(feats, y, 3, 1e-3)
     fake_run(project, list(KINDS), kernel, bias)
@@ -409,7 +332,7 @@ def test_sorter_suggests_orders_and_accepts(project, tmp_path, monkeypatch):
     at.segmented_control(key="data_section").set_value("Sort inbox").run()
     assert not at.exception, [e.value for e in at.exception]
     at.segmented_control(key="sort_order").set_value("Least confident first").run()
-    sugg = {s.sha256: s for s in curate.inbox_suggestions(project)}
+    sugg = {s.sha256: s for s in inbox_suggestions(project)}
     least = min(sugg.values(), key=lambda s: s.confidence)
     accept = next(b for b in at.button if b.key == "sort_accept")
     assert accept.label.startswith(f"Accept: {least.class_name}")
@@ -436,29 +359,3 @@ def test_curate_page_without_labelled_images(tmp_path, monkeypatch):
     assert any("needs at least two classes" in str(i.value) for i in at.info)
 
 
-@pytest.mark.shared
-def test_altered_copies_of_real_photos_join_their_originals(tmp_path):
-    """The bench's target in small: real flowers, copies with all four alterations, no false group added."""
-    from conftest import shared_dataset
-
-    from engine.data.images import file_sha256
-    from engine.features import backbones
-    from engine.features.embeddings import embed_files
-
-    root = shared_dataset("flowers")
-    paths = sorted(str(p) for p in root.glob("*/*.jpg"))
-    picks = [paths[i] for i in (3, 77, 151, 230)]
-    copies = []
-    for i, src in enumerate(picks):
-        (tmp_path / f"copy{i}.jpg").write_bytes(altered(cv2.imread(src)))
-        copies.append(str(tmp_path / f"copy{i}.jpg"))
-    everything = paths + copies
-    shas = [file_sha256(p) for p in everything]
-    emb = embed_files(everything, shas, backbones.resolve("efficientnet-lite0"))
-    assert len(emb.ok) == len(everything)
-    hashes = curate.image_stats(everything, shas).hashes
-    groups = curate.near_duplicate_groups(emb.features, shas, hashes=hashes)
-    for src, copy in zip(picks, copies, strict=True):
-        assert groups[everything.index(src)] == groups[everything.index(copy)]
-    untouched = curate.groups_to_lists(groups[: len(paths)])
-    assert len(untouched) <= 2  # flowers has one real duplicate (a greyscale edit of the same photo)

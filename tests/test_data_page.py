@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from engine.store.workspace import INBOX, Workspace  # noqa: E402
+from engine.store.names import INBOX  # noqa: E402
 
 
 def png(seed: int) -> bytes:
@@ -28,9 +28,8 @@ def png(seed: int) -> bytes:
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
-    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
-    project = Workspace().create_project("Two people")
+def project(project):
+    """conftest's empty project with two empty classes and five unsorted images."""
     for cls in ("cats", "dogs"):
         project.create_class(cls)
     project.add_files([(f"{i}.png", png(1200 + i)) for i in range(5)])

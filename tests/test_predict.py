@@ -12,7 +12,7 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
-from test_export import CLASSES, SIZE, draw, exported_once, save_rgb
+from export_data import CLASSES, SIZE, draw, exported_once, save_rgb
 
 from engine.cli.predict import add_predict_args, run_predict
 from engine.data import images
@@ -25,7 +25,7 @@ TOP_LINE = re.compile(r"^\d\.\d{6}: \S.*$")
 
 @pytest.fixture(scope="module")
 def exp(tmp_path_factory):
-    return exported_once(tmp_path_factory)  # the same export as test_export.py, made once per session
+    return exported_once(tmp_path_factory)  # the shared export (tests/export_data.py), made once per session
 
 
 @pytest.fixture(scope="module")

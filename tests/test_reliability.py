@@ -22,6 +22,7 @@ symlink points to. The table is printed and written to artifacts/reliability_tab
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -29,7 +30,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -52,15 +52,21 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the app's pages import ui/ and engine/ from the repo root
     sys.path.insert(0, str(REPO))
 
+from fake_engine import fake_command  # noqa: E402
+from servers import app_server, start_bundle_server  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from engine.config.training import TrainConfig  # noqa: E402
 from engine.core import fileio  # noqa: E402
 from engine.data.demo import bad_file_corpus, make_demo_dataset  # noqa: E402
-from engine.runs import jobs
-from engine.store import ingest
-from engine.store import workspace as wsmod  # noqa: E402
-from engine.store.workspace import INBOX, Project, Workspace, WorkspaceError  # noqa: E402
+from engine.runs import history, jobs  # noqa: E402
+from engine.runs import status as run_status  # noqa: E402
+from engine.store import errors as errors_module  # noqa: E402
+from engine.store import ingest  # noqa: E402
+from engine.store import moves as store_moves  # noqa: E402
+from engine.store.errors import WorkspaceError  # noqa: E402
+from engine.store.names import INBOX  # noqa: E402
+from engine.store.workspace import Project, Workspace  # noqa: E402
 
 TABLE_FILE = REPO / "artifacts" / "reliability_table.txt"
 ENTRIES = ["upload", "zip", "folder", "app", "browser", "cli_train", "cli_predict", "classify"]
@@ -715,18 +721,7 @@ def test_corpus_browser(env, tmp_path):
     added = sum(fk.usable for fk in FILE_KINDS.values()) + sum(len(c.added) for c in env.zips.values())
     rejected = sum(not fk.usable for fk in FILE_KINDS.values()) + sum(len(c.refused) for c in env.zips.values())
     summary = f"{added} added, 1 duplicate(s) skipped, {rejected} rejected"
-    port = free_port()
-    log = tmp_path / "streamlit.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [PY, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-             "--browser.gatherUsageStats", "false"],  # the shipped .streamlit/config.toml does the rest
-            cwd=REPO, env={**os.environ, "RETRAIN_STUDIO_WORKSPACE": str(env.root / "ws")}, stdout=fh,
-            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _healthy(url) or proc.poll() is not None, 60, "streamlit to start")
-        assert proc.poll() is None, log.read_text()[-2000:]
+    with app_server(env.root / "ws") as url:  # the shipped .streamlit/config.toml does the rest
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
                 "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
@@ -748,13 +743,6 @@ def test_corpus_browser(env, tmp_path):
                 shown = None
             finally:
                 browser.close()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     if shown is not None:
         exception = ["the page shows an exception"] if shown else []
         for fk in FILE_KINDS.values():  # the page's counts matched above; each file's fate is in the project
@@ -768,14 +756,6 @@ def test_corpus_browser(env, tmp_path):
         record(kind, entry, na="the Train page is checked in the app column")
     finish(entry, env, project, before)
     assert_entry_clean(entry)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-            return r.read().strip() == b"ok"
-    except OSError:
-        return False
 
 
 # ================================================================================================================
@@ -935,12 +915,6 @@ def test_corpus_cli_predict(env, cli_run):
 # ================================================================================================================
 # Entry point: POST /classify of the bundle's own server
 # ================================================================================================================
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def post(url: str, filename: str, data: bytes) -> tuple[int, dict | None, str]:
     boundary = uuid.uuid4().hex
     body = (f'--{boundary}\r\nContent-Disposition: form-data; name="upload"; filename="{filename}"\r\n'
@@ -958,43 +932,23 @@ def post(url: str, filename: str, data: bytes) -> tuple[int, dict | None, str]:
 
 
 @pytest.fixture(scope="module")
-def server(env, cli_run):
+def bundle_server(env, cli_run):
+    """The corpus run's bundle, unpacked and served by its own serve.py: (server, folder)."""
     if cli_run.proc.returncode != 0:
         pytest.fail(f"the training run failed: {cli_run.proc.stderr[-1500:]}")
-    if not (REPO / "engine" / "bundle" / "serve.py").exists():
-        pytest.skip("the HTTP server (engine/bundle/serve.py) is not committed yet")
     folder = env.root / "served"
     zipfile.ZipFile(cli_run.run_dir / "bundle.zip").extractall(folder)
-    port = free_port()
-    log = env.root / "serve.log"
-    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([PY, "serve.py", "--port", str(port)], cwd=folder, env=clean, stdout=fh,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"serve.py did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.3)
-    yield url, proc, folder
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    srv = start_bundle_server(folder, env.root / "serve.log", timeout=90)
+    yield srv, folder
+    with contextlib.suppress(subprocess.TimeoutExpired):  # stop() has killed it then
+        srv.stop(timeout=20)
 
 
 @pytest.mark.slow
-def test_corpus_classify(env, server):
+def test_corpus_classify(env, bundle_server):
     entry = "classify"
-    url, proc, folder = server
+    srv, folder = bundle_server
+    url, proc = srv.url, srv.proc
     folder_before = snapshot(folder)
     for fk in FILE_KINDS.values():
         try:
@@ -1118,25 +1072,25 @@ def test_kill_9_mid_epoch_and_mid_export_then_the_next_run_succeeds(tmp_path, mo
     killed = {}
     for moment, (cfg, reached) in moments.items():
         run_dir = jobs.run_path(project, jobs.start_training(project, cfg))
-        wait_for(lambda run_dir=run_dir, reached=reached: any(reached(e) for e in jobs.events(run_dir))
-                 or jobs.job_status(run_dir)["state"] != "running", 300, f"{moment} in {run_dir.name}")
-        assert jobs.job_status(run_dir)["state"] == "running", jobs.log_tail(run_dir)
+        wait_for(lambda run_dir=run_dir, reached=reached: any(reached(e) for e in history.events(run_dir))
+                 or jobs.job_status(run_dir).state != "running", 300, f"{moment} in {run_dir.name}")
+        assert jobs.job_status(run_dir).state == "running", history.log_tail(run_dir)
         if moment == "mid-export":
             time.sleep(1.0)  # into the SavedModel save / TFLite conversion
         kill_9(run_dir)
-        status = wait_for(lambda run_dir=run_dir: (s := jobs.job_status(run_dir))["state"] != "running" and s, 30,
+        status = wait_for(lambda run_dir=run_dir: (s := jobs.job_status(run_dir)).state != "running" and s, 30,
                           "the killed job to be noticed")
-        assert status["state"] == "failed" and status["message"] == jobs.DIED_MESSAGE, status
+        assert status.state == "failed" and status.message == run_status.DIED_MESSAGE, status
         # reading never writes: the launcher's watcher (or wait) records the death in status.json, once
         settled = jobs.wait(run_dir, timeout=5)
-        assert (settled["state"], settled["message"]) == ("failed", jobs.DIED_MESSAGE), settled
+        assert (settled.state, settled.message) == ("failed", run_status.DIED_MESSAGE), settled
         assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"  # saved, not just reported
-        assert not status["downloadable"] and not (run_dir / "bundle.zip").exists()
+        assert not status.downloadable and not (run_dir / "bundle.zip").exists()
         killed[moment] = run_dir
     assert (killed["mid-export"] / "metrics.json").exists()  # it really died after training, while exporting
-    rows = {r["run_id"]: r for r in jobs.list_runs(project)}
-    assert all(rows[d.name]["state"] == "failed" and not rows[d.name]["downloadable"] for d in killed.values())
-    assert jobs.active_run(project) is None and project.running_job() is None
+    rows = {r.run_id: r for r in history.list_runs(project)}
+    assert all(rows[d.name].state == "failed" and not rows[d.name].downloadable for d in killed.values())
+    assert jobs.active_run(project) is None
 
     # no page offers the half-exported run: Export has nothing to download, Train says why it failed
     at = app(project.slug).run()
@@ -1145,7 +1099,7 @@ def test_kill_9_mid_epoch_and_mid_export_then_the_next_run_succeeds(tmp_path, mo
     assert "No finished training run yet" in texts(at)
     at.switch_page("ui/pages/train.py").run()
     assert not at.exception
-    assert any(jobs.DIED_MESSAGE in e.value for e in at.error), texts(at)
+    assert any(run_status.DIED_MESSAGE in e.value for e in at.error), texts(at)
     assert "running" not in " ".join(m.value for m in at.markdown if m.value.startswith("**Run"))
 
     # the project and every label are intact
@@ -1154,20 +1108,10 @@ def test_kill_9_mid_epoch_and_mid_export_then_the_next_run_succeeds(tmp_path, mo
 
     run_dir = jobs.run_path(project, jobs.start_training(project, TrainConfig(quantize=["float32"])))
     status = jobs.wait(run_dir, timeout=400)
-    assert status["state"] == "succeeded" and status["downloadable"], jobs.log_tail(run_dir)
+    assert status.state == "succeeded" and status.downloadable, history.log_tail(run_dir)
     with zipfile.ZipFile(run_dir / "bundle.zip") as zf:
         assert zf.testzip() is None and "labels.txt" in zf.namelist()
     assert labels_of(project) == labels and project.consistency_check().ok
-
-
-def _fake_engine_command(tmp_path: Path) -> list[str]:
-    """test_jobs.py's stand-in for `python -m engine train` (same arguments, same run-folder files)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_jobs_fake", Path(__file__).with_name("test_jobs.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.fake_command(tmp_path)
 
 
 def _pid_gone(pid: int) -> bool:
@@ -1180,7 +1124,7 @@ def _pid_gone(pid: int) -> bool:
 
 def test_streamlit_restart_reattaches_a_live_job_and_shows_a_dead_one_failed(tmp_path, monkeypatch):
     monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
-    monkeypatch.setenv(jobs.COMMAND_ENV, json.dumps(_fake_engine_command(tmp_path)))
+    monkeypatch.setenv(jobs.COMMAND_ENV, json.dumps(fake_command(tmp_path)))
     monkeypatch.setenv("FAKE_MODE", "sleep")
     monkeypatch.setenv("FAKE_SLEEP", "120")
     project = Workspace().create_project("restart")
@@ -1210,10 +1154,10 @@ def test_streamlit_restart_reattaches_a_live_job_and_shows_a_dead_one_failed(tmp
     at.switch_page("ui/pages/train.py").run()
     assert not at.exception
     assert not any(m.value.startswith("**Run") and "running" in m.value for m in at.markdown), texts(at)
-    assert any(jobs.DIED_MESSAGE in e.value for e in at.error), texts(at)
+    assert any(run_status.DIED_MESSAGE in e.value for e in at.error), texts(at)
     assert not next(b for b in at.button if b.label.startswith("Start training")).disabled
     check = subprocess.run([PY, "-c", "import sys, json; from engine.runs import jobs; "
-                                      "print(json.dumps(jobs.job_status(sys.argv[1])))", str(run_dir)],
+                                      "print(json.dumps(jobs.job_status(sys.argv[1]).as_dict()))", str(run_dir)],
                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     assert json.loads(check.stdout)["state"] == "failed", check.stderr
     assert jobs.active_run(project) is None
@@ -1221,7 +1165,8 @@ def test_streamlit_restart_reattaches_a_live_job_and_shows_a_dead_one_failed(tmp
 
 MOVER = r"""
 import random, sys
-from engine.store.workspace import Project, WorkspaceError
+from engine.store.errors import WorkspaceError
+from engine.store.workspace import Project
 project, seed, rounds = Project(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(seed)
 shas = [r.sha256 for r in project.images()] + [r.sha256 for r in project.trashed()]
@@ -1328,8 +1273,8 @@ def test_consistency_check_command_reports_and_repairs_drift(tmp_path, monkeypat
     (project.inbox_dir / "notes.png").write_text("not a picture\n")
     files_before = {k: v for k, v in image_files(project).items()}
 
-    def check(*args: str, module: str = "engine.store.check") -> subprocess.CompletedProcess:
-        return subprocess.run([PY, "-m", module, "check", *args], cwd=tmp_path, capture_output=True,
+    def check(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PY, "-m", "engine", "check", *args], cwd=tmp_path, capture_output=True,
                               text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
 
     found = check(str(project.path))
@@ -1341,7 +1286,6 @@ def test_consistency_check_command_reports_and_repairs_drift(tmp_path, monkeypat
     fixed = check(project.slug, "--repair")  # a project name works too
     assert fixed.returncode == 0 and "OK" in fixed.stdout, fixed.stdout + fixed.stderr
     assert check(str(project.path)).returncode == 0
-    assert check(str(project.path), module="engine.store.workspace").returncode == 0  # the older spelling still works
     assert project.get(gone.sha256) is None
     assert project.get(moved.sha256).class_name == "b"
     assert project.get(sha(img(471))).class_name == "b" and project.get(sha(img(472))).class_name == "newclass"
@@ -1378,7 +1322,7 @@ def test_disk_full_is_a_clear_message_and_loses_nothing(tmp_path, monkeypatch):
     project.create_class("b")
     before = image_files(project)
     with monkeypatch.context() as m:
-        for module in (wsmod, fileio):  # the workspace writes through engine.core.fileio too
+        for module in (store_moves, fileio):  # moves rename files; the rest writes through engine.core.fileio
             m.setattr(module, "os", FaultyModule(os, replace=fails_with(errno.ENOSPC)))
         with pytest.raises(WorkspaceError, match="the disk is full") as exc:
             project.add_files([("new1.png", img(490)), ("new2.png", img(491))], "a")
@@ -1406,7 +1350,7 @@ def test_permission_errors_are_clear_messages(tmp_path, monkeypatch):
     before = image_files(project)
     with monkeypatch.context() as m:
         m.setattr(fileio, "tempfile", FaultyModule(tempfile, mkstemp=fails_with(errno.EACCES)))
-        for module in (wsmod, fileio):  # the workspace writes through engine.core.fileio too
+        for module in (store_moves, fileio):  # moves rename files; the rest writes through engine.core.fileio
             m.setattr(module, "os", FaultyModule(os, replace=fails_with(errno.EROFS)))
         with pytest.raises(WorkspaceError, match="no permission to write"):
             project.add_files([("new.png", img(499))])
@@ -1423,10 +1367,10 @@ def test_permission_errors_are_clear_messages(tmp_path, monkeypatch):
         assert not at.exception, [e.value for e in at.exception]
         assert any("no permission to write" in e.value for e in at.error), texts(at)
     assert image_files(project) == before and project.consistency_check().ok
-    assert wsmod.storage_error_message("Saving", sqlite3.OperationalError("database or disk is full"))
-    assert "no permission" in wsmod.storage_error_message("Saving", sqlite3.OperationalError(
+    assert errors_module.storage_error_message("Saving", sqlite3.OperationalError("database or disk is full"))
+    assert "no permission" in errors_module.storage_error_message("Saving", sqlite3.OperationalError(
         "attempt to write a readonly database"))
-    assert wsmod.storage_error_message("Saving", sqlite3.OperationalError("no such table: x")) is None
+    assert errors_module.storage_error_message("Saving", sqlite3.OperationalError("no such table: x")) is None
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions; test_permission_errors_are_clear_"
@@ -1463,8 +1407,8 @@ def test_app_binds_localhost_and_limits_uploads():
 def test_servers_bind_localhost_and_limit_uploads_by_default():
     import argparse
 
-    from engine.cli import serve
     from engine.bundle import serve as bundle_serve
+    from engine.cli import serve
 
     parser = argparse.ArgumentParser()
     serve.add_serve_args(parser)

@@ -18,11 +18,12 @@ from engine.config import runfiles as runfolder
 from engine.config import variants
 from engine.config.training import TrainConfig
 from engine.data import dataset
-from engine.inference import predict
 from engine.runs import jobs
 from engine.runs import pipeline as runs
 from engine.runs import status as run_status
-from engine.store.workspace import INBOX, Workspace
+from engine.store.errors import WorkspaceError
+from engine.store.names import INBOX
+from engine.store.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,11 +45,12 @@ def _png(seed: int) -> bytes:
 
 
 def test_names_have_one_owner():
+    """That no other module spells these names is tests/test_architecture.py's owner check; here, what they are."""
     assert variants.NAMES == ("float32", "dynamic", "int8")
-    assert predict.MODEL_PREFERENCE == runfolder.MODEL_PREFERENCE == (
+    assert runfolder.MODEL_PREFERENCE == (
         "model_float32.tflite", "model_dynamic.tflite", "model_int8.tflite", "saved_model")
-    assert dataset.SNAPSHOT_FILE == runfolder.SNAPSHOT
-    assert jobs.DIED_MESSAGE == run_status.DIED_MESSAGE
+    # the run states and status messages have one owner (engine.runs.status): jobs keeps no copies of them
+    assert not {"DIED_MESSAGE", "CANCELLED_MESSAGE", "FINAL_STATES", "RUNNING"} & set(vars(jobs))
     # the app and the workspace read run folders on every page: no TensorFlow, no engine module beyond fileio
     code = ("import sys, engine.config.runfiles; "
             "print(sorted(m for m in sys.modules if m.startswith(('engine.', 'tensorflow', 'keras'))))")
@@ -72,13 +74,57 @@ def test_write_and_read_status_of_this_process(tmp_path):
     assert run_status.read_status(tmp_path / "missing").state == "unknown"
 
 
+def test_a_state_this_version_does_not_know_reads_unknown(tmp_path):
+    RunState = run_status.RunState
+    (tmp_path / runfolder.STATUS).write_text(json.dumps({"state": "paused", "message": "from a newer version"}))
+    status = run_status.read_status(tmp_path)
+    assert status.state is RunState.UNKNOWN and not status.running and status.message == "from a newer version"
+    assert jobs.job_status(tmp_path).state is RunState.UNKNOWN
+    for stored in ({}, {"state": None}, {"state": ["running"]}, {"state": 3}, {"state": "Running"}):
+        assert run_status.RunStatus.from_dict(stored).state is RunState.UNKNOWN, stored
+    assert run_status.RunStatus.from_dict({"state": "cancelled"}).state is RunState.CANCELLED
+    assert run_status.settle(tmp_path).state is RunState.UNKNOWN  # only a "running" status is ever corrected
+    assert _status(tmp_path)["state"] == "paused"
+    with pytest.raises(ValueError, match="paused"):  # the writer refuses what the readers could not name
+        run_status.write_status(tmp_path, "paused")
+
+
+def test_states_are_stored_as_their_plain_strings(tmp_path):
+    RunState = run_status.RunState
+    assert [s.value for s in RunState] == ["running", "succeeded", "failed", "cancelled", "unknown"]
+    assert run_status.FINAL_STATES == (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
+    run_status.write_status(tmp_path, RunState.SUCCEEDED, "ok")
+    assert '"state": "succeeded"' in (tmp_path / runfolder.STATUS).read_text()
+    assert type(_status(tmp_path)["state"]) is str
+    status = run_status.read_status(tmp_path)
+    assert status.state is RunState.SUCCEEDED
+    assert json.loads(json.dumps(status.as_dict()))["state"] == "succeeded"
+    run_status.write_launch_status(tmp_path, RunState.FAILED, "could not start", time.time())
+    assert json.loads((tmp_path / runfolder.STATUS).read_text())["state"] == "failed"
+
+
+def test_a_cancel_is_recorded_by_the_status_module(tmp_path):
+    RunState = run_status.RunState
+    run_status.write_status(tmp_path, RunState.RUNNING, "training", pid=_dead_pid())
+    pid = _status(tmp_path)["pid"]
+    status = run_status.record_cancelled(tmp_path)
+    assert (status.state, status.message) == (RunState.CANCELLED, run_status.CANCELLED_MESSAGE)
+    saved = _status(tmp_path)
+    assert (saved["state"], saved["pid"]) == ("cancelled", pid) and saved["finished"] >= saved["started"]
+    run_status.write_status(tmp_path, RunState.SUCCEEDED, "ok")  # finished before the signal arrived: kept
+    assert run_status.record_cancelled(tmp_path).state is RunState.SUCCEEDED
+    assert _status(tmp_path)["message"] == "ok"
+    # engine.runs.status is the one writer of status.json: the launcher never names the file
+    assert "STATUS" not in Path(jobs.__file__).read_text(encoding="utf-8")
+
+
 def test_a_dead_job_reads_failed_and_is_written_once_by_settle(tmp_path):
     (tmp_path / runfolder.STATUS).write_text(json.dumps({"state": "running", "pid": _dead_pid(), "started": 1.0}))
     before = (tmp_path / runfolder.STATUS).read_bytes()
     for _ in range(2):  # reading never writes
         status = run_status.read_status(tmp_path)
         assert (status.state, status.message) == ("failed", run_status.DIED_MESSAGE)
-        assert jobs.job_status(tmp_path)["state"] == "failed"
+        assert jobs.job_status(tmp_path).state == "failed"
     assert (tmp_path / runfolder.STATUS).read_bytes() == before
     assert run_status.settle(tmp_path).state == "failed"
     saved = _status(tmp_path)
@@ -115,25 +161,24 @@ def test_cancel_marker_pid_reuse_and_starting_window(tmp_path):
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
-    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
-    monkeypatch.delenv(jobs.COMMAND_ENV, raising=False)
-    project = Workspace().create_project("runfolder")
+def project(project):
+    """conftest's empty project with two classes of two images and one unsorted image."""
     for k, cls in enumerate(("cats", "dogs")):
         project.add_files([(f"{cls}{i}.png", _png(10 * k + i)) for i in range(2)], cls)
     project.add_files([("loose.png", _png(99))])
     return project
 
 
-def test_workspace_and_jobs_agree_on_the_running_job(project):
+def test_a_project_with_a_running_job_is_not_deleted(project):
     run_dir = project.runs_dir / "20200101-000000-000-abcd"
     run_dir.mkdir(parents=True)
     (run_dir / runfolder.STATUS).write_text(json.dumps({"state": "running", "pid": _dead_pid(), "started": 1.0}))
-    assert jobs.active_run(project) is None and project.running_job() is None
+    assert jobs.active_run(project) is None
     run_status.write_status(run_dir, "running", "training")  # alive: this process
-    assert jobs.active_run(project) == run_dir.name and project.running_job() == run_dir
-    with pytest.raises(Exception, match="cancel"):
-        Workspace().delete_project(project.slug)
+    assert jobs.active_run(project) == run_dir.name
+    with pytest.raises(WorkspaceError, match="cancel"):
+        jobs.delete_project(Workspace(), project.slug)
+    assert project.db_path.exists()
 
 
 def test_readiness_rule_and_inbox_apart(project):
@@ -153,7 +198,7 @@ def test_the_launcher_settles_its_dead_job_and_configs_are_not_mutated(project, 
     deadline = time.time() + 20
     while _status(run_dir)["state"] == "running" and time.time() < deadline:  # nobody but the watcher writes
         time.sleep(0.05)
-    assert (_status(run_dir)["state"], _status(run_dir)["message"]) == ("failed", jobs.DIED_MESSAGE)
+    assert (_status(run_dir)["state"], _status(run_dir)["message"]) == ("failed", run_status.DIED_MESSAGE)
 
     monkeypatch.chdir(tmp_path)
     bad = TrainConfig(image_dir=str(tmp_path / "no such folder"))

@@ -2,8 +2,8 @@
 
 The server runs in a subprocess whose working folder is the unpacked bundle and whose PYTHONPATH does not hold the
 repo, so it can only use what the bundle ships; /v1/model reports that neither TensorFlow nor the engine got
-imported. One bundle (float32 TFLite only) is made per module, or taken from test_export's shared export when
-that already ran in this session.
+imported. One bundle (float32 TFLite only) is made per module, or taken from the shared export (tests/export_data.py)
+when another module already made it in this session.
 """
 
 from __future__ import annotations
@@ -12,25 +12,21 @@ import http.client
 import io
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import export_data
 import numpy as np
 import pytest
 from conftest import REPO, shared_dataset
-from test_export import CLASSES, SIZE, build_model, draw, make_set
+from export_data import CLASSES, SIZE, build_model, draw, make_set
+from servers import Server, clean_env, curl_upload, free_port, multipart, request, start, start_bundle_server
 
 from engine.data.demo import bad_file_corpus
 from engine.export import artefacts as export
@@ -48,84 +44,8 @@ LIMITS = ["--max_upload_mb", "2", "--max_zip_files", "20", "--max_zip_mb", "4", 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Helpers: a server process, multipart requests with the standard library only
+# Helpers: multipart requests with the standard library only (server processes: tests/servers.py)
 # ----------------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment less PYTHONPATH, so nothing from the repo is importable unless the command is run from it."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(extra)
-    return env
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-
-
-def start(cmd: list[str], cwd: Path, log: Path, port: int, env: dict[str, str] | None = None,
-          timeout: float = 60) -> Server:
-    fh = open(log, "wb")  # noqa: SIM115 - the child writes it; closed below
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env or clean_env(), stdout=fh, stderr=subprocess.STDOUT)
-    fh.close()
-    server = Server(proc, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{server.output()[-3000:]}")
-        try:
-            with urllib.request.urlopen(server.url + "/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.2)
-    server.stop(signal.SIGKILL)
-    pytest.fail(f"server did not answer /healthz in {timeout} s:\n{server.output()[-3000:]}")
-
-
-def multipart(fields: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = []
-    for field, (filename, data) in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def request(url: str, body: bytes | None = None, content_type: str | None = None,
-            method: str | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, method=method)
-    if content_type:
-        req.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            status, raw, ctype = r.status, r.read(), r.headers.get("content-type", "")
-    except urllib.error.HTTPError as e:
-        status, raw, ctype = e.code, e.read(), e.headers.get("content-type", "")
-    assert ctype.startswith("application/json"), (status, ctype, raw[:200])
-    return status, json.loads(raw)
-
-
 def upload(server: Server, path: str, filename: str, data: bytes, field: str = "upload") -> tuple[int, dict]:
     return request(server.url + path, *multipart({field: (filename, data)}))
 
@@ -154,12 +74,11 @@ def assert_error(status: int, body: dict, want: int) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    """A real bundle zip: test_export's export when it already ran in this session, else a float32-only one."""
-    import test_export
-
+    """A real bundle zip: the shared export when another module already made it in this session, else a
+    float32-only one."""
     root = tmp_path_factory.mktemp("serve_bundle")
-    if "exp" in test_export._SHARED:
-        out = test_export._SHARED["exp"].out
+    if "exp" in export_data._SHARED:
+        out = export_data._SHARED["exp"].out
     else:
         x_tr, y_tr = make_set(6, seed=1)
         x_val, y_val = make_set(2, seed=2)
@@ -179,9 +98,7 @@ def unpacked(bundle, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(unpacked, tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve_log") / "server.log"
-    port = free_port()
-    srv = start([sys.executable, "serve.py", "--port", str(port), *LIMITS], unpacked, log, port)
+    srv = start_bundle_server(unpacked, tmp_path_factory.mktemp("serve_log") / "server.log", *LIMITS)
     yield srv
     srv.stop()
 
@@ -552,8 +469,8 @@ def test_engine_serve_refuses_a_zip_with_an_unsafe_member(tmp_path):
 def test_engine_serve_passes_on_only_the_flags_given_so_the_servers_defaults_apply():
     import argparse
 
-    from engine.cli import serve
     from engine.bundle import serve as bundle_serve
+    from engine.cli import serve
 
     parser = argparse.ArgumentParser()
     serve.add_serve_args(parser)
@@ -569,15 +486,6 @@ def test_engine_serve_passes_on_only_the_flags_given_so_the_servers_defaults_app
 # ----------------------------------------------------------------------------------------------------------------
 # Real data, and a fresh virtual environment with only the bundle's requirements
 # ----------------------------------------------------------------------------------------------------------------
-def _curl_upload(url: str, path: Path) -> dict:
-    if shutil.which("curl"):
-        proc = subprocess.run(["curl", "-sS", "-F", f"upload=@{path}", url], capture_output=True, text=True,
-                              timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout)
-    return request(url, *multipart({"upload": (path.name, path.read_bytes())}))[1]
-
-
 @pytest.mark.slow
 @pytest.mark.shared
 def test_a_model_trained_on_text_nontext_serves_the_right_class(tmp_path):
@@ -596,7 +504,7 @@ def test_a_model_trained_on_text_nontext_serves_the_right_class(tmp_path):
     try:
         for pick in picks:
             path = Path(pick["path"])
-            body = _curl_upload(srv.url + "/classify", path)
+            body = curl_upload(srv.url + "/classify", path)
             assert body[path.name]["preds"][0]["tagName"] == pick["true"], body
     finally:
         srv.stop(signal.SIGTERM)
@@ -621,7 +529,7 @@ def test_a_fresh_venv_with_only_the_bundles_requirements_serves_it(unpacked, tmp
     try:
         src = tmp_path / "circle.jpg"
         src.write_bytes(images[1])
-        body = _curl_upload(srv.url + "/classify", src)
+        body = curl_upload(srv.url + "/classify", src)
         assert body["circle.jpg"]["preds"][0]["tagName"] == "red circle"
     finally:
         srv.stop()

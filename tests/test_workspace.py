@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.store.errors import WorkspaceError
 from engine.store.ingest import MAX_ZIP_RATIO, sanitize_filename
-from engine.store.workspace import INBOX, Workspace, WorkspaceError, sanitize_class_name, slugify
+from engine.store.names import INBOX, sanitize_class_name, slugify
 
 
 def png(seed: int, size: int = 24, fmt: str = "PNG") -> bytes:
@@ -30,17 +31,6 @@ def make_zip(entries: dict[str, bytes]) -> bytes:
         for name, data in entries.items():
             zf.writestr(name, data)
     return buf.getvalue()
-
-
-@pytest.fixture
-def ws(tmp_path, monkeypatch) -> Workspace:
-    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
-    return Workspace()
-
-
-@pytest.fixture
-def project(ws):
-    return ws.create_project("Test project")
 
 
 def assert_consistent(project) -> None:
@@ -401,7 +391,8 @@ def sorted_inbox(project, n: int = 4, seed: int = 700):
 
 
 def test_stale_actions_are_refused_and_say_where_the_image_went(project):
-    from engine.store.workspace import TRASH, StaleActionError
+    from engine.store.names import TRASH
+    from engine.store.records import StaleActionError
 
     a, b, c = sorted_inbox(project, 3)
     assert project.act([a], "dogs", expected={a: INBOX}, session="B").done == 1
@@ -425,7 +416,7 @@ def test_stale_actions_are_refused_and_say_where_the_image_went(project):
 
 
 def test_undo_reverts_only_your_own_unchanged_actions(project):
-    from engine.store.workspace import TRASH
+    from engine.store.names import TRASH
 
     a, b, c, d = sorted_inbox(project, 4)
     steps = [project.act([a], "cats", session="A").changes, project.act([b], TRASH, session="A").changes,

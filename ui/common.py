@@ -10,11 +10,17 @@ from typing import Any
 
 import streamlit as st
 
+from engine.config.backbones import BACKBONES
 from engine.data.images import SUPPORTED
+from engine.inference.predict import load_predictor
 from engine.runs.history import RunSummary, list_runs
+from engine.runs.jobs import JobError
 from engine.runs.status import RunState
+from engine.store.errors import WorkspaceError
 from engine.store.ingest import AddReport
-from engine.store.workspace import INBOX, ImageRecord, Project, Workspace, WorkspaceError
+from engine.store.names import INBOX
+from engine.store.records import ImageRecord
+from engine.store.workspace import Project, Workspace
 
 log = logging.getLogger("retrain_studio.ui")
 
@@ -101,8 +107,6 @@ def show_flash() -> None:
 @contextmanager
 def user_errors(what: str) -> Iterator[None]:
     """Turn exceptions into a readable st.error (never a traceback on the page); details go to the log."""
-    from engine.runs.jobs import JobError
-
     try:
         yield
     except (WorkspaceError, JobError) as exc:
@@ -117,8 +121,6 @@ def user_errors(what: str) -> Iterator[None]:
 
 def guarded(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call fn from a callback; store a flash message instead of raising."""
-    from engine.runs.jobs import JobError
-
     try:
         return fn(*args, **kwargs)
     except (WorkspaceError, JobError, ValueError) as exc:
@@ -208,15 +210,11 @@ def set_selection(key: str, shas: Sequence[str], value: bool) -> None:
 # ------------------------------------------------------------------------------------------------------------------
 @st.cache_resource(show_spinner="Loading the list of backbones ...")
 def backbone_names() -> list[str]:
-    from engine.config.backbones import BACKBONES  # the table alone: standard library, no NumPy or TensorFlow
-
     return list(BACKBONES)
 
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=4)
 def _predictor(model_path: str, labels_path: str | None, mtime: float):  # noqa: ARG001 - mtime busts the cache
-    from engine.inference.predict import load_predictor
-
     return load_predictor(model_path, labels_path)
 
 

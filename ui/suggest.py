@@ -11,15 +11,18 @@ from collections.abc import Sequence
 
 import streamlit as st
 
-from engine.curate import curate
-from engine.store.workspace import INBOX, ImageRecord, Project
+from engine.curate.model import newest_run
+from engine.curate.suggestions import Suggestion, accept_suggestions, inbox_suggestions, order_suggestions
+from engine.store.names import INBOX
+from engine.store.records import ImageRecord
+from engine.store.workspace import Project
 from ui import common
 
 ORDERS = ["Oldest first", "Least confident first", "Most confident first"]
 
 
 def _state(project: Project) -> dict:
-    run = curate.newest_run(project)
+    run = newest_run(project)
     key = f"suggest::{project.slug}"
     state = st.session_state.get(key)
     run_id = str(run) if run else ""
@@ -29,7 +32,7 @@ def _state(project: Project) -> dict:
     return state
 
 
-def suggestions(project: Project, records: Sequence[ImageRecord]) -> dict[str, curate.Suggestion]:
+def suggestions(project: Project, records: Sequence[ImageRecord]) -> dict[str, Suggestion]:
     """sha256 -> Suggestion for these inbox records ({} when the project has no trained model with a head)."""
     state = _state(project)
     if not state["run"]:
@@ -38,7 +41,7 @@ def suggestions(project: Project, records: Sequence[ImageRecord]) -> dict[str, c
     if missing:
         try:
             with st.spinner(f"Model suggestions for {len(missing)} image(s) ..."):
-                for s in curate.inbox_suggestions(project, missing):
+                for s in inbox_suggestions(project, missing):
                     state["by_sha"][s.sha256] = s
         except Exception as exc:  # noqa: BLE001 - sorting must keep working without suggestions
             common.log.warning("no inbox suggestions: %r", exc)
@@ -47,22 +50,22 @@ def suggestions(project: Project, records: Sequence[ImageRecord]) -> dict[str, c
     return {r.sha256: state["by_sha"][r.sha256] for r in records if r.sha256 in state["by_sha"]}
 
 
-def _order(project: Project) -> tuple[str, dict[str, curate.Suggestion]]:
-    if curate.newest_run(project) is None:
+def _order(project: Project) -> tuple[str, dict[str, Suggestion]]:
+    if newest_run(project) is None:
         return ORDERS[0], {}
     order = st.segmented_control("Order", ORDERS, key="sort_order", default=ORDERS[0],
                                  label_visibility="collapsed") or ORDERS[0]
     return order, suggestions(project, project.images(INBOX))
 
 
-def _ranked(order: str, sugg: dict[str, curate.Suggestion]) -> list[str]:
+def _ranked(order: str, sugg: dict[str, Suggestion]) -> list[str]:
     if order == ORDERS[0] or not sugg:
         return []
-    return [s.sha256 for s in curate.order_suggestions(list(sugg.values()), order == ORDERS[1])]
+    return [s.sha256 for s in order_suggestions(list(sugg.values()), order == ORDERS[1])]
 
 
 def lease(project: Project, session: str, skipped: Sequence[str]) -> tuple[ImageRecord | None,
-                                                                         dict[str, curate.Suggestion]]:
+                                                                         dict[str, Suggestion]]:
     """The image this session sorts next (in the chosen order) and the inbox suggestions."""
     order, sugg = _order(project)
     if st.session_state.get("sort_order_used", ORDERS[0]) != order:  # a new order starts from its first image
@@ -84,7 +87,7 @@ def next_up(project: Project, session: str, skip: Sequence[str], limit: int = 6)
     return [pool[s] for s in ranked if s in pool][:limit]
 
 
-def accept_button(project: Project, rec: ImageRecord, sugg: dict[str, curate.Suggestion], on_accept) -> None:
+def accept_button(project: Project, rec: ImageRecord, sugg: dict[str, Suggestion], on_accept) -> None:
     """'Accept: <class> (87%)' with the Enter key, under the image being sorted."""
     s = sugg.get(rec.sha256)
     if s is None or s.class_name not in project.classes():
@@ -95,7 +98,7 @@ def accept_button(project: Project, rec: ImageRecord, sugg: dict[str, curate.Sug
               "the model was trained on (cautiously while there are few). Enter accepts it.")
 
 
-def bulk_accept(project: Project, sugg: dict[str, curate.Suggestion]) -> None:
+def bulk_accept(project: Project, sugg: dict[str, Suggestion]) -> None:
     """'Accept all suggestions >= X' with a preview of what would move."""
     if not sugg:
         return
@@ -118,7 +121,7 @@ def bulk_accept(project: Project, sugg: dict[str, curate.Suggestion]) -> None:
                     cols[i % 6].image(data, caption=f"{s.class_name} {s.confidence:.0%}", width="stretch")
 
         def accept() -> None:
-            moved = common.guarded("Moving", curate.accept_suggestions, project, chosen, threshold)
+            moved = common.guarded("Moving", accept_suggestions, project, chosen, threshold)
             if moved is not None:
                 common.flash("success", f"Moved {moved} image(s) into their suggested classes.")
 

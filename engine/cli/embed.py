@@ -5,14 +5,17 @@ from __future__ import annotations
 import sys
 
 from engine.cli.progress import ConsoleProgress
+from engine.cli.train import add_config_args
 from engine.config.training import TrainConfig
 from engine.features.backbones import BackboneError
 from engine.features.ray_embed import DistributedError, embed_local, embed_with_ray, file_name
 
-
 # ----------------------------------------------------------------------------------------------------------------
+# Flags with train's meaning (a cache filled here is the cache training reads), declared once, by TrainConfig
+SHARED_WITH_TRAIN = ("tfhub_module", "image_size", "center_crop", "cache_dir")
+
+
 def add_embed_args(parser) -> None:
-    defaults = TrainConfig()
     parser.add_argument("--image_dir", required=True,
                         help="Folder of images (searched recursively): a local path, or with --ray any path "
                              "pyarrow/fsspec reads (s3://bucket/photos, gs://..., hdfs://...).")
@@ -29,27 +32,25 @@ def add_embed_args(parser) -> None:
                         help="Ray: read and decode inside the actors instead of separate tasks (CPU-only clusters).")
     parser.add_argument("--batch_size", type=int, default=32, help="Ray: images per block, actor call and shard.")
     parser.add_argument("--threads", type=int, default=None, help="Local: LiteRT threads (default: all cores).")
-    parser.add_argument("--tfhub_module", default=defaults.tfhub_module, help="Backbone, as for train.")
-    parser.add_argument("--image_size", type=int, default=None, help="Input size (default: the backbone's).")
-    parser.add_argument("--center_crop", action="store_true", help="As train's --center_crop (part of the cache key).")
-    parser.add_argument("--cache_dir", default=None,
-                        help="Embedding cache folder, as train's --cache_dir (default: ~/.cache/retrain-studio).")
+    add_config_args(parser, SHARED_WITH_TRAIN)
     parser.add_argument("--shard_dir", default=None,
                         help="Where Parquet shards go (default: <cache>/shards; any pyarrow/fsspec path).")
 
 
 def run_embed(args) -> int:
+    # the flags shared with train are left out of `args` when not given: TrainConfig's defaults apply, as in train
+    cfg = TrainConfig.from_dict({name: getattr(args, name) for name in SHARED_WITH_TRAIN if hasattr(args, name)})
     progress = ConsoleProgress()
-    common = dict(center_crop=args.center_crop, cache_dir=args.cache_dir, shard_dir=args.shard_dir,
+    common = dict(center_crop=cfg.center_crop, cache_dir=cfg.cache_dir, shard_dir=args.shard_dir,
                   progress=progress)
     try:
         if args.ray:
-            report = embed_with_ray(args.image_dir, args.tfhub_module, args.image_size,
+            report = embed_with_ray(args.image_dir, cfg.tfhub_module, cfg.image_size,
                                     address=None if args.ray == "local" else args.ray, actors=args.actors,
                                     threads_per_actor=args.threads_per_actor, decode_cpus=args.decode_cpus,
                                     fuse_decode=args.fuse_decode, batch_size=args.batch_size, **common)
         else:
-            report = embed_local(args.image_dir, args.tfhub_module, args.image_size, threads=args.threads, **common)
+            report = embed_local(args.image_dir, cfg.tfhub_module, cfg.image_size, threads=args.threads, **common)
     except (DistributedError, BackboneError) as exc:
         progress.close()
         print(f"error: {exc}", file=sys.stderr)

@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from engine.data import images
 from engine.bundle import predict as bundle
+from engine.data import images
 from engine.inference.predict import PredictError, load_predictor
 
 

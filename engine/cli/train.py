@@ -71,9 +71,17 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="JSON file with TrainConfig fields; flags given here override it.")
     # config_from_args reports a bad --config file argparse-style too, after parsing: it needs this parser for that
     parser.set_defaults(train_parser_error=parser.error)
+    add_config_args(parser)
+
+
+def add_config_args(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """A flag per TrainConfig field (or the named ones: other commands share train's meaning of them), with its
+    help, default and bounds; a flag not given stays out of the namespace, so TrainConfig's default applies."""
     hints = get_type_hints(TrainConfig)
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
+        if names is not None and f.name not in names:
+            continue
         kind, default = _base_type(hints[f.name]), getattr(defaults, f.name)
         text = _help(f, default)
         flag = f"--{f.name}"

@@ -5,8 +5,9 @@ here ever deletes or moves a user's file.
 
 A run trains on a snapshot: the (SHA-256, label) pairs seen by the scan. People keep sorting while it trains, so
 every later read of an image goes through `resolve_path()`, which finds the bytes by content when the file is no
-longer where the scan saw it (a workspace project asks its index, which also knows the trash; a plain folder is
-rescanned for the content), and raises `ImageGone` (an ImageError naming the file) when they are nowhere.
+longer where the scan saw it (a workspace project asks its index, which also knows the trash: engine.store
+registers it with `register_content_finder` when it loads; a plain folder is rescanned for the content), and raises
+`ImageGone` (an ImageError naming the file) when they are nowhere.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,6 +149,7 @@ class _Seen:
 
 
 READ_ATTEMPTS = 4  # searches for an image's content before it counts as gone (see prepare_image)
+_FINDERS: list[Callable[[Path, str], Path | None]] = []  # register_content_finder
 _SEEN: dict[str, _Seen] = {}  # path as scanned -> what was there (filled by scan_image_dir)
 _FOUND: dict[str, dict[str, str]] = {}  # root -> {sha256: path} learnt by rescans
 _LOCK = threading.Lock()
@@ -215,13 +217,18 @@ def load_images(paths: list[str], size: int, center_crop: bool) -> np.ndarray:
     return np.stack([prepare_image(p, size, center_crop) for p in paths])
 
 
+def register_content_finder(finder: Callable[[Path, str], Path | None]) -> None:
+    """Ask `finder(root, sha256)` first when an image is no longer where the scan saw it (engine.store registers a
+    project's index this way: it also knows the trash, and this layer cannot import it)."""
+    if finder not in _FINDERS:
+        _FINDERS.append(finder)
+
+
 def _find_content(seen: _Seen) -> str | None:
     root = Path(seen.root)
-    if root.name == "images" and (root.parent / "project.db").is_file():  # a workspace project: ask its index
-        from engine.store.workspace import Project
-
+    for finder in _FINDERS:
         try:
-            where = Project(root.parent).locate(seen.sha256)
+            where = finder(root, seen.sha256)
         except Exception as exc:  # noqa: BLE001 - a busy or broken index: fall back to looking at the files
             log.warning("project index unavailable (%r); searching %s by content", exc, root)
             where = None

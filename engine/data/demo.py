@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from engine.data.images import HEIF_SUPPORTED  # importing it registers the HEIF plugin (pillow-heif)
+
 WORDS = ["invoice", "HELLO", "total 42", "Stop", "menu", "Retrain", "open 9-5", "SALE", "page 3", "Dear Sir",
          "exit", "warning", "lorem ipsum", "No 17", "cafe", "TEXT", "A B C", "2026", "label", "studio"]
 FONTS = [cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX,
@@ -115,8 +117,6 @@ def _exif_rotated(orientation: int) -> bytes:
 
 def _heic(im: Image.Image) -> bytes:
     """An iPhone-style HEIC photo (pillow-heif); where pillow-heif is missing, a HEIC header that nothing decodes."""
-    from engine.data.images import HEIF_SUPPORTED  # importing engine.data.images registers the HEIF plugin
-
     if HEIF_SUPPORTED:
         return _encode(im, "HEIF", quality=90)
     return b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\0" * 64

@@ -14,6 +14,7 @@ from typing import Any
 from engine.config import runfiles as rf
 from engine.config import variants
 from engine.core.fileio import atomic_path
+from engine.core.files import is_hidden
 from engine.export.card import BUNDLE_RESAMPLING, TRAINING_RESAMPLING
 from engine.inference.bundle_files import BUNDLE_README, BUNDLE_SOURCES
 
@@ -55,7 +56,7 @@ def _zip_text(zf: zipfile.ZipFile, name: str, text: str | bytes) -> None:
 def bundle_sources() -> list[Path]:
     """The files of engine/bundle/ that ship, by name: never a __pycache__ (or any folder) left by running
     them."""
-    return sorted(p for p in BUNDLE_SOURCES.iterdir() if p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in BUNDLE_SOURCES.iterdir() if p.is_file() and not is_hidden(p.name))
 
 
 def write_bundle(out_dir: str | Path, bundle_path: str | Path) -> Path:

@@ -16,7 +16,6 @@ engine.learn.strategy.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
 import time
@@ -385,9 +384,10 @@ def embed_with_ray(image_dir: str | Path, backbone: str | None = None, image_siz
         emit(progress, EventKind.EMBED, done=done, total=total, cached=cached, images_per_s=0.0)
         start = time.perf_counter()
         if todo:
-            # A ray_remote_args_fn keeps decoding in its own tasks: Ray Data would otherwise fuse it into the
-            # actors when both reserve the same CPUs, and the embedders would wait for every decode.
-            decode_args = {"ray_remote_args_fn": functools.partial(dict, num_cpus=decode_cpus)} if not fuse_decode \
+            # Decoding stays in its own tasks: Ray Data fuses a task step into the next actor step when their
+            # remote arguments are equal, and the embedders would then wait for every decode. max_calls=0 (no
+            # limit, a CPU task's default) makes them differ without changing what the tasks do.
+            decode_args = {"num_cpus": decode_cpus, "max_calls": 0} if not fuse_decode \
                 else {"num_cpus": threads_per_actor}
             ds = (ray.data.from_items(todo, override_num_blocks=max(1, -(-len(todo) // batch_size)))
                   .map_batches(_decode_batch, batch_size=None, batch_format="numpy", **decode_args,

@@ -150,42 +150,10 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, sample_w
 # ----------------------------------------------------------------------------------------------------------------
 # Folds
 # ----------------------------------------------------------------------------------------------------------------
-def exact_groups(shas: Sequence[str]) -> np.ndarray:
-    """Group ids from SHA-256 alone (identical files share an id): the fallback when near-duplicates are unknown."""
-    ids: dict[str, int] = {}
-    return np.array([ids.setdefault(s, len(ids)) for s in shas], np.int64)
-
-
-def duplicate_groups(features: np.ndarray, shas: Sequence[str]) -> np.ndarray:
-    """Near-duplicate groups from engine.curate.curate when available, else exact copies only."""
-    return fold_groups(features, shas)[0]
-
-
-def fold_groups(features: np.ndarray, shas: Sequence[str], n_folds: int = 5,
-                hashes: np.ndarray | None = None) -> tuple[np.ndarray, str]:
-    """Groups that must not be split across folds, and how they were made (for the report).
-
-    Near-duplicates (engine.curate.curate) when available and usable. On images the backbone cannot tell apart (noise,
-    blank frames) near-duplicate chains can swallow most of the set; a group larger than a fold would leave
-    folds without it, so then only exact copies are kept together.
-    """
-    try:
-        from engine.curate.curate import near_duplicate_groups
-    except ImportError:
-        return exact_groups(shas), "exact copies (SHA-256)"
-    # Perceptual hashes (when given) also join shrunk, cropped and recompressed copies that embeddings alone miss.
-    groups = np.asarray(near_duplicate_groups(features, list(shas), hashes=hashes), np.int64)
-    n = len(groups)
-    if n and np.bincount(groups).max() > max(1, n // max(2, n_folds)):
-        log.warning("Near-duplicate groups are too large for %d folds (largest: %d of %d images); keeping only "
-                    "exact copies together", n_folds, int(np.bincount(groups).max()), n)
-        return exact_groups(shas), "exact copies (SHA-256); near-duplicate groups were larger than a fold"
-    return groups, "exact copies and near-duplicates"
-
-
 def assign_folds(y: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: int) -> tuple[np.ndarray, int]:
     """A fold per row: a group is never split, and each class is spread over the folds as evenly as its groups
-    allow; n_folds shrinks when there are fewer groups. Deterministic for a seed.
+    allow; n_folds shrinks when there are fewer groups (engine.learn.groups.fold_groups makes them from copies and
+    near-duplicates). Deterministic for a seed.
 
     Greedy, largest groups first (equal sizes in seeded random order): each goes to the fold where its classes are
     least represented so far, then to the smallest fold. A class with fewer images than folds is then absent from

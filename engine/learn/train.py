@@ -25,8 +25,10 @@ import numpy as np
 from engine.config.training import TrainConfig
 from engine.core.events import EventKind, ProgressCallback, Stage, emit
 from engine.features.embeddings import EmbeddingStore
+from engine.features.image_stats import image_hashes
 from engine.learn import crossval
 from engine.learn.evaluate import evaluate, fold_spread
+from engine.learn.groups import fold_groups
 from engine.learn.head import Head
 from engine.learn.prepare import PreparedData, prepare_data
 
@@ -84,13 +86,11 @@ def duplicate_groups(data: PreparedData, n_folds: int = 5) -> tuple[np.ndarray, 
     items = data.dataset.items
     shas = [it.sha256 for it in items]
     try:
-        from engine.curate.curate import image_hashes
-
         hashes = image_hashes([it.path for it in items], shas)  # cached by SHA-256: a retrain reads, not decodes
     except Exception as exc:  # noqa: BLE001 - grouping without hashes is still correct, only less thorough
         log.warning("Perceptual hashes unavailable (%s); grouping copies by embedding only", exc)
         hashes = None
-    return crossval.fold_groups(data.features, shas, n_folds, hashes=hashes)
+    return fold_groups(data.features, shas, n_folds, hashes=hashes)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +40,9 @@ from engine.core.fileio import atomic_write_json, read_json
 from engine.data.dataset import training_problem
 from engine.runs import status as run_status
 from engine.runs.status import RunState, RunStatus
-from engine.store.workspace import Project, WorkspaceError, storage_error_message
+from engine.runs.worker import CLIENT, WorkerError
+from engine.store.errors import WorkspaceError, storage_error_message
+from engine.store.workspace import Project, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +159,6 @@ def _spawn(argv: list[str], log_path: Path, env: dict[str, str],
     no start-up imports) when it runs the engine itself, else (a custom command, or the worker cannot start) as a
     plain subprocess."""
     if use_worker and os.environ.get(WORKER_ENV, "1") != "0" and argv[1:3] == ["-m", "engine"]:
-        from engine.runs.worker import CLIENT, WorkerError
-
         try:
             return CLIENT.submit(argv[3:], str(log_path), str(REPO_ROOT), env), None
         except WorkerError as exc:
@@ -186,8 +187,6 @@ def warm_worker() -> None:
     """Start the worker ahead of the first click (its imports take a couple of seconds); never raises."""
     if os.environ.get(WORKER_ENV, "1") == "0" or os.environ.get(COMMAND_ENV):
         return
-    from engine.runs.worker import CLIENT, WorkerError
-
     env = _job_env()
     try:
         CLIENT.ensure(env, str(REPO_ROOT))
@@ -274,13 +273,19 @@ def wait(run_dir: str | Path, timeout: float = 600, poll: float = 0.2) -> RunSta
 
 
 def delete_run(project: Project, run_id: str) -> None:
-    import shutil
-
     run_dir = run_path(project, run_id)
     if run_status.read_status(run_dir).running:
         raise JobError("This run is still training: cancel it first.")
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-__all__ = ["COMMAND_ENV", "JobError", "WorkspaceError", "active_run", "cancel", "delete_run", "job_status",
-           "new_run_id", "run_path", "start_training", "wait"]
+def delete_project(workspace: Workspace, slug: str) -> None:
+    """Delete a project for good, unless one of its training jobs is running (the store cannot tell: the job
+    state is this layer's)."""
+    if active_run(workspace.open_project(slug)) is not None:
+        raise WorkspaceError("A training job of this project is running: cancel it on the Train page first.")
+    workspace.delete_project(slug)
+
+
+__all__ = ["COMMAND_ENV", "JobError", "WorkspaceError", "active_run", "cancel", "delete_project", "delete_run",
+           "job_status", "new_run_id", "run_path", "start_training", "wait"]

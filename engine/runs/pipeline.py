@@ -78,7 +78,7 @@ def _execute(cfg: TrainConfig, run_dir: Path, progress: ProgressCallback) -> Tra
                "skipped": [{"path": s.path, "reason": s.reason} for s in result.data.dataset.skipped]}
     atomic_write_json(run_dir / rf.METRICS, metrics)
     if cfg.summaries_dir:  # make_image_classifier's TensorBoard output (imports TensorFlow: only when asked)
-        from engine.learn.summaries import write_summaries
+        from engine.learn.summaries import write_summaries  # TensorFlow: only for --summaries_dir
 
         write_summaries(cfg.summaries_dir, result.history)
     write_head(run_dir / rf.HEAD, result.head)

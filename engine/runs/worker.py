@@ -36,6 +36,7 @@ PRELOAD = ("numpy", "cv2", "PIL.Image", "sklearn.linear_model", "sklearn.model_s
            "ai_edge_litert.interpreter", "flatbuffers", "tqdm", "engine.cli.main", "engine.runs.pipeline",
            "engine.export.compose", "engine.features.embeddings", "engine.inference.predict")
 START_TIMEOUT_S = 60.0
+READY = "ready\n"  # the worker's first line on stdout: its socket is listening
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -101,7 +102,8 @@ def serve(socket_path: str, parent_pid: int) -> None:
     server.bind(socket_path)
     server.listen(8)
     server.settimeout(1.0)
-    print("ready", flush=True)  # the app waits for this line
+    sys.stdout.write(READY)  # the handshake the app waits for (a protocol line, not a message for a person)
+    sys.stdout.flush()
     while os.getppid() == parent_pid:  # the app is gone: so is the reason to run
         try:
             conn, _ = server.accept()
@@ -151,7 +153,7 @@ class _Client:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
         threading.Thread(target=self._proc.wait, daemon=True, name="worker-reaper").start()
         ready, _, _ = select.select([self._proc.stdout], [], [], START_TIMEOUT_S)
-        if not ready or self._proc.stdout.readline().strip() != b"ready":
+        if not ready or self._proc.stdout.readline() != READY.encode():
             self.stop()
             raise WorkerError("the training worker did not start")
 

@@ -1,32 +1,21 @@
 """Does a project's index still agree with its folders? People may edit the folders by hand (the layout is the plain
 image_dir one on purpose), so this compares the two and, when asked, repairs the index without deleting anything.
 
-    python -m engine.store.check check <project folder or name> [--repair]
-
-exits 0 when the folders and the index agree (after --repair: when they were repaired), 1 when they disagree, 2 on
-an error.
+The command line is `python -m engine check <project> [--repair]` (engine.cli.check); the Data page has a button.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sqlite3
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.core.fileio import TEMP_PREFIX
 from engine.store import ingest
-from engine.store.workspace import (
-    WORKSPACE_ENV,
-    Project,
-    Workspace,
-    WorkspaceError,
-    sanitize_class_name,
-    storage_errors,
-)
+from engine.store.errors import WorkspaceError, storage_errors
+from engine.store.index import ProjectIndex
+from engine.store.names import sanitize_class_name
 
 
 @dataclass
@@ -44,7 +33,7 @@ class ConsistencyReport:
 
 
 @storage_errors("Checking the project")
-def consistency_check(project: Project, repair: bool = False) -> ConsistencyReport:
+def consistency_check(project: ProjectIndex, repair: bool = False) -> ConsistencyReport:
     """Compare the index with the folders (someone may have edited them by hand).
 
     With repair=True: rows follow files that moved to another class folder; rows whose file is gone are dropped;
@@ -52,7 +41,7 @@ def consistency_check(project: Project, repair: bool = False) -> ConsistencyRepo
     trash/); leftover temp files are removed.
     """
     report = ConsistencyReport(repaired=repair)
-    with project._db() as db:
+    with project.connect() as db:
         rows = db.execute("SELECT sha256, class, filename FROM images WHERE status = 'ok'").fetchall()
         classes = {r[0] for r in db.execute("SELECT name FROM classes")}
     on_disk: dict[str, Path] = {}  # filename -> path, for files in images/*/ and inbox/
@@ -74,21 +63,21 @@ def consistency_check(project: Project, repair: bool = False) -> ConsistencyRepo
     tracked = set()
     for sha, cls, filename in rows:
         tracked.add(filename)
-        expected = project._location(cls, filename)
+        expected = project.location(cls, filename)
         actual = on_disk.get(filename)
         if actual is None:
             report.missing_files.append(sha)
             if repair:
-                with project._tx() as db:
+                with project.transaction() as db:
                     db.execute("DELETE FROM images WHERE sha256 = ?", (sha,))
                 report.notes.append(f"forgot {filename}: its file is gone")
         elif actual != expected:
             report.misplaced.append(sha)
             if repair:
                 new_cls = None if actual.parent == project.inbox_dir else actual.parent.name
-                with project._tx() as db:
+                with project.transaction() as db:
                     if new_cls is not None:
-                        project._ensure_class(db, new_cls)
+                        project.ensure_class(db, new_cls)
                     db.execute("UPDATE images SET class = ?, version = version + 1, changed_by = NULL "
                                "WHERE sha256 = ?", (new_cls, sha))
                 report.notes.append(f"{filename} is in {new_cls or 'the inbox'} now")
@@ -99,13 +88,13 @@ def consistency_check(project: Project, repair: bool = False) -> ConsistencyRepo
     return report
 
 
-def _repair_untracked(project: Project, folders: list[Path], files: list[Path], report: ConsistencyReport) -> None:
+def _repair_untracked(project: ProjectIndex, folders: list[Path], files: list[Path], report: ConsistencyReport) -> None:
     """Class folders made by hand become classes; files nobody tracks are added, or set aside in trash/."""
     for folder in folders:
         try:
             name = sanitize_class_name(folder.name)
-            with project._tx() as db:
-                project._ensure_class(db, name)
+            with project.transaction() as db:
+                project.ensure_class(db, name)
         except WorkspaceError:
             pass
     for p in files:
@@ -126,62 +115,3 @@ def _repair_untracked(project: Project, folders: list[Path], files: list[Path], 
             os.replace(tmp_holder, project.trash_dir / p.name)
             reason = rep.rejected[0][1] if rep.rejected else "unreadable"
             report.notes.append(f"{p.name}: moved to trash/ ({reason})")
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# command line: python -m engine.store.check check <project> [--repair]
-# ------------------------------------------------------------------------------------------------------------------
-def _print_check(report: ConsistencyReport, names: dict[str, str]) -> None:
-    sections = [("rows whose file is gone", [names.get(s, s) for s in report.missing_files]),
-                ("files moved to another folder by hand", [names.get(s, s) for s in report.misplaced]),
-                ("files the index does not know", report.untracked_files),
-                ("folders in images/ that are no class", report.unknown_folders)]
-    for title, items in sections:
-        if items:
-            print(f"{len(items)} {title}:")
-            for item in items[:200]:
-                print(f"  {item}")
-    for note in report.notes:
-        print(f"repaired: {note}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`check`: compare a project's folders with its index; 0 when they agree (after --repair: when repaired)."""
-    parser = argparse.ArgumentParser(prog="python -m engine.store.check",
-                                     description="Project maintenance for Retrain Studio workspaces.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="Report (and with --repair fix) differences between folders and index.")
-    check.add_argument("project", help=f"a project folder, or a project name (slug) in ${WORKSPACE_ENV}")
-    check.add_argument("--repair", action="store_true",
-                       help="rows follow files moved by hand, rows of vanished files are dropped, unknown files are "
-                            "added (unreadable ones go to trash/); nothing is deleted")
-    args = parser.parse_args(argv)
-    path = Path(args.project).expanduser()
-    if not (path / "project.db").is_file():
-        ws = Workspace()
-        if not ws.exists(args.project):
-            print(f"error: {args.project} is not a project folder (no project.db), nor a project in {ws.root}",
-                  file=sys.stderr)
-            return 2
-        path = ws.root / args.project
-    try:
-        project = Project(path)
-        with project._db() as db:
-            names = dict(db.execute("SELECT sha256, filename FROM images WHERE status = 'ok'").fetchall())
-        report = consistency_check(project, repair=args.repair)
-        _print_check(report, names)
-        if args.repair:
-            report = consistency_check(project)
-            _print_check(report, names)
-    except (WorkspaceError, sqlite3.Error, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if report.ok:
-        print(f"OK: the folders of {path} agree with its index.")
-        return 0
-    print(f"{path}: the folders and the index disagree; run again with --repair to fix it.")
-    return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,8 +5,8 @@ project are reported as duplicates. File names from uploads are only used as lab
 and given an extension that says what the file is. Zips are read defensively: unsafe member names are ignored, and
 member count, unpacked size and compression ratio are limited while reading (a zip's directory is not trusted).
 
-The functions take an `engine.store.workspace.Project`; they write through `Project._add_image` (file + index row in one
-transaction) and never touch the index themselves.
+The functions take a project's index (engine.store.index.ProjectIndex); they write through its `add_image` (file and
+index row in one transaction) and never touch the index themselves.
 """
 
 from __future__ import annotations
@@ -21,17 +21,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.data.images import SUPPORTED, ImageError, bytes_sha256, load_image, sniff_kind
 from engine.bundle.predict import safe_member_parts  # the one zip-member check (the bundle's serve.py too)
-from engine.store.workspace import (
-    INBOX,
-    WINDOWS_RESERVED_NAMES,
-    Project,
-    WorkspaceError,
-    sanitize_class_name,
-    storage_error_message,
-    storage_errors,
-)
+from engine.core.files import has_hidden_part, is_hidden
+from engine.data.images import SUPPORTED, ImageError, bytes_sha256, load_image, sniff_kind
+from engine.store.errors import WorkspaceError, storage_error_message, storage_errors
+from engine.store.index import ProjectIndex
+from engine.store.names import INBOX, WINDOWS_RESERVED_NAMES, sanitize_class_name
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +37,6 @@ MAX_ZIP_TOTAL_BYTES = 8 * 1024**3  # uncompressed bytes in one zip
 MAX_ZIP_RATIO = 200  # compressed -> uncompressed ratio above which a member is treated as a bomb
 MAX_NAME = 80
 
-_IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini", ".gitkeep", ".gitignore"}
 _KIND_EXTENSION = {"jpeg": ".jpg", "png": ".png", "gif": ".gif", "bmp": ".bmp", "webp": ".webp", "tiff": ".tif",
                    "heic": ".heic"}
 
@@ -104,7 +98,7 @@ class AddReport:
 # files
 # ------------------------------------------------------------------------------------------------------------------
 @storage_errors("Adding files")
-def add_files(project: Project, items: Iterable[tuple[str, bytes] | str | Path], class_name: str | None = None,
+def add_files(project: ProjectIndex, items: Iterable[tuple[str, bytes] | str | Path], class_name: str | None = None,
               *, create_class: bool = True, progress: Callable[[int], None] | None = None) -> AddReport:
     """Add images from (name, bytes) pairs or file paths to a class (None: the inbox).
 
@@ -115,7 +109,7 @@ def add_files(project: Project, items: Iterable[tuple[str, bytes] | str | Path],
     if class_name == INBOX:
         class_name = None
     if class_name is not None:
-        class_name, created = project._use_class(sanitize_class_name(class_name), create=create_class)
+        class_name, created = project.use_class(sanitize_class_name(class_name), create=create_class)
         if created:
             report.classes_created.append(class_name)
     seen: set[str] = set()
@@ -156,7 +150,7 @@ def _read_item(item: tuple[str, bytes] | str | Path) -> tuple[str, bytes | None,
         return path.name, None, f"cannot read the file ({exc.strerror or exc})"
 
 
-def _add_one(project: Project, name: str, data: bytes, class_name: str | None, report: AddReport,
+def _add_one(project: ProjectIndex, name: str, data: bytes, class_name: str | None, report: AddReport,
              seen: set[str]) -> None:
     if not data:
         report.rejected.append((name, "empty file"))
@@ -169,7 +163,7 @@ def _add_one(project: Project, name: str, data: bytes, class_name: str | None, r
         report.duplicates.append(name)
         return
     seen.add(sha)
-    if project.get(sha) is not None:  # cheap check before decoding; _add_image checks again under the lock
+    if project.get(sha) is not None:  # cheap check before decoding; add_image checks again under the lock
         report.duplicates.append(name)
         return
     try:
@@ -194,9 +188,9 @@ def _add_one(project: Project, name: str, data: bytes, class_name: str | None, r
         stem, ext = (filename if not dot else f"{stem}_{ext}"), sniffed[1:]
     fallback = f"{stem}-{sha[:10]}.{ext}"  # unique by content when the plain name is taken
     wanted = f"{stem}.{ext}"
-    if wanted.lower() in _IGNORED_NAMES:  # a file named like OS junk would be skipped by the next import
+    if is_hidden(wanted):  # a file named like OS junk would be skipped by the next scan
         wanted = fallback
-    if not project._add_image(sha, data, class_name, wanted, fallback, name[:255], pixels):
+    if not project.add_image(sha, data, class_name, wanted, fallback, name[:255], pixels):
         report.duplicates.append(name)  # another session added it meanwhile
         return
     report.added.append(sha)
@@ -210,7 +204,7 @@ class _TooBig(Exception):
 
 
 @storage_errors("Adding the zip")
-def add_zip(project: Project, source: str | Path | bytes | io.IOBase, class_name: str | None = None, *,
+def add_zip(project: ProjectIndex, source: str | Path | bytes | io.IOBase, class_name: str | None = None, *,
             max_files: int = MAX_ZIP_FILES, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES) -> AddReport:
     """Add the images of a zip file.
 
@@ -235,7 +229,7 @@ def add_zip(project: Project, source: str | Path | bytes | io.IOBase, class_name
             if parts is None:
                 report.rejected.append((info.filename, "unsafe path in the zip (ignored)"))
                 continue
-            if parts[0] == "__MACOSX" or parts[-1].lower() in _IGNORED_NAMES or parts[-1].startswith("._"):
+            if has_hidden_part(parts):  # the same rule as folders: __MACOSX/, ._ forks, .git/, OS junk
                 continue
             members.append((info, parts))
         if len(members) > max_files:
@@ -322,7 +316,7 @@ def _inbox_note(folder: str, exc: Exception, n_files: int) -> str:
 # folders
 # ------------------------------------------------------------------------------------------------------------------
 @storage_errors("Importing the folder")
-def import_image_dir(project: Project, path: str | Path,
+def import_image_dir(project: ProjectIndex, path: str | Path,
                      progress: Callable[[int, int], None] | None = None) -> AddReport:
     """Add an existing image_dir (one subfolder per class; loose files go to the inbox). Nothing is moved.
 
@@ -344,12 +338,12 @@ def import_image_dir(project: Project, path: str | Path,
 
     groups: list[tuple[Path, list[Path]]] = []
     for child in sorted(root.iterdir()):
-        if child.name.startswith(".") or child.name.lower() in _IGNORED_NAMES or child.name == "__MACOSX":
+        if is_hidden(child.name):
             continue
         if leads_outside(child):
             continue
         if child.is_dir():
-            groups.append((child, sorted(p for p in child.rglob("*") if not _hidden(p.relative_to(child))
+            groups.append((child, sorted(p for p in child.rglob("*") if not has_hidden_part(p.relative_to(child).parts)
                                          and not leads_outside(p) and p.is_file())))
         elif child.is_file():
             loose.append(child)
@@ -373,7 +367,3 @@ def import_image_dir(project: Project, path: str | Path,
         report.merge(add_files(project, loose, None, progress=step))
         step(len(loose) % 20)
     return report
-
-
-def _hidden(rel: Path) -> bool:
-    return any(p.startswith(".") or p == "__MACOSX" or p.lower() in _IGNORED_NAMES for p in rel.parts)

@@ -1,16 +1,22 @@
 """Curate: what may be wrong with the labelled images (label issues, near-duplicates, outliers) and a map of the
-project; every fix is one click, nothing moves without one, and "Keep" is remembered (engine.curate.curate.Decisions)."""
+project; every fix is one click, nothing moves without one, and "Keep" is remembered (engine.curate.decisions)."""
 
 from __future__ import annotations
 
 import base64
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine.curate import curate
-from engine.store.workspace import INBOX, TRASH
+from engine.curate.decisions import Decisions
+from engine.curate.findings import project_findings
+from engine.curate.map import cached_map
+from engine.curate.model import embed_records, project_model
+from engine.store.names import INBOX, TRASH
+from engine.store.workspace import Project
 from ui import common
 
 project = common.require_project()
@@ -34,7 +40,7 @@ if len([c for c in classes if counts[c]]) < 2 or labelled < 4:
 
 def _check() -> None:
     with common.user_errors("Checking the data"), st.spinner(f"Checking {labelled} labelled images ..."):
-        st.session_state[STATE] = curate.project_findings(project).as_dict()
+        st.session_state[STATE] = project_findings(project).as_dict()
         st.session_state[DONE] = []
 
 
@@ -71,7 +77,7 @@ def _move(item: str, shas: list[str], where: dict[str, str], to: str) -> None:
 
 
 def _keep(item: str, kind: str, key: str) -> None:
-    if common.guarded("Saving", curate.Decisions(project.path).keep, kind, key):
+    if common.guarded("Saving", Decisions(project.path).keep, kind, key):
         _done(item, "Kept; it will not be shown again.")
 
 
@@ -182,11 +188,6 @@ def _outliers() -> None:
 @st.cache_data(max_entries=4000, show_spinner=False)
 def _tiny_thumb(project_path: str, sha: str) -> str | None:
     """A 64 px JPEG data URL for the map's hover."""
-    import cv2
-    import numpy as np
-
-    from engine.store.workspace import Project
-
     try:
         data = Project(Path(project_path)).thumbnail(sha)
     except (common.WorkspaceError, OSError):
@@ -206,13 +207,13 @@ def _map() -> None:
 
     method = st.segmented_control("Projection", ["t-SNE", "PCA"], key="map_method", default="t-SNE")
     records = project.images()
-    model = curate.project_model(project)
+    model = project_model(project)
     recs, xy = [], None
     with common.user_errors("Drawing the map"), st.spinner("Placing the images (the first time takes a while) ..."):
-        feats, ok = curate.embed_records(records, model)
+        feats, ok = embed_records(records, model)
         recs = [records[i] for i in ok]
-        xy = curate.cached_map(project.path, [r.sha256 for r in recs], feats,
-                               "pca" if method == "PCA" else "tsne", model_id=f"{model.handle}|{model.image_size}")
+        xy = cached_map(project.path, [r.sha256 for r in recs], feats,
+                        "pca" if method == "PCA" else "tsne", model_id=f"{model.handle}|{model.image_size}")
     if not recs or xy is None:
         return
     flags = {r["sha256"]: "label issue" for r in issues}
@@ -269,9 +270,9 @@ def _selected(event, df: pd.DataFrame) -> list[str]:
 {"issues": _issues, "dups": _dups, "outliers": _outliers, "map": _map}[section]()
 
 with st.expander("Kept findings"):
-    kept = curate.Decisions(project.path).kept()
+    kept = Decisions(project.path).kept()
     st.caption(f"{len(kept)} finding(s) marked as fine are hidden.")
     if kept and st.button("Show them again", key="curate_forget"):
-        curate.Decisions(project.path).forget_all()
+        Decisions(project.path).forget_all()
         _check()
         st.rerun()

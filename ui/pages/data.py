@@ -7,7 +7,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine.store.workspace import INBOX, TRASH, ActionResult
+from engine.store.ingest import AddReport
+from engine.store.names import INBOX, TRASH
+from engine.store.records import ActionResult
 from ui import common, suggest
 
 project = common.require_project()
@@ -126,8 +128,6 @@ def _add_section() -> None:
                              key=f"uploader_{n}")
     if st.button(f"Add {len(files)} file(s)" if files else "Add files", key="upload_go", type="primary",
                  disabled=not files):
-        from engine.store.ingest import AddReport
-
         report = AddReport()
         with common.user_errors("Adding files"), st.spinner(f"Checking and adding {len(files)} file(s) ..."):
             if target != INBOX and target not in project.classes():  # renamed or deleted since the page was drawn

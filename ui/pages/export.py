@@ -13,6 +13,7 @@ import streamlit as st
 from engine.config import runfiles as rf
 from engine.config import variants
 from engine.core.fileio import read_json
+from engine.data.images import load_image
 from engine.export.savedmodel import saved_model_zip
 from engine.runs import history, jobs
 from ui import common
@@ -186,8 +187,6 @@ def _add_to_data(data: bytes, name: str, class_key: str, done_key: str) -> None:
 def _try(up, label: str) -> None:
     """Predict one uploaded/captured image; offer to add it to the project under the predicted class."""
     with common.user_errors("Predicting"):
-        from engine.data.images import load_image
-
         data = up.getvalue()
         pixels = load_image(data, name=label)
         labels_path = run_dir / rf.LABELS
@@ -220,8 +219,8 @@ def _try(up, label: str) -> None:
 
 
 if importlib.util.find_spec("engine.inference.predict") is None:
-    st.warning("Predictions are not available in this installation (engine.inference.predict is missing). The downloads above "
-               "work; update Retrain Studio to try images here.")
+    st.warning("Predictions are not available in this installation (engine.inference.predict is missing). The "
+               "downloads above work; update Retrain Studio to try images here.")
 elif not models:
     st.warning("This run has no exported model to try yet." if exporting else "This run has no exported model to "
                "try.")

@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from engine.data.demo import make_demo_dataset
+from engine.runs import jobs
 from ui import common
 
 ws = common.workspace()
@@ -29,8 +31,6 @@ def _create(name: str) -> None:
 
 
 def _create_demo() -> None:
-    from engine.data.demo import make_demo_dataset
-
     existing = {p.name for p in ws.list_projects()}
     name = next(n for n in ("Demo", *(f"Demo {i}" for i in range(2, 1000))) if n not in existing)
     project = ws.create_project(name)
@@ -154,8 +154,9 @@ if project is not None:
             sure = st.checkbox(f"Yes, delete '{project.name}' for good", key=f"delete_sure_{project.slug}")
             if st.button("Delete project", key="delete_go", type="primary", disabled=not sure):
                 with common.user_errors("Deleting"):
-                    ws.delete_project(project.slug)
+                    name = project.name  # read before: the project's index goes with it
+                    jobs.delete_project(ws, project.slug)
                     common.set_project(None)
-                    common.flash("success", f"Deleted '{project.name}'.")
+                    common.flash("success", f"Deleted '{name}'.")
                     st.rerun()
     st.page_link(common.DATA, label="Next: add and sort images", icon=":material/arrow_forward:")

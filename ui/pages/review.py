@@ -3,6 +3,7 @@ each with one click to relabel it in the project."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,11 @@ import pandas as pd
 import streamlit as st
 
 from engine.config import runfiles as rf
+from engine.config.training import TrainConfig
 from engine.core.events import EventKind
 from engine.core.fileio import read_json
 from engine.runs import history, jobs
+from engine.runs.compare import diff_runs
 from engine.runs.status import RunState
 from ui import common
 
@@ -33,10 +36,6 @@ if not metrics or not metrics.get("labels"):
 
 
 def _retrain() -> None:
-    import dataclasses
-
-    from engine.config.training import TrainConfig
-
     known = {f.name for f in dataclasses.fields(TrainConfig)}  # a setting an older version wrote is dropped
     data = {k: v for k, v in read_json(run_dir / rf.CONFIG).items() if k in known}
     cfg = common.guarded("Reading the run's settings", TrainConfig.from_dict, data)
@@ -75,8 +74,6 @@ def _retrain_and_changes() -> None:
     previous = _previous_run()
     if previous is None:
         return
-    from engine.runs.compare import diff_runs
-
     before = history.load_metrics(previous) or {}
     diff = diff_runs(before, metrics, read_json(previous / rf.CONFIG), read_json(run_dir / rf.CONFIG))
     with st.expander(f"What changed since the previous run ({previous.name})", expanded=True):

@@ -20,7 +20,7 @@ from engine.data.dataset import training_problem
 from engine.runs import history, jobs
 from engine.runs.history import RunSummary
 from engine.runs.status import RunState, RunStatus
-from engine.store.workspace import INBOX
+from engine.store.names import INBOX
 from ui import common
 
 project = common.require_project()

@@ -1,0 +1,201 @@
+"""Which images must share a cross-validation fold: exact copies and near-duplicates, as group ids.
+
+A copy in the training folds and its original in the held-out fold would make cross-validation judge the head on
+an image it has seen, so every group below lands in one fold (engine.learn.crossval.assign_folds); curation shows
+the same groups as duplicates, a group spanning classes as a label conflict. Inputs are arrays (features, SHA-256s,
+perceptual hashes from engine.features.image_stats), outputs group ids per row.
+
+How near-duplicates are decided (measured on ../shared/datasets, EfficientNet-Lite0 features, altered copies made
+with JPEG quality 40, half size, 90% centre crop, +15% brightness; see bench/bench_curate.py):
+
+    cosine of raw features, copy vs original (median / 5th percentile), flowers_large, 200 copies each:
+        JPEG q40 .94/.88   half size .87/.78   90% crop .95/.89   +15% brightness .99/.96   all four .73/.60
+    distinct untouched photos: median nearest-neighbour cosine .75 (flowers_large), .67 (flowers 300)
+    pairs of distinct photos at cosine >= .90: 0 in flowers (300), 66 in flowers_large (most are burst shots of the
+    same flower, some are different daisies), >= .95: 10 groups in flowers_large, all the same scene.
+
+Embeddings alone cannot tell a shrunken or recompressed copy (cosine .6-.8) from a similar photo (.75-.93), so a
+second signal decides those: a 63-bit DCT perceptual hash of the grayscale image at three centred crops (100%,
+90%, 80%), compared as the smallest Hamming distance between one image's full view and the other's crops. Copies
+vs originals: median 0-2 bits, 98.5% of the all-four-alterations copies within 8 bits; distinct photos within 8
+bits: 1 pair in flowers (a real duplicate), 33 in flowers_large (nearly all edited copies of one photo).
+
+Rule: same group when SHA-256 is equal, or cosine >= DUPLICATE_THRESHOLD (.95), or (hash distance <= HASH_BITS (8)
+and cosine >= HASH_MIN_COSINE (.5)); the cosine floor vetoes hash collisions between unrelated pictures, and hash
+matches never grow a group past MAX_HASH_GROUP (pictures sharing one layout would otherwise chain together).
+Without hashes (`near_duplicate_groups(features, shas)`) only the first two apply.
+
+Result (bench/bench_curate.py, 30 copies with all four alterations at once, and with each alone): 100% grouped with
+their original in flowers and in flowers_large (embedding-only rule: 0% for all four at once, 3% half size, 17-47%
+JPEG/crop, 97% brightness). Untouched flowers: 1 group, a real duplicate (a greyscale edit of the same photo), so
+0 false groups; untouched flowers_large: 28 groups, the ones inspected are edited copies or burst shots.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_THRESHOLD = 0.95  # cosine alone: 0 false pairs on flowers, only same-scene pairs on flowers_large
+HASH_BITS = 8  # perceptual-hash Hamming distance for a copy (98.5% of heavily altered copies are within it)
+HASH_MIN_COSINE = 0.5  # ... if the embeddings agree at least this much (all altered copies measured >= .52)
+MAX_HASH_GROUP = 8  # hash matches never make a group bigger than this (see near_duplicate_groups)
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1, so a matrix product of two of them is their cosine (what every similarity here,
+    and in curation, compares)."""
+    x = np.asarray(features, np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:  # path compression
+            self.parent[i], i = root, self.parent[i]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _hash_words(hashes: np.ndarray) -> np.ndarray:
+    """(n, S, B<=64) bool -> (n, S) uint64, so a Hamming distance is one XOR and a popcount."""
+    h = np.asarray(hashes, bool)
+    padded = np.zeros((h.shape[0], h.shape[1], 64), bool)
+    padded[:, :, : h.shape[2]] = h
+    return np.packbits(padded, axis=2).view(">u8")[:, :, 0].astype(np.uint64)
+
+
+def _hash_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, m) smallest Hamming distance between one side's full-view hash and any crop hash of the other.
+
+    a: (n, S), b: (m, S) uint64 words. Crop-vs-crop pairs are not compared: they would only add false matches.
+    """
+    best = None
+    for i in range(a.shape[1]):
+        for j in range(b.shape[1]):
+            if i and j:
+                continue
+            d = np.bitwise_count(a[:, None, i] ^ b[None, :, j])
+            best = d if best is None else np.minimum(best, d)
+    return best
+
+
+def duplicate_pairs(features: np.ndarray, hashes: np.ndarray | None = None, threshold: float | None = None,
+                    chunk: int = 512) -> list[tuple[int, int, float, int]]:
+    """(i, j, cosine, hash distance) with i < j for every pair the rule in the module docstring calls
+    near-duplicates; the hash distance is -1 for pairs the cosine alone decides."""
+    threshold = DUPLICATE_THRESHOLD if threshold is None else float(threshold)
+    x = unit_rows(features)
+    n = len(x)
+    words = valid = None
+    if hashes is not None and n:
+        words = _hash_words(hashes)
+        valid = words.any(axis=1)  # an unreadable image has an all-zero hash: it must not match anything
+    pairs: list[tuple[int, int, float, int]] = []
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        sims = x[start:stop] @ x.T
+        strong = sims >= threshold
+        dist = np.full(sims.shape, -1, np.int64)
+        hit = strong.copy()
+        if words is not None:
+            d = _hash_distance(words[start:stop], words)
+            close = (d <= HASH_BITS) & valid[start:stop, None] & valid[None, :] & (sims >= HASH_MIN_COSINE) & ~strong
+            dist[close] = d[close]
+            hit |= close
+        rows, cols = np.nonzero(hit)
+        keep = cols > start + rows
+        pairs += [(start + r, c, float(sims[r, c]), int(dist[r, c]))
+                  for r, c in zip(rows[keep].tolist(), cols[keep].tolist(), strict=True)]
+    return pairs
+
+
+def near_duplicate_groups(features: np.ndarray, shas: Sequence[str], threshold: float | None = None,
+                          hashes: np.ndarray | None = None) -> np.ndarray:
+    """A group id per row: exact SHA-256 copies and near-identical images share an id, singletons get their own.
+
+    Ids are 0..G-1 in order of first appearance (deterministic for a given input order). `hashes` (from
+    `engine.features.image_stats`) adds the perceptual-hash rule; without it only SHA-256 and cosine >= threshold
+    group rows.
+    """
+    n = len(shas)
+    if len(features) != n:
+        raise ValueError(f"{len(features)} feature rows but {n} file hashes")
+    uf = _UnionFind(n)
+    first_with_sha: dict[str, int] = {}
+    for i, sha in enumerate(shas):
+        if sha in first_with_sha:
+            uf.union(first_with_sha[sha], i)
+        else:
+            first_with_sha[sha] = i
+    if n:
+        pairs = duplicate_pairs(features, hashes, threshold)
+        for i, j, _, dist in pairs:
+            if dist < 0:
+                uf.union(i, j)
+        # Hash matches join closest first and never grow a group past MAX_HASH_GROUP: pictures with one layout
+        # (product shots, scans) can match pairwise and would otherwise chain a whole class into one "photo".
+        size: dict[int, int] = {}
+        for i in range(n):
+            root = uf.find(i)
+            size[root] = size.get(root, 0) + 1
+        for i, j, _, _ in sorted((p for p in pairs if p[3] >= 0), key=lambda p: (p[3], -p[2])):
+            ri, rj = uf.find(i), uf.find(j)
+            if ri != rj and size[ri] + size[rj] <= MAX_HASH_GROUP:
+                uf.union(ri, rj)
+                size[uf.find(ri)] = size[ri] + size[rj]
+    ids: dict[int, int] = {}
+    return np.array([ids.setdefault(uf.find(i), len(ids)) for i in range(n)], np.int64)
+
+
+def groups_to_lists(group_ids: np.ndarray) -> list[list[int]]:
+    """Row indices of every group with more than one member, largest group first."""
+    by_group: dict[int, list[int]] = {}
+    for i, g in enumerate(np.asarray(group_ids).tolist()):
+        by_group.setdefault(g, []).append(i)
+    return sorted((m for m in by_group.values() if len(m) > 1), key=lambda m: (-len(m), m[0]))
+
+
+def exact_groups(shas: Sequence[str]) -> np.ndarray:
+    """Group ids from SHA-256 alone (identical files share an id): the fallback when near-duplicate groups are too
+    large to keep together."""
+    ids: dict[str, int] = {}
+    return np.array([ids.setdefault(s, len(ids)) for s in shas], np.int64)
+
+
+def duplicate_groups(features: np.ndarray, shas: Sequence[str]) -> np.ndarray:
+    """The group ids of `fold_groups` for 5 folds, without the report."""
+    return fold_groups(features, shas)[0]
+
+
+def fold_groups(features: np.ndarray, shas: Sequence[str], n_folds: int = 5,
+                hashes: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """Groups that must not be split across folds, and how they were made (for the report).
+
+    Near-duplicates when usable. On images the backbone cannot tell apart (noise, blank frames) near-duplicate
+    chains can swallow most of the set; a group larger than a fold would leave folds without it, so then only exact
+    copies are kept together.
+    """
+    # Perceptual hashes (when given) also join shrunk, cropped and recompressed copies that embeddings alone miss.
+    groups = np.asarray(near_duplicate_groups(features, list(shas), hashes=hashes), np.int64)
+    n = len(groups)
+    if n and np.bincount(groups).max() > max(1, n // max(2, n_folds)):
+        log.warning("Near-duplicate groups are too large for %d folds (largest: %d of %d images); keeping only "
+                    "exact copies together", n_folds, int(np.bincount(groups).max()), n)
+        return exact_groups(shas), "exact copies (SHA-256); near-duplicate groups were larger than a fold"
+    return groups, "exact copies and near-duplicates"

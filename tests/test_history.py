@@ -1,0 +1,102 @@
+"""engine.runs.history: the run read-model the pages list (fast: run folders written by hand, no training)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine.config import runfiles
+from engine.runs import history
+from engine.runs import status as run_status
+from engine.runs.history import RunSummary
+from engine.runs.status import RunState, RunStatus
+from engine.store.workspace import Workspace
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _run(project, run_id: str, state: RunState, *, pid: int | None = None, result: float | None = None,
+         metrics: dict | None = None, bundle: bool = False, started: float = 1_600_000_000.0) -> Path:
+    run_dir = project.runs_dir / run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / runfiles.RUN).write_text(json.dumps({"run_id": run_id, "started": started, "n_images": 6,
+                                                    "backbone": "efficientnet-lite0"}))
+    run_status.write_status(run_dir, RunState.RUNNING, "training", pid=pid)
+    if state is not RunState.RUNNING:
+        run_status.write_status(run_dir, state, "done", pid=pid)
+    if result is not None:
+        (run_dir / runfiles.EVENTS).write_text(json.dumps({"type": "result", "val_accuracy": result}) + "\n")
+    if metrics is not None:
+        (run_dir / runfiles.METRICS).write_text(json.dumps(metrics))
+    if bundle:
+        (run_dir / runfiles.BUNDLE).write_bytes(b"zip")
+    return run_dir
+
+
+def test_rows_are_the_read_model_and_follow_the_files(project):
+    done = _run(project, "20200101-000001-000-aaaa", RunState.SUCCEEDED, pid=_dead_pid(),
+                metrics={"val_accuracy": 0.75}, bundle=True)
+    exporting = _run(project, "20200101-000002-000-bbbb", RunState.RUNNING, pid=os.getpid(), result=0.5,
+                     metrics={"val_accuracy": 0.5})
+    failed = _run(project, "20200101-000003-000-cccc", RunState.FAILED, pid=_dead_pid())
+    (project.runs_dir / "20200101-000004-000-dddd").mkdir()  # neither status.json nor run.json: not a run
+
+    rows = history.list_runs(project)
+    assert all(isinstance(r, RunSummary) and isinstance(r.status, RunStatus) for r in rows)
+    assert [r.run_id for r in rows] == [failed.name, exporting.name, done.name]  # newest first
+    by_id = {r.run_id: r for r in rows}
+    assert [(by_id[d.name].state, by_id[d.name].reviewable, by_id[d.name].downloadable)
+            for d in (done, exporting, failed)] == [(RunState.SUCCEEDED, True, True), (RunState.RUNNING, True, False),
+                                                    (RunState.FAILED, False, False)]
+    assert by_id[done.name].val_accuracy == 0.75  # from metrics.json: no result event
+    assert by_id[exporting.name].val_accuracy == 0.5 and by_id[failed.name].val_accuracy is None
+    row = by_id[done.name]
+    assert (row.run_dir, row.backbone, row.n_images) == (done, "efficientnet-lite0", 6)
+    assert row.started == row.status.started and row.duration >= 0
+    assert row.started_text == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.started))
+
+    # the flags are read from the files each time, not remembered
+    (done / runfiles.BUNDLE).unlink()
+    (exporting / runfiles.METRICS).unlink()
+    (failed / runfiles.METRICS).write_text("{}")
+    by_id = {r.run_id: r for r in history.list_runs(project)}
+    assert not by_id[done.name].downloadable and by_id[done.name].reviewable
+    assert not by_id[exporting.name].reviewable and by_id[failed.name].reviewable
+
+    assert history.latest_run(project) == done.name
+    assert history.latest_run(project, state=None) == failed.name
+    assert history.latest_run(project, state=RunState.RUNNING) == exporting.name
+    assert history.latest_run(project, state=RunState.CANCELLED) is None
+
+
+def test_a_dead_or_unknown_run_is_listed_as_such(project):
+    dead = _run(project, "20200101-000001-000-aaaa", RunState.RUNNING, pid=_dead_pid())
+    odd = project.runs_dir / "20200101-000002-000-bbbb"
+    odd.mkdir()
+    (odd / runfiles.STATUS).write_text(json.dumps({"state": "paused", "started": 1_600_000_000.0}))
+    no_status = project.runs_dir / "20200101-000003-000-cccc"
+    no_status.mkdir()
+    (no_status / runfiles.RUN).write_text(json.dumps({"run_id": no_status.name, "started": 1_600_000_000.0}))
+    by_id = {r.run_id: r for r in history.list_runs(project)}
+    assert by_id[dead.name].state is RunState.FAILED and by_id[dead.name].status.message == run_status.DIED_MESSAGE
+    assert by_id[odd.name].state is RunState.UNKNOWN and by_id[odd.name].duration is None
+    assert by_id[no_status.name].state is RunState.UNKNOWN
+    assert by_id[no_status.name].started == 1_600_000_000.0  # from run.json
+    assert history.list_runs(Workspace().create_project("empty")) == []
+
+
+def test_metrics_events_and_log(tmp_path):
+    assert history.load_metrics(tmp_path) is None and history.events(tmp_path) == []
+    assert history.log_tail(tmp_path) == ""
+    (tmp_path / runfiles.METRICS).write_text(json.dumps({"labels": ["a", "b"]}))
+    assert history.load_metrics(tmp_path) == {"labels": ["a", "b"]}
+    (tmp_path / runfiles.LOG).write_text("".join(f"line {i}\n" for i in range(50)))
+    assert history.log_tail(tmp_path, lines=3).splitlines() == ["line 47", "line 48", "line 49"]
