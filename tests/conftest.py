@@ -15,6 +15,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(os.environ.get("RETRAIN_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
 
 
+# The longest modules first (measured with --durations): two workers take one module at a time (pyproject.toml's
+# addopts, --dist loadfile), and the run ends when its last module does, so a long one must not start last.
+LONGEST_FIRST = ("test_browser_together", "test_browser", "test_compose", "test_reliability", "test_scaling",
+                 "test_serve", "test_train", "test_browser_curate", "test_export", "test_data_page", "test_cli",
+                 "test_app")
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ARG001 - pytest hook signature
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: each module's own order is kept
+
+
 def shared_dataset(name: str) -> Path:
     """Path to ../shared/datasets/<name>, or skip the test with the reason."""
     path = SHARED_DATASETS / name

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -83,6 +84,19 @@ def open_page(page: Page, app_server: str, path: str, slug: str) -> None:
     tb.settle(page)
 
 
+def embedding_run(project: Project, timeout: float = 60) -> tuple[Path, int]:
+    """The project's new run and its process, once the run reports that it embeds its images (events.jsonl)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        run_id = jobs.active_run(project)
+        if run_id is not None:
+            run_dir = jobs.run_path(project, run_id)
+            if any(e.get("stage") == "embed" for e in history.events(run_dir)):
+                return run_dir, int(json.loads((run_dir / "status.json").read_text())["pid"])
+        time.sleep(0.02)
+    raise AssertionError(f"no run of {project.slug} reached its embedding stage within {timeout} s")
+
+
 def section(page: Page, name: str) -> None:
     tb.click(page, page.get_by_text(name, exact=True).first)
 
@@ -136,6 +150,12 @@ def test_two_people_sort_browse_and_train_on_one_project(two, app_server, worksp
     check_nothing_lost(project, originals)
 
     # --- A trains while B keeps moving the run's images ---------------------------------------------------------------
+    # New pictures keep the run embedding for a second or more; it is paused (SIGSTOP) as soon as it reports that
+    # stage, so B's moves land after its scan and before its end every time. It resumes, reads what is left through
+    # its snapshot and must train on the labels it scanned.
+    for cls, first_seed in (("red", 1000), ("green", 2000)):
+        project.add_files([(f"more_{cls}{i}.png", png(first_seed + i)) for i in range(150)], cls)
+    originals = {r.sha256 for r in project.images()}
     labels_at_start = project.labels()
     open_page(b, app_server, "data", project.slug)  # a fresh session for B, on Browse: green
     first_box = b.locator('.st-key-browse_grid [data-testid="stCheckbox"] label').first
@@ -143,28 +163,28 @@ def test_two_people_sort_browse_and_train_on_one_project(two, app_server, worksp
     open_page(a, app_server, "train", project.slug)
     tb.click(a, a.get_by_text("Advanced options"), rerun=False)
     tb.float32_only(a)
-    # A head-only retrain is over in about a second, often before B's first click lands; fine-tuning reads every
-    # image again (through the run's snapshot) for tens of seconds, so B's moves surely happen during the run.
-    tb.click(a, a.get_by_text("Fine-tune the backbone"), rerun=False)
-    tb.click(a, a.get_by_role("button", name="Start training"))
-    run_dir = jobs.run_path(project, jobs.active_run(project) or history.latest_run(project, state=None))
-    assert json.loads((run_dir / "config.json").read_text())["do_fine_tuning"] is True
-    acted, deadline = [], time.time() + 90
-    while jobs.job_status(run_dir).state == "running" and time.time() < deadline and project.count("green") > 4:
-        tb.click(b, b.get_by_role("button", name="Move 1", exact=True))  # a green image to the inbox
-        acted.append(time.time())
-        tb.click(b, first_box)
-    # and sorts them back: every one of them changed place while the run was going
-    section(b, "Sort inbox")
-    while project.count(INBOX):
-        tb.click(b, b.locator(".st-key-sort_to_0 button"))
-        acted.append(time.time())
+    tb.settle(a)
+    a.get_by_role("button", name="Start training").click()  # no waiting for the page: the run is caught below
+    run_dir, pid = embedding_run(project)
+    os.killpg(pid, signal.SIGSTOP)
+    acted = []
+    try:
+        for _ in range(3):
+            tb.click(b, b.get_by_role("button", name="Move 1", exact=True))  # a green image to the inbox
+            acted.append(time.time())
+            tb.click(b, first_box)
+        section(b, "Sort inbox")  # and sorts them back: each changed place twice while the run was paused
+        while project.count(INBOX):
+            tb.click(b, b.locator(".st-key-sort_to_0 button"))
+            acted.append(time.time())
+    finally:
+        os.killpg(pid, signal.SIGCONT)
     expect(a.get_by_text("Done: validation accuracy")).to_be_visible(timeout=240_000)
     status = jobs.job_status(run_dir)
     assert status.state == "succeeded", status
     scanned = next(e["time"] for e in history.events(run_dir) if e.get("type") == "scan")
-    assert any(scanned < t < status.finished for t in acted), ([round(t - scanned, 2) for t in acted],
-                                                               status.finished - scanned)
+    assert acted and all(scanned < t < status.finished for t in acted), ([round(t - scanned, 2) for t in acted],
+                                                                         status.finished - scanned)
     snapshot = json.loads((run_dir / "snapshot.json").read_text())
     trained_on = {sha: label for sha, label, _ in snapshot["items"]}
     assert len(trained_on) >= len(labels_at_start) - 1  # at most the one image in the inbox at the scan

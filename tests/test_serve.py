@@ -2,8 +2,7 @@
 
 The server runs in a subprocess whose working folder is the unpacked bundle and whose PYTHONPATH does not hold the
 repo, so it can only use what the bundle ships; /v1/model reports that neither TensorFlow nor the engine got
-imported. One bundle (float32 TFLite only) is made per module, or taken from the shared export (tests/export_data.py)
-when another module already made it in this session.
+imported. The bundle is made from the export the export tests share (tests/export_data.py).
 """
 
 from __future__ import annotations
@@ -21,15 +20,13 @@ import zipfile
 from pathlib import Path
 
 import cv2
-import export_data
 import numpy as np
 import pytest
 from conftest import REPO, shared_dataset
-from export_data import CLASSES, SIZE, build_model, draw, make_set
+from export_data import CLASSES, SIZE, draw, exported_once
 from servers import Server, clean_env, curl_upload, free_port, multipart, request, start, start_bundle_server
 
 from engine.data.demo import bad_file_corpus
-from engine.export import artefacts as export
 from engine.export.bundle import write_bundle
 
 try:  # requirements-dev.txt; without it the spec test is skipped, the rest still runs
@@ -74,19 +71,9 @@ def assert_error(status: int, body: dict, want: int) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    """A real bundle zip: the shared export when another module already made it in this session, else a
-    float32-only one."""
+    """A real bundle zip of the export the export tests share (composed, every variant: seconds, not a conversion)."""
     root = tmp_path_factory.mktemp("serve_bundle")
-    if "exp" in export_data._SHARED:
-        out = export_data._SHARED["exp"].out
-    else:
-        x_tr, y_tr = make_set(6, seed=1)
-        x_val, y_val = make_set(2, seed=2)
-        out = root / "run"
-        export.export_model(build_model(x_tr, y_tr), CLASSES, out, image_size=SIZE, center_crop=False,
-                            representative=x_tr, validation=(x_val, y_val),
-                            card={"metrics": {"val_accuracy": 1.0}}, variants=("float32",))
-    return write_bundle(out, root / "dl" / "bundle.zip")
+    return write_bundle(exported_once(tmp_path_factory).out, root / "dl" / "bundle.zip")
 
 
 @pytest.fixture(scope="module")
