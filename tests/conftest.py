@@ -16,10 +16,11 @@ SHARED_DATASETS = Path(os.environ.get("RETRAIN_SHARED_DATASETS", REPO.parent / "
 
 
 # The longest modules first (measured with --durations): two workers take one module at a time (pyproject.toml's
-# addopts, --dist loadfile), and the run ends when its last module does, so a long one must not start last.
-LONGEST_FIRST = ("test_browser_together", "test_browser", "test_compose", "test_reliability", "test_scaling",
-                 "test_serve", "test_train", "test_browser_curate", "test_export", "test_data_page", "test_cli",
-                 "test_app")
+# addopts: --dist loadfile, in this order), and the run ends when its last module does, so a long one must
+# not start last.
+LONGEST_FIRST = ("test_reliability", "test_compose", "test_predict", "test_browser", "test_scaling",
+                 "test_browser_together", "test_dataset", "test_serve", "test_data_page", "test_cli", "test_train",
+                 "test_export", "test_backbones", "test_curate", "test_browser_curate", "test_app")
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: ARG001 - pytest hook signature

@@ -12,10 +12,12 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import zipfile
 from pathlib import Path
 
@@ -354,6 +356,61 @@ def test_the_api_conforms_to_its_openapi_spec(server):
     assert 200 in statuses["GET /healthz"] and 200 in statuses["GET /v1/model"]
     assert any(400 <= s < 500 for s in statuses["POST /classify"]), statuses
     assert server.proc.poll() is None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Slow and oversized clients: they are cut off, and never hold up /healthz
+# ----------------------------------------------------------------------------------------------------------------
+def _raw_post(url: str, length: int, body: bytes = b"") -> socket.socket:
+    """A POST /classify that announces `length` bytes of body and sends only `body` of it (the rest never comes)."""
+    host, port = urllib.parse.urlsplit(url).netloc.split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(f"POST /classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                 f"Content-Length: {length}\r\n\r\n".encode() + body)
+    return sock
+
+
+def _status_line(sock: socket.socket, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(64).split(b"\r\n", 1)[0]
+    except TimeoutError:
+        return b"(no answer within %.1f s)" % timeout
+    finally:
+        sock.close()
+
+
+@pytest.mark.slow
+def test_a_body_declared_over_the_limit_is_refused_before_any_of_it_is_read(server):
+    limit = 2 * 1024 * 1024  # LIMITS: --max_upload_mb 2
+    t0 = time.monotonic()
+    assert _status_line(_raw_post(server.url, limit + 1), timeout=5) == b"HTTP/1.1 413 Request Entity Too Large"
+    assert time.monotonic() - t0 < 1.0
+    assert _status_line(_raw_post(server.url, 2 ** 31), timeout=5).startswith(b"HTTP/1.1 413")
+    assert server.proc.poll() is None
+
+
+@pytest.mark.slow
+def test_slow_uploads_are_cut_off_and_never_hold_up_health(unpacked, tmp_path, images):
+    srv = start_bundle_server(unpacked, tmp_path / "log", "--max_inflight", "4", "--upload_grace_s", "2",
+                              "--min_upload_kbps", "64", "--threads", "1")
+    try:
+        slow = [_raw_post(srv.url, 100_000, b"--b") for _ in range(12)]  # 3 of 100,000 bytes, then nothing
+        time.sleep(0.3)  # they are all being read now: every request slot is taken
+        for _ in range(5):
+            t0 = time.monotonic()
+            status, body = request(srv.url + "/healthz")
+            assert status == 200 and body["status"] == "ok" and time.monotonic() - t0 < 1.0
+        status, body = upload(srv, "/classify", "busy.png", images[0])
+        assert status == 503 and body["status"] == 503  # upload slots are busy, said at once
+        answers = [_status_line(sock, timeout=10) for sock in slow]
+        assert answers.count(b"HTTP/1.1 408 Request Timeout") == 4, answers  # the 4 being read: cut off
+        assert all(a.startswith(b"HTTP/1.1 503") for a in answers if b"408" not in a), answers
+        status, body = upload(srv, "/classify", "after.png", images[0])  # the slots are free again
+        assert status == 200 and body["after.png"]["preds"][0]["tagName"] == CLASSES[0]
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.output()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import importlib.util
 import io
@@ -83,7 +84,10 @@ bp = _load_predict()
 CONFIG_ENV = "RETRAIN_SERVE_CONFIG"  # how `--workers N` hands the configuration to its worker processes
 MIB = 1024 * 1024
 ZIP_RATIO_MIN_BYTES = MIB  # the compression-ratio limit applies to members larger than this
-DRAIN_LIMIT = 64 * MIB  # an over-limit body is read and dropped up to this much, so the client sees the 413
+UNGUARDED = ("/healthz",)  # answered at once even while every request slot is busy with uploads
+# What a client still sends after an early answer is read and dropped for this long (at most DRAIN_LIMIT bytes), so
+# one that sends its whole body before reading gets the answer instead of a reset connection.
+DRAIN_S, DRAIN_LIMIT = 2.0, 64 * MIB
 # HEIC only where pillow-heif is installed (predict.py registers it); it is not in requirements-serve.txt
 FORMATS = "JPEG, PNG, BMP, WebP, GIF, TIFF or HEIC" if bp.HEIF else \
     "JPEG, PNG, BMP, WebP, GIF or TIFF; HEIC after pip install pillow-heif"
@@ -104,6 +108,8 @@ class ServeConfig:
     max_zip_ratio: float = 100.0  # uncompressed/compressed size, for members over 1 MiB
     max_pixels: int = 80_000_000  # what training accepts (engine.data.images.MAX_PIXELS)
     max_inflight: int = 32  # requests being handled at once per worker; more get a 503
+    upload_grace_s: float = 10.0  # an upload may take this long before its rate counts ...
+    min_upload_kbps: float = 64.0  # ... then it must average this many KiB/s, or it is cut off with a 408
     threshold: float | None = None  # "unknown" below this top probability; None: the model card's (0: never)
 
     def resolved_threads(self) -> int:
@@ -278,14 +284,16 @@ class Classifier:
 # Request limits: body size and requests in flight, before any parsing
 # ----------------------------------------------------------------------------------------------------------------
 class RequestGuard:
-    """Pure ASGI middleware: reads the body up to the upload limit (413 beyond it) and caps the requests in flight
-    (503 beyond it), answering in JSON before FastAPI parses anything."""
+    """Pure ASGI middleware, before FastAPI parses anything: refuses a body declared over the upload limit at once
+    (413, without reading it), reads the rest within a deadline that grows with what arrived (408 for a client too
+    slow to be anything but a held connection), and caps the requests in flight (503). /healthz goes around it."""
 
-    def __init__(self, app, max_body: int, max_inflight: int):
+    def __init__(self, app, max_body: int, max_inflight: int, grace_s: float, min_rate: float):
         self.app, self.max_body, self.max_inflight, self.inflight = app, max_body, max_inflight, 0
+        self.grace_s, self.min_rate = grace_s, min_rate
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in UNGUARDED:
             return await self.app(scope, receive, send)
         if self.inflight >= self.max_inflight:
             return await _send_json(send, 503, error_body(503, "too many requests in flight; retry shortly"),
@@ -300,23 +308,11 @@ class RequestGuard:
         declared = dict(scope["headers"]).get(b"content-length")
         too_big = error_body(413, f"the upload is over the {self.max_body}-byte limit (--max_upload_mb)")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            await _drain(receive, DRAIN_LIMIT)
-            return await _send_json(send, 413, too_big)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                if message.get("more_body"):
-                    await _drain(receive, DRAIN_LIMIT)
-                return await _send_json(send, 413, too_big)
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        body, replayed = b"".join(chunks), False
+            return await _answer_early(receive, send, 413, too_big)  # before any of the body is read
+        body = await self._read_body(receive, send, too_big)
+        if body is None:
+            return
+        replayed = False
 
         async def replay():
             nonlocal replayed
@@ -327,16 +323,50 @@ class RequestGuard:
 
         await self.app(scope, replay, send)
 
+    async def _read_body(self, receive, send, too_big: dict) -> bytes | None:
+        """The whole body, or None once an answer (413, 408) was sent or the client left."""
+        loop = asyncio.get_running_loop()
+        start, chunks, size = loop.time(), [], 0
+        while True:
+            left = start + self.grace_s + size / self.min_rate - loop.time()  # each byte buys 1/min_rate s
+            try:
+                message = await asyncio.wait_for(receive(), max(left, 0.0))
+            except asyncio.TimeoutError:  # noqa: UP041 - not TimeoutError before Python 3.11 (the bundle runs on 3.10)
+                await _answer_early(receive, send, 408, error_body(
+                    408, f"the upload was too slow ({size} bytes in {loop.time() - start:.0f} s); send it again"),
+                    drain_s=0.0)
+                return None
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                if message.get("more_body"):
+                    await _answer_early(receive, send, 413, too_big)
+                else:
+                    await _send_json(send, 413, too_big)
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
 
-async def _drain(receive, limit: int) -> None:
-    seen = 0
-    while seen <= limit:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        seen += len(message.get("body", b""))
-        if not message.get("more_body"):
-            return
+
+async def _answer_early(receive, send, status: int, body: dict, drain_s: float = DRAIN_S) -> None:
+    """Answer before the body was read: the status line goes out at once, the rest of the body is dropped for a
+    moment (see DRAIN_S), then the answer ends and so does the connection."""
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            (b"connection", b"close")]})
+    loop = asyncio.get_running_loop()
+    end, seen = loop.time() + drain_s, 0
+    with contextlib.suppress(asyncio.TimeoutError):  # noqa: UP041 - the bundle runs on Python 3.10 too
+        while seen <= DRAIN_LIMIT and loop.time() < end:
+            message = await asyncio.wait_for(receive(), end - loop.time())
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+            seen += len(message.get("body", b""))
+    await send({"type": "http.response.body", "body": data})
 
 
 async def _send_json(send, status: int, body: dict, headers: list | None = None) -> None:
@@ -543,7 +573,8 @@ def create_app(cfg: ServeConfig | None = None) -> FastAPI:
     async def healthz() -> Health:
         return Health(status="ok", model=clf.name, uptime_s=round(time.time() - started, 3))
 
-    app.add_middleware(RequestGuard, max_body=int(cfg.max_upload_mb * MIB), max_inflight=cfg.max_inflight)
+    app.add_middleware(RequestGuard, max_body=int(cfg.max_upload_mb * MIB), max_inflight=cfg.max_inflight,
+                       grace_s=cfg.upload_grace_s, min_rate=cfg.min_upload_kbps * 1024)
     return app
 
 
@@ -573,6 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest compression ratio of a zip member over 1 MiB")
     p.add_argument("--max_pixels", type=int, default=d.max_pixels, help="largest image, in pixels")
     p.add_argument("--max_inflight", type=int, default=d.max_inflight, help="requests handled at once per worker")
+    p.add_argument("--upload_grace_s", type=float, default=d.upload_grace_s,
+                   help="seconds an upload may take before --min_upload_kbps applies")
+    p.add_argument("--min_upload_kbps", type=float, default=d.min_upload_kbps,
+                   help="slowest average upload rate after the grace period (KiB/s); slower uploads get a 408")
     p.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -581,9 +616,10 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     args = build_parser().parse_args(argv)
-    if args.top_k < 1 or args.workers < 1 or args.threads < 0 or args.max_upload_mb <= 0:
+    if args.top_k < 1 or args.workers < 1 or args.threads < 0 or args.max_upload_mb <= 0 \
+            or args.min_upload_kbps <= 0 or args.upload_grace_s < 0:
         raise SystemExit("error: --top_k and --workers must be at least 1, --threads 0 or more, "
-                         "--max_upload_mb positive")
+                         "--max_upload_mb and --min_upload_kbps positive, --upload_grace_s 0 or more")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     fields = {f.name for f in dataclasses.fields(ServeConfig)}
     cfg = ServeConfig(**{k: v for k, v in vars(args).items() if k in fields})

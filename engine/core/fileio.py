@@ -19,11 +19,35 @@ from typing import Any
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 TEMP_PREFIX = ".tmp-"
 # mkstemp makes 0600 files; a model or bundle must get the mode any other new file gets (a container's non-root
 # user has to read what a Dockerfile copies in). Read once: os.umask can only be read by setting it.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+@contextmanager
+def made_once(entry: Path, done: Path | None = None) -> Iterator[bool]:
+    """For a machine-wide cache entry that takes seconds to make (a converted backbone, a template; `done` exists
+    once it is complete, default: the entry itself): yields whether the caller still has to make it. Processes that
+    need it at once wait on one lock file beside it, so it is made once, not once per process (the app, a CLI run
+    and a test worker often start together); the others then find it made. Where the OS has no flock (Windows),
+    each makes its own and the atomic rename keeps one."""
+    done = entry if done is None else done
+    if done.exists():
+        yield False
+        return
+    lock = entry.parent / f"{entry.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        yield not done.exists()
 
 
 @contextmanager

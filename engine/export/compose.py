@@ -20,7 +20,7 @@ import flatbuffers
 import numpy as np
 
 from engine.config.backbones import ResolvedBackbone
-from engine.core.fileio import atomic_write_bytes
+from engine.core.fileio import atomic_write_bytes, made_once
 from engine.export.calibration import calibration_images
 from engine.export.savedmodel import INPUT_NAME, OUTPUT_NAME  # the TFLite files' signature uses the same names
 from engine.export.tflite import configure
@@ -62,9 +62,10 @@ def backbone_tflite(resolved: ResolvedBackbone, variant: str) -> Path:
     if variant == "float32":
         return Embedder.tflite_path(resolved)  # the embedder's own model: composed outputs equal the head's
     path = _backbone_cache(resolved, variant)
-    if not path.exists():
-        log.info("Converting the %s backbone to a %s TFLite model (once)", resolved.handle, variant)
-        atomic_write_bytes(path, _convert_backbone(resolved, variant))
+    with made_once(path) as to_make:
+        if to_make:
+            log.info("Converting the %s backbone to a %s TFLite model (once)", resolved.handle, variant)
+            atomic_write_bytes(path, _convert_backbone(resolved, variant))
     return path
 
 

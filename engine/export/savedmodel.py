@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.config import runfiles as rf
 from engine.config.backbones import ResolvedBackbone
-from engine.core.fileio import atomic_write_text, read_json
+from engine.core.fileio import atomic_write_text, made_once, read_json
 from engine.export import tfbundle
 from engine.features.backbones import cache_root
 from engine.features.embeddings import Embedder
@@ -92,11 +92,16 @@ def has_template(resolved: ResolvedBackbone, n_classes: int) -> bool:
 def ensure_template(resolved: ResolvedBackbone, n_classes: int) -> Path:
     """A classifier SavedModel for this backbone and class count, traced once; its head tensors are found by value."""
     folder = _template_dir(resolved, n_classes)
-    if (folder / "template.json").exists():
-        return folder
+    with made_once(folder, folder / "template.json") as to_make:
+        if to_make:
+            log.info("Tracing a %d-class SavedModel template for %s (once)", n_classes, resolved.handle)
+            _trace_template(resolved, n_classes, folder)
+    return folder
+
+
+def _trace_template(resolved: ResolvedBackbone, n_classes: int, folder: Path) -> None:
     from engine.learn.classifier import build_classifier  # why: TensorFlow, once per backbone and class count
 
-    log.info("Tracing a %d-class SavedModel template for %s (once)", n_classes, resolved.handle)
     rng = np.random.default_rng(0)
     marker = Head(rng.normal(size=(resolved.feature_size or _feature_size(resolved), n_classes)),
                   rng.normal(size=n_classes))
@@ -122,11 +127,10 @@ def ensure_template(resolved: ResolvedBackbone, n_classes: int) -> Path:
         except OSError:
             if not (folder / "template.json").exists():
                 raise
-            shutil.rmtree(tmp)  # another process made it first: identical
+            shutil.rmtree(tmp)  # made meanwhile where file locks are missing: identical
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return folder
 
 
 def _feature_size(resolved: ResolvedBackbone) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 # The table (names, weights packages, sizes, the default) is config: the CLI and the app read it without NumPy
 from engine.config.backbones import BACKBONES, DEFAULT_BACKBONE, BackboneError, ResolvedBackbone
-from engine.core.fileio import atomic_write_json, read_json
+from engine.core.fileio import atomic_write_json, made_once, read_json
 from engine.data.images import file_sha256
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,12 @@ def cached_module_path(name: str) -> Path:
 def ensure_cached(name: str) -> Path:
     """Path of the cached hub module for a table backbone, converting it from the package on first use."""
     path = cached_module_path(name)
-    if not (path / "saved_model.pb").exists():
-        log.info("Converting %s from %s to a TF Hub module in %s (once)", name, BACKBONES[name].package, path)
-        from engine.features import port  # TensorFlow: only the first conversion of a backbone on this machine
+    with made_once(path, path / "saved_model.pb") as to_make:
+        if to_make:
+            log.info("Converting %s from %s to a TF Hub module in %s (once)", name, BACKBONES[name].package, path)
+            from engine.features import port  # TensorFlow: only the first conversion of a backbone on this machine
 
-        port.save_hub_module(port.build_lite_model(BACKBONES[name]), path)
+            port.save_hub_module(port.build_lite_model(BACKBONES[name]), path)
     return path
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from engine.config.backbones import BACKBONES
 from engine.config.training import CENTER_CROP_ASPECT
 from engine.core.events import EventKind, ProgressCallback, emit
-from engine.core.fileio import atomic_write_bytes, thread_sqlite
+from engine.core.fileio import atomic_write_bytes, made_once, thread_sqlite
 from engine.core.litert import tflite_interpreter
 from engine.data import images
 from engine.data.dataset import prepare_image
@@ -120,12 +120,12 @@ class Embedder:
     def tflite_path(resolved: ResolvedBackbone) -> Path:
         """The float32 backbone .tflite (batch 1), compiled on first use; also the float32 export's backbone."""
         path = Embedder.cached_tflite(resolved)
-        if path.exists():
-            return path
-        log.info("Compiling %s at %d px for fast CPU embedding (once)", resolved.handle, resolved.image_size)
-        from engine.features import port  # TensorFlow: only this once per backbone and size on a machine
+        with made_once(path) as to_make:
+            if to_make:
+                log.info("Compiling %s at %d px for fast CPU embedding (once)", resolved.handle, resolved.image_size)
+                from engine.features import port  # TensorFlow: only this once per backbone and size on a machine
 
-        atomic_write_bytes(path, port.float32_tflite(resolved))
+                atomic_write_bytes(path, port.float32_tflite(resolved))
         return path
 
     def __call__(self, image_uint8: np.ndarray) -> np.ndarray:
