@@ -15,19 +15,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(os.environ.get("RETRAIN_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
 
 
-# The longest modules first (measured with --durations): two workers take one module at a time (pyproject.toml's
-# addopts: --dist loadfile, in this order), and the run ends when its last module does, so a long one must
-# not start last.
-LONGEST_FIRST = ("test_reliability", "test_compose", "test_predict", "test_browser", "test_scaling",
-                 "test_browser_together", "test_dataset", "test_serve", "test_data_page", "test_cli", "test_train",
-                 "test_export", "test_backbones", "test_curate", "test_browser_curate", "test_app")
-
-
-def pytest_collection_modifyitems(config, items):  # noqa: ARG001 - pytest hook signature
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: each module's own order is kept
-
-
 def shared_dataset(name: str) -> Path:
     """Path to ../shared/datasets/<name>, or skip the test with the reason."""
     path = SHARED_DATASETS / name
