@@ -116,12 +116,13 @@ def parity(image_dir: Path, out: Path, env: dict[str, str]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 def app_clicks(projects: dict[str, Path], env: dict[str, str], tmp: Path) -> dict[str, dict[str, float]]:
     """Per project: seconds from the click on "Start training" to Review ready, float32 model, bundle."""
-    sys.path.insert(0, str(REPO))
+    sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the browser tests' helpers: idle waits, Chromium flags
+    from browser_app import CHROMIUM, CHROMIUM_ARGS, COUNT_RUNS, act, settle
     from playwright.sync_api import expect, sync_playwright
+    from servers import free_port
 
     from engine.runs import jobs
     from engine.store.workspace import Workspace
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, COUNT_RUNS, _free_port, act, settle
 
     ws = tmp / "ws"
     env = dict(env, RETRAIN_STUDIO_WORKSPACE=str(ws))
@@ -132,7 +133,7 @@ def app_clicks(projects: dict[str, Path], env: dict[str, str], tmp: Path) -> dic
         t0 = time.perf_counter()
         project.import_image_dir(folder)
         made[name] = (project, time.perf_counter() - t0)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
