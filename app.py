@@ -45,7 +45,9 @@ with st.sidebar:
             common.set_project(choice)
             st.rerun()
         info = next((p for p in projects if p.slug == slug), None)
-        if info is not None:
+        if info is not None and info.problem:
+            st.caption("This project cannot be read now: see the page.")
+        elif info is not None:
             st.caption(f"{info.n_images} images · {info.n_classes} classes · {info.n_inbox} unsorted")
     else:
         st.caption("No projects yet.")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,8 +23,11 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from engine.config.training import TrainConfig  # noqa: E402
 from engine.runs import history as run_history  # noqa: E402 (a test's own `history` is the page's table)
 from engine.runs import jobs  # noqa: E402
+from engine.runs import status as run_status  # noqa: E402
+from engine.runs.status import RunState  # noqa: E402
 from engine.store.names import INBOX  # noqa: E402
 from engine.store.workspace import Workspace  # noqa: E402
+from ui.common import literal  # noqa: E402
 
 
 def png(seed: int, size: int = 20) -> bytes:
@@ -116,6 +118,9 @@ def test_project_from_url_rename_and_delete(ws):
     ok(button(at, "Delete project").click().run())
     assert ws.list_projects() == []
     assert at.session_state["project"] is None
+    assert not at.error, [e.value for e in at.error]  # not "Deleting failed: unable to open database file"
+    assert literal("Deleted 'New name'.") in [s.value for s in at.success]
+    assert "No projects yet" in texts(at)  # the list no longer shows it
 
 
 def test_home_import_bad_zip_is_an_error(ws):
@@ -365,8 +370,8 @@ def test_review_relabel_and_confusion_cell(ws):
     assert jobs.wait(jobs.run_path(project, retrain_id), timeout=60).state == "succeeded"
     ok(at.run())
     assert at.session_state["run_id"] == retrain_id
-    (changed,) = [e for e in at.expander if "What changed since the previous run" in e.label]
-    assert run_id in changed.label
+    (changed,) = [e for e in at.expander if e.label.startswith("What changed since run")]
+    assert changed.label == f"What changed since run {run_id} (the run it was retrained from)"
     assert {"Now right", "Now wrong"} <= {m.label for m in at.metric}
     assert json.loads((jobs.run_path(project, retrain_id) / "config.json").read_text())["train_epochs"] == \
         json.loads((jobs.run_path(project, run_id) / "config.json").read_text())["train_epochs"]
@@ -420,8 +425,8 @@ def test_export_shows_the_variants_table_and_only_files_that_exist(ws):
     # while the export is still running, files appear one by one and bundle.zip only once it is written
     (run_dir / "bundle.zip").unlink()
     (run_dir / "model_int8.tflite").unlink()
-    # a live process (this one) stands in for the exporting job
-    (run_dir / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid(), "started": time.time()}))
+    # a live process (this one) stands in for the exporting job: its status records it as the job would
+    run_status.write_status(run_dir, RunState.RUNNING, "exporting")
     at = page(ok(app(project.slug).run()), "ui/pages/export.py")
     labels = [b.label for b in at.get("download_button")]
     assert not any("bundle.zip" in lb for lb in labels) and not any(lb.startswith("SavedModel") for lb in labels)
@@ -439,3 +444,178 @@ def test_export_try_with_a_broken_model_shows_an_error(ws):
     at.file_uploader(key="try_image").set_value(("x.png", png(1), "image/png"))
     ok(at.run())
     assert at.error, "a model that cannot load must give a readable error, not a traceback"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Names are data (issue 19): shown as typed on every page, never rendered as Markdown
+# ----------------------------------------------------------------------------------------------------------------
+NASTY_PROJECT = "![t](http://127.0.0.1:8799/p.png) $x^2$ *bold*"  # a remote image, KaTeX, emphasis
+NASTY_CLASS = "$x^2$"
+NASTY_FILE = "![px](http://127.0.0.1:8799/f.png).png"  # long enough for Browse to shorten it and add a tooltip
+RAW = ("![t](", "![px](", "$x^2$", "*bold*")  # none of these survives literal()
+# the proto fields Streamlit renders as Markdown: texts, messages, titles, widget and block labels, tooltips, image
+# captions, progress texts, button-group options (select box options are plain text and not listed)
+MARKDOWN_FIELDS = {"body", "label", "help", "caption", "text", "content"}
+PLAIN_ELEMENTS = {"Json", "Code", "Text"}  # st.json, st.code, st.text: a "body" shown as it is
+
+
+def markdown_sources(at: AppTest) -> list[str]:
+    """Every string of the page that the browser would render as Markdown."""
+    found: list[str] = []
+
+    def visit(name: str, value) -> None:
+        if isinstance(value, str):
+            if name in MARKDOWN_FIELDS:
+                found.append(value)
+        elif hasattr(value, "ListFields"):
+            if value.DESCRIPTOR.name in PLAIN_ELEMENTS:
+                return
+            for field, inner in value.ListFields():
+                visit(field.name, inner)
+        elif not isinstance(value, bytes | int | float | bool):  # a repeated field
+            for inner in value:
+                visit(name, inner)
+
+    def walk(node) -> None:
+        if getattr(node, "proto", None) is not None:
+            visit("", node.proto)
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    for block in (at.main, at.sidebar):
+        walk(block)
+    for toast in at.toast:
+        walk(toast)
+    return found
+
+
+def shown_literally(at: AppTest) -> list[str]:
+    ok(at)
+    sources = markdown_sources(at)
+    leaks = [s for s in sources if any(raw in s for raw in RAW)]
+    assert not leaks, leaks
+    return sources
+
+
+def nasty_project(ws: Workspace):
+    project = ws.create_project(NASTY_PROJECT)
+    project.add_files([(f"c{i}.png", png(40 + i)) for i in range(2)] + [(NASTY_FILE, png(42))], NASTY_CLASS)
+    project.add_files([(f"d{i}.png", png(50 + i)) for i in range(3)], "dogs")
+    return project
+
+
+def test_names_show_literally_on_projects_and_data(ws):
+    project = nasty_project(ws)
+    project.add_files([(NASTY_FILE, png(60)), ("b.png", png(61))])  # the inbox
+    trashed = project.add_files([("![gone](x.png).png", png(62))]).added
+    project.delete_images(trashed)
+    name, cls, file = literal(NASTY_PROJECT), literal(NASTY_CLASS), literal(NASTY_FILE)
+
+    at = app(project.slug).run()
+    shown = shown_literally(at)
+    assert f"Project “{name}”" in [s.value for s in at.subheader]
+    assert f"Yes, delete '{name}' for good" in shown
+
+    at = page(at, "ui/pages/data.py")  # the inbox has images: the sorter
+    shown = shown_literally(at)
+    assert at.title[0].value == f"Data · {name}"
+    assert cls in [b.label for b in at.button if b.key.startswith("sort_to_")]
+    assert cls in [m.label for m in at.metric]
+    assert file in shown  # the caption of the photo being sorted
+
+    at.segmented_control(key="data_section").set_value("Browse").run()
+    at.selectbox(key="browse_view").set_value(NASTY_CLASS).run()
+    shown = shown_literally(at)
+    assert f"{cls}: 3 image(s) · page 1 of 1" in [c.value for c in at.caption]
+    (box,) = [c for c in at.checkbox if c.help]
+    assert box.help == file and box.label.startswith(literal("![px](htt"))
+    box.check().run()
+    at.selectbox(key="browse_dest").set_value("dogs").run()
+    at.button(key="browse_move").click().run()
+    shown_literally(at)
+    at.selectbox(key="browse_view").set_value("dogs").run()
+    at.checkbox(key=f"sel_dogs-{project.images('dogs')[0].sha256}").check().run()
+    at.selectbox(key="browse_dest").set_value(NASTY_CLASS).run()
+    at.button(key="browse_move").click().run()
+    shown = shown_literally(at)
+    moved = literal(f"Moved 1 image(s) to {NASTY_CLASS}.")  # the whole message is shown literally
+    assert moved in [s.value for s in at.success] and moved in [t.value for t in at.toast]
+
+    at.segmented_control(key="data_section").set_value("Add images").run()
+    at.selectbox(key="upload_target").set_value(NASTY_CLASS).run()
+    at.file_uploader[0].set_value([(NASTY_FILE, png(42), "image/png")])  # already there: a duplicate
+    at.run()
+    at.button(key="upload_go").click().run()
+    shown = shown_literally(at)
+    assert file in shown  # the duplicates list
+
+    at.segmented_control(key="data_section").set_value("Classes").run()
+    next(t for t in at.text_input if t.label == "New class").input("![px](a.png)")
+    button(at, "Create class").click().run()
+    shown = shown_literally(at)
+    assert literal("Created class '![px](a.png)'.") in [s.value for s in at.success]
+    assert literal("![gone](x.png).png") in shown  # the trash list
+
+
+def test_names_show_literally_on_train_review_and_export(ws):
+    project = nasty_project(ws)
+    run_id = jobs.start_training(project)
+    assert jobs.wait(jobs.run_path(project, run_id), timeout=60).state == "succeeded"
+    name, cls = literal(NASTY_PROJECT), literal(NASTY_CLASS)
+    at = app(project.slug).run()
+
+    at = page(at, "ui/pages/train.py")
+    shown = shown_literally(at)
+    assert at.title[0].value == f"Train · {name}"
+    assert f"6 images in 2 classes: {cls} (3), dogs (3)" in shown
+
+    at = page(at, "ui/pages/review.py")
+    shown = shown_literally(at)
+    assert at.title[0].value == f"Review · {name}"
+    assert any(s.startswith(f"true **{cls}** → predicted **dogs**") for s in shown), shown
+    assert f"Move to {cls}" in [b.label for b in at.button]
+
+    at = page(at, "ui/pages/export.py")
+    shown_literally(at)
+    assert at.title[0].value == f"Export & try · {name}"
+
+
+def test_broken_run_folders_leave_every_page_working_and_can_be_deleted(ws):
+    """One damaged or hand-edited run folder is listed as what it is; Train, Review and Export keep working for the
+    project's other runs, and the run can be deleted from the Train page."""
+    project, good = trained(ws)
+    broken = {
+        "20000101-000001-000-word": {"status.json": '{"state": "succeeded", "started": 1, "finished": "today"}'},
+        "20000101-000002-000-huge": {"status.json": '{"state": "succeeded", "started": 1e308, "finished": 2}'},
+        "20000101-000003-000-list": {"status.json": '{"state": "succeeded"}', "events.jsonl": "[1]\n"},
+        "20000101-000004-000-utf8": {"status.json": b'{"state": "succeeded", "message": "\xff"}'},
+    }
+    for run_id, files in broken.items():
+        run_dir = project.runs_dir / run_id
+        run_dir.mkdir()
+        for name, data in files.items():
+            (run_dir / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+    at = ok(app(project.slug).run())
+    for path in ("ui/pages/train.py", "ui/pages/review.py", "ui/pages/export.py"):
+        at = page(at, path)
+    at = page(at, "ui/pages/train.py")
+    table = next(df.value for df in at.dataframe if "run_id" in df.value.columns)
+    assert set(broken) | {good} == set(table["run_id"])
+    at.selectbox(key=f"run_pick_{good}").set_value("20000101-000004-000-utf8").run()
+    ok(at)
+    button(at, "Delete the run").click().run()
+    ok(at)
+    assert not (project.runs_dir / "20000101-000004-000-utf8").exists()
+    assert literal("Deleted run 20000101-000004-000-utf8.") in texts(at)
+    assert (project.runs_dir / good).is_dir()
+
+
+def test_a_run_that_failed_for_the_machine_says_what_to_do_not_to_check_the_data(ws):
+    project, run_id = trained(ws)
+    run_dir = jobs.run_path(project, run_id)
+    message = "Training: the disk is full (/x/model.tflite). Free some space and try again."
+    run_status.write_status(run_dir, RunState.FAILED, message, cause=run_status.MACHINE)
+    at = page(ok(app(project.slug).run()), "ui/pages/train.py")
+    shown = [e.value for e in at.error]
+    assert any("the disk is full" in e for e in shown), shown
+    assert not any("Check the data" in e for e in shown), shown

@@ -165,7 +165,7 @@ def test_train_review_export(browser_page: Page, app_server: str, watch: Watch, 
     assert project.consistency_check().ok
 
     click(page, page.get_by_role("button", name="Retrain now"))
-    changed = page.get_by_text("What changed since the previous run")
+    changed = page.get_by_text("What changed since run")
     expect(changed).to_be_visible(timeout=240_000)
     (retrain_id,) = {r.run_id for r in history.list_runs(project)} - {run_id}
     assert run_id in changed.inner_text()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import shutil
 import subprocess
 import sys
 
@@ -101,3 +102,60 @@ def test_zip_member_names_are_checked_once_for_every_zip(name, parts):
     """engine.inference.predict, engine.inference.serve, the bundle's serve.py and the data import all use this one
     check."""
     assert bundle_predict().safe_member_parts(name) == parts
+
+
+@pytest.mark.parametrize("case", ["absolute", "dotdot", "linked model", "linked card", "linked labels", "not json",
+                                  "not an object"])
+def test_the_bundles_own_files_refuse_a_card_or_link_leading_out_of_the_bundle(tmp_path, case):
+    """read_card and read_labels are what the bundle's serve.py and predict.py load the bundle with; the bundle's
+    predict.py says why in one line instead of loading a model from elsewhere."""
+    folder, outside = tmp_path / "bundle", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    shutil.copy(BUNDLE_SOURCES / "predict.py", folder / "predict.py")
+    (outside / "model.tflite").write_bytes(b"\x00" * 64)
+    default = {"absolute": str(outside / "model.tflite"), "dotdot": "../outside/model.tflite"}.get(case,
+                                                                                                "model_float32.tflite")
+    card = {"not json": '{"image_size":', "not an object": '"model_float32.tflite"'}.get(
+        case, json.dumps({"default_model": default, "image_size": 8, "preprocessing": {"center_crop": False}}))
+    (folder / "model_card.json").write_text(card)
+    (folder / "labels.txt").write_text("a\nb\n")
+    (folder / "model_float32.tflite").write_bytes(b"\x00" * 64)
+    link = {"linked model": "model_float32.tflite", "linked card": "model_card.json", "linked labels": "labels.txt"}
+    if case in link:
+        (outside / link[case]).write_bytes((folder / link[case]).read_bytes())
+        (folder / link[case]).unlink()
+        (folder / link[case]).symlink_to(outside / link[case])
+    want = {"absolute": f"default_model '{default}' in {folder} is not a path inside the bundle",
+            "dotdot": f"default_model '{default}' in {folder} is not a path inside the bundle",
+            "not json": f"model_card.json in {folder} is not valid JSON (Expecting",
+            "not an object": f"model_card.json in {folder} is not a JSON object (it holds a string)"}.get(
+        case, f"'{link.get(case)}' in {folder} is a link to {outside / str(link.get(case))}, outside the bundle")
+    bp = bundle_predict()
+    if case != "linked model":
+        with pytest.raises(ValueError) as refused:
+            bp.read_card(folder), bp.read_labels(folder)
+        assert want in str(refused.value)
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    proc = subprocess.run([sys.executable, str(folder / "predict.py"), str(tmp_path / "x.png")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert want in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow only warns below twice its limit
+def test_the_bundles_pixel_limit_answers_before_pillow_would(tmp_path):
+    """90 Mpx: over our 80 Mpx limit, under the point where Pillow refuses by itself. Only our check, made from the
+    header before decoding, says so (the bundle's predict.py and its server decode with it)."""
+    from PIL import Image
+
+    from engine.data.demo import _png_header_only
+
+    bp = bundle_predict()
+    data = _png_header_only(10_000, 9_000)
+    assert 80_000_000 < 90_000_000 < 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(bp.TooManyPixels, match=r"10000x9000 = 90000000 pixels is over the 80000000-pixel limit"):
+        bp.load_rgb(data, max_pixels=80_000_000)
+    (tmp_path / "big.png").write_bytes(data)  # a path, as predict.py reads files
+    with pytest.raises(bp.TooManyPixels, match="90000000 pixels"):
+        bp.load_rgb(tmp_path / "big.png", max_pixels=80_000_000)

@@ -120,3 +120,37 @@ def test_calibration_images_are_fixed_and_photo_like():
     a, b = calibration_images(SIZE, n=4), calibration_images(SIZE, n=4)
     assert a.dtype == np.uint8 and a.shape == (4, SIZE, SIZE, 3) and np.array_equal(a, b)
     assert 20 < a.std() < 120  # neither flat nor pure noise
+
+
+def _head_read_back(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The head appended to an exported .tflite, as the runtime holds it: dequantized kernel [k, d], bias, and
+    the kernel's quantization step per class (0 for float weights)."""
+    from engine.core.litert import tflite_interpreter
+
+    runner = tflite_interpreter(str(path))
+    tensors = {d["name"]: d for d in runner.get_tensor_details()}
+    out = []
+    for name in ("head/kernel", "head/bias"):
+        detail = tensors[name]
+        values = runner.get_tensor(detail["index"]).astype(np.float64)
+        scales = detail["quantization_parameters"]["scales"]
+        out.append(values * (scales[:, None] if values.ndim == 2 else scales) if len(scales) else values)
+    scales = tensors["head/kernel"]["quantization_parameters"]["scales"]
+    return out[0], out[1], scales if len(scales) else np.zeros(len(out[1]))
+
+
+def test_every_variant_carries_the_calibrated_head(setup):
+    """The temperature is in every file: each variant's head, read back from the file, is the calibrated head
+    (W/T, b/T) within its quantization step. The int8 model's other differences from float32 come from its int8
+    backbone, bounded here on the held-out images."""
+    _, head, composed, (x, _, _), _ = setup
+    assert head.temperature != 1.0
+    w, b = head.calibrated()
+    for variant in ("float32", "dynamic", "int8"):
+        kernel, bias, step = _head_read_back(composed.tflite[variant])
+        assert np.all(np.abs(kernel - w.T) <= step[:, None] / 2 + 1e-6), variant
+        assert np.abs(bias - b).max() <= 1e-4, variant
+        uncalibrated = np.abs(kernel - head.kernel.T).max()
+        assert uncalibrated > 10 * (step.max() + 1e-6), f"{variant}: the temperature is not in the file"
+    floats, ints = _probs(composed.tflite["float32"], x), _probs(composed.tflite["int8"], x)
+    assert np.abs(floats - ints).mean() <= 0.05 and np.abs(floats - ints).max() <= 0.35

@@ -104,3 +104,22 @@ def test_an_upload_to_a_class_that_was_renamed_says_where_it_went(project):
     assert not at.exception
     assert "Class 'dogs' no longer exists" in messages(at) and "Unsorted inbox" in messages(at)
     assert project.classes() == ["cats", "hounds"] and project.count(INBOX) == 6
+
+
+def test_each_project_keeps_its_own_undo_history(project, ws):
+    other = ws.create_project("Other")
+    other.create_class("birds")
+    other.add_files([("o.png", png(1300))])
+    at = data_page(project, "Sort inbox")
+    at.button(key="sort_to_0").click().run()
+    assert at.button(key="sort_undo_btn").label == "Undo (1)"
+    at.query_params["project"] = other.slug  # the same person opens another project
+    at.run()
+    at.segmented_control(key="data_section").set_value("Sort inbox").run()
+    assert not at.exception and not [b for b in at.button if b.key == "sort_undo_btn"]  # nothing to undo here
+    at.query_params["project"] = project.slug  # and comes back: their step there can still be undone
+    at.run()
+    at.segmented_control(key="data_section").set_value("Sort inbox").run()
+    at.button(key="sort_undo_btn").click().run()
+    assert not at.exception and project.count(INBOX) == 5
+    assert "someone else" not in messages(at)

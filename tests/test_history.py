@@ -100,3 +100,49 @@ def test_metrics_events_and_log(tmp_path):
     assert history.load_metrics(tmp_path) == {"labels": ["a", "b"]}
     (tmp_path / runfiles.LOG).write_text("".join(f"line {i}\n" for i in range(50)))
     assert history.log_tail(tmp_path, lines=3).splitlines() == ["line 47", "line 48", "line 49"]
+
+
+BROKEN = {  # what one damaged or hand-edited run folder holds
+    "finished is a word": {runfiles.STATUS: json.dumps({"state": "succeeded", "started": 1.0, "finished": "today"})},
+    "started overflows": {runfiles.STATUS: json.dumps({"state": "succeeded", "started": 1e308, "finished": 2.0})},
+    "an event that is a list": {runfiles.STATUS: json.dumps({"state": "succeeded"}), runfiles.EVENTS: "[1]\n"},
+    "status.json not UTF-8": {runfiles.STATUS: b'{"state": "succeeded", "message": "\xff"}'},
+    "run.json of the wrong kinds": {runfiles.STATUS: json.dumps({"state": "failed", "pid": "x"}),
+                                    runfiles.RUN: json.dumps({"started": "y", "n_images": "many", "backbone": 3})},
+    "metrics.json a list": {runfiles.STATUS: json.dumps({"state": "succeeded"}), runfiles.METRICS: "[1, 2]"},
+}
+
+
+def test_one_broken_run_folder_never_stops_the_others_being_listed(project):
+    good = _run(project, "20200101-000009-000-good", RunState.SUCCEEDED, pid=_dead_pid(), result=0.8, bundle=True)
+    for i, contents in enumerate(BROKEN.values()):
+        run_dir = project.runs_dir / f"20200101-00000{i}-000-bad{i}"
+        run_dir.mkdir(parents=True)
+        for name, data in contents.items():
+            (run_dir / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+    rows = history.list_runs(project)
+    assert len(rows) == len(BROKEN) + 1
+    by_id = {r.run_id: r for r in rows}
+    assert by_id[good.name].state is RunState.SUCCEEDED and by_id[good.name].val_accuracy == 0.8
+    for row in rows:  # what the pages do with every row: format it
+        assert row.started is None or 0 < row.started < 1e11
+        assert isinstance(row.started_text, str) and (row.duration is None or row.duration >= 0)
+        assert row.n_images is None or isinstance(row.n_images, int)
+        assert isinstance(row.backbone, str)
+    assert history.latest_run(project) == good.name
+
+
+def test_a_run_is_compared_with_the_run_it_was_retrained_from_else_the_last_successful_one(project):
+    metrics = {"val_accuracy": 0.9, "labels": ["a", "b"]}
+    first = _run(project, "20200101-000001-000-aaaa", RunState.SUCCEEDED, pid=_dead_pid(), metrics=metrics)
+    second = _run(project, "20200101-000002-000-bbbb", RunState.SUCCEEDED, pid=_dead_pid(), metrics=metrics)
+    stopped = _run(project, "20200101-000003-000-cccc", RunState.CANCELLED, pid=_dead_pid(), metrics=metrics)
+    retrain = _run(project, "20200101-000004-000-dddd", RunState.SUCCEEDED, pid=_dead_pid(), metrics=metrics)
+    meta = json.loads((retrain / runfiles.RUN).read_text())
+    (retrain / runfiles.RUN).write_text(json.dumps({**meta, "retrained_from": first.name}))
+    row, why = history.baseline(project, retrain.name)
+    assert (row.run_id, why) == (first.name, "the run it was retrained from")
+    (retrain / runfiles.RUN).write_text(json.dumps(meta))  # a run started on the Train page
+    row, why = history.baseline(project, retrain.name)
+    assert (row.run_id, why) == (second.name, "the previous successful run")  # never the cancelled one
+    assert history.baseline(project, first.name) is None and stopped.is_dir()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -228,3 +231,45 @@ def test_jobs_fork_from_one_worker_and_leave_no_zombies(demo_project):
     # cancel reaches a forked job through its own process group
     run_dir = jobs.run_path(project, jobs.start_training(project, TrainConfig(do_fine_tuning=True)))
     assert jobs.cancel(run_dir).state == "cancelled"
+
+
+@pytest.mark.slow
+def test_a_hung_worker_is_replaced_and_its_late_request_never_forks_a_second_job(demo_project):
+    """A stopped worker (SIGSTOP: swapped out, stuck) costs the click a few seconds, not half a minute; the job
+    starts as a plain process, and the worker, woken later, never forks the same run into the same folder."""
+    from engine.runs import worker
+    from engine.runs.worker import CLIENT
+
+    jobs.warm_worker()
+    hung = CLIENT._proc.pid
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        t0 = time.time()
+        run_dir = jobs.run_path(demo_project, jobs.start_training(demo_project, TrainConfig(quantize=["float32"])))
+        waited = time.time() - t0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
+    assert waited < worker.SUBMIT_TIMEOUT_S + 5, waited
+    status = jobs.wait(run_dir, timeout=300)
+    assert status.state == "succeeded", history.log_tail(run_dir)
+    assert _pid_gone(hung)  # replaced: a woken worker cannot fork it afterwards
+    time.sleep(2)
+    assert [e["type"] for e in history.events(run_dir)].count("result") == 1
+    assert jobs.job_status(run_dir).state == "succeeded"
+
+
+def test_the_worker_refuses_a_request_the_app_gave_up_on(tmp_path):
+    from engine.runs.worker import CLIENT
+
+    jobs.warm_worker()
+    assert CLIENT.alive()
+    request = {"argv": ["--help"], "log": str(tmp_path / "log"), "cwd": str(tmp_path), "env": {},
+               "deadline": time.time() - 1}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect(CLIENT._socket)
+        conn.sendall((json.dumps(request) + "\n").encode())
+        answer = json.loads(conn.makefile("r").readline())
+    assert answer == {"error": "the request came too late"}
+    assert not (tmp_path / "log").exists()  # nothing was forked

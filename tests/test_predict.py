@@ -6,8 +6,13 @@ import argparse
 import importlib.util
 import json
 import re
+import stat
+import struct
 import tempfile
+import time
 import zipfile
+import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,7 +23,7 @@ from engine.cli.predict import add_predict_args, run_predict
 from engine.data import images
 from engine.export.bundle import write_bundle
 from engine.inference.bundle_files import BUNDLE_SOURCES
-from engine.inference.predict import PredictError, load_predictor
+from engine.inference.predict import PredictError, load_predictor, unpack_bundle
 
 TOP_LINE = re.compile(r"^\d\.\d{6}: \S.*$")
 
@@ -183,6 +188,122 @@ def test_a_bundle_zip_with_an_unsafe_member_is_refused_and_nothing_is_left(tmp_p
     with pytest.raises(PredictError, match=r"unsafe path \('\.\./x'\)"):
         load_predictor(str(bad))
     assert list(scratch.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Untrusted bundles (issue 19): model paths stay inside the bundle, a broken card is one line, unpacking is limited
+# ----------------------------------------------------------------------------------------------------------------
+def _bundle_folder(root: Path, card: dict | str) -> Path:
+    """A bundle folder whose model loads no further than the checks (its .tflite is not a model)."""
+    folder = root / "bundle"
+    folder.mkdir()
+    (folder / "model_card.json").write_text(card if isinstance(card, str) else json.dumps(card))
+    (folder / "labels.txt").write_text("a\nb\n")
+    (folder / "model_float32.tflite").write_bytes(b"\x00" * 64)
+    return folder
+
+
+@pytest.mark.parametrize("how", ["absolute", "dotdot"])
+def test_a_card_whose_default_model_is_outside_the_bundle_is_refused(tmp_path, how):
+    outside = tmp_path / "elsewhere" / "model.tflite"
+    outside.parent.mkdir()
+    outside.write_bytes(b"\x00" * 64)
+    name = str(outside) if how == "absolute" else "../elsewhere/model.tflite"
+    folder = _bundle_folder(tmp_path, {"default_model": name, "image_size": SIZE})
+    with pytest.raises(PredictError, match=rf"default_model '{re.escape(name)}' in {re.escape(str(folder))} is not "
+                                           r"a path inside the bundle"):
+        load_predictor(str(folder))
+
+
+@pytest.mark.parametrize("link", ["model_card.json", "model_float32.tflite", "labels.txt"])
+def test_a_card_model_or_labels_linked_out_of_the_bundle_is_refused(tmp_path, link):
+    folder = _bundle_folder(tmp_path, {"default_model": "model_float32.tflite", "image_size": SIZE})
+    outside = tmp_path / f"outside-{link}"
+    (folder / link).rename(outside)  # a readable file of the right kind, only not in the bundle
+    (folder / link).symlink_to(outside)
+    with pytest.raises(PredictError, match=rf"'{re.escape(link)}' in .* is a link to .*outside-.*, outside the "
+                                           "bundle"):
+        load_predictor(str(folder))
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "\udcff"])
+def test_a_card_that_is_not_a_json_object_is_one_error_line(tmp_path, capsys, text):
+    folder = _bundle_folder(tmp_path, "")
+    (folder / "model_card.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    assert run_predict(_cli("--image", str(tmp_path), "--model_file", str(folder))) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.match(rf"error: model_card.json in {re.escape(str(folder))} is not (valid JSON|a JSON object) \(", err)
+
+
+def _raw_zip(path: Path, name: str, deflated: bytes, crc: int, declared: int) -> Path:
+    """A one-member zip written by hand, so that the test decides what its directory declares."""
+    n = name.encode()
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0x21, crc, len(deflated), declared, len(n), 0) + n
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0x21, crc, len(deflated), declared,
+                          len(n), 0, 0, 0, 0, 0o644 << 16, 0) + n
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), len(local) + len(deflated), 0)
+    path.write_bytes(local + deflated + central + end)
+    return path
+
+
+def _gib_of_zeros() -> tuple[bytes, int]:
+    """1 GiB of zeros deflated (about 1 MB) and its CRC, without deflating a gigabyte: each fully flushed block
+    stands alone, so one block repeated is the whole stream."""
+    mib = bytes(1 << 20)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = c.compress(mib) + c.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(1024):
+        crc = zlib.crc32(mib, crc)
+    return block * 1024 + zlib.compressobj(9, zlib.DEFLATED, -15).flush(), crc
+
+
+@pytest.mark.parametrize("declared, match", [(1 << 30, r"would unpack to \d+ times its packed size \(the limit is "
+                                                       r"200:1\); is it a zip bomb\?"),
+                                             (1000, r"is not a readable zip file \(Bad CRC-32")],
+                         ids=["1 GiB of zeros", "size understated"])
+def test_a_zip_bomb_is_refused_quickly_and_nothing_is_left(tmp_path, monkeypatch, declared, match):
+    """A gigabyte of zeros in a 1 MB zip: refused on its ratio before anything is written; declared as 1000 bytes
+    instead, unpacking stops at what the directory says and the file begun is removed."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    bomb = _raw_zip(tmp_path / "bomb.zip", "model_float32.tflite", *_gib_of_zeros(), declared=declared)
+    started = time.monotonic()
+    with pytest.raises(PredictError, match=match):
+        load_predictor(str(bomb))
+    assert time.monotonic() - started < 5
+    assert list(scratch.iterdir()) == []
+    into = tmp_path / "into"
+    with pytest.raises(PredictError, match=match):
+        unpack_bundle(bomb, into)
+    assert not into.exists()
+
+
+def test_a_bundle_zip_over_the_file_or_size_limit_or_with_a_link_is_refused(tmp_path):
+    big = tmp_path / "big.zip"
+    with zipfile.ZipFile(big, "w") as zf:
+        zf.writestr("saved_model/variables/variables.data-00000-of-00001", np.random.default_rng(0).bytes(3 << 20))
+        zf.writestr("model_card.json", "{}")
+    into = tmp_path / "into"
+    with pytest.raises(PredictError, match=r"big.zip would unpack to 3.0 MB; a bundle may unpack to at most 2.0 MB"):
+        unpack_bundle(big, into, max_bytes=2 << 20)
+    with pytest.raises(PredictError, match=r"big.zip holds 2 files; a bundle may hold at most 1$"):
+        unpack_bundle(big, into, max_files=1)
+    assert not into.exists()
+    unpack_bundle(big, into)  # within the default limits: unpacked, folders and all
+    assert (into / "saved_model" / "variables" / "variables.data-00000-of-00001").stat().st_size == 3 << 20
+
+    linked = tmp_path / "linked.zip"
+    with zipfile.ZipFile(linked, "w") as zf:
+        zf.writestr("labels.txt", "a\nb\n")
+        info = zipfile.ZipInfo("model_card.json")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(PredictError, match=r"linked.zip holds a link \('model_card.json'\)"):
+        unpack_bundle(linked, tmp_path / "into2")
+    assert not (tmp_path / "into2").exists()
 
 
 @pytest.mark.slow

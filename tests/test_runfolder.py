@@ -208,3 +208,23 @@ def test_the_launcher_settles_its_dead_job_and_configs_are_not_mutated(project, 
     (made,) = (tmp_path / "runs").iterdir()
     assert _status(made)["state"] == "failed"
     assert Path(TrainConfig.load(made / runfolder.CONFIG).run_dir).resolve() == made.resolve()
+
+
+def test_a_process_that_cannot_be_proven_the_job_is_neither_kept_running_nor_signalled(tmp_path):
+    """pids are reused: a status whose process start time is missing (as where /proc was missing) or another
+    process's reads as a dead job, and cancel never signals that process or its group."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        for proc_start in (None, "12345"):
+            run_dir = tmp_path / f"run-{proc_start}"
+            run_dir.mkdir()
+            stored = {"state": "running", "pid": other.pid, "started": time.time() - 3600, "message": "training"}
+            if proc_start:
+                stored["proc_start"] = proc_start
+            (run_dir / runfolder.STATUS).write_text(json.dumps(stored))
+            assert run_status.read_status(run_dir).state == "failed"
+            jobs.cancel(run_dir, timeout=1)
+            assert other.poll() is None, "an unrelated process was signalled"
+    finally:
+        other.kill()
+        other.wait()

@@ -11,6 +11,7 @@ import http.client
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,8 +29,9 @@ from conftest import REPO, shared_dataset
 from export_data import CLASSES, SIZE, draw, exported_once
 from servers import Server, clean_env, curl_upload, free_port, multipart, request, start, start_bundle_server
 
-from engine.data.demo import bad_file_corpus
+from engine.data.demo import _png_header_only, bad_file_corpus
 from engine.export.bundle import write_bundle
+from engine.inference.bundle_files import BUNDLE_SOURCES
 
 try:  # requirements-dev.txt; without it the spec test is skipped, the rest still runs
     import schemathesis
@@ -211,6 +213,9 @@ def _bad_uploads(images: dict[int, bytes]) -> dict[str, tuple[str, bytes, int, s
         "truncated png": (*corpus["truncated_png"], 422, "truncated"),
         "empty upload": ("empty.jpg", b"", 400, "empty"),
         "pixel bomb header": (*corpus["bomb_header"], 413, "pixel"),
+        # between our limit (80 Mpx) and Pillow's own refusal (twice that): only our check answers it
+        "90 Mpx header": ("big.png", _png_header_only(10_000, 9_000), 413,
+                          "10000x9000 = 90000000 pixels is over the 80000000-pixel limit"),
         "zip slip only": ("slip.zip", zip_bytes({"../../etc/cron.d/x.png": images[0], "/tmp/y.png": images[1]}), 400,
                           "no file in the zip"),
         "zip with too many files": ("many.zip", many, 413, "limit is 20"),
@@ -508,6 +513,134 @@ def test_engine_serve_refuses_a_zip_with_an_unsafe_member(tmp_path):
     with pytest.raises(serve.ServeError, match="unsafe path"):
         serve.unpack(bad, tmp_path / "into")
     assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Untrusted bundles (issue 19): the engine's own server code, model paths inside the bundle, one line per refusal
+# ----------------------------------------------------------------------------------------------------------------
+MARKER_SCRIPT = "import pathlib\npathlib.Path({marker!r}).write_text(__file__)\n"
+
+
+def _bundle_folder(root: Path, card: dict | str, name: str = "bundle") -> Path:
+    folder = root / name
+    folder.mkdir()
+    (folder / "model_card.json").write_text(card if isinstance(card, str) else json.dumps(card))
+    (folder / "labels.txt").write_text("a\nb\n")
+    (folder / "model_float32.tflite").write_bytes(b"\x00" * 64)  # the server would fail on it: never started here
+    return folder
+
+
+def test_engine_serve_runs_the_engines_server_on_the_bundles_files_not_its_serve_py(tmp_path, monkeypatch):
+    from engine.inference import serve
+
+    folder = _bundle_folder(tmp_path, {"default_model": "model_float32.tflite", "image_size": 8}, "mine")
+    for name in ("serve.py", "predict.py"):
+        (folder / name).write_text(MARKER_SCRIPT.format(marker=str(tmp_path / "marker")))
+    runs = []
+
+    class FakePopen:
+        def __init__(self, cmd, cwd, env, **_kwargs):
+            runs.append((cmd, Path(cwd), env))
+
+        def wait(self):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(serve.subprocess, "Popen", FakePopen)
+    assert serve.serve_bundle(folder, ["--port", "9"]) == 0
+    [(cmd, cwd, env)] = runs
+    assert cmd[:4] == [sys.executable, str(BUNDLE_SOURCES / "serve.py"), "--bundle_dir", str(folder.resolve())]
+    assert cmd[4:] == ["--port", "9", "--name", "mine"]
+    # the bundle's folder is not the working folder, where a worker process would import what it finds first
+    assert cwd == BUNDLE_SOURCES and env["PYTHONDONTWRITEBYTECODE"] == "1"
+
+
+@pytest.mark.slow
+def test_engine_serve_never_runs_or_imports_code_from_the_bundle(bundle, tmp_path, images):
+    """A bundle whose serve.py and predict.py were replaced (and with modules named like the server's imports) is
+    served by the engine's server code, with two worker processes, and none of its scripts runs; nor does the
+    server leave bytecode behind (written under a prefix here, so that it would show)."""
+    marker = tmp_path / "marker"
+    replaced = tmp_path / "dl" / "replaced.zip"
+    replaced.parent.mkdir()
+    with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(replaced, "w") as dst:
+        for info in src.infolist():
+            if info.filename not in ("serve.py", "predict.py"):
+                dst.writestr(info, src.read(info))
+        for name in ("serve.py", "predict.py", "fastapi.py", "uvicorn.py", "multiprocessing.py"):
+            dst.writestr(name, MARKER_SCRIPT.format(marker=str(marker)))
+    pycache = tmp_path / "pycache"
+    env = clean_env(PYTHONPYCACHEPREFIX=str(pycache))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    port = free_port()
+    srv = start([sys.executable, "-m", "engine", "serve", "--bundle", str(replaced), "--port", str(port),
+                 "--workers", "2"], REPO, tmp_path / "log", port, env=env)
+    try:
+        status, body = upload(srv, "/classify", "c.png", images[1])
+        assert status == 200 and body["c.png"]["preds"][0]["tagName"] == "red circle"
+        assert request(srv.url + "/v1/model")[1]["name"] == "replaced"
+    finally:
+        rc = srv.stop(signal.SIGTERM)
+    assert rc == 0, srv.output()[-2000:]
+    assert not marker.exists(), marker.read_text()
+    # the engine's own process imports engine.bundle.predict as any module; the server processes write nothing
+    assert not list((pycache / BUNDLE_SOURCES.relative_to(BUNDLE_SOURCES.anchor)).glob("serve.*.pyc"))
+
+
+@pytest.mark.parametrize("how", ["absolute", "dotdot", "linked model", "linked card", "linked labels"])
+def test_engine_serve_refuses_a_path_out_of_the_bundle_in_one_line(tmp_path, capsys, how):
+    from engine.cli.main import main
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "model.tflite").write_bytes(b"\x00" * 64)
+    (outside / "card.json").write_text(json.dumps({"image_size": 8}))
+    (outside / "labels.txt").write_text("root\ndaemon\n")
+    name = {"absolute": str(outside / "model.tflite"), "dotdot": "../outside/model.tflite"}.get(how,
+                                                                                               "model_float32.tflite")
+    folder = _bundle_folder(tmp_path, {"default_model": name, "image_size": 8})
+    link, target = {"linked model": ("model_float32.tflite", "model.tflite"), "linked card": ("model_card.json",
+                    "card.json"), "linked labels": ("labels.txt", "labels.txt")}.get(how, (None, None))
+    if link:
+        (folder / link).unlink()
+        (folder / link).symlink_to(outside / target)
+    assert main(["serve", "--bundle", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    want = rf"'{re.escape(link)}' in .* is a link to {re.escape(str(outside))}" if link else \
+        rf"default_model '{re.escape(name)}' in {re.escape(str(folder))} is not a path inside the bundle"
+    assert re.search(want, err), err
+
+
+@pytest.mark.parametrize("bad", ["invalid card", "card linked in the zip", "zip bomb"])
+def test_engine_serve_refuses_a_broken_bundle_in_one_line_without_a_traceback(tmp_path, bad):
+    if bad == "invalid card":
+        bundle_path = _bundle_folder(tmp_path, '{"image_size": 8,')
+        want = rf"error: model_card.json in {re.escape(str(bundle_path))} is not valid JSON \(Expecting"
+    else:
+        bundle_path = tmp_path / "bundle.zip"
+        with zipfile.ZipFile(bundle_path, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("labels.txt", "a\nb\n")
+            if bad == "zip bomb":
+                zf.writestr("model_card.json", "{}")
+                zf.writestr("model_float32.tflite", bytes(64 << 20))
+                want = r"error: .*bundle.zip: 'model_float32.tflite' would unpack to \d+ times its packed size"
+            else:
+                zf.writestr("model_float32.tflite", b"\x00" * 64)
+                info = zipfile.ZipInfo("model_card.json")
+                info.external_attr = (0o120777) << 16  # a symbolic link
+                zf.writestr(info, "/etc/hostname")
+                want = r"error: .*bundle.zip holds a link \('model_card.json'\); it is not a bundle made here"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "engine", "serve", "--bundle", str(bundle_path), "--port",
+                           str(free_port())], cwd=REPO, env=clean_env(TMPDIR=str(tmp)), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.count("\n") == 1 and re.match(want, proc.stderr), proc.stderr
+    assert list(tmp.iterdir()) == []
 
 
 def test_engine_serve_passes_on_only_the_flags_given_so_the_servers_defaults_apply():

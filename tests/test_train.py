@@ -249,3 +249,81 @@ def test_backbone_comparison_ranks_this_run_against_another_backbones_cached_fea
     monkeypatch.setattr(backbones, "resolve", lambda name, image_size=None: dataclasses.replace(
         other, backbone_id="another-id"))
     assert train_module.backbone_comparison(result, ["noisy"]) == []  # features of only some images: nothing to compare
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What the shipped head promises, checked on what train() returns (and metrics.json holds)
+# ----------------------------------------------------------------------------------------------------------------
+def _features_run(tmp_path, features: np.ndarray, y: np.ndarray, **cfg) -> object:
+    """train() on given features (no backbone): one tiny image per row, so the run has real items and shas."""
+    import types
+
+    from engine.data.dataset import scan_image_dir, split_dataset
+    from engine.learn.prepare import PreparedData
+
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for i, c in enumerate(y):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / f"c{c}" / f"{i:04d}.png"), rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    ds = scan_image_dir(root)
+    order = [int(p.rsplit("/", 1)[1][:4]) for p in (it.path for it in ds.items)]
+    resolved = types.SimpleNamespace(handle="x", backbone_id="x", image_size=8, path="x")
+    tr, va = split_dataset(ds, 0.0, 0)
+    return train(TrainConfig(image_dir=str(root), **cfg), data=PreparedData(ds, resolved, features[order], tr, va))
+
+
+def _overlapping(n: int = 800, d: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes that overlap: the head's raw answers are off in confidence (too timid here, after the strong
+    L2 the one-standard-error rule picks), which a temperature fitted on the out-of-fold answers corrects."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n // 2)
+    return (rng.normal(0, 1, (n, d)) + 0.7 * y[:, None] * (np.arange(d) < 3)).astype(np.float32), y
+
+
+def test_the_head_is_calibrated_on_its_out_of_fold_answers(tmp_path):
+    x, y = _overlapping()
+    res = _features_run(tmp_path, x, y)
+    cal = res.metrics["calibration"]
+    assert res.head.temperature == cal["temperature"] and abs(cal["temperature"] - 1.0) > 0.05, cal
+    assert cal["ece_after"] < cal["ece_before"], cal
+
+
+def test_the_unknown_threshold_reaches_the_target_precision_and_follows_it(tmp_path):
+    x, y = _overlapping()
+    values = {}
+    for target in (0.8, 0.95):
+        res = _features_run(tmp_path / str(target), x, y, target_precision=target)
+        threshold = res.metrics["threshold"]
+        assert threshold["target_precision"] == target and threshold["reached"], threshold
+        kept = [p for p in res.metrics["predictions"] if p["probability"] >= threshold["value"]]
+        precision = np.mean([p["predicted"] == p["true"] for p in kept])
+        n = len(res.metrics["predictions"])  # stored rounded: an answer right at the threshold may fall either side
+        assert precision >= target - 1 / n and len(kept) / n == pytest.approx(threshold["coverage"], abs=1.5 / n), (
+            target, precision, threshold)
+        values[target] = threshold["value"]
+    assert values[0.95] > values[0.8]
+
+
+@pytest.mark.slow
+def test_altered_copies_share_their_originals_fold(tmp_path, store):
+    """Copies a user is likely to have (smaller, recompressed, cropped, brighter) are held out with their original,
+    or cross-validation would grade the model on pictures it was trained on."""
+    from curate_data import KINDS, altered, drawing, jpeg
+
+    from engine.data.images import bytes_sha256
+
+    root = tmp_path / "images"
+    pairs = []
+    for k, kind in enumerate(KINDS):
+        (root / kind).mkdir(parents=True)
+        for i in range(8):
+            (root / kind / f"{kind}{i}.jpg").write_bytes(jpeg(drawing(kind, 100 * k + i)))
+        for i in (1, 5):
+            copy = altered(drawing(kind, 100 * k + i))
+            (root / kind / f"copy_of_{kind}{i}.jpg").write_bytes(copy)
+            pairs.append((bytes_sha256((root / kind / f"{kind}{i}.jpg").read_bytes()), bytes_sha256(copy)))
+    res = train(TrainConfig(image_dir=str(root)), store=store)
+    fold = {p["sha256"]: p["fold"] for p in res.metrics["predictions"]}
+    assert len(set(fold.values())) > 1
+    assert all(fold[original] == fold[copy] for original, copy in pairs), pairs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import threading
+import unicodedata
 import zipfile
 from pathlib import Path
 
@@ -80,6 +81,32 @@ def test_names_are_sanitised():
         with pytest.raises(WorkspaceError):
             sanitize_class_name(bad)
     assert sanitize_class_name("  roses ") == "roses"
+
+
+def test_one_name_rule_for_projects_classes_and_files(ws, project):
+    """Names that look alike are alike: one normal form and full case folding for every comparison; characters
+    that cannot be seen are refused in names people type and dropped from uploaded file names; names Windows
+    cannot hold are refused (classes) or avoided (project folders, file names)."""
+    project.create_class("café")
+    for same in ("CAFÉ", "Café", "cafe\u0301", "CAFE\u0301"):  # NFC and NFD spellings, any case
+        with pytest.raises(WorkspaceError, match="Class 'café' already exists"):
+            project.create_class(same)
+    for hidden in ("ro\u200bses", "\ufeffroses", "abc\u202egpj.exe", "tab\u2066s"):
+        with pytest.raises(WorkspaceError, match=r"cannot be seen \(U\+"):
+            project.create_class(hidden)
+        with pytest.raises(WorkspaceError, match="cannot be seen"):
+            ws.create_project(hidden)
+    for windows in ("con.txt", "CON", "lpt1.jpg", "roses."):
+        with pytest.raises(WorkspaceError, match="Windows"):
+            project.create_class(windows)
+    assert [ws.create_project(n).slug for n in ("con", "Aux", "lpt1")] == ["con-project", "aux-project",
+                                                                          "lpt1-project"]
+    report = project.add_files([("café.png", png(801)), ("CAFÉ.png", png(802)), ("cafe\u0301.PNG", png(803)),
+                                ("abc\u202egnp.png", png(804)), ("con.tar.png", png(805))], "café")
+    names = sorted(r.filename for r in project.images("café"))
+    assert len(report.added) == 5 and len({unicodedata.normalize("NFC", n).casefold() for n in names}) == 5, names
+    assert not any(unicodedata.category(c) == "Cf" for n in names for c in n)
+    assert "_con.tar.png" in names and "abc_gnp.png" in names
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,8 @@ from engine.inference.predict import load_predictor
 from engine.runs.history import RunSummary, list_runs
 from engine.runs.jobs import JobError
 from engine.runs.status import RunState
-from engine.store.errors import WorkspaceError
+from engine.store.check import rebuild_index
+from engine.store.errors import DamagedIndexError, WorkspaceError
 from engine.store.ingest import AddReport
 from engine.store.names import INBOX
 from engine.store.records import ImageRecord
@@ -72,13 +74,30 @@ def set_project(slug: str | None) -> None:
 
 
 def current_project() -> Project | None:
+    """The open project, None when none is open. One that cannot be opened now says why (with the way out, when
+    there is one) and stops the page."""
     slug = st.session_state.get("project")
     if not slug:
         return None
     try:
         return workspace().open_project(slug)
-    except WorkspaceError:
-        return None
+    except DamagedIndexError as exc:
+        damaged_index(exc, key=f"rebuild_{slug}")
+        st.stop()
+    except WorkspaceError as exc:
+        st.error(literal(str(exc)))
+        st.page_link(HOME, label="Go to Projects", icon=":material/folder_open:")
+        st.stop()
+
+
+def damaged_index(exc: DamagedIndexError, key: str) -> None:
+    """What is wrong with a project's index, and the button that makes a new one from its folders."""
+    st.error(literal(str(exc)))
+    if st.button("Rebuild the index from the folders", key=key, type="primary"):
+        with user_errors("Rebuilding the index"):
+            report = rebuild_index(exc.project_path)
+            flash("success", "The index was rebuilt: " + "; ".join(report.notes[:1] + report.notes[-1:]) + ".")
+            st.rerun()
 
 
 def require_project() -> Project:
@@ -92,35 +111,63 @@ def require_project() -> Project:
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# names are data: shown as typed, never as Markdown
+# ------------------------------------------------------------------------------------------------------------------
+# Streamlit renders every title, message, label, caption and tooltip as GitHub-flavoured Markdown with KaTeX ($),
+# directives (:red[...], :help[...]), emoji shortcodes and its own text rewrites. A name typed as `![t](http://...)`
+# would make the browser fetch that URL, so every user-supplied name (and every message that may hold one) goes
+# through literal() before it reaches one of those.
+# Backslash-escaping ASCII punctuation is CommonMark's own way to say "this character is text". Left alone: the few
+# that start or end nothing in Streamlit's Markdown, so everyday messages stay readable ("Moved 'x'; not undone?").
+_MARKDOWN_PUNCTUATION = re.compile(r"""([!#$&()*+\-.:<=>@\[\\\]_`{|}~])""")
+# Some rewrites run on the parsed text, where a backslash is already gone: `:smile:` (emoji), `:streamlit:` (logo),
+# `:material_x:` (icon; Streamlit also turns the source's `:material/` into that before parsing) and " -> ", " -- ",
+# " >= "... (arrows, dashes, signs). An invisible word joiner (U+2060) after the colon or inside the pair breaks
+# each pattern without changing what the reader sees.
+WORD_JOINER = "\u2060"
+_SHORTCODE_COLON = re.compile(r":(?=[\w+-])", re.ASCII)
+_TYPOGRAPHIC_PAIR = re.compile(r"(?<![^\s\ufeff])(<->|->|<-|--|>=|<=|~=)(?![^\s\ufeff])")  # JS \s has U+FEFF
+
+
+def literal(text: object) -> str:
+    """`text` as Markdown source that Streamlit shows exactly as typed (for names, and messages that hold one)."""
+    out = _SHORTCODE_COLON.sub(":" + WORD_JOINER, str(text))
+    out = _TYPOGRAPHIC_PAIR.sub(lambda m: m[1][0] + WORD_JOINER + m[1][1:], out)
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", out)
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # messages
 # ------------------------------------------------------------------------------------------------------------------
 def flash(kind: str, message: str) -> None:
-    """Show a message on the next run (used from button callbacks, which run before the page)."""
+    """Show a message on the next run (used from button callbacks, which run before the page). `message` is plain
+    text, names in it as they are: show_flash() escapes it."""
     st.session_state.setdefault("_flash", []).append((kind, message))
 
 
 def show_flash() -> None:
     for kind, message in st.session_state.pop("_flash", []):
-        {"success": st.success, "warning": st.warning, "error": st.error}.get(kind, st.info)(message)
+        {"success": st.success, "warning": st.warning, "error": st.error}.get(kind, st.info)(literal(message))
 
 
 @contextmanager
 def user_errors(what: str) -> Iterator[None]:
-    """Turn exceptions into a readable st.error (never a traceback on the page); details go to the log."""
+    """Turn exceptions into a readable st.error (never a traceback on the page); details go to the log.
+    The engine's messages quote names and paths as they are, so they are shown literally."""
     try:
         yield
     except (WorkspaceError, JobError) as exc:
-        st.error(str(exc))
+        st.error(literal(exc))
     except ValueError as exc:  # ImageError and config validation are ValueErrors with user messages
-        st.error(f"{what}: {exc}")
+        st.error(literal(f"{what}: {exc}"))
     except Exception as exc:  # noqa: BLE001 - the page must stay usable
         log.exception("%s failed", what)
-        st.error(f"{what} failed: {type(exc).__name__}: {exc}. The details are in the server log; "
-                 "try again, or check the files on disk.")
+        st.error(literal(f"{what} failed: {type(exc).__name__}: {exc}. The details are in the server log; "
+                         "try again, or check the files on disk."))
 
 
 def guarded(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call fn from a callback; store a flash message instead of raising."""
+    """Call fn from a callback; store a flash message (shown literally, like every flash) instead of raising."""
     try:
         return fn(*args, **kwargs)
     except (WorkspaceError, JobError, ValueError) as exc:
@@ -141,12 +188,13 @@ def show_report(report: dict[str, Any] | None) -> None:
     """An upload/import report: what was added, which duplicates were skipped, which files were rejected and why."""
     if not report:
         return
-    (st.success if report["added"] else st.warning)(report["summary"])
+    # the summary, the notes and the duplicates name the files and classes they are about
+    (st.success if report["added"] else st.warning)(literal(report["summary"]))
     for note in report.get("notes", [])[:50]:
-        st.info(note)
+        st.info(literal(note))
     if report["duplicates"]:
         with st.expander(f"{len(report['duplicates'])} duplicate(s) skipped: the same image is already here"):
-            st.write(", ".join(report["duplicates"][:500]))
+            st.markdown(literal(", ".join(report["duplicates"][:500])))
     if report["rejected"]:
         import pandas as pd
 
@@ -187,7 +235,7 @@ def image_grid(project: Project, records: Sequence[ImageRecord], key: str, colum
         for col, rec in zip(cols, records[start:start + columns], strict=False):
             with col:
                 data = thumbnail(project, rec.sha256)
-                text = caption(rec) if caption else rec.filename
+                text = literal(caption(rec) if caption else rec.filename)
                 if data is None:
                     st.caption(f"(unreadable) {text}")
                 else:
@@ -289,9 +337,10 @@ def show_run_diff(project: Project, diff: Any, before_id: str, after_id: str, ke
                     data = thumbnail(project, rec.sha256) if rec is not None else None
                     if data is not None:
                         st.image(data, width="stretch")
-                    label = (f"relabelled {f['true before']} → **{f['true']}**" if f["true before"] != f["true"]
-                             else f"true **{f['true']}**")
-                    st.caption(f"{f['change']} · {label} · predicted {f['predicted before']} → {f['predicted']}")
+                    before, true = literal(f["true before"]), literal(f["true"])
+                    label = f"relabelled {before} → **{true}**" if f["true before"] != f["true"] else f"true **{true}**"
+                    st.caption(f"{f['change']} · {label} · predicted {literal(f['predicted before'])} → "
+                               f"{literal(f['predicted'])}")
     if diff.config:
         st.markdown("**Settings that differ**")
         st.dataframe(pd.DataFrame([{"setting": k, before_id: str(a), after_id: str(b)} for k, a, b in diff.config]),
@@ -367,9 +416,10 @@ def pick_run(project: Project, label: str = "Trained model", while_exporting: bo
 
 def import_progress(name: str):
     """A progress bar for a folder import, and the callback that moves it (engine's progress(done, total))."""
-    bar = st.progress(0.0, text=f"Importing {name} ...")
+    shown = literal(name)  # a folder name
+    bar = st.progress(0.0, text=f"Importing {shown} ...")
 
     def update(done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"Importing {name}: {done:,} of {total:,} files")
+        bar.progress(done / max(total, 1), text=f"Importing {shown}: {done:,} of {total:,} files")
 
     return update

@@ -92,8 +92,9 @@ def accept_button(project: Project, rec: ImageRecord, sugg: dict[str, Suggestion
     s = sugg.get(rec.sha256)
     if s is None or s.class_name not in project.classes():
         return
-    st.button(f"Accept: {s.class_name} ({s.confidence:.0%})", key="sort_accept", shortcut="Enter", type="primary",
-              width="stretch", icon=":material/check:", on_click=on_accept, args=(rec.sha256, s.class_name),
+    st.button(f"Accept: {common.literal(s.class_name)} ({s.confidence:.0%})", key="sort_accept", shortcut="Enter",
+              type="primary", width="stretch", icon=":material/check:", on_click=on_accept,
+              args=(rec.sha256, s.class_name),
               help="The newest model's suggestion for this image; the confidence is checked against the images "
               "the model was trained on (cautiously while there are few). Enter accepts it.")
 
@@ -110,7 +111,7 @@ def bulk_accept(project: Project, sugg: dict[str, Suggestion]) -> None:
         for s in chosen:
             per_class[s.class_name] = per_class.get(s.class_name, 0) + 1
         st.caption(f"{len(chosen)} of {len(sugg)} unsorted image(s): "
-                   + (", ".join(f"{c} {n}" for c, n in sorted(per_class.items())) or "none"))
+                   + (", ".join(f"{common.literal(c)} {n}" for c, n in sorted(per_class.items())) or "none"))
         preview = sorted(chosen, key=lambda s: s.confidence)[:12]  # the least sure ones: worth a look
         if preview:
             st.caption("Preview (least confident of these first):")
@@ -118,7 +119,8 @@ def bulk_accept(project: Project, sugg: dict[str, Suggestion]) -> None:
             for i, s in enumerate(preview):
                 data = common.thumbnail(project, s.sha256)
                 if data:
-                    cols[i % 6].image(data, caption=f"{s.class_name} {s.confidence:.0%}", width="stretch")
+                    cols[i % 6].image(data, caption=f"{common.literal(s.class_name)} {s.confidence:.0%}",
+                                      width="stretch")
 
         def accept() -> None:
             moved = common.guarded("Moving", accept_suggestions, project, chosen, threshold)

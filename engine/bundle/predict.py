@@ -10,8 +10,8 @@ plain stretch to the model's size with the same filters as training's OpenCV res
 has more pixels than the model's input, else INTER_LINEAR), re-implemented in NumPy so OpenCV is not needed.
 
 serve.py (the HTTP server) imports this file's functions, so the bundle holds one copy of the preprocessing; the
-engine imports it too (quantization, top-k, the threshold, the zip-member check), so this file must keep to the
-standard library, NumPy and Pillow.
+engine imports it too (quantization, top-k, the threshold, the zip-member and bundle-path checks), so this file
+must keep to the standard library, NumPy and Pillow.
 """
 
 from __future__ import annotations
@@ -49,12 +49,43 @@ class TooManyPixels(ValueError):
     """The image's header gives more pixels than the limit passed to load_rgb; nothing was decoded."""
 
 
-def read_card(folder: Path = HERE) -> dict:
-    return json.loads((Path(folder) / "model_card.json").read_text(encoding="utf-8"))
+def bundle_file(folder: Path, name: object, shown: object = None, what: str = "") -> Path:
+    """folder / name when name is a relative path that stays inside the folder, links followed; else ValueError in
+    one line naming the bundle (`shown`, default the folder) and the path (`what` says whose path it is). A bundle
+    comes from whoever made it: its model card must not point at a file elsewhere on this machine, nor a link in it
+    make us read one."""
+    folder, shown = Path(folder), shown or folder
+    parts = safe_member_parts(name) if isinstance(name, str) else None
+    if parts is None:
+        raise ValueError(f"{what}{name!r} in {shown} is not a path inside the bundle (it is absolute or has '..'); "
+                         "refusing to use it")
+    path = folder.joinpath(*parts)
+    target = path.resolve()
+    if not target.is_relative_to(folder.resolve()):
+        raise ValueError(f"{what}{name!r} in {shown} is a link to {target}, outside the bundle; refusing to use it")
+    return path
 
 
-def read_labels(folder: Path = HERE) -> list[str]:
-    text = (Path(folder) / "labels.txt").read_text(encoding="utf-8")
+def read_card(folder: Path = HERE, shown=None) -> dict:
+    """The folder's model_card.json: a JSON object whose default_model, when it names one, is a file inside the
+    folder; ValueError in one line otherwise (OSError when it cannot be read)."""
+    folder, shown = Path(folder), shown or folder
+    path = bundle_file(folder, "model_card.json", shown)
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise ValueError(f"model_card.json in {shown} is not valid JSON ({exc})") from exc
+    if not isinstance(card, dict):
+        kind = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}.get(type(card),
+                                                                                                "a number")
+        raise ValueError(f"model_card.json in {shown} is not a JSON object (it holds {kind})")
+    if card.get("default_model") is not None:
+        bundle_file(folder, card["default_model"], shown, "the model card's default_model ")
+    return card
+
+
+def read_labels(folder: Path = HERE, shown=None) -> list[str]:
+    text = bundle_file(folder, "labels.txt", shown).read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -274,11 +305,17 @@ def accuracy_per_class(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    card, labels = read_card(), read_labels()
+    try:
+        card, labels = read_card(), read_labels()
+        default_model = card.get("default_model") or "model_float32.tflite"
+        default_path = bundle_file(HERE, default_model)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     parser = argparse.ArgumentParser(description="Classify images with this bundle's model.")
     parser.add_argument("images", nargs="+", help="image files or folders")
-    parser.add_argument("--model", default=card.get("default_model", "model_float32.tflite"),
-                        help="a .tflite file of this bundle (default: %(default)s)")
+    parser.add_argument("--model", default=None,
+                        help=f"a .tflite file of this bundle (default: {default_model.replace('%', '%%')})")
     parser.add_argument("--top_k", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print JSON instead of '0.912345: label' lines")
     parser.add_argument("--threshold", type=float, default=card_threshold(card),
@@ -286,7 +323,10 @@ def main(argv: list[str] | None = None) -> int:
                              "card's, read off cross-validated predictions for its target precision; 0: never)")
     args = parser.parse_args(argv)
 
-    model = Path(args.model) if Path(args.model).exists() else HERE / args.model
+    if args.model is None:  # the card's choice: a file of this bundle, never one the current folder happens to hold
+        model = default_path
+    else:  # the user's own choice: any path, else a file of this bundle
+        model = Path(args.model) if Path(args.model).exists() else HERE / args.model
     if not model.is_file():
         print(f"error: model not found: {args.model}", file=sys.stderr)
         return 1

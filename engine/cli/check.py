@@ -11,8 +11,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from engine.store.check import ConsistencyReport
-from engine.store.errors import WORKSPACE_ENV, WorkspaceError
+from engine.store.check import ConsistencyReport, rebuild_index
+from engine.store.errors import WORKSPACE_ENV, DamagedIndexError, WorkspaceError
 from engine.store.index import DB_FILE
 from engine.store.workspace import Project, Workspace
 
@@ -34,13 +34,7 @@ def run_check(args: argparse.Namespace) -> int:
             return 2
         path = ws.root / args.project
     try:
-        project = Project(path)
-        names = {r.sha256: r.filename for r in project.images()}
-        report = project.consistency_check(repair=args.repair)
-        _print_report(report, names)
-        if args.repair:
-            report = project.consistency_check()
-            _print_report(report, names)
+        report = _check(path, args.repair)
     except (WorkspaceError, sqlite3.Error, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -49,6 +43,25 @@ def run_check(args: argparse.Namespace) -> int:
         return 0
     print(f"{path}: the folders and the index disagree; run again with --repair to fix it.")
     return 1
+
+
+def _check(path: Path, repair: bool) -> ConsistencyReport:
+    """Check (and repair) the project at `path`; a damaged index is rebuilt from the folders when repairing."""
+    try:
+        project = Project(path)
+        project.verify()
+    except DamagedIndexError:
+        if not repair:
+            raise
+        _print_report(rebuild_index(path), {})
+        project = Project(path)
+    names = {r.sha256: r.filename for r in project.images()}
+    report = project.consistency_check(repair=repair)
+    _print_report(report, names)
+    if repair:
+        report = project.consistency_check()
+        _print_report(report, names)
+    return report
 
 
 def _print_report(report: ConsistencyReport, names: dict[str, str]) -> None:

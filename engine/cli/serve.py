@@ -1,12 +1,13 @@
-"""`python -m engine serve`: serve an exported bundle over HTTP with the bundle's own server
-(engine.inference.serve runs it)."""
+"""`python -m engine serve`: serve an exported bundle over HTTP with the engine's copy of the bundle's server, on the
+bundle's model files (engine.inference.serve runs it; a serve.py inside the bundle is never run)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from engine.inference.serve import serve_bundle
+from engine.inference.serve import ServeError, serve_bundle
 
 # The bundle server's flags this command passes on when given; the server's own defaults apply to the rest (they are
 # declared once, in engine/bundle/serve.py, which is not imported here: it needs FastAPI).
@@ -34,4 +35,9 @@ def forwarded_args(args: argparse.Namespace) -> list[str]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    return serve_bundle(Path(args.bundle), forwarded_args(args))
+    """The server's exit code; 1 with one `error:` line when the bundle cannot be served."""
+    try:
+        return serve_bundle(Path(args.bundle), forwarded_args(args))
+    except ServeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -118,7 +118,7 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # first: a bad --config value is refused before the training stack loads
     # The training stack (SciPy, scikit-learn, LiteRT) loads once the flags are known to be good: --help stays fast
     from engine.learn.train import AccuracyError
-    from engine.runs.pipeline import Cancelled, execute
+    from engine.runs.pipeline import Cancelled, RunError, execute
 
     if cfg.set_memory_growth:  # before make_strategy below puts the GPUs to use
         from engine.core.tfcompat import set_memory_growth  # TensorFlow: only when asked for GPUs
@@ -139,7 +139,7 @@ def run_train(args: argparse.Namespace) -> int:
     progress = ConsoleProgress()
     try:
         result = execute(cfg, progress)
-    except (DatasetError, BackboneError, AccuracyError, ValueError) as exc:
+    except (DatasetError, BackboneError, AccuracyError, RunError, ValueError) as exc:
         progress.close()
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -13,7 +13,8 @@ takes them from here (the status rule that reads status.json lives in engine.run
                                (afterwards the job may still add the backbone comparison to metrics.json)
     <run_dir>/run.json         app jobs only (engine.runs.jobs): run_id, project, command, pid, proc_start, counts
     <run_dir>/log.txt          app jobs only: the job's stdout and stderr
-    <run_dir>/cancel           app jobs only: marker, the user asked to stop
+    <run_dir>/cancel           marker: the user asked to stop (the app writes it; the job looks for it)
+    <run_dir>/.lock            locked by the training process while it runs: a second one is refused
 
 Plain names only, no imports beyond the variant table (plain data): the app reads run folders on every page.
 """
@@ -36,6 +37,7 @@ BUNDLE = "bundle.zip"
 RUN = "run.json"
 LOG = "log.txt"
 CANCEL = "cancel"
+LOCK = ".lock"  # held by the training process while it runs (one process per run folder)
 
 # The model a run or bundle folder offers when its card names none: first one present wins.
 MODEL_PREFERENCE = (*variants.FILES, SAVED_MODEL)

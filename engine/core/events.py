@@ -100,16 +100,19 @@ class EventLog:
 
 
 def read_events(path: str | Path) -> list[dict[str, Any]]:
-    """All complete events in the log; a half-written last line (a killed writer) is ignored."""
+    """All complete events in the log. What is not an event is skipped: a half-written last line (a killed writer),
+    a line that is not a JSON object, bytes that are not UTF-8 (a damaged file must not stop a page)."""
     p = Path(path)
     if not p.exists():
         return []
     events = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for line in p.read_bytes().decode("utf-8", "replace").splitlines():
         try:
-            events.append(json.loads(line))
+            event = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(event, dict):
+            events.append(event)
     return events
 
 

@@ -1,5 +1,5 @@
 """Where the bundle's standalone files live: engine/bundle/ (predict.py, serve.py, the Dockerfile, the
-requirements and the README template). The engine serves run folders with them (engine.inference.serve) and the
+requirements and the README template). The engine serves every bundle with them (engine.inference.serve) and the
 export copies them into every bundle (engine.export.bundle); they themselves never import the engine.
 
 The requirements are ranges, so that the bundle installs on the user's Python rather than only on ours: from the

@@ -9,11 +9,13 @@ TensorFlow is imported only when a model is loaded, so `python -m engine --help`
 
 from __future__ import annotations
 
-import json
 import logging
+import stat
 import tempfile
 import threading
 import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,16 @@ from engine.bundle import predict as bundle
 from engine.config.runfiles import LABELS, MODEL_CARD, MODEL_PREFERENCE
 from engine.core.litert import tflite_interpreter
 from engine.data import images
+from engine.store.ingest import MAX_ZIP_RATIO
 
 log = logging.getLogger(__name__)
+
+# A bundle zip is unpacked under limits like an upload's (engine.store.ingest), sized for models: few files, some big.
+MAX_BUNDLE_FILES = 1_000
+MAX_BUNDLE_BYTES = 2 * 1024**3  # uncompressed, all members together
+RATIO_MIN_BYTES = 10 * 2**20  # members larger than this must not unpack more than MAX_ZIP_RATIO:1, as in uploads
+_CHUNK = 1 << 20
+_ZIP_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, RuntimeError, zlib.error)
 
 
 class PredictError(ValueError):
@@ -180,32 +190,127 @@ class Predictor:
         return results
 
 
-def _read_card(*candidates: Path) -> dict[str, Any] | None:
-    for p in candidates:
-        if p.is_file():
-            try:
-                return json.loads(p.read_text(encoding="utf-8"))
-            except ValueError:
-                log.warning("Ignoring unreadable model card %s", p)
+def _read_card(*folders: Path, shown: Callable[[Path], object] = str) -> dict[str, Any] | None:
+    """The first model_card.json among the folders (None when none has one); PredictError in one line when it is not
+    a JSON object, is a link out of its folder, or names a default_model outside it. shown(folder): the folder in
+    the user's words (the zip, not the temporary folder it was unpacked into)."""
+    for folder in folders:
+        path = folder / MODEL_CARD
+        if not (path.is_file() or path.is_symlink()):
+            continue
+        try:
+            return bundle.read_card(folder, shown(folder))
+        except ValueError as exc:
+            raise PredictError(str(exc)) from exc
+        except OSError as exc:
+            raise PredictError(f"{MODEL_CARD} in {shown(folder)} cannot be read ({exc.strerror or exc})") from exc
     return None
 
 
 def _read_labels(path: Path) -> list[str]:
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise PredictError(f"{path} is not a label file: it is not UTF-8 text ({exc.reason})") from exc
     return [line.strip() for line in lines if line.strip()]
 
 
-def unpack_bundle(path: Path, into: Path) -> None:
-    """Unpack a bundle zip into `into`; its members' names are checked first (no absolute paths, no '..'), so
-    nothing lands outside it. PredictError when it is not a readable zip or holds an unsafe name."""
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def unpack_bundle(path: Path, into: Path, *, max_files: int | None = None, max_bytes: int | None = None,
+                  max_ratio: float | None = None) -> None:
+    """Unpack a bundle zip into `into`. PredictError, in one line, for what no bundle made here holds: an unreadable
+    zip, an unsafe member name (absolute, '..'), a link, more than max_files members, more than max_bytes unpacked,
+    or a member over 10 MiB that unpacks more than max_ratio:1 (defaults: MAX_BUNDLE_FILES, MAX_BUNDLE_BYTES,
+    MAX_ZIP_RATIO). Everything is checked on the zip's directory before anything is written, and the bytes are
+    counted again while writing, since a directory can lie; what this call wrote is removed when it fails."""
+    limits = (MAX_BUNDLE_FILES if max_files is None else max_files, MAX_BUNDLE_BYTES if max_bytes is None else
+              max_bytes, MAX_ZIP_RATIO if max_ratio is None else max_ratio)
+    written: list[Path] = []
     try:
-        with zipfile.ZipFile(path) as zf:
-            unsafe = next((n for n in zf.namelist() if bundle.safe_member_parts(n) is None), None)
-            if unsafe is not None:
-                raise PredictError(f"{path} holds an unsafe path ({unsafe!r}); it is not a bundle made here")
-            zf.extractall(into)
-    except (zipfile.BadZipFile, OSError) as exc:
+        _unpack(path, into, *limits, written)
+    except BaseException:
+        for p in reversed(written):
+            try:
+                p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            except OSError:
+                log.warning("Could not remove %s after a failed unpack", p)
+        raise
+
+
+def _unpack(path: Path, into: Path, max_files: int, max_bytes: int, max_ratio: float, written: list[Path]) -> None:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (*_ZIP_READ_ERRORS, ValueError, OSError) as exc:
         raise PredictError(f"{path} is not a readable zip file ({exc})") from exc
+    with zf:
+        members = _checked_members(path, zf, max_files, max_bytes, max_ratio)
+        total = 0
+        _make_folder(into, written)
+        for info, parts in members:
+            target = into.joinpath(*parts)
+            try:
+                _make_folder(target if info.is_dir() else target.parent, written)
+                if info.is_dir():
+                    continue
+                written.append(target)
+                size = 0
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    while chunk := src.read(_CHUNK):
+                        size, total = size + len(chunk), total + len(chunk)
+                        if size > info.file_size:
+                            raise PredictError(f"{path}: {info.filename!r} holds more data than the zip declares; "
+                                               "is it a zip bomb?")
+                        if total > max_bytes:
+                            raise PredictError(f"{path} unpacks to more than {_size(max_bytes)}, the limit for a "
+                                               "bundle; is it a zip bomb?")
+                        dst.write(chunk)
+            except PredictError:
+                raise
+            except (*_ZIP_READ_ERRORS, ValueError) as exc:
+                raise PredictError(f"{path} is not a readable zip file ({exc})") from exc
+            except OSError as exc:
+                raise PredictError(f"{path} could not be unpacked into {into} ({exc})") from exc
+
+
+def _checked_members(path: Path, zf: zipfile.ZipFile, max_files: int, max_bytes: int,
+                     max_ratio: float) -> list[tuple[zipfile.ZipInfo, list[str]]]:
+    members = []
+    for info in zf.infolist():
+        parts = bundle.safe_member_parts(info.filename)
+        if parts is None:
+            raise PredictError(f"{path} holds an unsafe path ({info.filename!r}); it is not a bundle made here")
+        if stat.S_ISLNK(info.external_attr >> 16):  # extractall would write it as a file holding the link's target
+            raise PredictError(f"{path} holds a link ({info.filename!r}); it is not a bundle made here")
+        members.append((info, parts))
+    if len(members) > max_files:
+        raise PredictError(f"{path} holds {len(members)} files; a bundle may hold at most {max_files}")
+    declared = sum(info.file_size for info, _ in members)
+    if declared > max_bytes:
+        raise PredictError(f"{path} would unpack to {_size(declared)}; a bundle may unpack to at most "
+                           f"{_size(max_bytes)}")
+    for info, _ in members:
+        ratio = info.file_size / max(1, info.compress_size)
+        if info.file_size > RATIO_MIN_BYTES and ratio > max_ratio:
+            raise PredictError(f"{path}: {info.filename!r} would unpack to {ratio:.0f} times its packed size "
+                               f"(the limit is {max_ratio:.0f}:1); is it a zip bomb?")
+    return members
+
+
+def _make_folder(folder: Path, written: list[Path]) -> None:
+    """folder and its missing parents, each noted in `written` so that a failed unpack removes them again."""
+    missing = []
+    while not folder.exists() and not folder.is_symlink():
+        missing.append(folder)
+        folder = folder.parent
+    for f in reversed(missing):
+        f.mkdir()
+        written.append(f)
 
 
 def _unzip(path: Path) -> tempfile.TemporaryDirectory:
@@ -219,30 +324,63 @@ def _unzip(path: Path) -> tempfile.TemporaryDirectory:
     return tmp
 
 
-def _pick_model(folder: Path, card: dict[str, Any] | None) -> Path:
-    """The model a run or bundle folder offers: the card's default, else the first of MODEL_PREFERENCE."""
-    names = ([card["default_model"]] if card and card.get("default_model") else []) + list(MODEL_PREFERENCE)
-    for name in names:
-        if (folder / name).exists():
-            return folder / name
+def _inside(folder: Path, name: str, shown: Callable[[Path], object], what: str = "") -> Path:
+    """folder / name, refused (PredictError) when name or a link leads out of the folder."""
+    try:
+        return bundle.bundle_file(folder, name, shown(folder), what)
+    except ValueError as exc:
+        raise PredictError(str(exc)) from exc
+
+
+def _pick_model(folder: Path, card: dict[str, Any] | None, shown: Callable[[Path], object] = str) -> Path:
+    """The model a run or bundle folder offers: the card's default, else the first of MODEL_PREFERENCE; never a
+    path or link leading out of the folder."""
+    default = (card or {}).get("default_model")
+    if default:
+        path = _inside(folder, default, shown, "the model card's default_model ")
+        if path.exists():
+            return path
+    for name in MODEL_PREFERENCE:
+        path = _inside(folder, name, shown)
+        if path.exists():
+            return path
     tflites = sorted(folder.glob("*.tflite"))
     if tflites:
-        return tflites[0]
-    raise PredictError(f"{folder} holds no model: expected a .tflite file or saved_model/ inside it")
+        return _inside(folder, tflites[0].name, shown)
+    raise PredictError(f"{shown(folder)} holds no model: expected a .tflite file or saved_model/ inside it")
 
 
-def _resolve(path: Path) -> tuple[Path, list[Path], Any]:
-    """(model file or SavedModel folder, folders that may hold labels.txt / model_card.json, unpacked temp dir)."""
-    unpacked = None
-    if path.suffix == ".zip" and path.is_file():
-        unpacked = _unzip(path)
-        path = Path(unpacked.name)
+def _namer(source: Path, root: Path | None) -> Callable[[Path], object]:
+    """A folder in the user's words: the zip they gave for the temporary folder it was unpacked into."""
+    def shown(folder: Path) -> object:
+        if root is not None and folder.is_relative_to(root):
+            rel = folder.relative_to(root).as_posix()
+            return source if rel == "." else f"{source}:{rel}"
+        return folder
+    return shown
+
+
+def _resolve(path: Path) -> tuple[Path, list[Path], Any, Callable[[Path], object]]:
+    """(model file or SavedModel folder, folders that may hold labels.txt / model_card.json, unpacked temp dir,
+    how to name a folder to the user)."""
+    if not (path.suffix == ".zip" and path.is_file()):
+        return *_find_model(path, _namer(path, None)), None, _namer(path, None)
+    unpacked = _unzip(path)
+    shown = _namer(path, Path(unpacked.name))
+    try:
+        return *_find_model(Path(unpacked.name), shown), unpacked, shown
+    except BaseException:
+        unpacked.cleanup()
+        raise
+
+
+def _find_model(path: Path, shown: Callable[[Path], object]) -> tuple[Path, list[Path]]:
     if path.is_dir() and not (path / "saved_model.pb").exists():  # a run or bundle folder: its default model
-        path = _pick_model(path, _read_card(path / MODEL_CARD))
+        path = _pick_model(path, _read_card(path, shown=shown), shown)
     if path.is_dir():
-        return path, [path / "assets", path, path.parent], unpacked
+        return path, [path / "assets", path, path.parent]
     if path.is_file() and path.suffix == ".tflite":
-        return path, [path.parent], unpacked
+        return path, [path.parent]
     if not path.exists():
         raise PredictError(f"Model not found: {path}")
     raise PredictError(f"{path} is not a model: give a .tflite file, a SavedModel folder, a run folder or a "
@@ -251,10 +389,16 @@ def _resolve(path: Path) -> tuple[Path, list[Path], Any]:
 
 def load_predictor(model_path: str, labels_path: str | None = None, num_threads: int | None = None) -> Predictor:
     """A Predictor for a .tflite file, a SavedModel folder, a run/bundle folder or a bundle .zip."""
-    model, beside, unpacked = _resolve(Path(model_path).expanduser())
-    card = _read_card(*(d / MODEL_CARD for d in beside))
-    backend = SavedModelBackend(model) if model.is_dir() else TFLiteModel(model, num_threads)
-    labels = _labels(labels_path, beside, card, backend.n_outputs)
+    model, beside, unpacked, shown = _resolve(Path(model_path).expanduser())
+    try:
+        card = _read_card(*beside, shown=shown)
+        label_file = _label_file(labels_path, beside, shown)  # before the model loads: a refused file costs nothing
+        backend = SavedModelBackend(model) if model.is_dir() else TFLiteModel(model, num_threads)
+        labels = _labels(label_file, card, backend.n_outputs)
+    except BaseException:
+        if unpacked is not None:
+            unpacked.cleanup()
+        raise
     size = (card or {}).get("image_size") or backend.input_size
     if not size:
         raise PredictError(f"Cannot tell the input size of {model}: it has no model_card.json and no fixed shape")
@@ -263,15 +407,20 @@ def load_predictor(model_path: str, labels_path: str | None = None, num_threads:
     return Predictor(model, labels, int(size), crop, backend, card=card, _unpacked=unpacked)
 
 
-def _labels(labels_path: str | None, beside: list[Path], card: dict | None, n_outputs: int) -> list[str]:
+def _label_file(labels_path: str | None, beside: list[Path], shown: Callable[[Path], object]) -> Path | None:
+    """The labels.txt given, else the first one beside the model (None: there is none)."""
     if labels_path:
         path = Path(labels_path).expanduser()
         if not path.is_file():
             raise PredictError(f"Label file not found: {path}")
-        labels = _read_labels(path)
-    else:
-        found = next((d / LABELS for d in beside if (d / LABELS).is_file()), None)
-        labels = _read_labels(found) if found else list((card or {}).get("labels") or [])
+        return path
+    found = next((d for d in beside if (d / LABELS).is_file()), None)
+    # one beside the model is the bundle's: a link out of its folder would show another file's lines as labels
+    return _inside(found, LABELS, shown) if found else None
+
+
+def _labels(label_file: Path | None, card: dict | None, n_outputs: int) -> list[str]:
+    labels = _read_labels(label_file) if label_file else list((card or {}).get("labels") or [])
     if not labels:
         log.warning("No labels.txt found; naming the outputs by index")
         labels = [str(i) for i in range(n_outputs)]

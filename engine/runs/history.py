@@ -7,6 +7,7 @@ second tab or a restarted server reads the same history. No TensorFlow here: the
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from engine.core.fileio import read_json
 from engine.runs import status as run_status
 from engine.runs.status import RunState, RunStatus
 from engine.store.workspace import Project
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class RunSummary:
     n_images: int | None
     duration: float | None  # seconds, so far when still running
     reviewable: bool  # metrics.json exists: Review can show the run (also while it still exports)
+    retrained_from: str | None = None  # the run whose settings it repeated (Review's "Retrain now")
 
     @property
     def state(self) -> RunState:
@@ -63,28 +67,55 @@ def summarize(run_dir: str | Path) -> RunSummary:
                     if e.get("type") == EventKind.RESULT), None)
     if val_acc is None and status.state is RunState.SUCCEEDED:
         val_acc = (load_metrics(run_dir) or {}).get("val_accuracy")
-    started = status.started or meta.get("started")
-    duration = None
-    if started:
-        end = status.finished if status.finished else (time.time() if status.running else None)
-        duration = round(float(end) - float(started), 1) if end else None
+    started = status.started or run_status.timestamp(meta.get("started"))
+    end = status.finished if status.finished else (time.time() if status.running else None)
+    n_images = meta.get("n_images")
     return RunSummary(
         run_id=run_dir.name,
         run_dir=run_dir,
         status=status,
-        started=float(started) if started else None,
-        val_accuracy=float(val_acc) if isinstance(val_acc, int | float) else None,
-        backbone=meta.get("backbone") or cfg.get("tfhub_module") or "",
-        n_images=meta.get("n_images"),
-        duration=duration,
+        started=started,
+        val_accuracy=float(val_acc) if isinstance(val_acc, int | float) and not isinstance(val_acc, bool) else None,
+        backbone=str(meta.get("backbone") or cfg.get("tfhub_module") or ""),
+        n_images=n_images if isinstance(n_images, int) and not isinstance(n_images, bool) else None,
+        duration=round(end - started, 1) if started and end and end >= started else None,
         reviewable=(run_dir / runfiles.METRICS).exists(),
+        retrained_from=meta["retrained_from"] if isinstance(meta.get("retrained_from"), str) else None,
     )
 
 
 def list_runs(project: Project) -> list[RunSummary]:
-    """One RunSummary per run of the project, newest first (by run id: it starts with the start time)."""
-    return [summarize(run_dir) for run_dir in run_status.run_dirs(project.runs_dir)
+    """One RunSummary per run of the project, newest first (by run id: it starts with the start time). A run folder
+    that cannot be read at all is listed as unreadable, so the project's other runs stay usable."""
+    return [_summary_or_unreadable(run_dir) for run_dir in run_status.run_dirs(project.runs_dir)
             if (run_dir / runfiles.STATUS).exists() or (run_dir / runfiles.RUN).exists()]
+
+
+def _summary_or_unreadable(run_dir: Path) -> RunSummary:
+    try:
+        return summarize(run_dir)
+    except (OSError, ValueError, TypeError, AttributeError, OverflowError) as exc:
+        log.warning("run folder %s cannot be read: %r", run_dir, exc)
+        status = RunStatus(RunState.UNKNOWN, f"this run folder cannot be read ({type(exc).__name__}: {exc}); "
+                                             "delete it to tidy up")
+        return RunSummary(run_dir.name, run_dir, status, None, None, "", None, None, reviewable=False)
+
+
+def baseline(project: Project, run_id: str) -> tuple[RunSummary, str] | None:
+    """The run to compare `run_id` with, and why that one: the run it was retrained from, else the newest
+    successful run before it. A cancelled or failed run is never the baseline, though it may have metrics."""
+    runs = list_runs(project)
+    by_id = {r.run_id: r for r in runs}
+    this = by_id.get(run_id)
+    if this is None:
+        return None
+    source = by_id.get(this.retrained_from or "")
+    if source is not None and source.reviewable:
+        return source, "the run it was retrained from"
+    for row in runs[runs.index(this) + 1:]:
+        if row.state is RunState.SUCCEEDED and row.reviewable:
+            return row, "the previous successful run"
+    return None
 
 
 def latest_run(project: Project, state: RunState | None = RunState.SUCCEEDED) -> str | None:
@@ -118,4 +149,4 @@ def log_tail(run_dir: str | Path, lines: int = 40) -> str:
     return "\n".join(cleaned[-lines:])
 
 
-__all__ = ["RunSummary", "events", "latest_run", "list_runs", "load_metrics", "log_tail", "summarize"]
+__all__ = ["RunSummary", "baseline", "events", "latest_run", "list_runs", "load_metrics", "log_tail", "summarize"]

@@ -84,10 +84,12 @@ def active_run(project: Project) -> str | None:
 
 
 def start_training(project: Project, config: TrainConfig | dict[str, Any] | None = None, *,
-                   command: list[str] | None = None) -> str:
+                   command: list[str] | None = None, retrained_from: str | None = None) -> str:
     """Start a training job for the project and return its run id.
 
     Refuses (JobError) when a job of this project is already running, or when the data cannot train.
+    `retrained_from`: the run whose settings this one repeats (Review's "Retrain now"), kept in run.json so the
+    new run is compared with it.
     `command` replaces the engine command line (for tests); "{run_dir}", "{image_dir}" and "{config}" in it are
     filled in. Without it, $RETRAIN_STUDIO_TRAIN_CMD (a JSON list) may do the same.
     """
@@ -115,7 +117,7 @@ def start_training(project: Project, config: TrainConfig | dict[str, Any] | None
                 run_id = new_run_id()
                 run_dir = project.runs_dir / run_id
                 run_dir.mkdir(parents=True)
-                return _launch(project, cfg, run_id, run_dir, counts, command)
+                return _launch(project, cfg, run_id, run_dir, counts, command, retrained_from)
             finally:
                 _unlock_file(lock_fh)
     except OSError as exc:
@@ -126,7 +128,7 @@ def start_training(project: Project, config: TrainConfig | dict[str, Any] | None
 
 
 def _launch(project: Project, cfg: TrainConfig, run_id: str, run_dir: Path, counts: dict[str, int],
-            command: list[str] | None) -> str:
+            command: list[str] | None, retrained_from: str | None = None) -> str:
     image_dir = project.image_dir()
     cfg = dataclasses.replace(cfg, image_dir=str(image_dir), run_dir=str(run_dir))
     config_path = run_dir / runfolder.CONFIG
@@ -136,7 +138,8 @@ def _launch(project: Project, cfg: TrainConfig, run_id: str, run_dir: Path, coun
     started = time.time()
     run_status.write_launch_status(run_dir, RunState.RUNNING, "starting", started)
     meta = {"run_id": run_id, "project": project.slug, "started": started, "command": argv, "counts": counts,
-            "n_images": sum(counts.values()), "backbone": cfg.tfhub_module}
+            "n_images": sum(counts.values()), "backbone": cfg.tfhub_module,
+            **({"retrained_from": retrained_from} if retrained_from else {})}
     atomic_write_json(run_dir / runfolder.RUN, meta)
     env = _job_env()
     try:
@@ -250,13 +253,18 @@ def cancel(run_dir: str | Path, timeout: float = 10.0) -> RunStatus:
 
 
 def _signal_group(pid: int, sig: int) -> None:
+    """The job's whole process group (its own: jobs start in a new session), else the job alone; never the group
+    of a process that merely shares it, such as the app's own."""
     try:
-        os.killpg(os.getpgid(pid), sig)
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+            return
     except (ProcessLookupError, PermissionError, AttributeError):
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        pass
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def wait(run_dir: str | Path, timeout: float = 600, poll: float = 0.2) -> RunStatus:

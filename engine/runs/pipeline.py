@@ -4,17 +4,21 @@ complete)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from engine.config import runfiles as rf
+from engine.config import variants
 from engine.config.training import TrainConfig
 from engine.core.events import EventKind, EventLog, ProgressCallback, Stage, emit, tee
-from engine.core.fileio import atomic_write_bytes, atomic_write_json
+from engine.core.fileio import TEMP_PREFIX, atomic_write_bytes, atomic_write_json, try_lock
 from engine.data.dataset import load_images, write_snapshot
 from engine.export.artefacts import export_composed, export_model, write_legacy_outputs
 from engine.export.bundle import write_bundle
@@ -24,6 +28,7 @@ from engine.learn.head import Head
 from engine.learn.train import AccuracyError, TrainResult, check_accuracy, train
 from engine.runs import status as run_status
 from engine.runs.status import RunState
+from engine.store.errors import storage_error_message
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,33 @@ CHECK_IMAGES = 32  # images run through every exported variant to measure agreem
 
 class Cancelled(Exception):
     """The job was asked to stop (SIGTERM from the app's cancel button, or Ctrl-C)."""
+
+
+class RunError(RuntimeError):
+    """The run failed for a reason outside the data and the options (a full disk, no permission to write); the
+    message says what to do, as status.json and the CLI show it."""
+
+
+DISK_FULL_WORDS = ("no space left on device", "disk is full", "database or disk is full")
+MESSAGE_LIMIT = 600  # characters of an unexpected error kept in status.json: a message, not a dump
+
+
+def failure_message(exc: BaseException) -> tuple[str, bool]:
+    """(what status.json and the user read, whether it is about the machine rather than the data). A full disk
+    is said so wherever in the chain it shows (TensorFlow wraps it in its own errors, shutil in a list)."""
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for err in chain:
+        known = storage_error_message("Training", err)
+        if known:
+            return known, True
+    if any(w in str(err).lower() for err in chain for w in DISK_FULL_WORDS):
+        return ("Training: the disk is full. Free some space and train again; the project's images and earlier "
+                "runs are not affected.", True)
+    text = str(exc) or type(exc).__name__
+    return (text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT] + " ..."), False
 
 
 def default_run_dir(base: str | Path = "runs") -> Path:
@@ -45,25 +77,57 @@ def default_run_dir(base: str | Path = "runs") -> Path:
 
 
 def execute(cfg: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
-    """Run the whole job into cfg.run_dir; the status file always ends as succeeded, failed or cancelled."""
+    """Run the whole job into cfg.run_dir; the status file always ends as succeeded, failed or cancelled. One
+    process at a time per run folder: a second one is refused before it touches anything there."""
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir()
     cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (rf.BUNDLE, rf.METRICS):  # a re-used folder must not offer an old result
+    with _run_folder_lock(run_dir):
+        return _execute_locked(cfg, run_dir, progress)
+
+
+@contextlib.contextmanager
+def _run_folder_lock(run_dir: Path) -> Iterator[None]:
+    with try_lock(run_dir / rf.LOCK) as mine:
+        if not mine:
+            raise RunError(f"Another training process is using the run folder {run_dir}; wait for it to finish "
+                           "or train into another --run_dir.")
+        yield
+
+
+def _stop_when_asked(run_dir: Path) -> ProgressCallback:
+    """Cancelling without a signal: the app's cancel marker is looked for at every event (each batch of features,
+    epoch and stage), so a job stops even when its process cannot be signalled or proven to be the job."""
+    marker = run_dir / rf.CANCEL
+
+    def check(_event: dict) -> None:
+        if marker.exists():
+            raise Cancelled(run_status.CANCELLED_MESSAGE)
+
+    return check
+
+
+def _execute_locked(cfg: TrainConfig, run_dir: Path, progress: ProgressCallback | None) -> TrainResult:
+    for stale in (rf.BUNDLE, rf.METRICS, rf.CANCEL):  # a re-used folder must not offer an old result or stop
         (run_dir / stale).unlink(missing_ok=True)
     cfg.save(run_dir / rf.CONFIG)
     progress = tee(progress, EventLog(run_dir / rf.EVENTS))
     run_status.write_status(run_dir, RunState.RUNNING, "training")
     try:
-        result = _execute(cfg, run_dir, progress)
+        result = _execute(cfg, run_dir, tee(progress, _stop_when_asked(run_dir)))
     except Cancelled as exc:
         run_status.write_status(run_dir, RunState.CANCELLED, str(exc) or run_status.CANCELLED_MESSAGE)
         emit(progress, EventKind.ERROR, message=RunState.CANCELLED.value)
         raise
     except BaseException as exc:
-        message = str(exc) or type(exc).__name__
-        run_status.write_status(run_dir, RunState.FAILED, message)
-        emit(progress, EventKind.ERROR, message=message)
+        message, machine = failure_message(exc)
+        with contextlib.suppress(OSError):  # the disk may be too full even for this; readers then see it died
+            _discard_unfinished_models(run_dir)
+            run_status.write_status(run_dir, RunState.FAILED, message,
+                                    **({"cause": run_status.MACHINE} if machine else {}))
+            emit(progress, EventKind.ERROR, message=message)
+        if machine and isinstance(exc, Exception):
+            raise RunError(message) from exc
         raise
     run_status.write_status(run_dir, RunState.SUCCEEDED, f"validation accuracy {result.val_accuracy}")
     emit(progress, EventKind.STAGE, stage=Stage.DONE, message=f"Run saved in {run_dir}")
@@ -122,6 +186,19 @@ def _add_backbone_comparison(result: TrainResult, run_dir: Path, metrics: dict, 
         atomic_write_json(run_dir / rf.METRICS, metrics)
 
 
+def _discard_unfinished_models(run_dir: Path) -> None:
+    """A failed run offers nothing to download: the model files it was writing (whole or half, and their
+    temporary copies) go, so a full disk gets its space back; config, events, metrics and the log stay."""
+    for name in (*variants.FILES, rf.BUNDLE):
+        (run_dir / name).unlink(missing_ok=True)
+    for path in run_dir.iterdir():
+        if path.name.startswith((TEMP_PREFIX, ".saved_model.")) or path.name == rf.SAVED_MODEL:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
 def write_head(path: Path, head: Head) -> None:
     """The trained head (engine.learn.head's .npz): what Curate scores inbox images with."""
     atomic_write_bytes(path, head.to_bytes())
@@ -150,4 +227,4 @@ def _check_images(result: TrainResult) -> tuple[np.ndarray, tuple[np.ndarray, np
     return idx, (np.stack(pixels), data.dataset.y[idx])
 
 
-__all__ = ["AccuracyError", "Cancelled", "default_run_dir", "execute"]
+__all__ = ["AccuracyError", "Cancelled", "RunError", "default_run_dir", "execute", "failure_message"]

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import enum
 import os
+import subprocess
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ class RunState(enum.StrEnum):
 
 
 FINAL_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
+MACHINE = "machine"  # a failure's cause: the machine (disk, permissions), not the data or the options
 DIED_MESSAGE = "the training process stopped unexpectedly"
 CANCELLED_MESSAGE = "cancelled by the user"
 STARTING_WINDOW_S = 30.0  # a "running" status without a pid this young is a job being started, not a dead one
@@ -65,6 +67,7 @@ class RunStatus:
     proc_start: str | None = None  # the process's start time (/proc/<pid>/stat), so a reused pid is not "alive"
     started: float | None = None
     finished: float | None = None
+    cause: str | None = None  # MACHINE: the run failed for a reason outside the data and the options (a full disk)
     downloadable: bool = False  # bundle.zip exists (not stored: derived when read)
 
     @property
@@ -77,11 +80,22 @@ class RunStatus:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunStatus:
-        known = {f.name for f in fields(cls)} - {"downloadable"}
-        values = {k: v for k, v in data.items() if k in known}
-        values["state"] = RunState.parse(values.get("state"))
-        values["message"] = str(values.get("message") or "")
-        return cls(**values)
+        """Whatever status.json holds: a value of the wrong kind (a damaged or hand-edited file) reads as unknown,
+        never as an error that would stop the pages listing the project's other runs."""
+        pid = data.get("pid")
+        return cls(state=RunState.parse(data.get("state")), message=str(data.get("message") or ""),
+                   pid=pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None,
+                   proc_start=str(data["proc_start"]) if isinstance(data.get("proc_start"), str | int) else None,
+                   started=timestamp(data.get("started")), finished=timestamp(data.get("finished")),
+                   cause=data.get("cause") if data.get("cause") == MACHINE else None)
+
+
+def timestamp(value: Any) -> float | None:
+    """Seconds since the epoch from a stored value, None unless it is a number of a plausible time (before the year
+    5000: time.localtime and the pages' durations must not overflow)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 95_617_584_000:
+        return None
+    return float(value)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -98,9 +112,19 @@ def proc_stat(pid: int) -> list[str] | None:
 
 
 def process_start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), None where unknown."""
+    """The process's start time: clock ticks since boot from /proc (Linux), else what `ps -o lstart=` says (macOS
+    and the BSDs); None where neither tells (the process is gone, or the system has neither)."""
     fields = proc_stat(pid)
-    return fields[19] if fields and len(fields) > 19 else None
+    if fields and len(fields) > 19:
+        return fields[19]
+    if os.path.isdir("/proc/self"):  # Linux, and no stat for this pid: it is gone
+        return None
+    try:
+        out = subprocess.run(["ps", "-o", "lstart=", "-p", str(int(pid))], capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return f"ps:{out}" if out else None
 
 
 def pid_exists(pid: int | None) -> bool:
@@ -119,11 +143,13 @@ def pid_exists(pid: int | None) -> bool:
     return fields is None or fields[0] != "Z"
 
 
-def pid_alive(pid: int | None, proc_start: str | None = None) -> bool:
-    """The process runs and, when its start time is known, is the same one (pids are reused)."""
-    if not pid_exists(pid):
+def pid_alive(pid: int | None, proc_start: str | None) -> bool:
+    """The job's process runs: the pid exists and its start time is the one recorded when the job started. Without
+    that proof it counts as gone, never as alive: pids are reused, and an unrelated process must neither keep a
+    run "running" forever nor be signalled as if it were the job."""
+    if proc_start is None or not pid_exists(pid):
         return False
-    return proc_start is None or process_start_time(pid) in (None, proc_start)
+    return process_start_time(pid) == proc_start
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -143,11 +169,7 @@ def _is_dead(run_dir: Path, stored: dict[str, Any], now: float) -> bool:
     """A stored "running" status whose process is gone (or never appeared within the starting window)."""
     pid, proc_start = _job_process(run_dir, stored)
     if pid is None:
-        try:
-            started = float(stored.get("started") or 0)
-        except (TypeError, ValueError):
-            started = 0.0
-        return now - started >= STARTING_WINDOW_S
+        return now - (timestamp(stored.get("started")) or 0.0) >= STARTING_WINDOW_S
     return not pid_alive(pid, proc_start)
 
 
@@ -162,8 +184,8 @@ def read_status(run_dir: str | Path) -> RunStatus:
     run_dir = Path(run_dir)
     stored = read_json(run_dir / STATUS)
     if not stored.get("state"):
-        status = RunStatus(RunState.UNKNOWN, "no status.json in this run folder", started=read_json(run_dir / RUN).get(
-            "started"))
+        why = "status.json cannot be read" if (run_dir / STATUS).exists() else "no status.json in this run folder"
+        status = RunStatus(RunState.UNKNOWN, why, started=timestamp(read_json(run_dir / RUN).get("started")))
     else:
         status = RunStatus.from_dict(stored)
         now = time.time()

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ PRELOAD = ("numpy", "cv2", "PIL.Image", "sklearn.linear_model", "sklearn.model_s
            "ai_edge_litert.interpreter", "flatbuffers", "tqdm", "engine.cli.main", "engine.runs.pipeline",
            "engine.export.compose", "engine.features.embeddings", "engine.inference.predict")
 START_TIMEOUT_S = 60.0
+# How long the app waits for a fork. A healthy worker answers in milliseconds; one that does not is killed and the
+# job starts as a plain process, and the request carries this deadline so a worker that wakes later never forks it.
+SUBMIT_TIMEOUT_S = 5.0
 READY = "ready\n"  # the worker's first line on stdout: its socket is listening
 
 
@@ -119,6 +123,9 @@ def serve(socket_path: str, parent_pid: int) -> None:
             except (OSError, ValueError) as exc:
                 conn.sendall((json.dumps({"error": f"bad request: {exc}"}) + "\n").encode())
                 continue
+            if time.time() > float(request.get("deadline") or 0):  # the app gave up on it: it started it otherwise
+                conn.sendall((json.dumps({"error": "the request came too late"}) + "\n").encode())
+                continue
             pid = os.fork()
             if pid == 0:
                 server.close()
@@ -168,14 +175,15 @@ class _Client:
     def submit(self, argv: list[str], log_path: str, cwd: str, env: dict[str, str]) -> int:
         """Fork a job from the worker; returns its pid."""
         self.ensure(env, cwd)
-        request = {"argv": argv, "log": log_path, "cwd": cwd, "env": env}
+        request = {"argv": argv, "log": log_path, "cwd": cwd, "env": env, "deadline": time.time() + SUBMIT_TIMEOUT_S}
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-                conn.settimeout(30)
+                conn.settimeout(SUBMIT_TIMEOUT_S)
                 conn.connect(self._socket)
                 conn.sendall((json.dumps(request) + "\n").encode())
                 answer = json.loads(conn.makefile("r").readline() or "{}")
         except (OSError, ValueError) as exc:
+            self.kill()  # hung (stopped, swapped out, stuck): a fresh one starts with the next job
             raise WorkerError(f"the training worker did not answer: {exc}") from exc
         if "pid" not in answer:
             raise WorkerError(answer.get("error") or "the training worker refused the job")
@@ -185,6 +193,14 @@ class _Client:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
         self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: it ends a stopped process too (SIGTERM would wait for it to be continued). The jobs it forked
+        run in their own sessions and are not touched."""
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.kill()
+            self._proc = None
 
 
 CLIENT = _Client()

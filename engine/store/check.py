@@ -7,6 +7,7 @@ The command line is `python -m engine check <project> [--repair]` (engine.cli.ch
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from engine.core.fileio import TEMP_PREFIX
 from engine.store import ingest
 from engine.store.errors import WorkspaceError, storage_errors
-from engine.store.index import ProjectIndex
+from engine.store.index import DB_FILE, ProjectIndex
 from engine.store.names import sanitize_class_name
 
 
@@ -115,3 +116,35 @@ def _repair_untracked(project: ProjectIndex, folders: list[Path], files: list[Pa
             os.replace(tmp_holder, project.trash_dir / p.name)
             reason = rep.rejected[0][1] if rep.rejected else "unreadable"
             report.notes.append(f"{p.name}: moved to trash/ ({reason})")
+
+
+def rebuild_index(project_path: str | Path) -> ConsistencyReport:
+    """A new index made from the project's folders, for when project.db is damaged (DamagedIndexError). The damaged
+    file (and its -wal/-shm) is kept beside it as project.db.damaged-<time>; images in images/<class>/ and inbox/
+    are indexed again, each class folder a class; files in trash/ stay on disk, no longer listed as trashed."""
+    path = Path(project_path)
+    name = _salvage_name(path / DB_FILE) or path.name
+    aside = f"{DB_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    for suffix in ("", "-wal", "-shm"):  # a WAL file of the damaged index must not be replayed into the new one
+        if (path / f"{DB_FILE}{suffix}").exists():
+            os.replace(path / f"{DB_FILE}{suffix}", path / f"{aside}{suffix}")
+    project = ProjectIndex.create(path, name)
+    report = consistency_check(project, repair=True)
+    report.notes.insert(0, f"a new index was made from the folders; the damaged one is kept as {aside}")
+    trashed = [p for p in project.trash_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if trashed:
+        report.notes.append(f"{len(trashed)} file(s) in trash/ stay on disk, no longer listed as trashed")
+    return report
+
+
+def _salvage_name(db_path: Path) -> str | None:
+    """The project's name from a damaged index, when that much of it can still be read."""
+    try:
+        db = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'name'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return row[0] if row and row[0] else None

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 from engine.store.errors import WorkspaceError, storage_errors
 from engine.store.moves import ImageMoves
-from engine.store.names import sanitize_class_name
+from engine.store.names import name_key, sanitize_class_name
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class ClassEdits(ImageMoves):
                     raise WorkspaceError(f"A folder '{new}' with files already exists in {self.images_dir}; "
                                          "run the consistency check first.")
                 dst.rmdir()
-            if old.lower() == new.lower():  # case-only rename on a case-insensitive file system
+            if name_key(old) == name_key(new):  # a case-only rename: one folder on a case-insensitive file system
                 tmp = self.images_dir / f".rename-{time.time_ns()}"
                 os.rename(src, tmp)
                 os.rename(tmp, dst)

@@ -8,6 +8,7 @@ import functools
 import logging
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -17,6 +18,30 @@ WORKSPACE_ENV = "RETRAIN_STUDIO_WORKSPACE"  # where the projects live (engine.st
 
 class WorkspaceError(ValueError):
     """A user-facing problem (bad name, missing project, ...); the message says what to do."""
+
+
+class DamagedIndexError(WorkspaceError):
+    """project.db cannot be read as the project's index (overwritten, cut short, emptied). The images are plain
+    files in the project's folders, so the index can be rebuilt from them (engine.store.check.rebuild_index)."""
+
+    def __init__(self, project_path: Path, reason: str):
+        super().__init__(
+            f"The index of the project in {project_path} (project.db) is damaged: {reason}. Its images are safe in "
+            f"{project_path / 'images'}. Rebuild the index from the folders (the button here, or `python -m engine "
+            f"check {project_path} --repair`); the damaged file is kept beside it.")
+        self.project_path = project_path
+
+
+# What SQLite says of a file that is not (or no longer) a database; anything else is not damage.
+DAMAGE_WORDS = ("file is not a database", "database disk image is malformed", "malformed database schema")
+
+
+def damage_reason(exc: BaseException) -> str | None:
+    """SQLite's words when `exc` says the database file is damaged, else None."""
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+        text = str(exc)
+        return text if any(w in text.lower() for w in DAMAGE_WORDS) else None
+    return None
 
 
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}

@@ -20,9 +20,12 @@ are built from sanitised names, never from what a browser or a zip file says.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
+import os
 import re
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -36,8 +39,8 @@ from PIL import Image
 from engine.core.fileio import atomic_write_bytes
 from engine.data.dataset import Snapshot, register_content_finder
 from engine.data.images import ImageError, load_image
-from engine.store.errors import WorkspaceError, storage_errors
-from engine.store.names import INBOX
+from engine.store.errors import DamagedIndexError, WorkspaceError, damage_reason, storage_errors
+from engine.store.names import INBOX, name_key
 from engine.store.records import ImageRecord, ProjectInfo
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = "1"
 THUMB_SIZE = 256
 DB_FILE = "project.db"
+FULL_BELOW_BYTES = 256 * 1024  # less room than this: SQLite cannot grow its WAL index, the disk counts as full
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -66,6 +70,7 @@ _ADDED_COLUMNS = [
     ("images", "version", "INTEGER NOT NULL DEFAULT 0"),  # bumped by every move, trash and restore
     ("images", "changed_by", "TEXT"),  # the session of the last change ("someone else" or you)
     ("classes", "shortcut", "TEXT"),  # the sorter key, kept when other classes come and go
+    ("images", "name_key", "TEXT"),  # engine.store.names.name_key(filename): file names unique whatever their case
 ]
 
 _MIGRATED: set[str] = set()  # project.db files this process has already brought up to the current schema
@@ -88,10 +93,23 @@ class ProjectIndex:
         self.trash_dir = self.path / "trash"
         self.thumbs_dir = self.path / "thumbs"
         self.runs_dir = self.path / "runs"
+        self.read_only: str | None = None  # why this process can only read the index (a full disk)
         if str(self.db_path) in _MIGRATED and self.db_path.exists():
             return
+        try:
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            if damage_reason(exc) is None:
+                raise
+            raise DamagedIndexError(self.path, damage_reason(exc)) from exc
+
+    def _migrate(self) -> None:
+        """Bring project.db up to the current schema; writes nothing when it already is (a full disk can read)."""
         with self.connect() as db:
+            if self.read_only:
+                return
             db.executescript(_SCHEMA)
+            db.execute("PRAGMA journal_mode = WAL")  # kept in the file: readers and one writer at a time
             for table, column, decl in _ADDED_COLUMNS:
                 if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
                     try:
@@ -99,6 +117,11 @@ class ProjectIndex:
                     except sqlite3.OperationalError as exc:  # another process added it a moment ago
                         if "duplicate column" not in str(exc):
                             raise
+            db.execute("CREATE INDEX IF NOT EXISTS images_name_key ON images(name_key)")
+            unkeyed = db.execute("SELECT sha256, filename FROM images WHERE name_key IS NULL").fetchall()
+            if unkeyed:  # rows of an older version
+                db.executemany("UPDATE images SET name_key = ? WHERE sha256 = ?",
+                               [(name_key(filename), sha) for sha, filename in unkeyed])
         _MIGRATED.add(str(self.db_path))
 
     @classmethod
@@ -118,19 +141,37 @@ class ProjectIndex:
     # --- database -------------------------------------------------------------------------------------------------
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        """A connection to the index. On a full disk SQLite cannot even map the shared memory a WAL reader needs:
+        then the index is read as it is on disk (immutable, read-only), and every write says the disk is full."""
         try:
-            db.execute("PRAGMA busy_timeout = 60000")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
+            db = self._open()
+        except sqlite3.OperationalError:
+            if not _disk_full(self.path):
+                raise
+            db = sqlite3.connect(f"{self.db_path.resolve().as_uri()}?immutable=1", uri=True, isolation_level=None)
+            self.read_only = "the disk is full"
+        try:
             yield db
         finally:
             db.close()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout = 60000")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA schema_version").fetchone()  # the first read: maps the WAL index, or fails here
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that takes the database write lock at once (serialises movers across processes)."""
         with self.connect() as db:
+            if self.read_only:  # the callers' storage_errors decorators put this in the user's words
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.db_path))
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -153,7 +194,20 @@ class ProjectIndex:
     def name(self) -> str:
         return self.meta("name") or self.slug
 
+    def verify(self) -> None:
+        """Raise DamagedIndexError when project.db is not this project's index: unreadable, or emptied (every
+        project's index records when it was created)."""
+        try:
+            created = self.meta("created_at")
+        except sqlite3.DatabaseError as exc:
+            if damage_reason(exc) is None:
+                raise
+            raise DamagedIndexError(self.path, damage_reason(exc)) from exc
+        if created is None:
+            raise DamagedIndexError(self.path, "it holds no project (it was emptied or replaced)")
+
     def info(self) -> ProjectInfo:
+        self.verify()
         with self.connect() as db:
             n_images, n_inbox = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(class IS NULL), 0) FROM images WHERE status = 'ok'").fetchone()
@@ -230,9 +284,10 @@ class ProjectIndex:
         return cur.rowcount > 0
 
     def find_class(self, db: sqlite3.Connection, name: str) -> str | None:
-        """Existing class with this name, compared case-insensitively (folders collide on macOS and Windows)."""
-        row = db.execute("SELECT name FROM classes WHERE lower(name) = lower(?)", (name,)).fetchone()
-        return row[0] if row else None
+        """Existing class with this name, compared as names are (engine.store.names.name_key: folders collide on
+        macOS and Windows whatever the case and the Unicode form)."""
+        key = name_key(name)
+        return next((row[0] for row in db.execute("SELECT name FROM classes") if name_key(row[0]) == key), None)
 
     def require_class(self, db: sqlite3.Connection, name: str) -> str:
         row = db.execute("SELECT name FROM classes WHERE name = ?", (name,)).fetchone()
@@ -309,15 +364,16 @@ class ProjectIndex:
                 return False
             if row is not None:  # it was in the trash: re-adding brings it back under a fresh row
                 db.execute("DELETE FROM images WHERE sha256 = ?", (sha,))
-            if db.execute("SELECT 1 FROM images WHERE lower(filename) = lower(?)", (filename,)).fetchone():
+            if db.execute("SELECT 1 FROM images WHERE name_key = ?", (name_key(filename),)).fetchone():
                 filename = fallback
             if class_name is not None:
                 self.ensure_class(db, class_name)
             dest = self.location(class_name, filename)
             atomic_write_bytes(dest, data)
             try:
-                db.execute("INSERT INTO images (sha256, class, filename, source_name, added_at, status) "
-                           "VALUES (?, ?, ?, ?, ?, 'ok')", (sha, class_name, filename, source_name, time.time()))
+                db.execute("INSERT INTO images (sha256, class, filename, source_name, added_at, status, name_key) "
+                           "VALUES (?, ?, ?, ?, ?, 'ok', ?)",
+                           (sha, class_name, filename, source_name, time.time(), name_key(filename)))
             except BaseException:
                 dest.unlink(missing_ok=True)
                 raise
@@ -335,7 +391,10 @@ class ProjectIndex:
         buf = io.BytesIO()
         img.convert("RGB").save(buf, format="JPEG", quality=85)
         data = buf.getvalue()
-        atomic_write_bytes(self.thumbs_dir / f"{sha}.jpg", data)
+        try:
+            atomic_write_bytes(self.thumbs_dir / f"{sha}.jpg", data)
+        except OSError as exc:  # a cache: a full disk or a read-only folder still shows the picture
+            log.warning("thumbnail of %s not cached: %s", sha[:12], exc)
         return data
 
     def thumbnail(self, sha: str) -> bytes:
@@ -357,6 +416,14 @@ class ProjectIndex:
             return self.write_thumbnail(sha, load_image(path))
         except ImageError as exc:
             raise WorkspaceError(str(exc)) from exc
+
+
+def _disk_full(folder: Path) -> bool:
+    """Whether the disk holding `folder` has (next to) no room left: what a failing read on it then means."""
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
 
 
 def find_in_project(root: Path, sha: str) -> Path | None:

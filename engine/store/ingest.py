@@ -26,7 +26,7 @@ from engine.core.files import has_hidden_part, is_hidden
 from engine.data.images import SUPPORTED, ImageError, bytes_sha256, load_image, sniff_kind
 from engine.store.errors import WorkspaceError, storage_error_message, storage_errors
 from engine.store.index import ProjectIndex
-from engine.store.names import INBOX, WINDOWS_RESERVED_NAMES, sanitize_class_name
+from engine.store.names import INBOX, invisible_characters, sanitize_class_name, windows_reserved
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,14 @@ def sanitize_filename(name: str) -> str:
     """A safe single path component from an uploaded name: no folders, no leading dots, printable, bounded."""
     base = re.split(r"[\\/]", str(name))[-1]
     base = unicodedata.normalize("NFC", base)
+    base = "".join("_" if invisible_characters(c) else c for c in base)  # no zero-width or reordering marks
     base = re.sub(r"[\x00-\x1f\x7f<>:\"|?*]", "_", base).strip().strip(".")
     stem, dot, ext = base.rpartition(".")
     if not dot:
         stem, ext = base, ""
     stem = re.sub(r"\s+", "_", stem)[:MAX_NAME].strip("._") or "image"
     ext = re.sub(r"[^A-Za-z0-9]", "", ext)[:8].lower()
-    if stem.lower() in WINDOWS_RESERVED_NAMES:
+    if windows_reserved(stem):
         stem = f"_{stem}"
     return f"{stem}.{ext}" if ext else stem
 

@@ -20,15 +20,44 @@ def _ascii_fold(text: str) -> str:
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
 
 
+def name_key(name: str) -> str:
+    """What two names are compared by: one Unicode normal form (NFC) and full case folding, so "café", "CAFÉ" and
+    "Café" typed with a combining accent are one name, as they are one folder on macOS and Windows."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def invisible_characters(text: str) -> list[str]:
+    """The characters of `text` that show as nothing or reorder what follows (zero-width, byte-order mark,
+    right-to-left override, other controls): two names that look alike must be alike."""
+    return [c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Cn")]
+
+
+def windows_reserved(name: str) -> bool:
+    """A name Windows cannot hold as a file or folder: a device name, with or without an extension ("con.txt")."""
+    return name.split(".", 1)[0].strip().lower() in WINDOWS_RESERVED_NAMES
+
+
+def check_display_name(text: str, what: str) -> str:
+    """A project's or class's name as typed, in NFC; refused (WorkspaceError, with the reason) when it holds
+    characters that cannot be seen."""
+    text = unicodedata.normalize("NFC", str(text)).strip()
+    hidden = invisible_characters(text)
+    if hidden:
+        codes = ", ".join(sorted({f"U+{ord(c):04X}" for c in hidden}))
+        raise WorkspaceError(f"The {what} name '{text.encode('ascii', 'backslashreplace').decode()}' holds characters "
+                             f"that cannot be seen ({codes}); type it again without them.")
+    return text
+
+
 def slugify(name: str) -> str:
-    """'My Flowers!' -> 'my-flowers'; never empty, never a path."""
-    slug = re.sub(r"[^a-z0-9]+", "-", _ascii_fold(name).lower()).strip("-")[:48].strip("-")
-    return slug or "project"
+    """'My Flowers!' -> 'my-flowers'; never empty, never a path, never a name Windows reserves."""
+    slug = re.sub(r"[^a-z0-9]+", "-", _ascii_fold(name).lower()).strip("-")[:48].strip("-") or "project"
+    return f"{slug}-project" if windows_reserved(slug) else slug
 
 
 def sanitize_class_name(name: str) -> str:
     """Validate a class name (it becomes a folder name and a label). Raises WorkspaceError with the reason."""
-    text = unicodedata.normalize("NFC", str(name)).strip()
+    text = check_display_name(name, "class")
     if not text:
         raise WorkspaceError("A class name cannot be empty.")
     if len(text) > 64:
@@ -37,7 +66,9 @@ def sanitize_class_name(name: str) -> str:
         raise WorkspaceError(f"'{text}' is reserved; choose another class name.")
     if re.search(r"[\\/\x00-\x1f\x7f<>:\"|?*]", text) or text in (".", "..") or text.startswith("."):
         raise WorkspaceError(f"Class name '{text}' cannot contain / \\ : * ? \" < > | or start with a dot.")
-    if text.lower() in WINDOWS_RESERVED_NAMES:
+    if text.endswith("."):
+        raise WorkspaceError(f"Class name '{text}' cannot end with a dot (Windows drops it from folder names).")
+    if windows_reserved(text):
         raise WorkspaceError(f"'{text}' is a reserved device name on Windows; choose another class name.")
     return text
 

@@ -88,3 +88,4 @@ class ProjectInfo:
     n_images: int
     n_classes: int
     n_inbox: int
+    problem: str | None = None  # why the project cannot be opened now (a damaged index), in the user's words

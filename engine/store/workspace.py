@@ -21,11 +21,11 @@ from typing import Any
 from engine.store import check, ingest
 from engine.store.check import ConsistencyReport
 from engine.store.classes import ClassEdits
-from engine.store.errors import WORKSPACE_ENV, WorkspaceError, storage_errors
+from engine.store.errors import WORKSPACE_ENV, WorkspaceError, storage_error_message, storage_errors
 from engine.store.index import DB_FILE
 from engine.store.ingest import AddReport
 from engine.store.leases import InboxLeases
-from engine.store.names import slugify
+from engine.store.names import check_display_name, slugify
 from engine.store.records import ProjectInfo
 
 log = logging.getLogger(__name__)
@@ -69,12 +69,16 @@ class Workspace:
                 yield p
 
     def list_projects(self) -> list[ProjectInfo]:
+        """Every project, also one whose index cannot be read now (its `problem` says why: the user can act)."""
         out = []
         for p in self._project_dirs():
             try:
                 out.append(Project(p).info())
             except (sqlite3.Error, OSError, WorkspaceError) as exc:
-                log.warning("skipping unreadable project %s: %s", p, exc)
+                log.warning("project %s cannot be read: %s", p, exc)
+                problem = str(exc) if isinstance(exc, WorkspaceError) else \
+                    storage_error_message("Reading the project", exc) or f"it cannot be read ({exc})"
+                out.append(ProjectInfo(p.name, p.name, 0.0, 0, 0, 0, problem=problem))
         return out
 
     def exists(self, slug: str) -> bool:
@@ -82,7 +86,7 @@ class Workspace:
 
     @storage_errors("Creating the project")
     def create_project(self, name: str) -> Project:
-        name = str(name).strip()
+        name = check_display_name(name, "project")
         if not name:
             raise WorkspaceError("Give the project a name.")
         if len(name) > 100:
@@ -103,13 +107,15 @@ class Workspace:
     def open_project(self, slug: str) -> Project:
         if not self.exists(slug):
             raise WorkspaceError(f"There is no project '{slug}' in {self.root}. Pick or create one on the Home page.")
-        return Project(self.root / slug)
+        project = Project(self.root / slug)
+        project.verify()
+        return project
 
     @storage_errors("Renaming the project")
     def rename_project(self, slug: str, new_name: str) -> Project:
         """Changes the display name; the folder (slug) stays, so links and running jobs keep working."""
         project = self.open_project(slug)
-        new_name = str(new_name).strip()
+        new_name = check_display_name(new_name, "project")
         if not new_name:
             raise WorkspaceError("Give the project a name.")
         project.set_meta("name", new_name[:100])

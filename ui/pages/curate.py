@@ -20,7 +20,7 @@ from engine.store.workspace import Project
 from ui import common
 
 project = common.require_project()
-st.title(f"Curate · {project.name}")
+st.title(f"Curate · {common.literal(project.name)}")
 common.show_flash()
 
 SHOW = 24  # findings per section on one page
@@ -84,9 +84,9 @@ def _keep(item: str, kind: str, key: str) -> None:
 def _thumb(col, sha: str, caption: str) -> None:
     data = common.thumbnail(project, sha)
     if data:
-        col.image(data, caption=caption, width="stretch")
+        col.image(data, caption=common.literal(caption), width="stretch")
     else:
-        col.caption(f"(gone) {caption}")
+        col.caption(f"(gone) {common.literal(caption)}")
 
 
 def _name(sha: str) -> str:
@@ -115,12 +115,13 @@ def _issues() -> None:
         item = f"label:{sha}"
         img, body = st.columns([1, 4], vertical_alignment="center")
         _thumb(img, sha, _name(sha))
-        body.markdown(f"Labelled **{given}**, looks like **{sug}** · score {r['score']:.2f}")
+        body.markdown(f"Labelled **{common.literal(given)}**, looks like **{common.literal(sug)}** · "
+                      f"score {r['score']:.2f}")
         b1, b2, b3, b4, b5 = body.columns([2, 1, 1, 2, 1], vertical_alignment="bottom")
-        b1.button(f"Move to {sug}", key=f"li_move_{sha}", type="primary", on_click=_move,
+        b1.button(f"Move to {common.literal(sug)}", key=f"li_move_{sha}", type="primary", on_click=_move,
                   args=(item, [sha], {sha: given}, sug), disabled=sug not in classes)
         b2.button("Keep", key=f"li_keep_{sha}", on_click=_keep, args=(item, "label", sha),
-                  help=f"The label '{given}' is right: do not show this image again.")
+                  help=f"The label '{common.literal(given)}' is right: do not show this image again.")
         b3.button("Trash", key=f"li_trash_{sha}", icon=":material/delete:", on_click=_move,
                   args=(item, [sha], {sha: given}, TRASH))
         other = b4.selectbox("Other class", [c for c in classes if c not in (given, sug)], key=f"li_other_{sha}",
@@ -141,6 +142,7 @@ def _dups() -> None:
         where = dict(zip(g["shas"], g["classes"], strict=True))
         label = "Label conflict: " + " / ".join(sorted(set(g["classes"]))) if g["cross_class"] else \
             f"{len(g['shas'])} copies in {g['classes'][0]}"
+        label = common.literal(label)
         st.markdown(f"**{label}**")
         cols = st.columns(6)
         for i, (sha, cls) in enumerate(where.items()):
@@ -154,7 +156,7 @@ def _dups() -> None:
         b[1].button("Keep all", key=f"dup_keep_{g['key']}", on_click=_keep, args=(item, "duplicates", g["key"]))
         if g["cross_class"]:
             for i, cls in enumerate(sorted(set(g["classes"]))[:3]):
-                b[2 + i].button(f"All are {cls}", key=f"dup_to_{g['key']}_{cls}", on_click=_move,
+                b[2 + i].button(f"All are {common.literal(cls)}", key=f"dup_to_{g['key']}_{cls}", on_click=_move,
                                 args=(item, g["shas"], where, cls))
         st.divider()
 

@@ -13,7 +13,7 @@ from engine.store.records import ActionResult
 from ui import common, suggest
 
 project = common.require_project()
-st.title(f"Data · {project.name}")
+st.title(f"Data · {common.literal(project.name)}")
 common.show_flash()
 
 UPLOAD_TYPES = [*common.IMAGE_UPLOAD_TYPES, "zip"]
@@ -21,6 +21,7 @@ UPLOAD_TYPES = [*common.IMAGE_UPLOAD_TYPES, "zip"]
 SORT_KEYS = [*"1234567890", *"ABDEFGHIJKLMNOPQTVWYZ"]
 PAGE_SIZES = [24, 48, 96]
 UNDO_DEPTH = 50
+UNDO_KEY = f"undo_stack_{project.slug}"  # one undo history per project: another project's steps are not yours here
 
 # One id per browser session: leases (which inbox image this sorter is looking at) and "by someone else" use it.
 session_id = st.session_state.setdefault("data_session_id", uuid.uuid4().hex[:16])
@@ -28,18 +29,19 @@ counts = project.class_counts()
 classes = list(counts)
 n_inbox = project.count(INBOX)
 for kind, message in st.session_state.pop("data_toasts", []):
-    st.toast(message, icon=":material/warning:" if kind == "warning" else ":material/check:")
+    st.toast(common.literal(message), icon=":material/warning:" if kind == "warning" else ":material/check:")
 
 
 def _tell(kind: str, message: str) -> None:
-    """From a callback: a toast (visible wherever the user has scrolled) plus a message by the action buttons."""
+    """From a callback: a toast (visible wherever the user has scrolled) plus a message by the action buttons.
+    `message` is plain text (it names classes): it is shown literally."""
     st.session_state.setdefault("data_toasts", []).append((kind, message))
     st.session_state.setdefault("data_notes", []).append((kind, message))
 
 
 def _show_notes() -> None:
     for kind, message in st.session_state.pop("data_notes", []):
-        (st.warning if kind == "warning" else st.success)(message)
+        (st.warning if kind == "warning" else st.success)(common.literal(message))
 
 
 def _record(result: ActionResult | None, done: str | None = None) -> None:
@@ -47,7 +49,7 @@ def _record(result: ActionResult | None, done: str | None = None) -> None:
     if result is None:
         return
     if result.changes:
-        stack = st.session_state.setdefault("undo_stack", [])
+        stack = st.session_state.setdefault(UNDO_KEY, [])
         stack.append(result.changes)
         del stack[:-UNDO_DEPTH]
         if done:
@@ -57,7 +59,7 @@ def _record(result: ActionResult | None, done: str | None = None) -> None:
 
 
 def _undo() -> None:
-    stack = st.session_state.get("undo_stack", [])
+    stack = st.session_state.get(UNDO_KEY, [])
     if not stack:
         return
     step = stack.pop()
@@ -67,12 +69,12 @@ def _undo() -> None:
 
 
 def _undo_button(key: str, shortcut: str | None = None) -> None:
-    stack = st.session_state.get("undo_stack", [])
+    stack = st.session_state.get(UNDO_KEY, [])
     if stack:
         last = stack[-1]
         where = common.class_label(last[0].after) if last[0].after != TRASH else "trash"
         st.button(f"Undo ({len(stack)})", key=key, icon=":material/undo:", shortcut=shortcut, on_click=_undo,
-                  help=f"Undo your last action ({len(last)} image(s) to {where}); several steps back. "
+                  help=f"Undo your last action ({len(last)} image(s) to {common.literal(where)}); several steps back. "
                        "An image someone else changed since is left alone.")
 
 
@@ -81,7 +83,7 @@ def _overview(compact: bool) -> None:
     cols = st.columns(min(6, len(classes) + 1) + (1 if classes else 0))
     cols[0].metric(common.INBOX_LABEL, n_inbox)
     for i, c in enumerate(classes[: len(cols) - 2], start=1):
-        cols[i].metric(c, counts[c])
+        cols[i].metric(common.literal(c), counts[c])
     if classes:
         # a popover floats over the page: opening it never pushes the photo being sorted below the fold
         with cols[-1].popover("Class balance", icon=":material/bar_chart:"):
@@ -90,8 +92,8 @@ def _overview(compact: bool) -> None:
             return
         few = [c for c in classes if counts[c] < 10]
         if few:
-            st.warning(f"Classes with fewer than 10 images: {', '.join(few)}. Add more for a reliable model "
-                       "(training needs at least 2 per class; 20+ is better).")
+            st.warning(f"Classes with fewer than 10 images: {common.literal(', '.join(few))}. Add more for a "
+                       "reliable model (training needs at least 2 per class; 20+ is better).")
         sizes = [counts[c] for c in classes if counts[c]]
         if len(sizes) >= 2 and max(sizes) > 3 * min(sizes):
             st.info("The classes are unbalanced (largest is more than 3× the smallest). Add images to the small "
@@ -121,8 +123,8 @@ def _add_section() -> None:
                           help="Zips with one folder per class use their folders when you add them to the inbox.")
     wanted = st.session_state.get("upload_target_name")
     if wanted not in (None, INBOX) and wanted not in classes:
-        st.warning(f"Class '{wanted}' no longer exists (renamed or deleted, perhaps by someone else): files added "
-                   "now go to the Unsorted inbox unless you pick another class.")
+        st.warning(f"Class '{common.literal(wanted)}' no longer exists (renamed or deleted, perhaps by someone "
+                   "else): files added now go to the Unsorted inbox unless you pick another class.")
     n = st.session_state.get("upload_n", 0)
     files = st.file_uploader("Images or zip files", type=UPLOAD_TYPES, accept_multiple_files=True,
                              key=f"uploader_{n}")
@@ -155,7 +157,8 @@ def _add_section() -> None:
         if st.button("Import", key="data_import_go"):
             path = Path(path_text.strip().strip('"')).expanduser()
             if not path_text.strip() or not path.exists():
-                st.error(f"Nothing found at '{path_text}'. Give the full path of a folder or .zip file.")
+                st.error(f"Nothing found at '{common.literal(path_text)}'. Give the full path of a folder or .zip "
+                         "file.")
             else:
                 with common.user_errors("Importing"), st.spinner("Importing ..."):
                     report = (project.import_image_dir(path, progress=common.import_progress(path.name))
@@ -207,19 +210,19 @@ def _sort_section() -> None:
     img_col, btn_col = st.columns([3, 2], gap="large")
     with img_col:
         try:
-            st.image(str(rec.path), caption=rec.source_name, width=480)
+            st.image(str(rec.path), caption=common.literal(rec.source_name), width=480)
         except Exception:  # noqa: BLE001 - an odd file must not block sorting
             data = common.thumbnail(project, rec.sha256)
             if data:
-                st.image(data, caption=rec.source_name)
+                st.image(data, caption=common.literal(rec.source_name))
             else:
-                st.warning(f"Cannot show {rec.source_name}; skip or delete it.")
+                st.warning(f"Cannot show {common.literal(rec.source_name)}; skip or delete it.")
     with btn_col:
         suggest.accept_button(project, rec, sugg, _sort_to)
         # no class is highlighted: a coloured first button reads as a suggestion
         for i, cls in enumerate(classes):
-            st.button(cls, key=f"sort_to_{i}", shortcut=keys.get(cls), width="stretch", on_click=_sort_to,
-                      args=(rec.sha256, cls))
+            st.button(common.literal(cls), key=f"sort_to_{i}", shortcut=keys.get(cls), width="stretch",
+                      on_click=_sort_to, args=(rec.sha256, cls))
         c1, c2 = st.columns(2)
         c1.button("Skip", key="sort_skip", shortcut="S", width="stretch", on_click=_skip, args=(rec.sha256,))
         c2.button("Trash", key="sort_trash", shortcut="X", width="stretch", icon=":material/delete:",
@@ -274,7 +277,7 @@ def _browse_section() -> None:
     if not records:
         _show_notes()
         _undo_button("browse_undo")
-        st.info(f"No images in {common.class_label(view)}. Add some in the Add images section.")
+        st.info(f"No images in {common.literal(common.class_label(view))}. Add some in the Add images section.")
         return
     chosen = common.selected(sel_key, shas)
     a1, a2, a3, a4, a5, a6 = st.columns([1, 1, 2, 1, 1, 1], vertical_alignment="bottom")
@@ -299,7 +302,7 @@ def _browse_section() -> None:
     with a6:
         _undo_button("browse_undo")
     _show_notes()
-    st.caption(f"{common.class_label(view)}: {total} image(s) · page {int(page)} of {n_pages}")
+    st.caption(f"{common.literal(common.class_label(view))}: {total} image(s) · page {int(page)} of {n_pages}")
     st.markdown(GRID_CSS, unsafe_allow_html=True)
     columns = 6
     with st.container(key="browse_grid"):
@@ -313,8 +316,8 @@ def _browse_section() -> None:
                     else:
                         st.image(data, width="stretch")
                     short = _short(rec.source_name)
-                    st.checkbox(short, key=f"{sel_key}-{rec.sha256}",
-                                help=rec.source_name if short != rec.source_name else None)
+                    st.checkbox(common.literal(short), key=f"{sel_key}-{rec.sha256}",
+                                help=common.literal(rec.source_name) if short != rec.source_name else None)
     if n_pages > 1:
         b1, b2, b3 = st.columns([1, 2, 1], vertical_alignment="center")
         b1.button("Previous page", key="browse_prev", icon=":material/chevron_left:", disabled=int(page) <= 1,
@@ -394,7 +397,7 @@ def _classes_section() -> None:
                     n = project.restore_images([r.sha256 for r in trashed])
                     common.flash("success", f"Restored {n} image(s).")
                     st.rerun()
-            st.write(", ".join(r.source_name for r in trashed[:200]))
+            st.markdown(common.literal(", ".join(r.source_name for r in trashed[:200])))
 
 
 if section != "Sort inbox" and st.session_state.pop("sort_leasing", False):

@@ -19,7 +19,7 @@ from engine.runs import history, jobs
 from ui import common
 
 project = common.require_project()
-st.title(f"Export & try · {project.name}")
+st.title(f"Export & try · {common.literal(project.name)}")
 common.show_flash()
 
 run_dir = common.pick_run(project, while_exporting=True)
@@ -193,10 +193,10 @@ def _try(up, label: str) -> None:
         predictor = common.predictor(run_dir / model_name, labels_path if labels_path.exists() else None)
         top = predictor.predict(pixels, top_k=5)
         i1, i2 = st.columns([1, 1])
-        i1.image(data, caption=label, width="stretch")
+        i1.image(data, caption=common.literal(label), width="stretch")
         with i2:
             if top:
-                st.metric("Prediction", top[0][0])
+                st.metric("Prediction", common.literal(top[0][0]))
                 st.caption(f"{top[0][1]:.1%} confident · top {len(top)} below")
             st.dataframe(pd.DataFrame(top, columns=["label", "probability"]), hide_index=True,
                          width="stretch",
@@ -215,7 +215,7 @@ def _try(up, label: str) -> None:
                       disabled=done_key in st.session_state, width="stretch")
             if done_key in st.session_state:
                 kind, message = st.session_state[done_key]
-                (st.success if kind == "success" else st.warning)(message)
+                (st.success if kind == "success" else st.warning)(common.literal(message))  # names the photo
 
 
 if importlib.util.find_spec("engine.inference.predict") is None:

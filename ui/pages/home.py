@@ -20,8 +20,9 @@ common.show_flash()
 
 
 def _open(slug: str) -> None:
-    common.set_project(slug)
-    common.flash("success", f"Opened project '{ws.open_project(slug).name}'.")
+    common.set_project(slug)  # a project that cannot be opened says why on every page, with what to do
+    name = next((p.name for p in ws.list_projects() if p.slug == slug), slug)
+    common.flash("success", f"Opened project '{name}'.")
 
 
 def _create(name: str) -> None:
@@ -55,6 +56,7 @@ with left:
             "project": p.name, "images": p.n_images, "classes": p.n_classes, "unsorted": p.n_inbox,
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(p.created_at)) if p.created_at else "",
             "open": "✔" if p.slug == current else "",
+            "note": "cannot be read now: open it to see why" if p.problem else "",
         } for p in projects])
         st.dataframe(table, hide_index=True, width="stretch")
         slugs = [p.slug for p in projects]
@@ -98,12 +100,12 @@ with tab_path:
     if st.button("Import from path", key="import_path_go"):
         path = Path(path_text.strip().strip('"')).expanduser() if path_text.strip() else None
         if path is None or not path.exists():
-            st.error(f"Nothing found at '{path_text}'. Give the full path of a folder or a .zip file on the machine "
-                     "running Retrain Studio.")
+            st.error(f"Nothing found at '{common.literal(path_text)}'. Give the full path of a folder or a .zip file "
+                     "on the machine running Retrain Studio.")
         elif not (path.is_dir() or path.suffix.lower() == ".zip"):
             st.error("That is neither a folder nor a .zip file.")
         else:
-            with common.user_errors("Importing"), st.spinner(f"Importing {path.name} ..."):
+            with common.user_errors("Importing"), st.spinner(f"Importing {common.literal(path.name)} ..."):
                 project = ws.create_project(imp_name.strip() or path.stem)
                 try:
                     report = (project.import_image_dir(path, progress=common.import_progress(path.name))
@@ -119,7 +121,7 @@ with tab_path:
 with tab_zip:
     up = st.file_uploader("Zip file", type=["zip"], key=f"import_zip_{st.session_state.get('import_zip_n', 0)}")
     if st.button("Import zip", key="import_zip_go", disabled=up is None):
-        with common.user_errors("Importing the zip"), st.spinner(f"Importing {up.name} ..."):
+        with common.user_errors("Importing the zip"), st.spinner(f"Importing {common.literal(up.name)} ..."):
             project = ws.create_project(imp_name.strip() or Path(up.name).stem)
             try:
                 report = project.add_zip(up.getvalue())
@@ -138,7 +140,7 @@ common.show_report(st.session_state.get("last_report"))
 project = common.current_project()
 if project is not None:
     st.divider()
-    st.subheader(f"Project “{project.name}”")
+    st.subheader(f"Project “{common.literal(project.name)}”")
     st.caption(f"Stored in `{project.path}` — images in `images/<class>/`, readable by any tool.")
     c1, c2 = st.columns(2, gap="large")
     with c1:
@@ -151,7 +153,8 @@ if project is not None:
     with c2:
         with st.expander("Delete this project", icon=":material/delete:"):
             st.warning(f"This deletes `{project.path}`: all {project.count()} images, classes and trained models.")
-            sure = st.checkbox(f"Yes, delete '{project.name}' for good", key=f"delete_sure_{project.slug}")
+            sure = st.checkbox(f"Yes, delete '{common.literal(project.name)}' for good",
+                               key=f"delete_sure_{project.slug}")
             if st.button("Delete project", key="delete_go", type="primary", disabled=not sure):
                 with common.user_errors("Deleting"):
                     name = project.name  # read before: the project's index goes with it

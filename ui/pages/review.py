@@ -21,7 +21,7 @@ from engine.runs.status import RunState
 from ui import common
 
 project = common.require_project()
-st.title(f"Review · {project.name}")
+st.title(f"Review · {common.literal(project.name)}")
 common.show_flash()
 
 run_dir = common.pick_run(project, while_exporting=True)
@@ -31,7 +31,7 @@ if run_dir is None:
     st.stop()
 metrics = history.load_metrics(run_dir)
 if not metrics or not metrics.get("labels"):
-    st.error(f"This run has no readable metrics.json ({run_dir}). Pick another run or train again.")
+    st.error(f"This run has no readable metrics.json ({common.literal(run_dir)}). Pick another run or train again.")
     st.stop()
 
 
@@ -39,7 +39,8 @@ def _retrain() -> None:
     known = {f.name for f in dataclasses.fields(TrainConfig)}  # a setting an older version wrote is dropped
     data = {k: v for k, v in read_json(run_dir / rf.CONFIG).items() if k in known}
     cfg = common.guarded("Reading the run's settings", TrainConfig.from_dict, data)
-    run_id = common.guarded("Starting training", jobs.start_training, project, cfg) if cfg is not None else None
+    run_id = common.guarded("Starting training", jobs.start_training, project, cfg,
+                            retrained_from=run_dir.name) if cfg is not None else None
     if run_id:
         st.session_state["retrain_id"] = run_id
         st.session_state["run_id"] = run_id  # shown here as soon as its metrics are written
@@ -71,12 +72,13 @@ def _retrain_and_changes() -> None:
                        + (f"**{changed} image(s) changed since this run** (sorted, moved, added or deleted); "
                           "retrain to include them." if changed else "after moving images, retrain to see what "
                           "changed."))
-    previous = _previous_run()
-    if previous is None:
+    found = history.baseline(project, run_dir.name)
+    if found is None:
         return
+    previous, why = found[0].run_dir, found[1]
     before = history.load_metrics(previous) or {}
     diff = diff_runs(before, metrics, read_json(previous / rf.CONFIG), read_json(run_dir / rf.CONFIG))
-    with st.expander(f"What changed since the previous run ({previous.name})", expanded=True):
+    with st.expander(f"What changed since run {previous.name} ({why})", expanded=True):
         common.show_run_diff(project, diff, previous.name, run_dir.name, key="review_diff")
 
 
@@ -88,8 +90,8 @@ def _watch_retrain(run_id: str) -> None:
         st.rerun(scope="app")
     events = history.events(run)
     stage = next((e.get("message") for e in reversed(events) if e.get("type") == EventKind.STAGE), None)
-    st.info(f"Retraining ({run_id}): {stage or status.message or 'starting…'} The new result appears here "
-            "when training is done.", icon=":material/progress_activity:")
+    st.info(f"Retraining ({run_id}): {common.literal(stage or status.message or 'starting…')} The new result "
+            "appears here when training is done.", icon=":material/progress_activity:")
 
 
 @st.fragment(run_every=2.0)
@@ -98,18 +100,6 @@ def _wait_for(run_id: str) -> None:
     if not jobs.job_status(jobs.run_path(project, run_id)).running:
         st.rerun(scope="app")
     st.caption(f"A training job ({run_id}) is running; retraining is possible when it is done.")
-
-
-def _previous_run() -> Path | None:
-    """The newest run before the shown one that has metrics."""
-    runs = common.runs_newest_first(project)
-    ids = [r.run_id for r in runs]
-    if run_dir.name not in ids:
-        return None
-    for r in runs[ids.index(run_dir.name) + 1:]:
-        if r.reviewable:
-            return r.run_dir
-    return None
 
 
 labels: list[str] = list(metrics["labels"])
@@ -187,7 +177,8 @@ elif mode == "Confusion-matrix cell":
     else:
         items = sorted((p for p in predictions if (p.get("true"), p.get("predicted")) == cell),
                        key=lambda p: -float(p.get("probability", 0)))
-        st.caption(f"{len(items)} image(s) of class '{cell[0]}' predicted as '{cell[1]}'.")
+        st.caption(f"{len(items)} image(s) of class '{common.literal(cell[0])}' predicted as "
+                   f"'{common.literal(cell[1])}'.")
 else:
     items = sorted((p for p in predictions if p.get("true") != p.get("predicted")),
                    key=lambda p: -float(p.get("probability", 0)))
@@ -229,18 +220,19 @@ if items:
                     st.image(str(p["path"]), width="stretch")
                 else:
                     st.caption("(image no longer available)")
-                st.markdown(f"true **{p.get('true')}** → predicted **{p.get('predicted')}** "
+                st.markdown(f"true **{common.literal(p.get('true'))}** → predicted "
+                            f"**{common.literal(p.get('predicted'))}** "
                             f"({float(p.get('probability', 0)):.0%})")
                 if rec is None:
                     st.caption("Not in this project any more.")
                     continue
                 now = rec.class_name
                 if now != p.get("true"):
-                    st.caption(f"now in: {common.class_label(now)}")
+                    st.caption(f"now in: {common.literal(common.class_label(now))}")
                 pred = p.get("predicted")
                 key = rec.sha256[:16]
                 if pred in classes and pred != now:
-                    st.button(f"Move to {pred}", key=f"rv_pred_{key}", type="primary", width="stretch",
+                    st.button(f"Move to {common.literal(pred)}", key=f"rv_pred_{key}", type="primary", width="stretch",
                               on_click=_move, args=(rec.sha256, pred, name, now))
                 others = [c for c in classes if c != now]
                 if others:

@@ -18,13 +18,14 @@ from engine.core.events import EventKind
 from engine.core.fileio import read_json
 from engine.data.dataset import training_problem
 from engine.runs import history, jobs
+from engine.runs import status as run_status
 from engine.runs.history import RunSummary
 from engine.runs.status import RunState, RunStatus
 from engine.store.names import INBOX
 from ui import common
 
 project = common.require_project()
-st.title(f"Train · {project.name}")
+st.title(f"Train · {common.literal(project.name)}")
 common.show_flash()
 
 # the head is fitted to convergence with a cross-validated L2: epochs, rates and batch sizes only matter when
@@ -65,11 +66,11 @@ def _data_check() -> None:
                    "the Data page — or create the demo project on the Projects page.")
         st.page_link(common.DATA, label="Go to Data", icon=":material/photo_library:")
     elif not ready:
-        st.warning(problem)
+        st.warning(common.literal(problem))  # it names the classes
         st.page_link(common.DATA, label="Go to Data", icon=":material/photo_library:")
     else:
         st.caption(f"{n_train} images in {len(class_counts)} classes: "
-                   + ", ".join(f"{c} ({n})" for c, n in class_counts.items()))
+                   + ", ".join(f"{common.literal(c)} ({n})" for c, n in class_counts.items()))
     if n_inbox:
         st.info(f"{n_inbox} unsorted image(s) in the inbox are not used for training.")
 
@@ -193,7 +194,7 @@ def _render_run(run_dir: Path) -> RunStatus:
     if state is RunState.RUNNING:
         c1, c2 = st.columns([4, 1], vertical_alignment="center")
         with c1:
-            st.caption(stages[-1]["message"] if stages else (status.message or "starting…"))
+            st.caption(common.literal(stages[-1]["message"] if stages else (status.message or "starting…")))
             embed = next((e for e in reversed(events) if e.get("type") == EventKind.EMBED), None)
             if embed and embed.get("total"):
                 done, total = int(embed["done"]), int(embed["total"])
@@ -245,7 +246,9 @@ def _render_run(run_dir: Path) -> RunStatus:
     if warnings:
         with st.expander(f"{len(warnings)} warning(s)"):
             for w in warnings[:200]:
-                st.write(f"- {w.get('message')}" + (f" (`{w['path']}`)" if w.get("path") else ""))
+                # a file name in a code span could close it with a backtick of its own: escaped instead
+                st.markdown(f"- {common.literal(w.get('message'))}"
+                            + (f" ({common.literal(w['path'])})" if w.get("path") else ""))
     if state is RunState.SUCCEEDED:
         metrics = history.load_metrics(run_dir) or {}
         how = " (cross-validated: each image judged by a model that never saw it)" \
@@ -256,8 +259,10 @@ def _render_run(run_dir: Path) -> RunStatus:
         c1.page_link(common.REVIEW, label="Review mistakes", icon=":material/fact_check:")
         c2.page_link(common.EXPORT, label="Download & try the model", icon=":material/download:")
     elif state in (RunState.FAILED, RunState.CANCELLED, RunState.UNKNOWN):
-        message = status.message or state
-        if state is RunState.FAILED:
+        message = common.literal(status.message or state)  # an engine error: it may quote a file name
+        if state is RunState.FAILED and status.cause == run_status.MACHINE:  # the message says what to do
+            st.error(f"Training failed. {message}")
+        elif state is RunState.FAILED:
             st.error(f"Training failed: {message}. Check the data on the Data page and the options above, then "
                      "start again. The log below has the details.")
         else:
@@ -344,6 +349,15 @@ if runs:
 
     st.selectbox("Show run", ids, index=ids.index(shown), key=f"run_pick_{shown}", on_change=_pick,
                  help="The run shown above and used on the Review and Export pages.")
+    if not next(r for r in runs if r.run_id == shown).status.running:
+        with st.popover("Delete this run", icon=":material/delete:"):
+            st.caption(f"Deletes run {shown}: its models, metrics and log. The project's images stay as they are.")
+            if st.button("Delete the run", key=f"delete_run_{shown}", type="primary"):
+                with common.user_errors("Deleting the run"):
+                    jobs.delete_run(project, shown)
+                    st.session_state.pop("run_id", None)
+                    common.flash("success", f"Deleted run {shown}.")
+                    st.rerun()
 
     # --- compare -----------------------------------------------------------------------------------------------------
     done = [r.run_id for r in common.runs_newest_first(project) if r.reviewable]
