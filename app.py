@@ -21,6 +21,7 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name
 st.set_page_config(page_title="Retrain Studio", page_icon="🖼️", layout="wide")
 
 slug = common.sync_project_state()
+common.warm_up(slug)  # the one-time backbone work starts now, in the background, not after the first click
 
 pages = [
     st.Page(common.HOME, title="Projects", icon=":material/folder_open:", default=True),

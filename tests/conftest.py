@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The app prepares backbones in a background process when it starts (engine.runs.prepare); in tests it would race
+# the tests that measure that work, and outlive them. Its own tests switch it back on.
+os.environ.setdefault("RETRAIN_STUDIO_PREPARE", "0")
 SHARED_DATASETS = Path(os.environ.get("RETRAIN_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
 
 

@@ -218,6 +218,8 @@ def test_data_delete_class_moves_images_to_inbox(ws):
     form_select = [s for s in at.selectbox if s.label == "Delete class"][0]
     form_select.set_value("dogs")
     ok(button(at, "Delete class").click().run())
+    assert project.counts() == {"cats": 3, "dogs": 3, INBOX: 0}  # asked first
+    ok(button(at, "Yes, delete").click().run())
     assert project.counts() == {"cats": 3, INBOX: 3}
 
 
@@ -291,14 +293,14 @@ def test_train_history_explains_the_kept_step_and_compares_runs(ws):
 
 def test_train_history_names_the_l2_kept_by_the_one_standard_error_rule(ws, monkeypatch):
     """With cross-validation the steps are L2 values and the one kept need not have the lowest loss on the chart:
-    the page names the kept one (from the run's result), not the lowest."""
+    the page names the kept one (from the run's result), not the lowest, in plain words."""
     monkeypatch.setenv("FAKE_MODE", "grid")
     project = sorted_project(ws)
     run_id = jobs.start_training(project)
     assert jobs.wait(jobs.run_path(project, run_id), timeout=60).state == "succeeded"
     shown = texts(page(ok(app(project.slug).run()), "ui/pages/train.py"))
-    assert "5 training step(s) (regularisation strengths tried)" in shown
-    assert "uses L2 0.003 (step 2)" in shown and "lowest validation loss" not in shown
+    assert "5 training step(s), one per penalty strength tried" in shown
+    assert "Kept: strength 2, the simplest" in shown and "lowest validation loss" not in shown
     review = texts(page(ok(app(project.slug).run()), "ui/pages/review.py"))
     assert "Backbones on these images (cross-validated, best first): efficientnet-lite2 90" in review
 
@@ -619,3 +621,311 @@ def test_a_run_that_failed_for_the_machine_says_what_to_do_not_to_check_the_data
     shown = [e.value for e in at.error]
     assert any("the disk is full" in e for e in shown), shown
     assert not any("Check the data" in e for e in shown), shown
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Train page for someone who is not an ML engineer (issue 20)
+# ----------------------------------------------------------------------------------------------------------------
+def charts(at: AppTest) -> list[tuple[dict, object]]:
+    """(Vega-Lite spec, its inline data as a DataFrame) of every chart on the page."""
+    import pyarrow as pa
+
+    out = []
+    for chart in at.get("vega_lite_chart"):
+        frames = [pa.ipc.open_stream(d.data.data).read_pandas() for d in chart.proto.datasets]
+        out.append((json.loads(chart.proto.spec), frames[0] if frames else None))
+    return out
+
+
+def widget_keys(node) -> set[str]:
+    keys = {node.key} if getattr(node, "key", None) else set()
+    for child in getattr(node, "children", {}).values():
+        keys |= widget_keys(child)
+    return keys
+
+
+def running_run(project, run_id: str, events: list[dict], **config) -> Path:
+    """A finished fake run turned back into a running one with these events (this process stands in for the job,
+    as in the export test above)."""
+    run_dir = jobs.run_path(project, run_id)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**cfg, **config}))
+    for name in ("metrics.json", "bundle.zip"):
+        (run_dir / name).unlink(missing_ok=True)
+    now = time.time()
+    (run_dir / "events.jsonl").write_text("".join(json.dumps({"time": now, **e}) + "\n" for e in events))
+    run_status.write_status(run_dir, RunState.RUNNING, "training", finished=None)
+    return run_dir
+
+
+HEAD_GRID = [  # as cross-validation reports it: the training accuracy is 1.0 at every strength
+    {"type": "epoch", "phase": "head", "epoch": k + 1, "l2": l2, "loss": 0.01 * (k + 1), "accuracy": 1.0,
+     "val_loss": vl, "val_accuracy": va, "elapsed": 0.1 * (k + 1)}
+    for k, (l2, vl, va) in enumerate([(0.1, 0.40, 0.880), (0.03, 0.30, 0.917), (0.01, 0.29, 0.905),
+                                      (0.003, 0.31, 0.910)])]
+
+
+def newest_run_dir(project) -> Path:
+    return max(run_history.list_runs(project), key=lambda r: r.started or 0).run_dir
+
+
+def test_train_preset_shows_the_backbone_it_will_train(ws):
+    project = sorted_project(ws)
+    at = page(ok(app(project.slug).run()), "ui/pages/train.py")
+    at.selectbox(key="cfg_preset").set_value("accuracy")
+    ok(at.run())
+    assert at.selectbox(key="cfg_tfhub_module").value == "efficientnet-lite2"  # the field shows what will run
+    assert "efficientnet-lite2" in texts(at)
+    ok(button(at, "Start training").click().run())
+    (row,) = run_history.list_runs(project)
+    run_dir = jobs.run_path(project, row.run_id)
+    assert jobs.wait(run_dir, timeout=60).state == "succeeded"
+    assert json.loads((run_dir / "config.json").read_text())["tfhub_module"] == "efficientnet-lite2"
+
+    # the backbone chosen by hand after the preset is the one that trains, not the preset's
+    at.selectbox(key="cfg_tfhub_module").set_value("efficientnet-lite0")
+    ok(at.run())
+    ok(button(at, "Start training").click().run())
+    newest = newest_run_dir(project)
+    assert jobs.wait(newest, timeout=60).state == "succeeded"
+    assert json.loads((newest / "config.json").read_text())["tfhub_module"] == "efficientnet-lite0"
+
+
+def test_train_says_in_plain_words_which_backbone_did_better(ws, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "grid")  # this run: efficientnet-lite0 0.8; the cached lite2: 0.9
+    project, _ = trained(ws)
+    at = page(ok(app(project.slug).run()), "ui/pages/train.py")
+    shown = texts(at)
+    assert "On your images, efficientnet-lite2 did better than efficientnet-lite0 (this run's backbone)" in shown
+    assert "90.0% of the images right against 80.0%" in shown
+    ok(button(at, "Use efficientnet-lite2 for the next run").click().run())
+    assert at.selectbox(key="cfg_tfhub_module").value == "efficientnet-lite2"
+
+
+def test_train_fine_tuning_shows_epoch_and_time_left_and_separate_phases(ws):
+    project, run_id = trained(ws)
+    events = [{"type": "stage", "stage": "embed", "message": "Computing features"},
+              {"type": "embed", "done": 6, "total": 6, "cached": 0, "images_per_s": 100.0},
+              {"type": "stage", "stage": "train", "message": "Training a 2-class head"}, *HEAD_GRID,
+              {"type": "stage", "stage": "fine_tune", "message": "Fine-tuning the backbone on images"},
+              *({"type": "epoch", "phase": "fine_tune", "epoch": e, "loss": 0.5 / e, "accuracy": 0.8 + e / 50,
+                 "val_loss": 0.4 / e, "val_accuracy": 0.85 + e / 100, "elapsed": 10.0 * e} for e in (1, 2))]
+    running_run(project, run_id, events, do_fine_tuning=True, fine_tune_epochs=5)
+    at = page(ok(app(project.slug).run()), "ui/pages/train.py")
+    bars = [p.proto.text for p in at.get("progress")]
+    assert not any("Computing features" in t for t in bars), bars  # that stage is over
+    assert any("epoch 2 of 5" in t and "about 30 s left" in t for t in bars), bars
+    shown = texts(at)
+    assert "training step(s) (epochs)" not in shown
+    # one chart per phase and quantity: the head's strengths and the fine-tuning epochs never share an axis
+    drawn = charts(at)
+    x_titles = [spec["encoding"]["x"].get("title") or spec["encoding"]["x"]["axis"].get("title") for spec, _ in drawn]
+    assert any(t and "epoch" in t for t in x_titles) and any(t and "strength" in t for t in x_titles), x_titles
+    for _, frame in drawn:
+        assert len(frame.iloc[:, 0].unique()) in (2, 4), frame  # 2 epochs or 4 strengths, never 6 steps
+
+
+def test_train_chart_and_headline_show_the_same_accuracy(ws, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "grid")
+    project, run_id = trained(ws)
+    run_dir = jobs.run_path(project, run_id)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics.update(val_accuracy=0.917, cross_validated=True, l2=0.03)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    events = [*HEAD_GRID, {"type": "result", "val_accuracy": 0.917, "metrics_file": "m", "l2": 0.03},
+              {"type": "stage", "stage": "done", "message": "done"}]
+    (run_dir / "events.jsonl").write_text("".join(json.dumps({"time": 1.0, **e}) + "\n" for e in events))
+    at = page(ok(app(project.slug).run()), "ui/pages/train.py")
+    shown = texts(at)
+    assert "91.7%" in shown and "91.0%" not in shown, shown  # the kept model's accuracy, not the last point's
+    assert "standard error" not in shown and "L2 0.03" not in shown  # plain words
+    assert charts(at)
+    for _, frame in charts(at):
+        # the training accuracy is 100% at every strength: a flat line that says nothing is not drawn
+        for series, rows in frame.groupby("series"):
+            assert not (len(rows) > 1 and (rows["_value"] == 1.0).all()), (series, frame)
+
+
+def test_train_advanced_options_are_grouped_for_a_person(ws):
+    project = sorted_project(ws)
+    at = page(ok(app(project.slug).run()), "ui/pages/train.py")
+    shown = texts(at)
+    for heading in ("How the model is judged", "Export"):
+        assert heading in shown, heading
+    (experts,) = [e for e in at.expander if e.label.startswith("For experts")]
+    assert not experts.proto.expanded
+    assert {"cfg_distribution_strategy", "cfg_set_memory_growth"} <= widget_keys(experts)
+    assert "cfg_fine_tune_epochs" not in widget_keys(at.main)  # fine-tuning options wait until it is on
+    at.checkbox(key="cfg_do_fine_tuning").check()
+    ok(at.run())
+    assert "Fine-tuning" in texts(at) and "cfg_fine_tune_epochs" in widget_keys(at.main)
+    for widget in [*at.number_input, *at.selectbox, *at.checkbox, *at.multiselect, *at.text_input]:
+        if widget.key and widget.key.startswith("cfg_") and widget.help:
+            # a help text for a person; the command-line flag may follow at the end
+            assert "--" not in widget.help.split("Command line:")[0], (widget.key, widget.help)
+
+
+def trained_with_snapshot(project) -> str:
+    """A fake run, and the snapshot.json the real engine writes (what it trained on: sha256, label, path)."""
+    run_id = jobs.start_training(project)
+    run_dir = jobs.run_path(project, run_id)
+    assert jobs.wait(run_dir, timeout=60).state == "succeeded"
+    items = sorted([sha, label, f"{label}/{sha}.png"] for sha, label in project.labels().items())
+    (run_dir / "snapshot.json").write_text(json.dumps({"hash": "h", "root": str(project.image_dir()),
+                                                       "created": time.time(), "items": items}))
+    return run_id
+
+
+def test_train_compare_defaults_to_the_latest_two_and_says_what_differs(ws):
+    project = sorted_project(ws)
+    first = trained_with_snapshot(project)
+    second = trained_with_snapshot(project)
+    at = page(ok(app(project.slug).run()), "ui/pages/train.py")
+    assert (at.selectbox(key="compare_a").value, at.selectbox(key="compare_b").value) == (first, second)
+    shown = texts(at)
+    assert "only the data changed" not in shown
+    assert "Nothing differs between the two runs" in shown
+
+    project.move([project.images("cats")[0].sha256], "dogs")
+    third = trained_with_snapshot(project)
+    ok(at.run())  # the same browser session: a new run moves the comparison on
+    assert (at.selectbox(key="compare_a").value, at.selectbox(key="compare_b").value) == (second, third)
+    shown = texts(at)
+    assert "Both runs used the same settings" in shown and "1 image(s) differ" in shown
+
+
+def test_train_runs_can_be_named_and_the_state_reads_in_full(ws):
+    project, run_id = trained(ws)
+    at = page(ok(app(project.slug).run()), "ui/pages/train.py")
+    table = next(d for d in at.dataframe if "run_id" in d.value.columns)
+    assert json.loads(table.proto.columns)["state"]["width"] in ("medium", "large")
+    at.text_input(key=f"run_name_{run_id}").input("before fixing *cats*")
+    ok(at.run())
+    assert run_history.summarize(jobs.run_path(project, run_id)).name == "before fixing *cats*"
+    table = next(d.value for d in at.dataframe if "run_id" in d.value.columns)
+    assert table["name"].tolist() == ["before fixing *cats*"]
+    assert any("before fixing *cats*" in o for o in at.selectbox(key=f"run_pick_{run_id}").options)
+    assert "*cats*" not in "".join(markdown_sources(at))  # shown literally wherever Markdown renders
+    at = page(at, "ui/pages/review.py")
+    assert any("before fixing *cats*" in o for s in at.selectbox for o in s.options)
+
+
+def test_the_unknown_threshold_chart_spans_the_coverages_there_are(ws):
+    project, run_id = trained(ws)
+    run_dir = jobs.run_path(project, run_id)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    curve = [{"threshold": t, "coverage": c, "precision": p}
+             for t, c, p in ((0.5, 1.0, 0.91), (0.7, 0.9, 0.95), (0.9, 0.72, 0.99))]
+    metrics["threshold"] = {"value": 0.7, "target_precision": 0.95, "precision": 0.95, "coverage": 0.9,
+                            "reached": True, "curve": curve}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    at = page(ok(app(project.slug).run()), "ui/pages/export.py")
+    specs = [json.loads(e.proto.spec) for e in at.get("vega_lite_chart")]
+    layered = next(s for s in specs if "layer" in s)
+    x = layered["layer"][0]["encoding"]["x"]
+    assert x["field"] == "coverage" and x["scale"]["domain"] == [0.7, 1.0], x
+
+
+def test_data_upload_names_the_real_limits_next_to_the_uploader(ws):
+    import streamlit as st
+
+    from engine.store.ingest import MAX_FILE_BYTES, MAX_ZIP_FILES, MAX_ZIP_TOTAL_BYTES
+
+    project = ws.create_project("Pets")
+    at = page(ok(app(project.slug).run()), "ui/pages/data.py")
+    assert at.file_uploader[0]  # the empty project opens on Add images
+    upload_mb = st.get_option("server.maxUploadSize")
+    upload = f"{upload_mb // 1024} GB" if upload_mb % 1024 == 0 else f"{upload_mb} MB"
+    limits = (f"Limits: {MAX_FILE_BYTES // 2**20} MB per image (inside zips too); a zip up to {upload}, with at most "
+              f"{MAX_ZIP_FILES:,} files and {MAX_ZIP_TOTAL_BYTES // 2**30} GB unpacked.")
+    assert limits in [c.value for c in at.caption]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Review for someone who is not an ML engineer (issue 20, items 8 and 9)
+# ----------------------------------------------------------------------------------------------------------------
+def review_nodes(node) -> list:
+    """Every block and element under `node`, in the order the page shows them."""
+    out = [node]
+    for child in getattr(node, "children", {}).values():
+        out += review_nodes(child)
+    return out
+
+
+def review_card(at: AppTest, key: str):
+    """The smallest container that holds the widget with this key (on Review: the image's card)."""
+    blocks = [n for n in review_nodes(at.main) if hasattr(n, "children")
+              and any(getattr(e, "key", None) == key for e in review_nodes(n))]
+    return min(blocks, key=lambda b: len(review_nodes(b)))
+
+
+def review_card_texts(card) -> str:
+    return "\n".join(str(n.value) for n in review_nodes(card) if getattr(n, "type", "") in (
+        "markdown", "caption", "success", "info", "warning", "error") and hasattr(n, "value"))
+
+
+def test_review_mistakes_are_neutral_label_is_correct_and_undo_on_the_card(ws):
+    from engine.curate.decisions import Decisions
+
+    project, run_id = trained(ws)
+    metrics = run_history.load_metrics(jobs.run_path(project, run_id))
+    mistakes = sorted((p for p in metrics["predictions"] if p["true"] != p["predicted"]),
+                      key=lambda p: -p["probability"])
+    assert len(mistakes) >= 2
+    first, second = (project.find_by_filename(Path(p["path"]).name) for p in mistakes[:2])
+    at = page(ok(app(project.slug).run()), "ui/pages/review.py")
+    card_buttons = [b for b in at.button if b.key.startswith("rv_")]
+    assert card_buttons and not [b.label for b in card_buttons if b.proto.type == "primary"]  # no suggested move
+    assert "labelling errors" not in texts(at)
+
+    # "Label is correct": kept in the project, said on the card, undone from there
+    ok(at.button(key=f"rv_ok_{first.sha256[:16]}").click().run())
+    decision = f"correct:{first.sha256}:{first.class_name}"
+    assert decision in Decisions(project.path).kept()
+    card = review_card(at, "rv_undo")
+    assert any(getattr(n, "key", None) == f"rv_trash_{first.sha256[:16]}" for n in review_nodes(card))
+    assert "is the right label of" in review_card_texts(card)
+    assert not [s for s in at.main.children.values() if getattr(s, "type", "") == "success"]  # not at the top
+    ok(at.button(key="rv_undo").click().run())
+    assert decision not in Decisions(project.path).kept()
+    assert "listed as a mistake again" in review_card_texts(review_card(at, f"rv_ok_{first.sha256[:16]}"))
+    ok(at.button(key=f"rv_ok_{first.sha256[:16]}").click().run())
+
+    # the next action: the confirmed image is no longer listed; the move is said on its own card, and undone
+    ok(at.button(key=f"rv_pred_{second.sha256[:16]}").click().run())
+    assert project.get(second.sha256).class_name == mistakes[1]["predicted"]
+    keys = {b.key for b in at.button}
+    assert f"rv_trash_{first.sha256[:16]}" not in keys and f"rv_trash_{second.sha256[:16]}" in keys
+    shown = texts(at)
+    assert f"{len(mistakes) - 1} misclassified" in shown
+    assert "1 more whose label you said is correct are not shown" in shown
+    card = review_card(at, "rv_undo")
+    assert any(getattr(n, "key", None) == f"rv_trash_{second.sha256[:16]}" for n in review_nodes(card))
+    assert literal(f"Moved {second.filename} to '{mistakes[1]['predicted']}'.") in review_card_texts(card)
+    ok(at.button(key="rv_undo").click().run())
+    assert project.get(second.sha256).class_name == mistakes[1]["true"]
+    assert "Undone" in review_card_texts(review_card(at, f"rv_trash_{second.sha256[:16]}"))
+    ok(at.button(key=f"rv_trash_{second.sha256[:16]}").click().run())  # a trashed image's card says so too
+    assert project.get(second.sha256) is None
+    assert "trash/ folder" in review_card_texts(review_card(at, "rv_undo"))
+    ok(at.button(key="rv_undo").click().run())
+    assert project.get(second.sha256).class_name == mistakes[1]["true"]
+
+
+def test_review_a_clicked_cells_images_come_right_after_the_matrix(ws):
+    project, run_id = trained(ws)
+    project.move([project.images("cats")[0].sha256], "dogs")
+    retrain = jobs.start_training(project, retrained_from=run_id)
+    assert jobs.wait(jobs.run_path(project, retrain), timeout=60).state == "succeeded"
+    at = page(ok(app(project.slug).run()), "ui/pages/review.py")
+    assert [e for e in at.expander if e.label.startswith("What changed since run")]  # the open section
+    at.session_state["cm"] = {"selection": {"rows": [], "columns": [], "cells": [(0, "dogs")]}}
+    ok(at.run())
+    nodes = review_nodes(at.main)
+    matrix = next(i for i, n in enumerate(nodes) if getattr(n, "type", "") == "subheader"
+                  and n.value == "Confusion matrix")
+    cell = next(i for i, n in enumerate(nodes) if getattr(n, "type", "") == "caption"
+                and "image(s) of class 'cats' predicted as 'dogs'" in n.value)
+    retrain_button = next(i for i, n in enumerate(nodes) if getattr(n, "key", None) == "review_retrain")
+    changed = next(i for i, n in enumerate(nodes) if getattr(n, "type", "") == "expander")
+    assert matrix < cell < retrain_button < changed

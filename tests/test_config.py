@@ -172,11 +172,20 @@ def test_the_form_uses_the_config_bounds(tmp_path, monkeypatch):
     at.query_params["project"] = project.slug
     at.run()
     at.switch_page("ui/pages/train.py").run()
+    at.checkbox(key="cfg_do_fine_tuning").check().run()  # the fine-tuning options show when it is on
     assert not at.exception, [e.value for e in at.exception]
     shown = {n.key.removeprefix("cfg_"): n for n in at.number_input if n.key and n.key.startswith("cfg_")}
     assert {"validation_split", "cv_folds", "target_precision", "fine_tune_epochs"} <= set(shown)
     for name, widget in shown.items():
         assert (widget.min, widget.max) == option_bounds(name), name
+
+
+def test_help_texts_are_for_a_person():
+    """The form shows these texts: no other option's command-line flag in them (the form adds the option's own
+    at the end), and every option has one."""
+    for f in dataclasses.fields(TrainConfig):
+        text = f.metadata.get("help", "")
+        assert text and "--" not in text, (f.name, text)
 
 
 # ----------------------------------------------------------------------------------------------------------------

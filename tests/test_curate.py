@@ -359,3 +359,203 @@ def test_curate_page_without_labelled_images(tmp_path, monkeypatch):
     assert any("needs at least two classes" in str(i.value) for i in at.info)
 
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# issue 20: the Curate page and the bulk accept for someone who is not an ML engineer
+# ----------------------------------------------------------------------------------------------------------------
+def test_class_colours_are_distinct_and_kept(tmp_path):
+    from engine.curate.map import CLASS_PALETTE, class_colours, project_class_colours
+
+    names = ["daisy", "dandelion", "roses", "sunflowers", "tulips", "red", "blue", "green"]
+    colours = class_colours(names)
+    assert len(set(colours.values())) == len(names) and set(colours.values()) <= set(CLASS_PALETTE)
+    assert class_colours(list(reversed(names))) == colours  # the order names come in does not matter
+    assert len(set(class_colours([f"class {i}" for i in range(20)]).values())) == 20
+    # a project keeps each class's colour when classes come and go (the map reads them from <project>/curate/)
+    first = project_class_colours(tmp_path, ["roses", "tulips"])
+    more = project_class_colours(tmp_path, ["daisy", "dandelion", "roses", "sunflowers", "tulips"])
+    assert {k: more[k] for k in first} == first and len(set(more.values())) == 5
+    assert project_class_colours(tmp_path, ["tulips"]) == {"tulips": first["tulips"]}
+
+
+def test_findings_are_kept_and_what_was_handled_is_not_shown_again(tmp_path):
+    from engine.curate.decisions import group_key
+    from engine.curate.findings import load_findings, save_findings, still_open
+
+    assert load_findings(tmp_path) is None
+    found = {"shas": ["a", "b", "c", "d", "e"], "classes": ["x", "x", "y", "y", "y"], "timings": {},
+             "label_issues": [{"sha256": "a", "given": "x", "suggested": "y", "score": 0.9},
+                              {"sha256": "b", "given": "x", "suggested": "y", "score": 0.8},
+                              {"sha256": "e", "given": "y", "suggested": "x", "score": 0.7}],
+             "duplicates": [{"key": group_key("cde"), "shas": ["c", "d", "e"], "classes": ["y", "y", "y"],
+                             "cross_class": False}],
+             "outliers": [{"sha256": "d", "class": "y", "reason": "blurry", "score": 3.0}], "checked_at": 5.0}
+    save_findings(tmp_path, found)
+    assert load_findings(tmp_path) == found
+    where = {"a": "y", "b": "x", "d": "y", "e": "y"}  # a moved to y, c trashed
+    kept = {"correct:b:x", "outlier:d"}  # b's label confirmed on Review
+    left = still_open(load_findings(tmp_path), where, kept)
+    assert [r["sha256"] for r in left["label_issues"]] == ["e"] and left["outliers"] == []
+    assert left["duplicates"] == [{"key": group_key("de"), "shas": ["d", "e"], "classes": ["y", "y"],
+                                   "cross_class": False}]
+    assert still_open(found, where, {f"duplicates:{group_key('de')}"})["duplicates"] == []
+
+
+def test_threshold_check_counts_what_a_threshold_accepted(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from engine.curate import suggestions
+
+    run = fake_run(SimpleNamespace(runs_dir=tmp_path), ["a", "b", "c"], np.zeros((4, 3)), np.zeros(3))
+    assert suggestions.threshold_check(run, 0.9) is None  # no out-of-fold predictions kept
+    rows = [([0.95, 0.03, 0.02], "a"), ([0.92, 0.05, 0.03], "b"), ([0.6, 0.3, 0.1], "a"),
+            ([0.1, 0.85, 0.05], "b"), ([0.2, 0.2, 0.6], "c")]
+    (run / "metrics.json").write_text(json.dumps({"labels": ["a", "b", "c"], "predictions": [
+        {"true": t, "probs": p} for p, t in rows]}))
+    monkeypatch.setattr(suggestions, "run_suggestion_temperature", lambda run_dir, head: 1.0)  # as the head's
+    check = suggestions.threshold_check(run, 0.9)
+    assert (check.total, check.accepted, check.right, check.per_class) == (5, 2, 1, {"a": (1, 2)})
+    assert check.precision == 0.5
+    check = suggestions.threshold_check(run, 0.8)
+    assert (check.accepted, check.right, check.per_class) == (3, 2, {"a": (1, 2), "b": (1, 1)})
+    check = suggestions.threshold_check(run, 0.5, classes=["b", "c"])  # class a was deleted: never suggested
+    assert (check.accepted, check.right, check.per_class) == (2, 2, {"b": (1, 1), "c": (1, 1)})
+
+
+def test_bulk_accept_says_what_the_threshold_meant_and_previews_every_image(project, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from engine.curate.suggestions import threshold_check
+    from engine.learn.crossval import fit_logreg, softmax
+
+    labelled = [r for r in project.images() if r.class_name]
+    feats, ok = embed_records(labelled, project_model(project))
+    y = np.array([KINDS.index(labelled[i].class_name) for i in ok])
+    kernel, bias, _ = fit_logreg(feats, y, 3, 1e-3)
+    run = fake_run(project, list(KINDS), kernel, bias)
+    truth = [KINDS[i] for i in y]
+    truth[0], truth[5] = KINDS[(y[0] + 1) % 3], KINDS[(y[5] + 1) % 3]  # two sure but wrong in cross-validation
+    (run / "metrics.json").write_text(json.dumps({"labels": list(KINDS), "predictions": [
+        {"sha256": labelled[i].sha256, "true": t, "probs": p.tolist()}
+        for i, t, p in zip(ok, truth, softmax(feats @ kernel + bias), strict=True)]}))
+    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(project.path.parent))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.query_params["project"] = project.slug
+    at.run()
+    at.switch_page("ui/pages/data.py").run()
+    at.segmented_control(key="data_section").set_value("Sort inbox").run()
+    at.session_state["bulk_open"] = True
+    at.slider(key="bulk_threshold").set_value(0.5).run()
+    assert not at.exception, [e.value for e in at.exception]
+    check = threshold_check(run, 0.5, project.classes())
+    assert check.right < check.accepted
+    captions = [c.value for c in at.caption]
+    assert any(f"right about {check.right} of them: **{check.precision:.1%}**" in c for c in captions), captions
+    sugg = {s.sha256: s for s in inbox_suggestions(project)}
+    chosen = [s for s in sugg.values() if s.confidence >= 0.5]
+    boxes = [c for c in at.checkbox if c.key.startswith("bulk_out_")]
+    assert {c.key for c in boxes} == {f"bulk_out_{s.sha256}" for s in chosen}  # every image that would move
+    surest = max(chosen, key=lambda s: s.confidence)
+    at.checkbox(key=f"bulk_out_{surest.sha256}").check().run()
+    accept = at.button(key="bulk_accept")
+    assert accept.label == f"Move {len(chosen) - 1} image(s)"
+    accept.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert project.get(surest.sha256).class_name is None  # left out: still unsorted
+    assert project.count(INBOX) == 9 - len(chosen) + 1
+
+
+def curate_project(tmp_path, image_dir, monkeypatch):
+    """The planted image_dir as a project, plus a smaller copy of blue1 in blue, and a way to open Curate as a new
+    browser session (nothing in it but the URL)."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("RETRAIN_STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    p = Workspace().create_project("Shapes")
+    p.import_image_dir(image_dir)
+    p.add_files([("blue1_small.jpg", altered(drawing("blue", 101)))], "blue")
+
+    def page() -> AppTest:
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+        at.query_params["project"] = p.slug
+        at.run()
+        at.switch_page("ui/pages/curate.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    return p, page
+
+
+def curate_section(at, name: str) -> None:
+    control = at.segmented_control(key="curate_section")
+    control.set_value(next(o for o in control.options if o.startswith(name))).run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def source(p, name: str):
+    return next(r for r in p.images() if r.source_name == name)
+
+
+def test_curate_page_keeps_the_copy_the_user_picks(tmp_path, image_dir, monkeypatch):
+    p, page = curate_project(tmp_path, image_dir, monkeypatch)
+    original, copy = source(p, "blue1.jpg").sha256, source(p, "blue1_small.jpg").sha256
+    at = page()
+    next(b for b in at.button if b.label == "Check the data").click().run()
+    curate_section(at, "Duplicates")
+    group = next(g for g in at.session_state[f"curate::{p.slug}"]["duplicates"] if set(g["shas"]) == {original, copy})
+    assert "**2 copies in blue**" in [m.value for m in at.markdown]
+    # each copy has its own "keep this one": the largest (likely the original) is the suggested one, but any can be
+    keep_original = at.button(key=f"dup_keep_one_{group['key']}_{original[:16]}")
+    keep_copy = at.button(key=f"dup_keep_one_{group['key']}_{copy[:16]}")
+    assert keep_original.label == keep_copy.label == "Keep this, trash 1"
+    assert keep_original.proto.type == "primary" and keep_copy.proto.type == "secondary"
+    keep_copy.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert p.get(original) is None and p.get(copy).class_name == "blue"
+    assert not any(b.key.startswith(f"dup_keep_one_{group['key']}") for b in at.button)
+
+
+def test_curate_page_remembers_the_check_and_says_what_it_means(tmp_path, image_dir, monkeypatch):
+    from engine.curate.findings import load_findings, save_findings
+    from engine.curate.map import UNSORTED_COLOUR, project_class_colours
+
+    p, page = curate_project(tmp_path, image_dir, monkeypatch)
+    at = page()
+    next(b for b in at.button if b.label == "Check the data").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    captions = " ".join(c.value for c in at.caption)
+    assert "Last checked just now" in captions
+    assert "A suspect is an image whose label may be wrong" in captions and "The score says" in captions
+    assert "cleanlab" not in captions
+    found = load_findings(p.path)
+    mis = next(r for r in found["label_issues"] if r["sha256"] == source(p, "mislabelled.jpg").sha256)
+    blank = source(p, "blank.jpg").sha256
+    assert any(o["sha256"] == blank for o in found["outliers"])
+    p.delete_images([blank])
+
+    # a reload shows the last check, how old it is, and not what was handled since
+    at = page()
+    assert any(b.label == "Check again" for b in at.button)
+    assert "Last checked just now" in " ".join(c.value for c in at.caption)
+    assert at.button(key=f"li_move_{mis['sha256']}")
+    curate_section(at, "Outliers")
+    assert not any(b.key.startswith(f"out_trash_{blank}") for b in at.button)
+
+    # the map: one distinct hue per class, the colours the project keeps for its classes; the inbox grey
+    p.add_files([("unsorted.jpg", jpeg(drawing("red", 4242)))])
+    curate_section(at, "Map")
+    scale = json.loads(at.get("vega_lite_chart")[0].proto.spec)["encoding"]["color"]["scale"]
+    colours = project_class_colours(p.path, p.classes())
+    assert scale["domain"] == [*sorted(KINDS), "Unsorted (inbox)"]
+    assert scale["range"] == [*(colours[c] for c in sorted(KINDS)), UNSORTED_COLOUR]
+    assert len(set(scale["range"])) == 4
+
+    # a check that found no label issue says so; "left" is for after some were handled
+    save_findings(p.path, {**found, "label_issues": [mis]})
+    at = page()
+    at.button(key=f"li_keep_{mis['sha256']}").click().run()
+    assert "No label issues left." in [s.value for s in at.success]
+    save_findings(p.path, {**found, "label_issues": []})
+    at = page()
+    assert "No label issues found." in [s.value for s in at.success]

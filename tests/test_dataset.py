@@ -148,7 +148,8 @@ def test_progress_reports_scan_events(tmp_path):
     scan_image_dir(root, check_images=False, progress=events.append)
     assert all(e["type"] == "scan" and e["total"] == 62 for e in events)
     done = [e["done"] for e in events]
-    assert done[0] == 0 and 50 in done and done[-1] == 62 and done == sorted(done)
+    assert done[0] == 0 and done[-1] == 62 and done == sorted(done)
+    assert len(events) <= 3  # a scan this quick reports its start and its end, not every 50 images
 
 
 def test_duplicates_across_classes_are_kept_and_listed(tmp_path, caplog):

@@ -143,3 +143,16 @@ def test_events_on_disk_keep_their_plain_strings(tmp_path):
     assert [type(e["type"]) for e in seen] == [str, str] and type(seen[0]["stage"]) is str
     back = read_events(tmp_path / "events.jsonl")
     assert back[0]["type"] == EventKind.STAGE and back[0]["stage"] == Stage.EXPORT  # readers compare either way
+
+
+def test_progress_events_are_by_time_not_by_count(monkeypatch):
+    from engine.core import events as events_module
+
+    now = [100.0]
+    monkeypatch.setattr(events_module.time, "monotonic", lambda: now[0])
+    every = events_module.Every(0.25)
+    due = []
+    for step in range(1000):  # 1,000 items, 1 ms apart: one second of work
+        now[0] += 0.001
+        due.append(every.due(last=step == 999))
+    assert due[0] and due[-1] and 4 <= sum(due) <= 6  # about one every quarter second, and the last one

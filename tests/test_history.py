@@ -146,3 +146,30 @@ def test_a_run_is_compared_with_the_run_it_was_retrained_from_else_the_last_succ
     row, why = history.baseline(project, retrain.name)
     assert (row.run_id, why) == (second.name, "the previous successful run")  # never the cancelled one
     assert history.baseline(project, first.name) is None and stopped.is_dir()
+
+
+def test_a_run_can_be_named_in_its_run_json(project):
+    import pytest
+
+    from engine.runs import jobs
+    from engine.store.errors import WorkspaceError
+
+    run_dir = _run(project, "20200101-000001-000-aaaa", RunState.SUCCEEDED, pid=_dead_pid())
+    assert history.summarize(run_dir).name is None
+    assert jobs.name_run(project, run_dir.name, "  Before fixing the roses ") == "Before fixing the roses"
+    meta = json.loads((run_dir / runfiles.RUN).read_text())
+    assert meta["name"] == "Before fixing the roses" and meta["backbone"] == "efficientnet-lite0"  # the rest stays
+    assert history.list_runs(project)[0].name == "Before fixing the roses"
+    with pytest.raises(WorkspaceError, match="cannot be seen"):
+        jobs.name_run(project, run_dir.name, "a\u200bb")
+    with pytest.raises(jobs.JobError, match="too long"):
+        jobs.name_run(project, run_dir.name, "x" * 200)
+    jobs.name_run(project, run_dir.name, "")  # an empty name removes it
+    assert history.summarize(run_dir).name is None and "name" not in json.loads((run_dir / runfiles.RUN).read_text())
+    cli_run = project.runs_dir / "20200101-000002-000-bbbb"  # a command-line run: no run.json yet
+    cli_run.mkdir()
+    run_status.write_status(cli_run, RunState.SUCCEEDED, "done", pid=_dead_pid())
+    jobs.name_run(project, cli_run.name, "from the command line")
+    assert history.summarize(cli_run).name == "from the command line"
+    with pytest.raises(jobs.JobError):
+        jobs.name_run(project, "20200101-000009-000-gone", "x")

@@ -11,11 +11,14 @@ from typing import Any
 
 import streamlit as st
 
-from engine.config.backbones import BACKBONES
+from engine.config.backbones import BACKBONES, DEFAULT_BACKBONE
+from engine.data.dataset import Snapshot
 from engine.data.images import SUPPORTED
+from engine.features.backbones import cache_root
 from engine.inference.predict import load_predictor
 from engine.runs.history import RunSummary, list_runs
-from engine.runs.jobs import JobError
+from engine.runs.jobs import JobError, run_path
+from engine.runs.prepare import prepare_in_background
 from engine.runs.status import RunState
 from engine.store.check import rebuild_index
 from engine.store.errors import DamagedIndexError, WorkspaceError
@@ -166,15 +169,18 @@ def user_errors(what: str) -> Iterator[None]:
                          "try again, or check the files on disk."))
 
 
-def guarded(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call fn from a callback; store a flash message (shown literally, like every flash) instead of raising."""
+def guarded(what: str, fn: Callable[..., Any], *args: Any, on_error: Callable[[str, str], None] | None = None,
+            **kwargs: Any) -> Any:
+    """Call fn from a callback; store a flash message (shown literally, like every flash) instead of raising.
+    `on_error(kind, message)` takes the message instead, for a page that shows it beside what was clicked."""
+    tell = on_error or flash
     try:
         return fn(*args, **kwargs)
     except (WorkspaceError, JobError, ValueError) as exc:
-        flash("error", str(exc))
+        tell("error", str(exc))
     except Exception as exc:  # noqa: BLE001
         log.exception("%s failed", what)
-        flash("error", f"{what} failed: {type(exc).__name__}: {exc}")
+        tell("error", f"{what} failed: {type(exc).__name__}: {exc}")
     return None
 
 
@@ -341,24 +347,40 @@ def show_run_diff(project: Project, diff: Any, before_id: str, after_id: str, ke
                     label = f"relabelled {before} → **{true}**" if f["true before"] != f["true"] else f"true **{true}**"
                     st.caption(f"{f['change']} · {label} · predicted {literal(f['predicted before'])} → "
                                f"{literal(f['predicted'])}")
+    changed = data_changes(project, before_id, after_id)
+    data = ("" if changed is None else " Both trained on the same images with the same labels." if not changed
+            else f" {changed} image(s) differ between what they trained on (added, removed or relabelled).")
     if diff.config:
         st.markdown("**Settings that differ**")
         st.dataframe(pd.DataFrame([{"setting": k, before_id: str(a), after_id: str(b)} for k, a, b in diff.config]),
                      hide_index=True, width="stretch", key=f"{key}_config")
+        if data:
+            st.caption(data.strip())
+    elif changed == 0:
+        st.caption("Nothing differs between the two runs: the same settings, and the same images with the same "
+                   "labels.")
     else:
-        st.caption("Both runs used the same settings; only the data changed.")
+        st.caption("Both runs used the same settings." + (data or " Which images each trained on is not recorded "
+                                                                  "for both."))
+
+
+def data_changes(project: Project, before_id: str, after_id: str) -> int | None:
+    """How many images were added, removed or relabelled between two runs' training data (their snapshot.json),
+    None when either run has no snapshot."""
+    before, after = (Snapshot.load(run_path(project, r)) for r in (before_id, after_id))
+    return None if before is None or after is None else before.changed(after.labels())
 
 
 # Charts are Altair specs with their data inline: st.line_chart/st.bar_chart draw an empty named dataset first and
 # then insert the rows, and Vega logs an "Infinite extent" warning for every axis of that empty first draw.
-def line_chart(frame: Any, height: int = 260, y_title: str = "value") -> None:
-    """A line per column of `frame` (index: x axis)."""
+def line_chart(frame: Any, height: int = 260, y_title: str = "value", x_title: str | None = None) -> None:
+    """A line per column of `frame` (index: x axis, titled `x_title`, else by the index's name)."""
     import altair as alt
 
     x = frame.index.name or "x"
     long = frame.reset_index(names=x).melt(x, var_name="series", value_name="_value").dropna()
     chart = alt.Chart(long).mark_line(point=len(frame) < 30).encode(
-        x=alt.X(f"{x}:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("_value:Q", title=y_title),
+        x=alt.X(f"{x}:Q", title=x_title or x, axis=alt.Axis(tickMinStep=1)), y=alt.Y("_value:Q", title=y_title),
         color=alt.Color("series:N", legend=alt.Legend(orient="bottom", title=None)),
         tooltip=[f"{x}:Q", "series:N", alt.Tooltip("_value:Q", title=y_title, format=".4f")])
     st.altair_chart(chart, height=height, width="stretch")
@@ -370,8 +392,11 @@ def bar_chart(counts: dict[str, int], height: int | None = None, title: str = "i
     import pandas as pd
 
     frame = pd.DataFrame({"name": list(counts), title: list(counts.values())})
-    chart = alt.Chart(frame).mark_bar().encode(x=alt.X(f"{title}:Q"), y=alt.Y("name:N", sort=None, title=None),
-                                               tooltip=["name:N", f"{title}:Q"])
+    # Streamlit's theme drops axis labels that might touch (labelOverlap): it hid every other class. Every bar keeps
+    # its name (a long one cut at 160 px, whole in the tooltip), and its count is written at its end
+    y = alt.Y("name:N", sort=None, title=None, axis=alt.Axis(labelOverlap=False, labelLimit=160))
+    bars = alt.Chart(frame).mark_bar().encode(x=alt.X(f"{title}:Q"), y=y, tooltip=["name:N", f"{title}:Q"])
+    chart = bars + bars.mark_text(align="left", dx=3).encode(text=f"{title}:Q")
     st.altair_chart(chart, height=height or max(120, 32 * len(counts)), width="stretch")
 
 
@@ -402,7 +427,7 @@ def pick_run(project: Project, label: str = "Trained model", while_exporting: bo
     ids = list(runs)
     current = st.session_state.get("run_id")
     current = current if current in ids else ids[0]
-    names = {r.run_id: f"{r.run_id} · val accuracy {fmt_pct(r.val_accuracy)} · {r.backbone}"
+    names = {r.run_id: f"{r.label} · val accuracy {fmt_pct(r.val_accuracy)} · {r.backbone}"
              + (" · exporting…" if r.state is RunState.RUNNING else "") for r in runs.values()}
     key = f"pick_run_{current}"
 
@@ -423,3 +448,28 @@ def import_progress(name: str):
         bar.progress(done / max(total, 1), text=f"Importing {shown}: {done:,} of {total:,} files")
 
     return update
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# one-time preparation, started before anyone clicks Train
+# ------------------------------------------------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _prepare_once(cache: str, handle: str, n_classes: int | None) -> int | None:  # noqa: ARG001 - cache: the key
+    """Once per server process, machine cache, backbone and class count."""
+    try:
+        return prepare_in_background(handle, n_classes)
+    except OSError as exc:  # a full or read-only disk: the first run will say so, in its own words
+        log.warning("could not start preparing %s: %s", handle, exc)
+        return None
+
+
+def warm_up(slug: str | None) -> None:
+    """Prepare the default backbone (and the open project's SavedModel template) in the background, so the first
+    training run is as fast as the tenth. Never raises: a page must not fail over a head start."""
+    n_classes = None
+    if slug:
+        try:
+            n_classes = len(workspace().open_project(slug).classes())
+        except (WorkspaceError, OSError):
+            n_classes = None
+    _prepare_once(str(cache_root()), DEFAULT_BACKBONE, n_classes if n_classes and n_classes >= 2 else None)

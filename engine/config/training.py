@@ -59,91 +59,111 @@ def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - "help" as i
 
 @dataclass
 class TrainConfig:
+    # Help texts are written for a person using the app (its form shows them as tooltips and adds the option's own
+    # flag at the end); the CLI prints them after the flag. Another option is named in words, never by its flag.
+
     # --- data ---------------------------------------------------------------------------------------------------
     image_dir: str = _opt("", "Folder with one subfolder of images per class (labels = sorted folder names).")
     # 0 (the default) means k-fold cross-validation: every labelled image is judged by a head that did not see it,
     # and the shipped head is trained on all of them (holding out a fifth cost ~3 points on small projects).
-    validation_split: float = _opt(0.0, "How the model is judged. 0 (default): k-fold cross-validation (see "
-                                        "--cv_folds): every image is predicted by a model that never saw it, the "
-                                        "reported metrics are cross-validated, and the shipped model is trained on "
-                                        "all of the images. > 0: make_image_classifier's behaviour: hold out this "
-                                        "fraction of each class (stratified, seeded), train on the rest and report "
-                                        "on the held-out part.", min=0.0, max=0.9)
-    cv_folds: int = _opt(5, "Folds for cross-validation (stratified, seeded; identical and near-identical images "
-                            "always share a fold). Fewer are used when there are fewer distinct images. With "
-                            "--do_fine_tuning, one fold is held out for validation.", min=2, max=20)
-    seed: int = _opt(42, "Random seed for the split, shuffling and initialisation (same seed, same result).", min=0)
+    validation_split: float = _opt(0.0, "How the model is judged. 0 (the default): by cross-validation: every image "
+                                        "is predicted by a model that never saw it, and the model you download is "
+                                        "trained on all of the images. Above 0: this share of each class is set "
+                                        "aside (the same images for the same seed), the model trains on the rest "
+                                        "and is judged on the images set aside (TF Hub make_image_classifier's "
+                                        "way).", min=0.0, max=0.9)
+    cv_folds: int = _opt(5, "Into how many groups cross-validation splits the images: each group is predicted by a "
+                            "model trained on the others. Copies and near-copies of an image always share a group; "
+                            "fewer groups are used when there are fewer distinct images. When fine-tuning, one "
+                            "group is set aside to judge the model.", min=2, max=20)
+    seed: int = _opt(42, "Random seed for the split, shuffling and initialisation: the same seed gives the same "
+                         "result.", min=0)
     center_crop: bool = _opt(False, f"Crop images longer than {CENTER_CROP_ASPECT:g}:1 to a centred square before "
-                                    "resizing (as label_image does); applied identically in training, export and "
-                                    "predict.")
+                                    "resizing (as TensorFlow's label_image does); applied the same way in training, "
+                                    "export and prediction.")
 
     # --- backbone -------------------------------------------------------------------------------------------------
-    tfhub_module: str = _opt(DEFAULT_BACKBONE, "Backbone: a built-in offline name (efficientnet-lite0/1/2), a local "
-                                               "TF Hub SavedModel folder, or a TF Hub URL when online.")
-    image_size: int | None = _opt(None, "Input size in pixels (default: the backbone's own size).", min=32, max=1024)
-    preset: str = _opt("fast", "fast: EfficientNet-Lite0 (the default). accuracy: EfficientNet-Lite2, about 1 point "
-                               "more accurate on photos for 2.4x the feature time. Applies when "
-                               "--tfhub_module is left at its default.", choices=list(PRESETS))
+    tfhub_module: str = _opt(DEFAULT_BACKBONE, "The network that turns each image into features (the backbone): a "
+                                               "built-in name (efficientnet-lite0/1/2), a local TF Hub SavedModel "
+                                               "folder, or a TF Hub URL when online.")
+    image_size: int | None = _opt(None, "Input size in pixels (empty: the backbone's own size).", min=32, max=1024)
+    preset: str = _opt("fast", "A shortcut for the backbone. fast: EfficientNet-Lite0 (the default). accuracy: "
+                               "EfficientNet-Lite2, about 1 point more accurate on photos for 2.4x the time spent "
+                               "computing features. Used when the backbone is left at its default "
+                               f"({DEFAULT_BACKBONE}).", choices=list(PRESETS))
 
     # --- head training ----------------------------------------------------------------------------------------------
     # The head is a multinomial logistic regression fitted to convergence by full-batch L-BFGS on cached features
     # (engine/learn/crossval.py): milliseconds per fit, so the L2 strength is chosen by cross-validated log-loss. The
     # make_image_classifier flags below keep their names so its command lines work; the optimiser ones only
     # matter for fine-tuning.
-    l2_regularizer: float | None = _opt(None, "L2 penalty on the classification layer's weights (loss = mean "
-                                              "cross-entropy + l2 * sum(w^2)). Default: chosen from 1e-4..0.1 by "
-                                              "cross-validated log-loss (reported in metrics).", min=0.0)
-    train_epochs: int = _opt(500, "Maximum optimiser iterations of the head (full-batch L-BFGS; it stops "
-                                  "earlier once converged).", min=1, max=10000)
-    target_precision: float = _opt(0.95, "The \"unknown\" threshold: the lowest confidence at which cross-validated "
-                                         "predictions reach this precision; predict and the server mark answers "
-                                         "below it as unknown.", min=0.5, max=1.0)
-    calibrate: bool = _opt(True, "Fit a temperature on cross-validated predictions so probabilities match how "
-                                 "often the model is right; baked into every exported model.")
-    class_weights: str = _opt("none", "'balanced' weighs classes inversely to their size; 'none' does not.",
+    l2_regularizer: float | None = _opt(None, "How strongly the classifier is kept simple (an L2 penalty on its "
+                                              "weights): stronger is less likely to learn the noise of a few "
+                                              "images. Empty (the default): the strength that predicts unseen "
+                                              "images best is chosen from 0.0001 to 0.1 by cross-validation.",
+                                        min=0.0)
+    train_epochs: int = _opt(500, "The most optimiser steps the classifier takes; it stops earlier once it has "
+                                  "converged (full-batch L-BFGS), so this rarely needs changing.", min=1, max=10000)
+    target_precision: float = _opt(0.95, "When the model says \"unknown\": an answer less confident than the level "
+                                         "at which this share of its answers were right (precision, measured on "
+                                         "images it did not train on) is marked unknown by predict and the server.",
+                                   min=0.5, max=1.0)
+    calibrate: bool = _opt(True, "Adjust the confidences so that they match how often the model is right (a "
+                                 "temperature fitted on cross-validated predictions, built into every exported "
+                                 "model).")
+    class_weights: str = _opt("none", "'balanced': images of small classes count more, so every class weighs the "
+                                      "same in training. 'none': every image counts once.",
                               choices=["none", "balanced"])
-    batch_size: int = _opt(32, "Batch size (fine-tuning; the head trains on all features at once).", min=1, max=4096)
-    learning_rate: float = _opt(0.005, "Learning rate (kept for make_image_classifier command lines; the head's "
-                                       "L-BFGS needs none, fine-tuning uses --fine_tune_learning_rate).", min=0.0)
-    momentum: float = _opt(0.9, "Momentum (fine-tuning with --optimizer sgd).", min=0.0, max=1.0)
-    optimizer: str = _opt("adam", "Fine-tuning optimizer: adam (default) or sgd (make_image_classifier's).",
-                          choices=["adam", "sgd"])
-    dropout_rate: float = _opt(0.2, "Dropout before the classification layer while fine-tuning (the head's L2 "
-                                    "plays that role on cached features).", min=0.0, max=0.95)
-    label_smoothing: float = _opt(0.0, "Label smoothing of the cross-entropy loss while fine-tuning.",
-                                  min=0.0, max=0.5)
-    l1_regularizer: float = _opt(0.0, "L1 penalty on the classification layer's weights while fine-tuning.", min=0.0)
-    early_stopping_patience: int = _opt(10, "Kept for old command lines and configs; the head converges by "
-                                            "L-BFGS and fine-tuning keeps its best validation epoch.", min=1, max=1000)
-    early_stopping_monitor: str = _opt("loss", "Kept for old command lines and configs (no effect).",
+    batch_size: int = _opt(32, "Images per training step while fine-tuning (the classifier alone trains on all the "
+                               "images at once).", min=1, max=4096)
+    learning_rate: float = _opt(0.005, "No effect: kept so make_image_classifier command lines still work (the "
+                                       "classifier needs no learning rate, and fine-tuning has its own).", min=0.0)
+    momentum: float = _opt(0.9, "Momentum of the optimiser while fine-tuning with sgd.", min=0.0, max=1.0)
+    optimizer: str = _opt("adam", "The optimiser while fine-tuning: adam (the default) or sgd (make_image_"
+                                  "classifier's).", choices=["adam", "sgd"])
+    dropout_rate: float = _opt(0.2, "While fine-tuning: the share of features left out at random before the "
+                                    "classifier, so that it does not lean on a few of them (the classifier alone "
+                                    "has its L2 penalty for that).", min=0.0, max=0.95)
+    label_smoothing: float = _opt(0.0, "While fine-tuning: how much the targets are softened (0: not at all); can "
+                                       "help when some labels are wrong.", min=0.0, max=0.5)
+    l1_regularizer: float = _opt(0.0, "While fine-tuning: an L1 penalty on the classifier's weights (0: none).",
+                                 min=0.0)
+    early_stopping_patience: int = _opt(10, "No effect: kept so old command lines and configs still work (the "
+                                            "classifier converges on its own, and fine-tuning keeps its best "
+                                            "epoch).", min=1, max=1000)
+    early_stopping_monitor: str = _opt("loss", "No effect: kept so old command lines and configs still work.",
                                        choices=["loss", "val_loss"])
 
     # --- fine-tuning (opt-in) ---------------------------------------------------------------------------------------
-    do_fine_tuning: bool = _opt(False, "After the head, also train the backbone on images with augmentation "
-                                       "(slower; often a little more accurate).")
+    do_fine_tuning: bool = _opt(False, "After the classifier, also train the backbone itself on the images, with "
+                                       "random flips, rotations and zooms: minutes instead of seconds, often a "
+                                       "little more accurate. The model is then judged on one group of images set "
+                                       "aside instead of by cross-validation.")
     # No upper bound: a practically endless run stopped by Cancel (or SIGTERM) is a use, and the tests' way to
     # catch a job mid-training.
-    fine_tune_epochs: int = _opt(5, "Epochs of fine-tuning.", min=1)
-    fine_tune_learning_rate: float = _opt(0.00001, "Learning rate while fine-tuning (small: the backbone is "
-                                                   "already good; the epoch with the best validation loss is kept, "
-                                                   "the head-only model counting as epoch 0).", min=0.0)
-    do_data_augmentation: bool = _opt(True, "Random flips, rotations and zooms while fine-tuning (head-only "
-                                            "training runs on cached features and has none).")
-    rotation_range: float = _opt(10.0, "Augmentation: maximum rotation in degrees.", min=0.0, max=180.0)
-    horizontal_flip: bool = _opt(True, "Augmentation: random horizontal flips.")
-    zoom_range: float = _opt(0.1, "Augmentation: maximum zoom fraction.", min=0.0, max=0.9)
+    fine_tune_epochs: int = _opt(5, "How many times fine-tuning goes through all the images (epochs).", min=1)
+    fine_tune_learning_rate: float = _opt(0.00001, "How big a step fine-tuning takes: small, as the backbone is "
+                                                   "already good. The epoch that does best on the images set aside "
+                                                   "is kept, the model before fine-tuning counting as epoch 0.",
+                                          min=0.0)
+    do_data_augmentation: bool = _opt(True, "While fine-tuning: show the images with random flips, rotations and "
+                                            "zooms, so that the model learns what stays the same (the classifier "
+                                            "alone trains on fixed features and has none).")
+    rotation_range: float = _opt(10.0, "Augmentation: the largest rotation, in degrees.", min=0.0, max=180.0)
+    horizontal_flip: bool = _opt(True, "Augmentation: mirror images left to right at random.")
+    zoom_range: float = _opt(0.1, "Augmentation: the largest zoom, as a fraction.", min=0.0, max=0.9)
     # make_image_classifier's ImageDataGenerator meanings; 0 (off) by default here, as fine-tuning on a few hundred
     # photos was not measured to gain from them (make_image_classifier used 0.2 for all three).
-    width_shift_range: float = _opt(0.0, "Augmentation: maximum horizontal shift as a fraction of the width.",
+    width_shift_range: float = _opt(0.0, "Augmentation: the largest shift sideways, as a fraction of the width.",
                                     min=0.0, max=0.5)
-    height_shift_range: float = _opt(0.0, "Augmentation: maximum vertical shift as a fraction of the height.",
-                                     min=0.0, max=0.5)
-    shear_range: float = _opt(0.0, "Augmentation: maximum shear angle in degrees (counter-clockwise, as Keras' "
+    height_shift_range: float = _opt(0.0, "Augmentation: the largest shift up or down, as a fraction of the "
+                                          "height.", min=0.0, max=0.5)
+    shear_range: float = _opt(0.0, "Augmentation: the largest shear angle in degrees (counter-clockwise, as Keras' "
                                    "ImageDataGenerator).", min=0.0, max=45.0)
-    distribution_strategy: str = _opt("none", "Fine-tuning across devices (make_image_classifier's flag): 'mirrored' "
-                                              "(all local GPUs, else the CPU) or 'multi_worker' (one process per "
-                                              "machine, from TF_CONFIG); --batch_size stays global, split over the "
-                                              "replicas; see docs/scaling.md.",
+    distribution_strategy: str = _opt("none", "Fine-tuning across devices (make_image_classifier's option): "
+                                              "'mirrored' uses all local GPUs, else the CPU; 'multi_worker' one "
+                                              "process per machine, set up by TF_CONFIG. The batch size stays the "
+                                              "total, split over the devices; see docs/scaling.md.",
                                       choices=["none", "mirrored", "multi_worker"])
 
     set_memory_growth: bool = _opt(False, "Let TensorFlow take GPU memory as it needs it instead of all at once "
@@ -160,7 +180,10 @@ class TrainConfig:
                                            "(loss and accuracy per L2 value) and the fine-tuning epochs.")
     assert_accuracy_at_least: float | None = _opt(None, "Fail (exit 1) when validation accuracy is below this.",
                                                   min=0.0, max=1.0)
-    quantize: list[str] = _opt(list(VARIANT_NAMES), "TFLite variants to export (comma separated).",
+    quantize: list[str] = _opt(list(VARIANT_NAMES), "Which TensorFlow Lite models to export: float32 (exact), "
+                                                    "dynamic (about 4x smaller, nearly as exact), int8 (whole "
+                                                    "numbers only: for microcontrollers and the Edge TPU). On the "
+                                                    "command line: comma separated.",
                                each_of=list(VARIANT_NAMES), item="variant")
 
     # --- caching ------------------------------------------------------------------------------------------------------

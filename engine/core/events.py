@@ -75,6 +75,21 @@ FIELDS: dict[EventKind, tuple[str, ...]] = {
 }
 
 
+class Every:
+    """Progress by time, not by count: due() says whether another progress event is worth writing now (a bar moves
+    smoothly, and a 100,000-image scan writes a few hundred events, not thousands)."""
+
+    def __init__(self, seconds: float = 0.25):
+        self.seconds, self._last = seconds, float("-inf")
+
+    def due(self, last: bool = False) -> bool:
+        now = time.monotonic()
+        if last or now - self._last >= self.seconds:
+            self._last = now
+            return True
+        return False
+
+
 def emit(callback: ProgressCallback | None, kind: EventKind | str, **fields: Any) -> None:
     """Send one event. An unknown kind is a ValueError even with no callback: a typo fails in every test run, not
     only in the one that listens. Kinds and stages are sent as plain strings, as events.jsonl holds them."""

@@ -16,7 +16,7 @@ here moves or deletes a file: the app and the CLI show findings, a person clicks
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from engine.config.backbones import DEFAULT_BACKBONE
-from engine.curate.decisions import Decisions, group_key
+from engine.core.fileio import atomic_write_json, read_json
+from engine.curate.decisions import Decisions, group_key, label_confirmed
 from engine.curate.label_issues import LabelIssue, label_issues, suspect_probabilities
 from engine.curate.model import embed_records, project_model
 from engine.curate.outliers import Outlier, find_outliers
@@ -33,7 +34,7 @@ from engine.data.images import file_sha256
 from engine.features import backbones
 from engine.features.embeddings import embed_files
 from engine.features.image_stats import ImageStats, image_stats
-from engine.learn.groups import groups_to_lists, near_duplicate_groups
+from engine.learn.groups import copy_groups, groups_to_lists, near_duplicate_groups
 
 
 @dataclass
@@ -55,10 +56,11 @@ def find_issues(features: np.ndarray, labels: np.ndarray, n_classes: int, shas: 
     t = {}
     t0 = time.perf_counter()
     labels = np.asarray(labels, np.int64)
-    groups = near_duplicate_groups(features, shas, hashes=None if stats is None else stats.hashes)
-    t["duplicates_s"] = time.perf_counter() - t0
+    hashes = None if stats is None else stats.hashes
+    groups = near_duplicate_groups(features, shas, hashes=hashes)  # folds for the suspects below: loose on purpose
     found = Findings(group_ids=groups)
-    found.duplicate_groups = groups_to_lists(groups)
+    found.duplicate_groups = groups_to_lists(copy_groups(features, shas, hashes=hashes))  # offered to thin out
+    t["duplicates_s"] = time.perf_counter() - t0
     found.cross_class = [len(set(labels[m].tolist())) > 1 for m in found.duplicate_groups]
     # conflicts (one photo, two labels) first: they are certain mistakes
     order = sorted(range(len(found.duplicate_groups)), key=lambda g: (not found.cross_class[g], g))
@@ -130,6 +132,7 @@ class ProjectFindings:
     outliers: list[dict]  # {"sha256", "class", "reason", "score"}
     timings: dict[str, float]
     n_failed: int = 0
+    checked_at: float = 0.0  # time.time() of the check: a reload shows how old the findings are
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,7 +145,7 @@ def project_findings(project, progress: Callable[[dict], None] | None = None,
     records = [r for r in project.images() if r.class_name is not None]
     class_names = sorted({r.class_name for r in records})
     if len(records) < 2:
-        return ProjectFindings([], [], [], [], [], {})
+        return ProjectFindings([], [], [], [], [], {}, checked_at=time.time())
     model = project_model(project)
     feats, ok = embed_records(records, model, progress)
     recs = [records[i] for i in ok]
@@ -154,7 +157,9 @@ def project_findings(project, progress: Callable[[dict], None] | None = None,
     found = find_issues(feats, y, len(class_names), shas, stats)
     kept = Decisions(project.path).kept() if hide_kept else set()
     issues = [{"sha256": shas[li.index], "given": class_names[li.given], "suggested": class_names[li.suggested],
-               "score": li.score} for li in found.label_issues if f"label:{shas[li.index]}" not in kept]
+               "score": li.score} for li in found.label_issues
+              if f"label:{shas[li.index]}" not in kept
+              and not label_confirmed(kept, shas[li.index], class_names[li.given])]
     dups = []
     for members, cross in zip(found.duplicate_groups, found.cross_class, strict=True):
         g_shas = [shas[i] for i in members]
@@ -167,4 +172,47 @@ def project_findings(project, progress: Callable[[dict], None] | None = None,
     timings = {"embed_s": round(t1 - t0, 3), "stats_s": round(t2 - t1, 3), **found.timings,
                "total_s": round(time.perf_counter() - t0, 3)}
     return ProjectFindings(shas, [r.class_name for r in recs], issues, dups, outliers, timings,
-                           len(records) - len(recs))
+                           len(records) - len(recs), time.time())
+
+
+# The last check of a project, so a reload (or another person) sees it without checking again.
+FINDINGS_FILE = "findings.json"  # in <project>/curate/, beside the map
+
+
+def save_findings(project_path: str | Path, found: Mapping[str, Any]) -> None:
+    """Keep a check's findings (ProjectFindings.as_dict()) as the project's last check."""
+    atomic_write_json(Path(project_path) / "curate" / FINDINGS_FILE, dict(found))
+
+
+def load_findings(project_path: str | Path) -> dict[str, Any] | None:
+    """The project's last check as save_findings kept it; None when there was none (or it cannot be read)."""
+    data = read_json(Path(project_path) / "curate" / FINDINGS_FILE)
+    needed = {f for f in ProjectFindings.__dataclass_fields__ if f not in ("n_failed", "checked_at")}
+    return data if needed <= set(data) else None
+
+
+def still_open(found: Mapping[str, Any], where: Mapping[str, str | None], kept: set[str]) -> dict[str, Any]:
+    """The findings of a check that still need a person: an image moved, trashed or kept since is left out.
+
+    `where`: every image now in the project, SHA-256 -> its class (None: the inbox; trashed images absent);
+    `kept`: Decisions.kept(). A duplicate group that lost members is shown with the rest, if two or more remain."""
+    def stays(sha: str, cls: str | None) -> bool:
+        return sha in where and where[sha] == cls
+
+    out = dict(found)
+    out["label_issues"] = [r for r in found["label_issues"]
+                           if stays(r["sha256"], r["given"]) and f"label:{r['sha256']}" not in kept
+                           and not label_confirmed(kept, r["sha256"], r["given"])]
+    out["outliers"] = [o for o in found["outliers"]
+                       if stays(o["sha256"], o["class"]) and f"outlier:{o['sha256']}" not in kept]
+    groups = []
+    for g in found["duplicates"]:
+        members = [(s, c) for s, c in zip(g["shas"], g["classes"], strict=True) if stays(s, c)]
+        if len(members) < 2:
+            continue
+        shas, classes = [s for s, _ in members], [c for _, c in members]
+        key = g["key"] if len(members) == len(g["shas"]) else group_key(shas)
+        if f"duplicates:{key}" not in kept:
+            groups.append({**g, "key": key, "shas": shas, "classes": classes, "cross_class": len(set(classes)) > 1})
+    out["duplicates"] = groups
+    return out

@@ -1,15 +1,17 @@
-"""The map: a project's images placed in 2-D by their embeddings (t-SNE or PCA), cached in <project>/curate/."""
+"""The map: a project's images placed in 2-D by their embeddings (t-SNE or PCA), cached in <project>/curate/, and
+the colour each class is drawn in."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from engine.core.fileio import atomic_path
+from engine.core.fileio import atomic_path, atomic_write_json, read_json
+from engine.store.names import name_key
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +65,57 @@ def cached_map(project_path: str | Path, shas: Sequence[str], features: np.ndarr
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, shas=np.array(list(shas)), xy=xy)
     return xy
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# class colours: one hue per class, the same wherever the class is drawn
+# ------------------------------------------------------------------------------------------------------------------
+# Eight hues no one confuses (blue, orange, green, red, purple, brown, pink, olive), dark enough for white and light
+# enough for a dark background; Vega's default scheme has blue beside cyan and teal, so two classes were both blue.
+# Only past eight classes do the lighter and darker variants come in, where some pairs cannot be told apart anyway.
+CLASS_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22")
+EXTRA_PALETTE = ("#17becf", "#393b79", "#e7ba52", "#843c39", "#7b4173", "#637939", "#6baed6", "#fd8d3c",
+                 "#74c476", "#9e9ac8", "#ad494a", "#000000")
+UNSORTED_COLOUR = "#a0a0a0"  # the inbox: grey, no class hue
+COLOURS_FILE = "colours.json"  # in <project>/curate/
+
+
+def _slot(name: str, n: int) -> int:
+    """A class name's own place in a palette of n: from the name alone, so the same name asks for the same colour
+    in every project (Python's hash() differs per process)."""
+    return int.from_bytes(hashlib.sha256(name_key(name).encode()).digest()[:4], "big") % n
+
+
+def class_colours(names: Sequence[str], taken: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A colour per class name, all different while the palette lasts (8 distinct hues, then 12 more).
+
+    A name in `taken` keeps its colour; a new one gets its own slot (the same in every project) unless another class
+    holds it, then the next free one."""
+    palette = (*CLASS_PALETTE, *EXTRA_PALETTE)
+    out = {n: c for n, c in (taken or {}).items() if n in set(names) and c in palette}
+    used = set(out.values())
+    for name in sorted((n for n in dict.fromkeys(names) if n not in out), key=lambda n: (name_key(n), n)):
+        for part in (CLASS_PALETTE, EXTRA_PALETTE):
+            start = _slot(name, len(part))
+            free = [c for c in part[start:] + part[:start] if c not in used]
+            if free:
+                out[name] = free[0]
+                break
+        else:  # more classes than colours: some share one
+            out[name] = palette[_slot(name, len(palette))]
+        used.add(out[name])
+    return {n: out[n] for n in names}
+
+
+def project_class_colours(project_path: str | Path, names: Sequence[str]) -> dict[str, str]:
+    """class_colours for a project's classes, kept in <project>/curate/ so a class keeps its colour when others are
+    added (a deleted class frees its colour)."""
+    path = Path(project_path) / "curate" / COLOURS_FILE
+    stored = read_json(path)
+    colours = class_colours(names, {k: v for k, v in stored.items() if isinstance(v, str)})
+    if colours != stored:
+        try:
+            atomic_write_json(path, colours)
+        except OSError as exc:  # a read-only project still gets its map, in these colours
+            log.info("class colours not kept in %s: %s", path, exc)
+    return colours

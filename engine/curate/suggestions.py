@@ -4,7 +4,7 @@ cautious while the run's out-of-fold sample is small; a person accepts one by on
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +55,20 @@ def suggestion_temperature(temperature: float, oof_probs: np.ndarray, y: np.ndar
     return float(max(temperature, np.quantile(temps, quantile)))
 
 
+def _out_of_fold(path: Path) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    """metrics.json's labels, out-of-fold probabilities and true classes; None when it holds none."""
+    try:
+        metrics = read_json(path)
+        labels = list(metrics.get("labels") or [])
+        rows = [r for r in metrics.get("predictions") or []
+                if r.get("true") in labels and len(r.get("probs") or []) == len(labels)]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    if not rows:
+        return None
+    return labels, np.array([r["probs"] for r in rows], np.float64), np.array([labels.index(r["true"]) for r in rows])
+
+
 def run_suggestion_temperature(run_dir: str | Path, head: Head) -> float:
     """suggestion_temperature from a run folder's metrics.json (its out-of-fold or validation predictions);
     the head's own temperature when the run stored none. Cached per metrics file."""
@@ -64,23 +78,81 @@ def run_suggestion_temperature(run_dir: str | Path, head: Head) -> float:
     except OSError:
         return float(head.temperature)
     if key not in _suggest_t_cache:
-        labels: list[str] = []
-        try:
-            metrics = read_json(path)
-            labels = list(metrics.get("labels") or [])
-            rows = [r for r in metrics.get("predictions") or []
-                    if r.get("true") in labels and len(r.get("probs") or []) == len(labels)]
-        except (OSError, ValueError, TypeError, AttributeError):
-            rows = []
-        if len(labels) != head.n_classes or not rows:
+        oof = _out_of_fold(path)
+        if oof is None or len(oof[0]) != head.n_classes:
             t = float(head.temperature)
         else:
-            t = suggestion_temperature(head.temperature, np.array([r["probs"] for r in rows]),
-                                       np.array([labels.index(r["true"]) for r in rows]))
+            t = suggestion_temperature(head.temperature, oof[1], oof[2])
             log.info("run %s: suggestions use temperature %.3f (head %.3f, %d out-of-fold rows)", run_dir, t,
-                     head.temperature, len(rows))
+                     head.temperature, len(oof[2]))
         _suggest_t_cache[key] = t
     return _suggest_t_cache[key]
+
+
+@dataclass
+class ThresholdCheck:
+    """What "accept every suggestion at least `threshold` sure" did on the run's own labelled images, each scored
+    as a suggestion by a model that had not seen it (the run's out-of-fold predictions): how many it would have
+    accepted, and how many of those were right, overall and per suggested class."""
+
+    threshold: float
+    total: int  # out-of-fold predictions in the run
+    accepted: int  # of them at least `threshold` sure
+    right: int
+    per_class: dict[str, tuple[int, int]]  # suggested class -> (right, accepted)
+
+    @property
+    def precision(self) -> float | None:
+        return self.right / self.accepted if self.accepted else None
+
+
+_oof_cache: dict[tuple[str, int], tuple[list[str], np.ndarray, np.ndarray] | None] = {}
+
+
+def _suggestion_scored(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    """The run's out-of-fold probabilities at the suggestions' temperature, and the true classes (cached per file:
+    a slider moves many times over one metrics.json)."""
+    path = run_dir / runfiles.METRICS
+    try:
+        key = (str(path), path.stat().st_mtime_ns)
+    except OSError:
+        return None
+    if key not in _oof_cache:
+        oof = _out_of_fold(path)
+        try:
+            head = load_head(run_dir) if oof is not None else None
+        except (OSError, ValueError, KeyError):  # a run without a usable head.npz suggests nothing either
+            head = None
+        if oof is None or head is None or len(oof[0]) != head.n_classes:
+            _oof_cache[key] = None
+        else:
+            labels, probs, y = oof
+            t = run_suggestion_temperature(run_dir, head)
+            # probabilities at temperature T are softmax(z / T): log p * T recovers z up to a per-row constant
+            z = np.log(np.clip(probs, 1e-12, 1.0)) * float(head.temperature) / t
+            z -= z.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            _oof_cache[key] = (labels, p / p.sum(axis=1, keepdims=True), y)
+    return _oof_cache[key]
+
+
+def threshold_check(run_dir: str | Path, threshold: float,
+                    classes: Collection[str] | None = None) -> ThresholdCheck | None:
+    """How right suggestions at least `threshold` sure were in the run's cross-validation; None when the run kept
+    no out-of-fold predictions. `classes`: the project's classes now (others are never suggested, as in
+    inbox_suggestions)."""
+    scored = _suggestion_scored(Path(run_dir))
+    if scored is None:
+        return None
+    labels, probs, y = scored
+    if classes is not None:
+        probs = np.where(np.array([lab in set(classes) for lab in labels]), probs, 0.0)
+    best = probs.argmax(axis=1)
+    sure = probs[np.arange(len(y)), best] >= threshold
+    right = best == y
+    per_class = {labels[k]: (int((right & sure & (best == k)).sum()), int((sure & (best == k)).sum()))
+                 for k in np.unique(best[sure]).tolist()}
+    return ThresholdCheck(float(threshold), len(y), int(sure.sum()), int((right & sure).sum()), per_class)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.config.runfiles import SNAPSHOT as SNAPSHOT_FILE
-from engine.core.events import EventKind, ProgressCallback, emit
+from engine.core.events import EventKind, Every, ProgressCallback, emit
 from engine.core.fileio import atomic_write_json
 from engine.core.files import is_hidden
 from engine.data import images
@@ -322,12 +322,13 @@ def scan_image_dir(image_dir: str | Path, check_images: bool = True, max_pixels:
     per_class = {d.name: _class_files(root, d, skipped) for d in class_dirs}
     items, labels, done, total = [], [], 0, sum(len(v) for v in per_class.values())
     emit(progress, EventKind.SCAN, done=0, total=total)
+    every = Every()
     for label, files in per_class.items():
         candidates = 0
         for path in files:
             done += 1
             candidates += _check_file(path, label, check_images, max_pixels, skipped, items, root)
-            if done % 50 == 0 or done == total:
+            if every.due(last=done == total):
                 emit(progress, EventKind.SCAN, done=done, total=total)
         if candidates:
             labels.append(label)

@@ -26,7 +26,7 @@ import numpy as np
 
 from engine.config.backbones import BACKBONES
 from engine.config.training import CENTER_CROP_ASPECT
-from engine.core.events import EventKind, ProgressCallback, emit
+from engine.core.events import EventKind, Every, ProgressCallback, emit
 from engine.core.fileio import atomic_write_bytes, made_once, thread_sqlite
 from engine.core.litert import tflite_interpreter
 from engine.data import images
@@ -214,7 +214,7 @@ def _embed_missing(paths, shas, todo, resolved, center_crop, embedder, store, pr
                    already, workers) -> dict[int, np.ndarray]:
     out: dict[int, np.ndarray] = {}
     pending: list[tuple[str, np.ndarray]] = []
-    t0, last_emit = time.perf_counter(), 0.0
+    t0, every = time.perf_counter(), Every()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         prepared = _bounded_map(pool, lambda i: _prepare(paths[i], resolved.image_size, center_crop), todo)
         for n, (i, img) in enumerate(zip(todo, prepared, strict=True), start=1):
@@ -227,9 +227,8 @@ def _embed_missing(paths, shas, todo, resolved, center_crop, embedder, store, pr
             if len(pending) >= 64:
                 store.put_many(pending, resolved.backbone_id, prep)
                 pending.clear()
-            now = time.perf_counter()
-            if now - last_emit > 0.25 or n == len(todo):
-                last_emit = now
+            if every.due(last=n == len(todo)):
+                now = time.perf_counter()
                 emit(progress, EventKind.EMBED, done=already + n, total=total, cached=already,
                      images_per_s=n / max(now - t0, 1e-9))
     if pending:

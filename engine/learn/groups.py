@@ -29,6 +29,13 @@ Result (bench/bench_curate.py, 30 copies with all four alterations at once, and 
 their original in flowers and in flowers_large (embedding-only rule: 0% for all four at once, 3% half size, 17-47%
 JPEG/crop, 97% brightness). Untouched flowers: 1 group, a real duplicate (a greyscale edit of the same photo), so
 0 false groups; untouched flowers_large: 28 groups, the ones inspected are edited copies or burst shots.
+
+That rule is for cross-validation, where a false pair costs nothing (two look-alikes share a fold). Curation offers
+to trash all but one of a group, so `copy_groups` asks more of a hash match and never links through a third image.
+Every pair the loose rule finds on flowers_large was judged by eye: the 4 that are different photos (dandelion
+clocks, round and centred, whose hashes agree) are hash matches at 6-8 bits with cosine .54-.69; the 15 hash
+matches that are edits of one photo (colour grading, greyscale, crops) are within 4 bits (cosine down to .57) or
+have cosine >= .83. Hence COPY_HASH_BITS (4) at the cosine floor, and COPY_MIN_COSINE (.8) from 5 to 8 bits.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ DUPLICATE_THRESHOLD = 0.95  # cosine alone: 0 false pairs on flowers, only same-
 HASH_BITS = 8  # perceptual-hash Hamming distance for a copy (98.5% of heavily altered copies are within it)
 HASH_MIN_COSINE = 0.5  # ... if the embeddings agree at least this much (all altered copies measured >= .52)
 MAX_HASH_GROUP = 8  # hash matches never make a group bigger than this (see near_duplicate_groups)
+COPY_HASH_BITS = 4  # copy_groups: a hash match this close is a copy at the cosine floor ...
+COPY_MIN_COSINE = 0.8  # ... one up to HASH_BITS apart needs this cosine too
 
 
 def unit_rows(features: np.ndarray) -> np.ndarray:
@@ -161,6 +170,43 @@ def near_duplicate_groups(features: np.ndarray, shas: Sequence[str], threshold: 
                 size[uf.find(ri)] = size[ri] + size[rj]
     ids: dict[int, int] = {}
     return np.array([ids.setdefault(uf.find(i), len(ids)) for i in range(n)], np.int64)
+
+
+def copy_groups(features: np.ndarray, shas: Sequence[str], threshold: float | None = None,
+                hashes: np.ndarray | None = None) -> np.ndarray:
+    """Group ids where every two members of a group are copies of each other by the rule above, not merely linked
+    through a third image: what curation offers to thin out ("keep one, trash the rest"), so a photo that only
+    resembles one copy of a pair is never trashed with it. Cross-validation keeps the looser near_duplicate_groups:
+    there a chain of look-alikes (burst shots) is better held out together.
+
+    A hash match counts only within COPY_HASH_BITS, or up to HASH_BITS at COPY_MIN_COSINE (see the module
+    docstring). Complete linkage, strongest evidence first: identical files, then near-identical embeddings
+    (highest cosine first), then hash matches (fewest differing bits first); two groups merge only when every pair
+    across them is a copy pair."""
+    n = len(shas)
+    if len(features) != n:
+        raise ValueError(f"{len(features)} feature rows but {n} file hashes")
+    pairs = [p for p in (duplicate_pairs(features, hashes, threshold) if n else [])
+             if p[3] < 0 or p[3] <= COPY_HASH_BITS or p[2] >= COPY_MIN_COSINE]
+    by_sha: dict[str, list[int]] = {}
+    for i, sha in enumerate(shas):
+        by_sha.setdefault(sha, []).append(i)
+    exact = [(a, b) for rows in by_sha.values() for k, a in enumerate(rows) for b in rows[k + 1:]]
+    linked = set(exact) | {(i, j) for i, j, _, _ in pairs}
+    order = exact + [(i, j) for i, j, _, _ in sorted(pairs, key=lambda p: (p[3] >= 0, p[3], -p[2]))]
+    group = list(range(n))
+    members: dict[int, list[int]] = {i: [i] for i in range(n)}
+    for i, j in order:
+        gi, gj = group[i], group[j]
+        if gi == gj or not all((min(a, b), max(a, b)) in linked for a in members[gi] for b in members[gj]):
+            continue
+        keep, gone = min(gi, gj), max(gi, gj)
+        moved = members.pop(gone)
+        for m in moved:
+            group[m] = keep
+        members[keep] += moved
+    ids: dict[int, int] = {}
+    return np.array([ids.setdefault(g, len(ids)) for g in group], np.int64)
 
 
 def groups_to_lists(group_ids: np.ndarray) -> list[list[int]]:

@@ -39,6 +39,12 @@ class RunSummary:
     duration: float | None  # seconds, so far when still running
     reviewable: bool  # metrics.json exists: Review can show the run (also while it still exports)
     retrained_from: str | None = None  # the run whose settings it repeated (Review's "Retrain now")
+    name: str | None = None  # the user's name for the run (engine.runs.jobs.name_run), None when it has none
+
+    @property
+    def label(self) -> str:
+        """How a person tells the run apart: its name and its id, or the id alone (plain text, not Markdown)."""
+        return f"{self.name} ({self.run_id})" if self.name else self.run_id
 
     @property
     def state(self) -> RunState:
@@ -81,6 +87,7 @@ def summarize(run_dir: str | Path) -> RunSummary:
         duration=round(end - started, 1) if started and end and end >= started else None,
         reviewable=(run_dir / runfiles.METRICS).exists(),
         retrained_from=meta["retrained_from"] if isinstance(meta.get("retrained_from"), str) else None,
+        name=meta["name"] if isinstance(meta.get("name"), str) and meta["name"] else None,
     )
 
 

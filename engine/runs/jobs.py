@@ -5,7 +5,8 @@ The app never holds a job in memory: everything a page needs (state, events, met
 started in its own session (process group) with its output in `log.txt`; cancelling sends SIGTERM to the group.
 
 Files we write around the engine's own (names and the status rule: engine.config.runfiles):
-    run.json        what was started: run_id, project, command, pid and its start time, class counts, backbone
+    run.json        what was started: run_id, project, command, pid and its start time, class counts, backbone;
+                    the name the user gave the run (name_run)
     status.json     "running" before the process starts (run_status.write_launch_status); the engine then keeps
                     it up to date; a cancel's final "cancelled" is run_status.record_cancelled's: engine.runs.status
                     is the only module that writes it
@@ -42,6 +43,7 @@ from engine.runs import status as run_status
 from engine.runs.status import RunState, RunStatus
 from engine.runs.worker import CLIENT, WorkerError
 from engine.store.errors import WorkspaceError, storage_error_message
+from engine.store.names import check_display_name
 from engine.store.workspace import Project, Workspace
 
 log = logging.getLogger(__name__)
@@ -141,7 +143,7 @@ def _launch(project: Project, cfg: TrainConfig, run_id: str, run_dir: Path, coun
             "n_images": sum(counts.values()), "backbone": cfg.tfhub_module,
             **({"retrained_from": retrained_from} if retrained_from else {})}
     atomic_write_json(run_dir / runfolder.RUN, meta)
-    env = _job_env()
+    env = job_env()
     try:
         pid, proc = _spawn(argv, run_dir / runfolder.LOG, env, use_worker=command is None)
     except OSError as exc:
@@ -190,14 +192,15 @@ def warm_worker() -> None:
     """Start the worker ahead of the first click (its imports take a couple of seconds); never raises."""
     if os.environ.get(WORKER_ENV, "1") == "0" or os.environ.get(COMMAND_ENV):
         return
-    env = _job_env()
+    env = job_env()
     try:
         CLIENT.ensure(env, str(REPO_ROOT))
     except (WorkerError, OSError) as exc:
         log.warning("could not start the training worker: %s", exc)
 
 
-def _job_env() -> dict[str, str]:
+def job_env() -> dict[str, str]:
+    """The environment of a process started from the app: it imports this repository's engine."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
@@ -287,6 +290,28 @@ def delete_run(project: Project, run_id: str) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
+RUN_NAME_MAX = 80  # characters: a name labels a row and a picker entry, it is not a note
+
+
+def name_run(project: Project, run_id: str, name: str) -> str:
+    """Give a run a name of the user's ("before fixing the roses"), kept in its run.json beside what the launcher
+    wrote there; "" removes it. Returns the name as kept. A run from the command line has no run.json yet: it
+    gets one holding only the name (history reads every other fact from status.json and config.json then)."""
+    run_dir = run_path(project, run_id)
+    if not run_dir.is_dir():
+        raise JobError(f"There is no run {run_id} any more.")
+    text = " ".join(check_display_name(name, "run").split())  # one line: it labels a table row
+    if len(text) > RUN_NAME_MAX:
+        raise JobError(f"A run name is too long ({len(text)} characters; {RUN_NAME_MAX} at most).")
+    meta = read_json(run_dir / runfolder.RUN)
+    if text:
+        meta["name"] = text
+    else:
+        meta.pop("name", None)
+    atomic_write_json(run_dir / runfolder.RUN, meta)
+    return text
+
+
 def delete_project(workspace: Workspace, slug: str) -> None:
     """Delete a project for good, unless one of its training jobs is running (the store cannot tell: the job
     state is this layer's)."""
@@ -296,4 +321,4 @@ def delete_project(workspace: Workspace, slug: str) -> None:
 
 
 __all__ = ["COMMAND_ENV", "JobError", "WorkspaceError", "active_run", "cancel", "delete_project", "delete_run",
-           "job_status", "new_run_id", "run_path", "start_training", "wait"]
+           "job_status", "name_run", "new_run_id", "run_path", "start_training", "wait"]

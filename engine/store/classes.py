@@ -11,7 +11,8 @@ from collections.abc import Iterable, Sequence
 
 from engine.store.errors import WorkspaceError, storage_errors
 from engine.store.moves import ImageMoves
-from engine.store.names import name_key, sanitize_class_name
+from engine.store.names import INBOX, name_key, sanitize_class_name
+from engine.store.records import ActionResult
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +99,20 @@ class ClassEdits(ImageMoves):
             self._drop_class(s)
         return moved
 
-    @storage_errors("Deleting the class")
     def delete_class(self, name: str) -> int:
         """Remove a class; its images go to the inbox (nothing is deleted). Returns how many were moved."""
+        return self.remove_class(name).done
+
+    @storage_errors("Deleting the class")
+    def remove_class(self, name: str, session: str | None = None) -> ActionResult:
+        """delete_class, returning the moves it made: undo() takes them (once the class exists again)."""
         with self.connect() as db:
             self.require_class(db, name)
-        moved = self.move(self._shas_of_class(name), None)
+        shas = self._shas_of_class(name)
+        # an image someone moved out of the class meanwhile stays where they put it
+        result = self.act(shas, INBOX, expected=dict.fromkeys(shas, name), session=session)
         self._drop_class(name)
-        return moved
+        return result
 
     def _shas_of_class(self, name: str) -> list[str]:
         with self.connect() as db:

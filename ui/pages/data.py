@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine.store.ingest import AddReport
+from engine.store.ingest import MAX_FILE_BYTES, MAX_ZIP_FILES, MAX_ZIP_TOTAL_BYTES, AddReport
 from engine.store.names import INBOX, TRASH
 from engine.store.records import ActionResult
 from ui import common, suggest
@@ -22,6 +22,10 @@ SORT_KEYS = [*"1234567890", *"ABDEFGHIJKLMNOPQTVWYZ"]
 PAGE_SIZES = [24, 48, 96]
 UNDO_DEPTH = 50
 UNDO_KEY = f"undo_stack_{project.slug}"  # one undo history per project: another project's steps are not yours here
+# the undo steps that deleted a class, by their first change: undoing one creates the class again first (a plain
+# undo sends images whose class is gone to the inbox, which is right when someone else deleted it)
+RECREATE_KEY = f"undo_recreate_{project.slug}"
+FOCUS_KEY = f"browse_only_{project.slug}"  # Browse shows only these inbox images (those of a deleted class)
 
 # One id per browser session: leases (which inbox image this sorter is looking at) and "by someone else" use it.
 session_id = st.session_state.setdefault("data_session_id", uuid.uuid4().hex[:16])
@@ -44,7 +48,11 @@ def _show_notes() -> None:
         (st.warning if kind == "warning" else st.success)(common.literal(message))
 
 
-def _record(result: ActionResult | None, done: str | None = None) -> None:
+def _step_id(step: list) -> tuple[str, int]:
+    return step[0].sha256, step[0].version
+
+
+def _record(result: ActionResult | None, done: str | None = None, deleted_class: str | None = None) -> None:
     """Push what was done on this session's undo stack; say what was refused because someone else was faster."""
     if result is None:
         return
@@ -52,6 +60,8 @@ def _record(result: ActionResult | None, done: str | None = None) -> None:
         stack = st.session_state.setdefault(UNDO_KEY, [])
         stack.append(result.changes)
         del stack[:-UNDO_DEPTH]
+        if deleted_class is not None:
+            st.session_state.setdefault(RECREATE_KEY, {})[_step_id(result.changes)] = deleted_class
         if done:
             _tell("success", done.replace("{n}", str(result.done)))
     if result.conflicts:
@@ -63,26 +73,42 @@ def _undo() -> None:
     if not stack:
         return
     step = stack.pop()
+    gone = st.session_state.get(RECREATE_KEY, {}).pop(_step_id(step), None)
+    if gone is not None and gone not in project.classes():
+        common.guarded("Undo", project.create_class, gone)
     result = common.guarded("Undo", project.undo, step, session_id)
     if result is not None and result.conflicts:
         _tell("warning", result.conflict_message())
+    elif result is not None and gone is not None:
+        _tell("success", f"Class '{gone}' is back, with {result.done} image(s).")
 
 
-def _undo_button(key: str, shortcut: str | None = None) -> None:
+def _undo_then_redraw() -> None:
+    _undo()
+    st.rerun(scope="app")  # from a fragment: the counts above it changed too
+
+
+def _undo_button(key: str, shortcut: str | None = None, in_fragment: bool = False) -> None:
     stack = st.session_state.get(UNDO_KEY, [])
     if stack:
         last = stack[-1]
+        gone = st.session_state.get(RECREATE_KEY, {}).get(_step_id(last))
         where = common.class_label(last[0].after) if last[0].after != TRASH else "trash"
-        st.button(f"Undo ({len(stack)})", key=key, icon=":material/undo:", shortcut=shortcut, on_click=_undo,
-                  help=f"Undo your last action ({len(last)} image(s) to {common.literal(where)}); several steps back. "
+        what = (f"deleting class '{gone}' ({len(last)} image(s) back)" if gone is not None
+                else f"{len(last)} image(s) to {where}")
+        st.button(f"Undo ({len(stack)})", key=key, icon=":material/undo:", shortcut=shortcut,
+                  on_click=_undo_then_redraw if in_fragment else _undo,
+                  help=f"Undo your last action ({common.literal(what)}); several steps back. "
                        "An image someone else changed since is left alone.")
 
 
 # --- overview ------------------------------------------------------------------------------------------------------
 def _overview(compact: bool) -> None:
-    cols = st.columns(min(6, len(classes) + 1) + (1 if classes else 0))
+    n_metrics = min(6, len(classes) + 1)
+    # the balance button gets two shares: in one, its label was cut to "Class b…" beside six metrics
+    cols = st.columns([1] * n_metrics + ([2] if classes else []))
     cols[0].metric(common.INBOX_LABEL, n_inbox)
-    for i, c in enumerate(classes[: len(cols) - 2], start=1):
+    for i, c in enumerate(classes[: n_metrics - 1], start=1):
         cols[i].metric(common.literal(c), counts[c])
     if classes:
         # a popover floats over the page: opening it never pushes the photo being sorted below the fold
@@ -109,6 +135,18 @@ section = st.segmented_control("Section", ["Add images", "Sort inbox", "Browse",
 
 
 # --- add -----------------------------------------------------------------------------------------------------------
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:g} GB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:g} MB"
+
+
+def _limits() -> str:
+    """The limits that apply, from where they are set: Streamlit's own line under the uploader names only the
+    server's per-upload limit (config.toml), which is for zips; each image must be far smaller."""
+    upload = int(st.get_option("server.maxUploadSize")) * 2**20
+    return (f"Limits: {_size(MAX_FILE_BYTES)} per image (inside zips too); a zip up to {_size(upload)}, with at most "
+            f"{MAX_ZIP_FILES:,} files and {_size(MAX_ZIP_TOTAL_BYTES)} unpacked.")
+
+
 def _remember_target() -> None:
     st.session_state["upload_target_name"] = st.session_state["upload_target"]
 
@@ -128,6 +166,7 @@ def _add_section() -> None:
     n = st.session_state.get("upload_n", 0)
     files = st.file_uploader("Images or zip files", type=UPLOAD_TYPES, accept_multiple_files=True,
                              key=f"uploader_{n}")
+    st.caption(_limits())
     if st.button(f"Add {len(files)} file(s)" if files else "Add files", key="upload_go", type="primary",
                  disabled=not files):
         report = AddReport()
@@ -256,53 +295,104 @@ def _turn_page(key: str, delta: int, n_pages: int) -> None:
     st.session_state[key] = min(n_pages, max(1, int(st.session_state.get(key, 1)) + delta))
 
 
+def _kept(key: str, options: list, default: object) -> None:
+    """Put a widget's last value back: Streamlit forgets it while another section is shown (call before the widget,
+    and store the value under `<key>_kept` after it)."""
+    if st.session_state.get(key) not in options:
+        kept = st.session_state.get(f"{key}_kept")
+        st.session_state[key] = kept if kept in options else default
+
+
+def _act(sel_key: str, shas: list[str], view: str, to: str, done: str) -> None:
+    picked = common.selected(sel_key, shas)
+    # each image is expected where this page showed it: one that someone else moved meanwhile is left alone
+    result = common.guarded("Moving", project.act, picked, to, expected=dict.fromkeys(picked, view),
+                            session=session_id)
+    if result is not None:
+        common.set_selection(sel_key, picked, False)
+        _record(result, done)
+    st.rerun(scope="app")  # the buttons are in a fragment, and the counts above it changed
+
+
+def _show_whole_inbox() -> None:
+    st.session_state.pop(FOCUS_KEY, None)
+
+
 def _browse_section() -> None:
     st.subheader("Browse")
     views = [INBOX, *classes]
     c1, c2, c3 = st.columns([2, 1, 1])
     # the choice is the class name itself (counts are shown apart): a count that changes never resets the choice
-    if st.session_state.get("browse_view") not in views:
-        st.session_state["browse_view"] = classes[0] if classes and not n_inbox else INBOX
+    _kept("browse_view", views, classes[0] if classes and not n_inbox else INBOX)
     view = c1.selectbox("Show", views, format_func=common.class_label, key="browse_view")
+    st.session_state["browse_view_kept"] = view
+    _kept("browse_size", PAGE_SIZES, PAGE_SIZES[0])
     size = c2.selectbox("Per page", PAGE_SIZES, key="browse_size")
-    total = n_inbox if view == INBOX else counts.get(view, 0)
+    st.session_state["browse_size_kept"] = size
+    # a destination belongs to the view it was picked in: carried over, it sent tulips to dandelion, not the inbox
+    if st.session_state.get("browse_dest_view") != view:
+        st.session_state.pop("browse_dest", None)
+        st.session_state["browse_dest_view"] = view
+    if view != INBOX:
+        st.session_state.pop(FOCUS_KEY, None)
+    focus, pool = st.session_state.get(FOCUS_KEY), []
+    if focus is not None:
+        wanted = set(focus["shas"])
+        pool = [r for r in project.images(INBOX) if r.sha256 in wanted]
+        if not pool:  # sorted, moved or undone since: nothing left to pick out
+            st.session_state.pop(FOCUS_KEY, None)
+            focus = None
+    total = len(pool) if focus is not None else (n_inbox if view == INBOX else counts.get(view, 0))
     n_pages = max(1, -(-total // size))
     page_key = f"browse_page_{view}"
     if int(st.session_state.get(page_key, 1)) > n_pages:
         st.session_state[page_key] = n_pages
     page = c3.number_input("Page", min_value=1, max_value=n_pages, value=1, step=1, key=page_key)
-    records = project.images(view, offset=(int(page) - 1) * size, limit=size)
-    shas = [r.sha256 for r in records]
-    sel_key = f"sel_{view}"
+    offset = (int(page) - 1) * size
+    records = pool[offset:offset + size] if focus is not None else project.images(view, offset=offset, limit=size)
     if not records:
         _show_notes()
         _undo_button("browse_undo")
         st.info(f"No images in {common.literal(common.class_label(view))}. Add some in the Add images section.")
         return
+    where = common.class_label(view)
+    if focus is not None:
+        f1, f2 = st.columns([3, 1], vertical_alignment="center")
+        f1.info(common.literal(f"Showing only the {total} image(s) of the inbox that were in class '{focus['label']}' "
+                               "before you deleted it."))
+        f2.button("Show the whole inbox", key="browse_focus_off", on_click=_show_whole_inbox)
+        where = f"{where}, from '{focus['label']}'"
+    _browse_grid(view, records, f"{common.literal(where)}: {total} image(s) · page {int(page)} of {n_pages}")
+    if n_pages > 1:
+        b1, b2, b3 = st.columns([1, 2, 1], vertical_alignment="center")
+        b1.button("Previous page", key="browse_prev", icon=":material/chevron_left:", disabled=int(page) <= 1,
+                  on_click=_turn_page, args=(page_key, -1, n_pages))
+        b2.caption(f"page {int(page)} of {n_pages}")
+        b3.button("Next page", key="browse_next", icon=":material/chevron_right:", disabled=int(page) >= n_pages,
+                  on_click=_turn_page, args=(page_key, 1, n_pages))
+
+
+@st.fragment
+def _browse_grid(view: str, records: list, caption: str) -> None:
+    """The thumbnails, their boxes and what to do with the ticked ones. A fragment: a tick reruns this part only,
+    not the whole page (a move or an undo reruns everything: the counts change)."""
+    shas = [r.sha256 for r in records]
+    sel_key = f"sel_{view}"
     chosen = common.selected(sel_key, shas)
-    a1, a2, a3, a4, a5, a6 = st.columns([1, 1, 2, 1, 1, 1], vertical_alignment="bottom")
-    a1.button("Select all", key="browse_all", on_click=common.set_selection, args=(sel_key, shas, True))
+    a1, a2, a3, a4, a5, a6 = st.columns([1.4, 1, 2, 1, 1, 1], vertical_alignment="bottom")
+    a1.button("Select all on this page", key="browse_all", on_click=common.set_selection, args=(sel_key, shas, True))
     a2.button("Clear", key="browse_none", on_click=common.set_selection, args=(sel_key, shas, False))
     dest_options = [c for c in [INBOX, *classes] if c != view]
     dest = a3.selectbox("Move selected to", dest_options, format_func=common.class_label, key="browse_dest")
-
-    def act(to: str, done: str) -> None:
-        picked = common.selected(sel_key, shas)
-        # each image is expected where this page showed it: one that someone else moved meanwhile is left alone
-        result = common.guarded("Moving", project.act, picked, to, expected=dict.fromkeys(picked, view),
-                                session=session_id)
-        if result is not None:
-            common.set_selection(sel_key, picked, False)
-            _record(result, done)
-
-    a4.button(f"Move {len(chosen)}", key="browse_move", type="primary", disabled=not chosen or not dest_options,
-              on_click=act, args=(dest, "Moved {n} image(s) to " + common.class_label(dest) + "."))
-    a5.button(f"Delete {len(chosen)}", key="browse_delete", disabled=not chosen, on_click=act,
-              args=(TRASH, "Moved {n} image(s) to the project's trash/ folder."), icon=":material/delete:")
+    a4.button(f"Move {len(chosen)}", key="browse_move", type="primary", disabled=not chosen or dest is None,
+              on_click=_act, args=(sel_key, shas, view, dest, f"Moved {{n}} image(s) to {common.class_label(dest)}."))
+    a5.button(f"Delete {len(chosen)}", key="browse_delete", disabled=not chosen, on_click=_act,
+              args=(sel_key, shas, view, TRASH, "Moved {n} image(s) to the project's trash/ folder."),
+              icon=":material/delete:")
     with a6:
-        _undo_button("browse_undo")
+        _undo_button("browse_undo", in_fragment=True)
     _show_notes()
-    st.caption(f"{common.literal(common.class_label(view))}: {total} image(s) · page {int(page)} of {n_pages}")
+    st.caption(caption)
     st.markdown(GRID_CSS, unsafe_allow_html=True)
     columns = 6
     with st.container(key="browse_grid"):
@@ -318,19 +408,75 @@ def _browse_section() -> None:
                     short = _short(rec.source_name)
                     st.checkbox(common.literal(short), key=f"{sel_key}-{rec.sha256}",
                                 help=common.literal(rec.source_name) if short != rec.source_name else None)
-    if n_pages > 1:
-        b1, b2, b3 = st.columns([1, 2, 1], vertical_alignment="center")
-        b1.button("Previous page", key="browse_prev", icon=":material/chevron_left:", disabled=int(page) <= 1,
-                  on_click=_turn_page, args=(page_key, -1, n_pages))
-        b2.caption(f"page {int(page)} of {n_pages}")
-        b3.button("Next page", key="browse_next", icon=":material/chevron_right:", disabled=int(page) >= n_pages,
-                  on_click=_turn_page, args=(page_key, 1, n_pages))
 
 
 # --- classes -------------------------------------------------------------------------------------------------------
+def _ask_delete() -> None:
+    st.session_state["delete_class_asked"] = st.session_state.get("delete_class_pick")
+
+
+def _cancel_delete() -> None:
+    st.session_state.pop("delete_class_asked", None)
+
+
+def _delete_class(name: str) -> None:
+    st.session_state.pop("delete_class_asked", None)
+    result = common.guarded("Deleting the class", project.remove_class, name, session=session_id)
+    if result is None:
+        return
+    _record(result, deleted_class=name)
+    if result.changes:
+        _tell("success", f"Deleted class '{name}'. Its {result.done} image(s) are in the Unsorted inbox now, mixed "
+                         "with the others there: the Show button below picks them out; Undo brings the class back.")
+    else:
+        _tell("success", f"Deleted class '{name}' (it had no images).")
+    if result.conflicts:
+        _tell("warning", result.conflict_message())
+
+
+def _last_deletion() -> dict | None:
+    """The class this session deleted last and its images, while that is the step Undo would take back."""
+    stack = st.session_state.get(UNDO_KEY, [])
+    gone = st.session_state.get(RECREATE_KEY, {}).get(_step_id(stack[-1])) if stack else None
+    return {"label": gone, "shas": [c.sha256 for c in stack[-1]]} if gone is not None else None
+
+
+def _show_deleted(deleted: dict) -> None:
+    """Browse the inbox, only the images that came from the deleted class (they are mixed with the others there)."""
+    st.session_state[FOCUS_KEY] = deleted
+    st.session_state["data_section"] = "Browse"
+    st.session_state["browse_view"] = INBOX
+    st.session_state[f"browse_page_{INBOX}"] = 1
+
+
+def _delete_class_form() -> None:
+    """Pick a class, then confirm, told how many images go where."""
+    st.selectbox("Delete class", classes, key="delete_class_pick")
+    asked = st.session_state.get("delete_class_asked")
+    if asked not in classes:
+        st.button("Delete class…", key="delete_class_go", on_click=_ask_delete)
+        return
+    n = counts.get(asked, 0)
+    moves = (f"Its {n} image(s) go to the Unsorted inbox, which holds {n_inbox} image(s) now; you can undo this."
+             if n else "It has no images.")
+    st.warning(common.literal(f"Delete class '{asked}'? {moves}"))
+    y, c = st.columns(2)
+    y.button(common.literal(f"Yes, delete '{asked}'"), key="delete_class_yes", type="primary",
+             on_click=_delete_class, args=(asked,))
+    c.button("Cancel", key="delete_class_no", on_click=_cancel_delete)
+
+
 def _classes_section() -> None:
     st.subheader("Classes")
     st.caption("Each class is a folder in images/. Deleting a class moves its images to the inbox.")
+    _show_notes()
+    deleted = _last_deletion()
+    if deleted is not None:
+        d1, d2 = st.columns(2)
+        d1.button(f"Show the {len(deleted['shas'])} image(s) in the inbox", key="deleted_show",
+                  icon=":material/visibility:", on_click=_show_deleted, args=(deleted,))
+        with d2:
+            _undo_button("classes_undo")
     c1, c2 = st.columns(2, gap="large")
     with c1:
         with st.form("new_class_form", clear_on_submit=True):
@@ -341,13 +487,17 @@ def _classes_section() -> None:
                     common.flash("success", f"Created class '{created}'.")
                     st.rerun()
         if classes:
+            renamed = st.session_state.pop("renamed_to", None)
+            if renamed is not None:  # the form shows the class under its new name, and no stale text to submit again
+                st.session_state["rename_old"], st.session_state["rename_new"] = renamed, ""
             with st.form("rename_class_form"):
-                old = st.selectbox("Rename class", classes)
-                new = st.text_input("New name")
+                old = st.selectbox("Rename class", classes, key="rename_old")
+                new = st.text_input("New name", key="rename_new")
                 if st.form_submit_button("Rename"):
                     with common.user_errors("Renaming the class"):
-                        project.rename_class(old, new)
-                        common.flash("success", f"Renamed '{old}' to '{new.strip()}'.")
+                        renamed = project.rename_class(old, new)
+                        common.flash("success", f"Renamed '{old}' to '{renamed}'.")
+                        st.session_state["renamed_to"] = renamed
                         st.rerun()
     with c2:
         if len(classes) >= 2:
@@ -364,13 +514,7 @@ def _classes_section() -> None:
                                                     f"'{target}' ({moved} images moved).")
                             st.rerun()
         if classes:
-            with st.form("delete_class_form"):
-                doomed = st.selectbox("Delete class", classes)
-                if st.form_submit_button("Delete class (images go to the inbox)"):
-                    with common.user_errors("Deleting the class"):
-                        moved = project.delete_class(doomed)
-                        common.flash("success", f"Deleted class '{doomed}'; {moved} image(s) moved to the inbox.")
-                        st.rerun()
+            _delete_class_form()
     with st.expander("Check folders against the index"):
         st.caption("If you changed files in the project folder by hand, this finds and fixes the differences.")
         if st.button("Check", key="check_go"):

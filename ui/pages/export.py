@@ -7,6 +7,7 @@ import importlib.util
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -145,8 +146,11 @@ def _threshold_chart() -> None:
     import altair as alt
 
     pct = alt.Axis(format="%")
+    # the axis spans the coverages there are (answering 72-100% of images), not 0-100% with the curve in a corner
+    lowest = min(float(p["coverage"]) for p in curve)
+    x_domain = [max(0.0, np.floor((lowest - 0.02) * 20) / 20), 1.0]
     line = alt.Chart(pd.DataFrame(curve)).mark_line().encode(
-        x=alt.X("coverage", title="answered (coverage)", axis=pct, scale=alt.Scale(domain=[0, 1])),
+        x=alt.X("coverage", title="answered (coverage)", axis=pct, scale=alt.Scale(domain=x_domain)),
         y=alt.Y("precision", title="right when answered (precision)", axis=pct, scale=alt.Scale(zero=False)),
         tooltip=["threshold", "coverage", "precision"])
     chosen = pd.DataFrame([{"coverage": thr["coverage"], "precision": thr["precision"], "threshold": thr["value"]}])
