@@ -63,7 +63,8 @@ def _modelless_export(folder: Path) -> Path:
     return folder
 
 
-SHIPPED = ("predict.py", "serve.py", "Dockerfile", "requirements.txt", "requirements-serve.txt")
+SHIPPED = ("predict.py", "serve.py", "Dockerfile", "requirements.txt", "requirements-serve.txt", "www/index.html",
+           "www/app.html")
 
 
 def test_the_bundle_ships_engine_bundle_files_byte_for_byte(tmp_path):
@@ -76,21 +77,31 @@ def test_the_bundle_ships_engine_bundle_files_byte_for_byte(tmp_path):
         readme = zf.read("README.md").decode()
     assert readme == export_bundle.bundle_readme(json.loads((tmp_path / "out" / "model_card.json").read_text()))
     assert readme.startswith("# Image classifier (2 classes)\n\nMade with Retrain Studio 9.9 on .")
-    assert "`[N,96,96,3]`" in readme and "Resize to 96x96" in readme and "$" not in readme
+    assert "`[N,96,96,3]`" in readme and "Resize to 96x96" in readme
+    assert "$" not in readme.replace('"$PWD/', "").replace('"$(base64 ', "")  # the shell's, not the template's
+    # TF Serving: the version folder it needs, and a request to the signature that takes encoded images
+    assert 'docker run -p 8501:8501 -v "$PWD/saved_model:/models/classifier/1" -e MODEL_NAME=classifier ' \
+           "tensorflow/serving" in readme
+    assert '{"signature_name": "serving_bytes", "instances": [{"b64": ' in readme
+    assert "curl -s -d @request.json http://127.0.0.1:8501/v1/models/classifier:predict" in readme
 
 
 def test_nothing_but_the_bundle_folders_files_ships(tmp_path, monkeypatch):
     sources = tmp_path / "bundle_sources"
     sources.mkdir()
     for name in SHIPPED + ("README.md",):
+        (sources / name).parent.mkdir(exist_ok=True)
         (sources / name).write_bytes((export_bundle.BUNDLE_SOURCES / name).read_bytes())
     (sources / "__pycache__").mkdir()  # left by importing engine.bundle.predict from the source tree
     (sources / "__pycache__" / "predict.cpython-311.pyc").write_bytes(b"\x00")
     (sources / ".DS_Store").write_bytes(b"\x00")
+    (sources / "www" / ".DS_Store").write_bytes(b"\x00")
+    (sources / "www" / "drafts").mkdir()  # only www/'s own files ship, not folders below it
+    (sources / "www" / "drafts" / "old.html").write_bytes(b"<p>")
     monkeypatch.setattr(export_bundle, "BUNDLE_SOURCES", sources)
     bundle = export_bundle.write_bundle(_modelless_export(tmp_path / "out"), tmp_path / "bundle.zip")
     names = zipfile.ZipFile(bundle).namelist()
-    assert not [n for n in names if "__pycache__" in n or n.startswith(".")], names
+    assert sorted(names) == sorted([*SHIPPED, "README.md", "labels.txt", "model_card.json"]), names
 
 
 def _run_bundle_predict(unpacked: Path, *args: str) -> subprocess.CompletedProcess:

@@ -16,8 +16,8 @@ from engine.runs import prepare
 
 def test_missing_names_every_part_on_an_empty_machine_and_nothing_for_other_modules(tmp_path, monkeypatch):
     monkeypatch.setenv("RETRAIN_STUDIO_CACHE", str(tmp_path / "cache"))
-    assert prepare.missing(DEFAULT_BACKBONE, 3) == ["backbone", "embedder", "dynamic", "int8", "template"]
-    assert prepare.missing(DEFAULT_BACKBONE) == ["backbone", "embedder", "dynamic", "int8"]
+    assert prepare.missing(DEFAULT_BACKBONE, 3) == ["backbone", "embedder", "dynamic", "int8", "onnx", "template"]
+    assert prepare.missing(DEFAULT_BACKBONE) == ["backbone", "embedder", "dynamic", "int8", "onnx"]
     assert prepare.missing(str(tmp_path / "a-local-savedmodel"), 3) == []  # prepared by the run that names it
 
 

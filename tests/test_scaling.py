@@ -265,9 +265,9 @@ def test_bundle_dockerfile_serves_what_the_bundle_holds():
     text = (REPO / "engine" / "bundle" / "Dockerfile").read_text()
     lines = [ln.strip() for ln in text.replace("\\\n", " ").splitlines() if ln.strip() and not ln.startswith("#")]
     bundle_files = {"requirements.txt", "requirements-serve.txt", "model_card.json", "labels.txt", "predict.py",
-                    "serve.py", "model_*.tflite"}  # what engine.export puts in every bundle
+                    "serve.py", "model_*.tflite", "www"}  # what engine.export puts in every bundle
     copied = [name for ln in lines if ln.startswith("COPY ") for name in ln.split()[1:-1]]
-    assert set(copied) <= bundle_files and {"serve.py", "predict.py", "model_*.tflite"} <= set(copied)
+    assert set(copied) <= bundle_files and {"serve.py", "predict.py", "model_*.tflite", "www"} <= set(copied)
     assert not any("tensorflow" in ln.lower() for ln in lines if ln.startswith("RUN"))
     health = next(ln for ln in lines if ln.startswith("HEALTHCHECK"))
     assert "/healthz" in health

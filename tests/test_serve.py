@@ -19,7 +19,9 @@ import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 import zipfile
+from html.parser import HTMLParser
 from pathlib import Path
 
 import cv2
@@ -196,6 +198,86 @@ def test_healthz_model_and_openapi(server):
     assert {"tagName", "probablity", "probability"} <= set(seed)
     for path in ("/classify", "/v1/predict"):
         assert {"200", "400", "413", "415", "422"} <= set(spec["paths"][path]["post"]["responses"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The pages: the seed's upload form at / (no script), drop or webcam with bars at /app
+# ----------------------------------------------------------------------------------------------------------------
+class _Page(HTMLParser):
+    """A page's forms with the attributes of their inputs, and its scripts."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.forms: list[dict] = []
+        self.scripts = 0
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form":
+            self.forms.append({**attrs, "inputs": []})
+        elif tag == "input" and self.forms:
+            self.forms[-1]["inputs"].append(attrs)
+        elif tag == "script":
+            self.scripts += 1
+
+
+@pytest.mark.slow
+def test_the_upload_page_is_the_seeds_form_and_works_without_javascript(server, images):
+    for path in ("/", "/index.html"):
+        with urllib.request.urlopen(server.url + path, timeout=30) as r:
+            status, headers, page = r.status, r.headers, _Page(r.read().decode())
+        assert status == 200 and headers["content-type"].startswith("text/html"), (path, status, headers)
+        assert "default-src 'none'" in headers["content-security-policy"]  # nothing loads from elsewhere
+        [form] = page.forms
+        assert (form["method"].lower(), form["enctype"], form["action"]) == ("post", "multipart/form-data", "/classify")
+        files = [i for i in form["inputs"] if i.get("type") == "file"]
+        assert [i.get("name") for i in files] == ["upload"] and page.scripts == 0, (path, form)
+    # what a browser without JavaScript sends: the form's own action and file field, with a real photo
+    url = urllib.parse.urljoin(server.url + "/", form["action"])
+    status, body = request(url, *multipart({files[0]["name"]: ("circle.png", images[1])}))
+    assert status == 200 and list(body) == ["circle.png"], body
+    preds = body["circle.png"]["preds"]
+    assert len(preds) == 5 and preds[0]["tagName"] == "red circle"
+    assert all(set(p) == {"tagName", "probablity", "probability"} for p in preds)
+    assert not {"/", "/index.html", "/app"} & set(request(server.url + "/openapi.json")[1]["paths"])  # pages, not API
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_app_page_classifies_a_photo_and_a_webcam_frame_in_chromium(server, images, tmp_path):
+    from browser_app import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, Watch  # skips this test without Playwright/Chromium
+    from playwright.sync_api import expect, sync_playwright
+
+    photo = tmp_path / "circle.png"
+    photo.write_bytes(images[1])
+    watch, errors = Watch(server.url), []
+    fake_camera = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *fake_camera], headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            page.set_default_timeout(30_000)
+            page.on("request", watch.request)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server.url + "/app")
+            expect(page.locator("#model")).to_contain_text(f"{len(CLASSES)} classes: stripes, red circle")
+            page.locator("input[name=upload]").set_input_files(photo)  # what a click on the drop zone opens
+            result = page.locator("#results .result")
+            expect(result.locator(".file")).to_have_text("circle.png")
+            expect(result.locator(".bar")).to_have_count(5)
+            expect(result.locator(".bar .label").first).to_have_text("red circle")
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "serve-app.png"), full_page=True)
+            # Chromium's fake camera: a frame is taken and classified like a photo
+            page.get_by_role("button", name="Use the webcam").click()
+            page.get_by_role("button", name="Take a photo").click()  # enabled once the video has a frame
+            expect(result.locator(".file")).to_have_text("webcam.jpg")
+            expect(result.locator(".bar")).to_have_count(5)
+        finally:
+            browser.close()
+    assert not errors, errors
+    watch.check("/app")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,9 @@
     GET  /v1/model      labels, input size, the model card's metrics, this server's limits and runtime
     GET  /healthz       {"status": "ok"}
     GET  /openapi.json  the OpenAPI spec (/docs renders it where the browser can load Swagger UI)
+    GET  /, /index.html an upload form that posts `upload` to /classify (the text/non-text server's page; no script)
+    GET  /app           drop a photo or use the webcam, the top 5 as bars (from /v1/predict); both pages are in www/
+                        beside this file and load nothing from elsewhere
 
 Preprocessing and inference are predict.py's (this file's sibling), so the bundle holds one copy of them.
 Every refused request is answered with a JSON body {"error": "...", "status": N}: empty upload 400, not an image
@@ -55,7 +58,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field, RootModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -92,6 +95,13 @@ DRAIN_S, DRAIN_LIMIT = 2.0, 64 * MIB
 FORMATS = "JPEG, PNG, BMP, WebP, GIF, TIFF or HEIC" if bp.HEIF else \
     "JPEG, PNG, BMP, WebP, GIF or TIFF; HEIC after pip install pillow-heif"
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit answers first, with a clear 413
+WWW = HERE / "www"  # the pages come with the server's code, never from the folder of the bundle it serves
+# The pages' scripts and styles are inline; they may talk to this server only, and load nothing from anywhere else.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "img-src 'self' blob: data:; media-src blob: mediastream:; connect-src 'self'; "
+                               "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
 
 @dataclass
@@ -572,6 +582,23 @@ def create_app(cfg: ServeConfig | None = None) -> FastAPI:
     @app.get("/healthz", response_model=Health, summary="Liveness: the model is loaded and answering")
     async def healthz() -> Health:
         return Health(status="ok", model=clf.name, uptime_s=round(time.time() - started, 3))
+
+    pages = {p.name: p.read_bytes() for p in sorted(WWW.glob("*.html"))} if WWW.is_dir() else {}
+
+    def page(name: str) -> HTMLResponse:
+        if name not in pages:
+            raise ApiError(404, f"www/{name} is missing beside serve.py: copy the bundle's www/ folder there")
+        return HTMLResponse(pages[name], headers=PAGE_HEADERS)
+
+    # Pages, not API operations: left out of the OpenAPI spec.
+    @app.get("/", include_in_schema=False)
+    @app.get("/index.html", include_in_schema=False)
+    async def upload_page() -> HTMLResponse:
+        return page("index.html")
+
+    @app.get("/app", include_in_schema=False)
+    async def app_page() -> HTMLResponse:
+        return page("app.html")
 
     app.add_middleware(RequestGuard, max_body=int(cfg.max_upload_mb * MIB), max_inflight=cfg.max_inflight,
                        grace_s=cfg.upload_grace_s, min_rate=cfg.min_upload_kbps * 1024)

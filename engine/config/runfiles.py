@@ -8,7 +8,8 @@ takes them from here (the status rule that reads status.json lives in engine.run
     <run_dir>/metrics.json     per-class metrics, confusion matrix, per-image predictions, history: Review opens
     <run_dir>/head.npz         the trained head (kernel, bias, temperature), for scoring cached embeddings
     <run_dir>/snapshot.json    (sha256, label) of every image the run trained on
-    <run_dir>/model_card.json, labels.txt, saved_model/, model_{variant}.tflite  (engine.export, engine.config.variants)
+    <run_dir>/model_card.json, labels.txt, saved_model/, model_{variant}.tflite, model.onnx  (engine.export,
+                               engine.config.variants)
     <run_dir>/bundle.zip       the last artefact, written atomically: if it exists, the run is downloadable
                                (afterwards the job may still add the backbone comparison to metrics.json)
     <run_dir>/run.json         app jobs only (engine.runs.jobs): run_id, project, command, pid, proc_start, counts
@@ -33,6 +34,7 @@ SNAPSHOT = "snapshot.json"
 MODEL_CARD = "model_card.json"
 LABELS = "labels.txt"
 SAVED_MODEL = "saved_model"
+ONNX = "model.onnx"  # the classifier for ONNX Runtime (engine.export.onnx_model)
 BUNDLE = "bundle.zip"
 RUN = "run.json"
 LOG = "log.txt"

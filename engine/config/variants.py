@@ -28,6 +28,9 @@ class Recipe:
     calibrate: bool = False  # a representative dataset fixes the activation ranges, so activations are int8 too
     integer_only: bool = False  # TFLITE_BUILTINS_INT8 only: the conversion fails rather than keep a float op
     io_dtype: str = "float32"  # the model's input and output tensors (int8's uint8: raw pixels in)
+    # One weight scale per dense layer: FULLY_CONNECTED v9, which tflite-runtime <= 2.14 and the TFLite Task Library
+    # run; per-channel scales make it v12 (TFLite >= 2.17 only). The composed dynamic head is per-tensor too.
+    per_tensor_dense: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,19 +56,22 @@ class Variant:
 
 _FLOAT_INPUT = "float32 RGB in [0,1] (uint8/255), shape [1,S,S,3]"
 _CPU = "LiteRT / TensorFlow Lite interpreter (CPU)"
+# Read the labels and the input normalization from the file's metadata (engine.export.tflite_metadata)
+_TASKS = ("MediaPipe Tasks ImageClassifier (Android, iOS, web, Python)",
+          "TFLite Task Library ImageClassifier (tflite-support 0.4.4)")
 
 TABLE: tuple[Variant, ...] = (  # in preference order: the first one exported is a folder's default model
     Variant("float32", "TFLite, float32", _FLOAT_INPUT, "float32 probabilities", None,
-            "float32", (0.0, 1.0), Recipe(), (_CPU, "LiteRT GPU delegate")),
+            "float32", (0.0, 1.0), Recipe(), (_CPU, *_TASKS, "LiteRT GPU delegate")),
     Variant("dynamic", "TFLite, dynamic-range quantized (smaller)", _FLOAT_INPUT, "float32 probabilities",
             "weights stored as int8 (about 4x smaller), computed in float",
-            "float32", (0.0, 1.0), Recipe(optimize=True), (_CPU,)),
+            "float32", (0.0, 1.0), Recipe(optimize=True, per_tensor_dense=True), (_CPU, *_TASKS)),
     Variant("int8", "TFLite, full int8 (microcontrollers, Edge TPU)",
             "uint8 RGB 0-255: raw pixels, no scaling (input scale 1/255, zero point 0)",
             "uint8; probability = (q - zero_point) * scale (scale 1/256, zero point 0)",
             "full integer model for microcontrollers and Edge TPU",
             "uint8", (0.0, 255.0), Recipe(optimize=True, calibrate=True, integer_only=True, io_dtype="uint8"),
-            (_CPU, "TensorFlow Lite Micro (microcontrollers)", "Edge TPU, after edgetpu_compiler")),
+            (_CPU, *_TASKS, "TensorFlow Lite Micro (microcontrollers)", "Edge TPU, after edgetpu_compiler")),
 )
 NAMES: tuple[str, ...] = tuple(v.name for v in TABLE)
 FILES: tuple[str, ...] = tuple(v.file for v in TABLE)

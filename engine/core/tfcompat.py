@@ -17,7 +17,13 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_hub as hub  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-__all__ = ["tf", "hub", "keras", "set_memory_growth", "set_seed"]
+__all__ = ["tf", "hub", "keras", "set_memory_growth", "set_per_tensor_dense", "set_seed"]
+
+
+def set_per_tensor_dense(converter) -> None:
+    """Dense layers quantized with one weight scale (FULLY_CONNECTED v9) rather than one per output channel (v12,
+    TFLite >= 2.17 only). The converter has no public option for it in TF 2.21."""
+    converter._experimental_disable_per_channel_quantization_for_dense_layers = True
 
 
 def set_seed(seed: int) -> None:

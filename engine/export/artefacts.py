@@ -1,7 +1,9 @@
 """Export a trained classifier into a run (or any) folder: SavedModel, the TFLite variants, labels and the model card.
 
     <out_dir>/saved_model/          engine.export.savedmodel
-    <out_dir>/model_<variant>.tflite  one per variant of engine.config.variants (float32, dynamic, int8)
+    <out_dir>/model_<variant>.tflite  one per variant of engine.config.variants (float32, dynamic, int8), each with
+                                    TFLite metadata (labels, input normalization: MediaPipe Tasks reads them)
+    <out_dir>/model.onnx            the composed classifier for ONNX Runtime (composed exports)
     <out_dir>/labels.txt            line i = output i
     <out_dir>/model_card.json       engine.export.card, incl. each variant's agreement with the SavedModel
 
@@ -24,14 +26,16 @@ from typing import Any
 
 import numpy as np
 
+from engine import __version__
 from engine.config import runfiles as rf
 from engine.config import variants as variant_table  # `variants` is the exporters' argument
-from engine.config.backbones import ResolvedBackbone
+from engine.config.backbones import BACKBONES, ResolvedBackbone
 from engine.core.events import EventKind, ProgressCallback, Stage, emit
 from engine.core.fileio import atomic_write_bytes, atomic_write_text, json_default
 from engine.export import card as model_card
-from engine.export import compose, savedmodel
+from engine.export import compose, onnx_model, savedmodel, tflite_metadata
 from engine.export.calibration import CALIBRATION_IMAGES, CALIBRATION_SEED, calibration_images
+from engine.export.savedmodel import INPUT_NAME, OUTPUT_NAME
 from engine.export.tflite import convert_tflite, tflite_stats
 from engine.learn.head import Head
 
@@ -45,6 +49,7 @@ class ExportResult:
     labels_path: Path
     card_path: Path
     tflite: dict[str, Path] = field(default_factory=dict)  # variant -> .tflite path
+    onnx: dict[str, Any] = field(default_factory=dict)  # the card's onnx entry (a file, or why there is none)
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> the card's tflite entry
     card: dict[str, Any] = field(default_factory=dict)
 
@@ -60,6 +65,34 @@ def _labels_text(labels: list[str]) -> str:
     return "\n".join(labels) + "\n"
 
 
+def _with_metadata(blob: bytes, variant: str, labels: list[str], image_size: int, facts: dict[str, Any]) -> bytes:
+    """A .tflite file as MediaPipe Tasks and the TFLite Task Library load it: labels and input normalization in the
+    file (engine.export.tflite_metadata, milliseconds)."""
+    handle = (facts.get("backbone") or {}).get("handle") or "custom backbone"
+    spec = BACKBONES.get(handle)
+    return tflite_metadata.add_metadata(
+        blob, labels, name=f"Image classifier: {len(labels)} classes on {handle}",
+        description=f"Classes: {', '.join(labels)}. Trained with Retrain Studio; model_card.json tells how.",
+        version=f"{__version__} {time.strftime('%Y-%m-%d')}", license=spec.license if spec else "",
+        author="Retrain Studio", image_size=image_size, input_range=variant_table.get(variant).input_range)
+
+
+def _export_onnx(resolved: ResolvedBackbone, head: Head, out: Path, progress: ProgressCallback | None) -> dict:
+    """model.onnx composed like the .tflite files; a backbone the converter cannot take costs the ONNX file, with
+    the reason in the card, never the run."""
+    first = not onnx_model.backbone_onnx_cached(resolved)
+    emit(progress, EventKind.STAGE, stage=Stage.EXPORT, message=f"Writing {rf.ONNX}" + (
+        " (first ONNX export of this backbone: converting it once, ~20 s)" if first else ""))
+    try:
+        path = onnx_model.compose_onnx(resolved, head, out / rf.ONNX)
+    except Exception as exc:  # noqa: BLE001 - tf2onnx fails in many ways on models it does not support
+        log.warning("No ONNX model for %s: %s", resolved.handle, exc)
+        return {"file": None, "why_not": f"the backbone could not be converted to ONNX ({type(exc).__name__}: {exc})"}
+    return {"file": rf.ONNX, "bytes": path.stat().st_size, "opset": onnx_model.OPSET,
+            "input": f"{INPUT_NAME}: float32 [batch,{resolved.image_size},{resolved.image_size},3] RGB in [0,1]",
+            "output": f"{OUTPUT_NAME}: float32 [batch,classes], calibrated"}
+
+
 def _prepare_out(out_dir: str | Path, wanted, checks) -> tuple[Path, list[str], tuple | None]:
     names = [v.name for v in variant_table.in_order(wanted)]
     if checks is not None and not len(checks[0]):
@@ -72,7 +105,8 @@ def _prepare_out(out_dir: str | Path, wanted, checks) -> tuple[Path, list[str], 
 def _finish(result: ExportResult, facts: dict[str, Any], export: dict[str, Any], labels: list[str],
             image_size: int, center_crop: bool, reference_accuracy: float | None, t0: float) -> ExportResult:
     result.card = model_card.build(facts, labels=labels, image_size=image_size, center_crop=center_crop,
-                                   stats=result.stats, reference_accuracy=reference_accuracy, export=export)
+                                   stats=result.stats, reference_accuracy=reference_accuracy, export=export,
+                                   onnx=result.onnx)
     text = json.dumps(result.card, indent=2, default=json_default)
     atomic_write_text(result.card_path, text)
     assets = result.saved_model_dir / "assets"
@@ -107,7 +141,10 @@ def export_composed(head: Head, resolved: ResolvedBackbone, labels: list[str], o
         first = variant != "float32" and not compose.backbone_tflite_cached(resolved, variant)
         emit(progress, EventKind.STAGE, stage=Stage.EXPORT, message=f"Writing {path.name}" + (
             f" (first {variant} export of this backbone: converting it once, ~30 s)" if first else ""))
-        compose.compose_file(resolved, head, variant, path, features)
+        blob = compose.compose(compose.backbone_tflite(resolved, variant).read_bytes(), head, variant,
+                               compose.logit_range(head, features) if variant == "int8" and features is not None
+                               else None)
+        atomic_write_bytes(path, _with_metadata(blob, variant, labels, resolved.image_size, card))
         result.tflite[variant] = path
         emit(progress, EventKind.EXPORT, done=n, total=len(wanted) + 1, file=path.name)
     first = not savedmodel.has_template(resolved, head.n_classes)
@@ -115,6 +152,7 @@ def export_composed(head: Head, resolved: ResolvedBackbone, labels: list[str], o
         f" (first {head.n_classes}-class model of this backbone: tracing it once, ~15 s)" if first else ""))
     savedmodel.saved_model_from_template(resolved, head, result.saved_model_dir)
     emit(progress, EventKind.EXPORT, done=len(wanted) + 1, total=len(wanted) + 1, file=rf.SAVED_MODEL)
+    result.onnx = _export_onnx(resolved, head, out, progress)
     reference_top1 = reference_accuracy = None
     if checks is not None:
         reference_top1 = np.argmax(checks[2], axis=1)
@@ -160,12 +198,15 @@ def export_model(model, labels: list[str], out_dir: str | Path, *, image_size: i
     for variant in wanted:
         emit(progress, EventKind.STAGE, stage=Stage.EXPORT, message=f"Converting the {variant} TFLite model")
         path = out / _file(variant)
-        atomic_write_bytes(path, convert_tflite(out / rf.SAVED_MODEL, variant, representative))
+        blob = convert_tflite(out / rf.SAVED_MODEL, variant, representative)
+        atomic_write_bytes(path, _with_metadata(blob, variant, labels, image_size, card))
         result.tflite[variant] = path
         result.stats[variant] = tflite_stats(path, variant, keras_top1, validation)
         log.info("%s: %d bytes, top-1 agreement with Keras %s", path.name, result.stats[variant]["bytes"],
                  result.stats[variant]["agreement_top1_vs_keras"])
     export = {"method": "converted: the whole Keras model through the TFLite converter"}
+    result.onnx = {"file": None, "why_not": "a fine-tuned model: its backbone changed, so the cached ONNX backbone "
+                                            "does not hold it (export its saved_model/ with tf2onnx)"}
     return _finish(result, card, export, labels, image_size, center_crop, keras_accuracy, t0)
 
 

@@ -1,5 +1,6 @@
-"""bundle.zip: the exported files with engine/bundle/'s (predict.py, serve.py, requirements, Dockerfile,
-and README.md filled in from the model card), so the model runs anywhere without this engine or TensorFlow."""
+"""bundle.zip: the exported files with engine/bundle/'s (predict.py, serve.py, requirements, Dockerfile, the
+server's pages in www/, and README.md filled in from the model card), so the model runs anywhere without this
+engine or TensorFlow."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from engine.config import variants
 from engine.core.fileio import atomic_path
 from engine.core.files import is_hidden
 from engine.export.card import BUNDLE_RESAMPLING, TRAINING_RESAMPLING
-from engine.inference.bundle_files import BUNDLE_README, BUNDLE_SOURCES
+from engine.inference.bundle_files import BUNDLE_PAGES, BUNDLE_README, BUNDLE_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def _pct(v: float | None) -> str:
 
 def _zip_file(zf: zipfile.ZipFile, path: Path, name: str) -> None:
     # Weights barely compress (~7%) and deflating 30 MB of them costs seconds per bundle: store them as they are.
-    weights = path.suffix == ".tflite" or path.name.startswith("variables.data")
+    weights = path.suffix in (".tflite", ".onnx") or path.name.startswith("variables.data")
     zf.write(path, name, compress_type=zipfile.ZIP_STORED if weights else zipfile.ZIP_DEFLATED)
 
 
@@ -54,9 +55,13 @@ def _zip_text(zf: zipfile.ZipFile, name: str, text: str | bytes) -> None:
 
 
 def bundle_sources() -> list[Path]:
-    """The files of engine/bundle/ that ship, by name: never a __pycache__ (or any folder) left by running
-    them."""
-    return sorted(p for p in BUNDLE_SOURCES.iterdir() if p.is_file() and not is_hidden(p.name))
+    """The files of engine/bundle/ that ship, and those of its www/ folder (the server's pages): by name, never a
+    __pycache__ (or any other folder) left by running them, nor a hidden file."""
+    files = [p for p in BUNDLE_SOURCES.iterdir() if p.is_file() and not is_hidden(p.name)]
+    pages = BUNDLE_SOURCES / BUNDLE_PAGES
+    if pages.is_dir():
+        files += [p for p in pages.iterdir() if p.is_file() and not is_hidden(p.name)]
+    return sorted(files)
 
 
 def write_bundle(out_dir: str | Path, bundle_path: str | Path) -> Path:
@@ -66,7 +71,7 @@ def write_bundle(out_dir: str | Path, bundle_path: str | Path) -> Path:
     if not card_path.exists() or not (out / rf.LABELS).exists():
         raise FileNotFoundError(f"{out} has no exported model (model_card.json, labels.txt); export it first")
     card = json.loads(card_path.read_text(encoding="utf-8"))
-    models = sorted(out / name for name in variants.FILES)
+    models = sorted(out / name for name in (*variants.FILES, rf.ONNX))
     files = [p for p in [card_path, out / rf.LABELS, *models] if p.exists()]
     bundle.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(bundle) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -76,6 +81,7 @@ def write_bundle(out_dir: str | Path, bundle_path: str | Path) -> Path:
             if p.is_file():
                 _zip_file(zf, p, p.relative_to(out).as_posix())
         for p in bundle_sources():
-            _zip_text(zf, p.name, bundle_readme(card) if p.name == BUNDLE_README else p.read_bytes())
+            name = p.relative_to(BUNDLE_SOURCES).as_posix()
+            _zip_text(zf, name, bundle_readme(card) if name == BUNDLE_README else p.read_bytes())
     log.info("Bundle written: %s (%.1f MB)", bundle, bundle.stat().st_size / 1e6)
     return bundle

@@ -3,7 +3,7 @@
     format_version, created, engine_version
     labels, image_size, preprocessing, default_model    how to feed the model and read its answer
     threshold         {value, target_precision, precision, coverage, reached}: answers below `value` are "unknown"
-    saved_model, tflite                                   each exported file, and what it measured on check images
+    saved_model, tflite, onnx                             each exported file, and what it measured on check images
     backbone, config  the backbone (handle, id, image_size) and the TrainConfig used
     dataset_hash, class_counts, dataset {root, n_train, n_validation, skipped}
     metrics           the run's metrics.json without per-image predictions and without the threshold (above; its
@@ -24,7 +24,7 @@ from engine import __version__
 from engine.config import runfiles as rf
 from engine.config import variants
 from engine.config.training import CENTER_CROP_RULE
-from engine.export.savedmodel import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+from engine.export.savedmodel import BYTES_INPUT_NAME, BYTES_SIGNATURE, INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
 if TYPE_CHECKING:
     from engine.learn.train import TrainResult
@@ -63,7 +63,7 @@ def training_facts(result: TrainResult) -> dict[str, Any]:
 
 def build(facts: dict[str, Any], *, labels: list[str], image_size: int, center_crop: bool,
           stats: dict[str, dict[str, Any]], reference_accuracy: float | None,
-          export: dict[str, Any]) -> dict[str, Any]:
+          export: dict[str, Any], onnx: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole card: the caller's facts (training_facts, or any dict: kept) and what the export knows, which wins
     where both name a key."""
     default = next((variants.get(v).file for v in variants.NAMES if v in stats), rf.SAVED_MODEL)
@@ -84,9 +84,13 @@ def build(facts: dict[str, Any], *, labels: list[str], image_size: int, center_c
         },
         "saved_model": {"dir": rf.SAVED_MODEL, "signature": SIGNATURE, "input": INPUT_NAME, "output": OUTPUT_NAME,
                         "input_spec": f"float32 [None,{image_size},{image_size},3] RGB in [0,1]",
+                        "bytes_signature": {"name": BYTES_SIGNATURE, "input": BYTES_INPUT_NAME,
+                                            "input_spec": "string [None]: encoded JPEG/PNG/GIF/BMP, preprocessed "
+                                                          "in the graph as training does (TF Serving: base64)"},
                         "keras_val_accuracy": reference_accuracy},
         "default_model": default,
         "tflite": stats,
+        "onnx": onnx or {"file": None, "why_not": "not exported"},
         "export": export,
     }
     return {**dict.fromkeys(CALLER_KEYS), **facts, **ours}

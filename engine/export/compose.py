@@ -31,8 +31,12 @@ from engine.learn.head import Head
 log = logging.getLogger(__name__)
 
 COMPOSE_VERSION = "1"  # part of every cache key here: bump when the cached backbones change
-# (op, variant) -> operator version, as the TFLite converter (TF 2.21) writes them for the same ops
-_OP_VERSIONS = {("fc", "float32"): 1, ("fc", "dynamic"): 12, ("fc", "int8"): 4,
+# (op, variant) -> operator version, as the TFLite converter (TF 2.21) writes them for the same ops. The dynamic head's
+# FULLY_CONNECTED is version 9 (float in, int8 weights with ONE scale, inputs quantized asymmetrically), what the
+# converter writes with _experimental_disable_per_channel_quantization_for_dense_layers: by default it quantizes per
+# output channel, version 12, which only TFLite >= 2.17 runs (tflite-runtime 2.14, the Task Library 0.4.4 refuse it)
+# and which the cached backbone's min_runtime_version (2.4.0) would not cover. Version 9 runs on TFLite >= 2.3.
+_OP_VERSIONS = {("fc", "float32"): 1, ("fc", "dynamic"): 9, ("fc", "int8"): 4,
                 ("softmax", "float32"): 1, ("softmax", "dynamic"): 1, ("softmax", "int8"): 2, ("quantize", "int8"): 1}
 SOFTMAX_INT8 = (1.0 / 256.0, -128)  # TFLite requires this output quantization for an int8 SOFTMAX
 OUTPUT_UINT8 = (1.0 / 256.0, 0)
@@ -163,6 +167,13 @@ def _per_channel_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
+def _per_tensor_int8(w: np.ndarray) -> tuple[np.ndarray, float]:
+    """Symmetric int8 weights with one scale for the whole tensor (the hybrid FULLY_CONNECTED of version 9)."""
+    peak = float(np.abs(w).max()) / 127.0
+    scale = np.float32(peak if peak > 0 else 1.0)
+    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), float(scale)
+
+
 def compose(backbone_blob: bytes, head: Head, variant: str, logit_range: tuple[float, float] | None = None) -> bytes:
     """The backbone .tflite with the head appended: images in, probabilities out (temperature included).
 
@@ -184,8 +195,8 @@ def compose(backbone_blob: bytes, head: Head, variant: str, logit_range: tuple[f
         out = g.tensor(OUTPUT_NAME, [1, k], fb.TensorType.FLOAT32)
         g.softmax(variant, logits, out)
     elif variant == "dynamic":
-        q, scale = _per_channel_int8(w_t)
-        wt = g.tensor("head/kernel", q.shape, fb.TensorType.INT8, q, _quant(scale, np.zeros(k), 0))
+        q, scale = _per_tensor_int8(w_t)
+        wt = g.tensor("head/kernel", q.shape, fb.TensorType.INT8, q, _quant(scale, 0))
         bt = g.tensor("head/bias", b.shape, fb.TensorType.FLOAT32, b)
         logits = g.tensor("head/logits", [1, k], fb.TensorType.FLOAT32)
         g.fully_connected(variant, feat, wt, bt, logits, asymmetric=True)
@@ -241,11 +252,3 @@ def logit_range(head: Head, features: np.ndarray, margin: float = 0.05) -> tuple
     lo, hi = float(z.min()), float(z.max())
     pad = margin * (hi - lo)
     return lo - pad, hi + pad
-
-
-def compose_file(resolved: ResolvedBackbone, head: Head, variant: str, out_path: Path,
-                 features: np.ndarray | None = None) -> Path:
-    rng = logit_range(head, features) if variant == "int8" and features is not None else None
-    blob = compose(backbone_tflite(resolved, variant).read_bytes(), head, variant, rng)
-    atomic_write_bytes(out_path, blob)
-    return out_path

@@ -3,6 +3,8 @@ run's head written into it (engine.export.tfbundle: no TensorFlow), and the fold
 
     saved_model/   `serving_default`: images float32 [None,S,S,3] in [0,1] -> probabilities; also loads with
                    tf_keras (labels.txt and model_card.json in its assets/, written by engine.export.artefacts)
+                   `serving_bytes`: image_bytes string [None], encoded JPEG/PNG/GIF/BMP (base64 over TF Serving's
+                   REST API) -> probabilities: decodes, crops and resizes as training does (`prepare_encoded`)
 
 The template is traced once per backbone, image size and class count and cached beside the backbones; its head
 tensors are found by value (a marker head), so a run only copies the folder and rewrites two tensors.
@@ -22,6 +24,7 @@ import numpy as np
 
 from engine.config import runfiles as rf
 from engine.config.backbones import ResolvedBackbone
+from engine.config.training import CENTER_CROP_ASPECT
 from engine.core.fileio import atomic_write_text, made_once, read_json
 from engine.export import tfbundle
 from engine.features.backbones import cache_root
@@ -30,8 +33,14 @@ from engine.learn.head import Head
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_VERSION = "1"  # part of the template cache key: bump when the cached templates change
+TEMPLATE_VERSION = "2"  # part of the template cache key: bump when the cached templates change (2: serving_bytes)
 SIGNATURE, INPUT_NAME, OUTPUT_NAME = "serving_default", "images", "probabilities"
+BYTES_SIGNATURE, BYTES_INPUT_NAME = "serving_bytes", "image_bytes"
+# serving_bytes crops only where the model card in the SavedModel's assets/ says so. The exporter writes the card
+# there after saving, and one template serves runs with and without the crop, so the signature reads the card (a
+# SavedModel asset) on each call rather than a constant traced into it.
+CARD_CROP_PATTERN = r'(?s).*"center_crop"\s*:\s*true.*'
+PLACEHOLDER_CARD = '{"preprocessing": {"center_crop": false}}\n'  # until the exporter writes the real card
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -42,7 +51,8 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 
 def save_saved_model(model, path: Path, image_size: int) -> None:
-    """tf_keras SavedModel (so keras.models.load_model works) with an explicit `serving_default` signature."""
+    """tf_keras SavedModel (so keras.models.load_model works) with two signatures: `serving_default` (pixels) and
+    `serving_bytes` (encoded images, preprocessed in the graph as training does)."""
     from engine.core.tfcompat import tf  # why: only a fine-tuned model or a new template is traced
 
     @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=INPUT_NAME)])
@@ -50,19 +60,106 @@ def save_saved_model(model, path: Path, image_size: int) -> None:
         return {OUTPUT_NAME: model(images, training=False)}
 
     tmp = Path(tempfile.mkdtemp(prefix=".saved_model.", dir=path.parent))
+    placeholder = Path(tempfile.mkdtemp(prefix=".saved_model_card.", dir=path.parent)) / rf.MODEL_CARD
     try:
+        placeholder.write_text(PLACEHOLDER_CARD, encoding="utf-8")  # the save copies it into assets/
+        # Tracked by the model, so the signature's reference to it is saved as an asset (found again on load).
+        model.retrain_card = card = tf.saved_model.Asset(str(placeholder))
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT_NAME)])
+        def serve_bytes(image_bytes):
+            crop = tf.strings.regex_full_match(tf.io.read_file(card.asset_path), CARD_CROP_PATTERN)
+            images = tf.map_fn(lambda data: prepare_encoded(data, image_size, crop), image_bytes,
+                               fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
+            return {OUTPUT_NAME: model(images, training=False)}
+
+        signatures = {SIGNATURE: serve, BYTES_SIGNATURE: serve_bytes}
         try:
-            model.save(str(tmp), save_format="tf", include_optimizer=False, signatures={SIGNATURE: serve})
+            model.save(str(tmp), save_format="tf", include_optimizer=False, signatures=signatures)
         except (TypeError, ValueError, NotImplementedError) as exc:
             # A layer Keras cannot serialize must not cost the user the model: the serving signature is what
             # TF Serving, TFLite and engine.inference.predict use; only keras.models.load_model is lost.
             log.warning("Keras could not save this model (%s); writing a plain TF SavedModel instead", exc)
             shutil.rmtree(tmp)
-            tf.saved_model.save(model, str(tmp), signatures={SIGNATURE: serve})
+            tf.saved_model.save(model, str(tmp), signatures=signatures)
         _replace_dir(tmp, path)  # its assets (labels, card) are written by the exporter, for every way of exporting
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(placeholder.parent, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# serving_bytes: engine.data.images.prepare in TensorFlow ops
+# ----------------------------------------------------------------------------------------------------------------
+def prepare_encoded(data, size: int, center_crop):
+    """One encoded image (a scalar string tensor) -> float32 [size,size,3] in [0,1], as training prepares it
+    (engine.data.images.prepare): RGB (JPEG decoded as Pillow does, transparent PNG areas on white, a GIF's first
+    frame), the centre crop where `center_crop` (a bool tensor) and the image is longer than 1.5:1, a plain stretch
+    with training's OpenCV filters, rounded to whole grey levels, /255. Unlike training it does not apply the EXIF
+    orientation (TensorFlow's decoders ignore it)."""
+    from engine.core.tfcompat import tf  # why: traced into the SavedModel only
+
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
+    img = tf.case([
+        # libjpeg's accurate integer IDCT, as Pillow decodes (TensorFlow's default, the fast one, is up to 15
+        # grey levels off)
+        (tf.io.is_jpeg(data), lambda: tf.cast(tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+                                              tf.float32)),
+        (is_png, lambda: _png_on_white(data)),
+    ], default=lambda: tf.cast(tf.io.decode_image(data, channels=3, expand_animations=False), tf.float32))
+    img.set_shape([None, None, 3])
+    h, w = tf.shape(img)[0], tf.shape(img)[1]
+    side = tf.minimum(h, w)
+    elongated = tf.cast(tf.maximum(h, w), tf.float64) > CENTER_CROP_ASPECT * tf.cast(side, tf.float64)
+    img = tf.cond(tf.logical_and(center_crop, elongated),
+                  lambda: img[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side],
+                  lambda: img)
+    x = _resize_like_opencv(img, size)
+    return tf.clip_by_value(tf.floor(x + 0.5), 0.0, 255.0) / 255.0
+
+
+def _png_on_white(data):
+    """A PNG as float32 RGB with its transparent areas composited on white, rounded as Pillow's alpha_composite."""
+    from engine.core.tfcompat import tf  # why: traced into the SavedModel only
+
+    rgba = tf.cast(tf.io.decode_png(data, channels=4), tf.float32)
+    alpha = rgba[..., 3:] / 255.0
+    return tf.floor(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha) + 0.5)
+
+
+def _resize_like_opencv(img, size: int):
+    """engine.data.images.resize_for_model: cv2 INTER_AREA when the image has more than size x size pixels (an exact
+    area mean when both sides shrink, OpenCV's two-tap emulation when one grows), else INTER_LINEAR."""
+    from engine.core.tfcompat import tf  # why: traced into the SavedModel only
+
+    h, w = tf.shape(img)[0], tf.shape(img)[1]
+    pixels = tf.cast(h, tf.int64) * tf.cast(w, tf.int64)
+    return tf.case([
+        (tf.logical_and(tf.equal(h, size), tf.equal(w, size)), lambda: img),
+        (pixels <= size * size, lambda: tf.image.resize(img, [size, size], method="bilinear")),
+        (tf.logical_and(h >= size, w >= size), lambda: tf.image.resize(img, [size, size], method="area")),
+    ], default=lambda: tf.transpose(_area_grow_axis(tf.transpose(_area_grow_axis(img, size), [1, 0, 2]), size),
+                                    [1, 0, 2]), exclusive=False)
+
+
+def _area_grow_axis(a, n_out: int):
+    """Axis 0 of an HxWx3 image resampled as cv2.resize's INTER_AREA does when a side grows (engine/bundle/predict.py
+    `_resize_axis`, mode area_grow)."""
+    from engine.core.tfcompat import tf  # why: traced into the SavedModel only
+
+    n_in = tf.shape(a, out_type=tf.int64)[0]
+    inv = n_out / tf.cast(n_in, tf.float64)
+    d = tf.range(n_out, dtype=tf.float64)
+    s = tf.floor(d * (1.0 / inv))
+    f = tf.cast((d + 1.0) - (s + 1.0) * inv, tf.float32)
+    f = tf.where(f <= 0, tf.zeros_like(f), f - tf.floor(f))
+    edge = tf.logical_or(s < 0, s >= tf.cast(n_in - 1, tf.float64))
+    f = tf.where(edge, tf.zeros_like(f), f)[:, None, None]
+    s = tf.cast(s, tf.int64)
+    s0, s1 = tf.clip_by_value(s, 0, n_in - 1), tf.clip_by_value(s + 1, 0, n_in - 1)
+    return tf.gather(a, s0) * (1.0 - f) + tf.gather(a, s1) * f
 
 
 def saved_model_zip(run_dir: str | Path) -> bytes:

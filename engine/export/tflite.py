@@ -20,7 +20,7 @@ def configure(converter, variant: str, representative: np.ndarray | None = None,
               output_dtype: str | None = None) -> None:
     """Set up a tf.lite.TFLiteConverter for the variant. output_dtype overrides the recipe's output type (the
     composed int8 backbone ends in int8 features, which its appended head consumes as they are)."""
-    from engine.core.tfcompat import tf  # why: compose imports this module in the TF-free worker
+    from engine.core.tfcompat import set_per_tensor_dense, tf  # why: compose imports this module in the TF-free worker
 
     recipe = variants.get(variant).recipe
     if recipe.optimize:
@@ -31,6 +31,8 @@ def configure(converter, variant: str, representative: np.ndarray | None = None,
         converter.representative_dataset = lambda: calibration_batches(representative)
     if recipe.integer_only:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if recipe.per_tensor_dense:
+        set_per_tensor_dense(converter)
     if recipe.io_dtype != "float32":
         converter.inference_input_type = tf.as_dtype(recipe.io_dtype)
         converter.inference_output_type = tf.as_dtype(output_dtype or recipe.io_dtype)

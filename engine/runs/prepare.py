@@ -1,5 +1,6 @@
 """One-time preparation of a backbone on this machine, ahead of the first click: its weights ported to a hub module,
-the compiled embedder, the TFLite variants exports are composed from, and the SavedModel template for a class count.
+the compiled embedder, the TFLite variants and the ONNX graph exports are composed from, and the SavedModel
+template for a class count.
 
 Each part is made once per machine, by whichever process needs it first (engine.core.fileio.made_once): the app
 asks for them when it starts, in a background process (`python -m engine prepare`), so the first training run does
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from engine.config.backbones import BACKBONES, ResolvedBackbone
 from engine.config.variants import NAMES as VARIANT_NAMES
-from engine.export import savedmodel
+from engine.export import onnx_model, savedmodel
 from engine.export.compose import backbone_tflite, backbone_tflite_cached
 from engine.features import backbones
 from engine.features.embeddings import Embedder
@@ -27,7 +28,7 @@ from engine.runs.jobs import REPO_ROOT, job_env
 
 log = logging.getLogger(__name__)
 
-PARTS = ("backbone", "embedder", *(v for v in VARIANT_NAMES if v != "float32"), "template")
+PARTS = ("backbone", "embedder", *(v for v in VARIANT_NAMES if v != "float32"), "onnx", "template")
 PREPARE_ENV = "RETRAIN_STUDIO_PREPARE"  # "0": the app never prepares ahead (the tests' machine-wide cache stays theirs)
 
 
@@ -45,12 +46,13 @@ def missing(handle: str, n_classes: int | None = None, variants: Sequence[str] =
     are prepared ahead: a local module or a URL is prepared by the run that names it."""
     if handle not in BACKBONES:
         return []
-    wanted = ["embedder", *(v for v in variants if v != "float32"), *(["template"] if n_classes else [])]
+    wanted = ["embedder", *(v for v in variants if v != "float32"), "onnx", *(["template"] if n_classes else [])]
     resolved = _cached(handle)
     if resolved is None:
         return ["backbone", *wanted]
     done = {"embedder": Embedder.cached_tflite(resolved).exists(),
             "template": bool(n_classes) and savedmodel.has_template(resolved, n_classes),
+            "onnx": onnx_model.backbone_onnx_cached(resolved),
             **{v: backbone_tflite_cached(resolved, v) for v in variants}}
     return [part for part in wanted if not done[part]]
 
@@ -65,6 +67,7 @@ def prepare(handle: str, n_classes: int | None = None, variants: Sequence[str] =
     for variant in variants:
         if variant != "float32":
             backbone_tflite(resolved, variant)
+    onnx_model.backbone_onnx(resolved)
     if n_classes:
         savedmodel.ensure_template(resolved, n_classes)
     return todo
