@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from engine.config.training import TrainConfig  # noqa: E402
 from engine.runs import history as run_history  # noqa: E402 (a test's own `history` is the page's table)
 from engine.runs import jobs  # noqa: E402
 from engine.runs import status as run_status  # noqa: E402
-from engine.runs.status import RunState  # noqa: E402
+from engine.runs.status import RunState, process_start_time  # noqa: E402
 from engine.store.names import INBOX  # noqa: E402
 from engine.store.workspace import Workspace  # noqa: E402
 from ui.common import literal  # noqa: E402
@@ -302,7 +303,9 @@ def test_train_history_names_the_l2_kept_by_the_one_standard_error_rule(ws, monk
     assert "5 training step(s), one per penalty strength tried" in shown
     assert "Kept: strength 2, the simplest" in shown and "lowest validation loss" not in shown
     review = texts(page(ok(app(project.slug).run()), "ui/pages/review.py"))
-    assert "Backbones on these images (cross-validated, best first): efficientnet-lite2 90" in review
+    assert "Backbones on these images, best first (each image judged by a model that never saw it): " \
+        "efficientnet-lite2 90" in review
+    assert "efficientnet-lite2 got more of them right: choose it as the backbone on the Train page" in review
 
 
 def test_train_page_offers_the_bundle_as_soon_as_it_is_written(ws, monkeypatch):
@@ -929,3 +932,235 @@ def test_review_a_clicked_cells_images_come_right_after_the_matrix(ws):
     retrain_button = next(i for i, n in enumerate(nodes) if getattr(n, "key", None) == "review_retrain")
     changed = next(i for i, n in enumerate(nodes) if getattr(n, "type", "") == "expander")
     assert matrix < cell < retrain_button < changed
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Export per target (issue 21): one tab per place the product runs, its snippet with this run's files, its files alone
+# ----------------------------------------------------------------------------------------------------------------
+TARGET_TABS = ("Android / iOS", "Web page", "Python", "ONNX Runtime", "TF Serving", "TF.js", "Core ML")
+
+
+@pytest.fixture
+def deferred(monkeypatch):
+    """The bytes behind a download button whose data is built when it is clicked: deferred(button) -> bytes."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    made = {}
+    original = MediaFileManager.add_deferred
+
+    def add_deferred(self, data_callable, *args, **kwargs):
+        file_id = original(self, data_callable, *args, **kwargs)
+        made[file_id] = data_callable
+        return file_id
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", add_deferred)
+    return lambda b: made[b.proto.deferred_file_id]()
+
+
+def zipped(data: bytes) -> dict[str, bytes]:
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def target_tab(at: AppTest, label: str):
+    return next(t for t in at.tabs if t.label == label)
+
+
+def tab_code(at: AppTest, label: str) -> str:
+    return "\n".join(c.value for c in target_tab(at, label).code)
+
+
+def tab_texts(at: AppTest, label: str) -> str:
+    tab = target_tab(at, label)
+    return "\n".join(str(e.value) for kind in ("markdown", "caption", "info", "warning", "error", "success")
+                     for e in getattr(tab, kind))
+
+
+def bundle_own(folder: str) -> set[str]:
+    """The names engine/bundle/<folder>/ ships under in a bundle (a file kept gzipped ships unpacked, less .gz)."""
+    root = REPO / "engine" / "bundle"
+    return {p.relative_to(root).as_posix().removesuffix(".gz") for p in (root / folder).rglob("*")
+            if p.is_file() and not any(x.startswith(".") or x == "__pycache__" for x in p.relative_to(root).parts)}
+
+
+def bundle_own_bytes(name: str) -> bytes:
+    import gzip
+
+    path = REPO / "engine" / "bundle" / name
+    return path.read_bytes() if path.exists() else gzip.decompress(path.with_name(path.name + ".gz").read_bytes())
+
+
+def target_download(at: AppTest, key: str):
+    found = [b for b in at.get("download_button") if b.key == f"dl_target_{key}"]
+    return found[0] if found else None
+
+
+def exported_run(ws, onnx: dict | None):
+    """A fake-engine run whose card says what a real export's does (size, SavedModel signatures, ONNX)."""
+    project, run_id = trained(ws)
+    run_dir = jobs.run_path(project, run_id)
+    card = json.loads((run_dir / "model_card.json").read_text())
+    card.update(image_size=260, preprocessing={"center_crop": True},
+                saved_model={"dir": "saved_model", "bytes_signature": {"name": "serving_bytes"}})
+    if onnx is not None:
+        card["onnx"] = onnx
+    (run_dir / "model_card.json").write_text(json.dumps(card))
+    if onnx and onnx.get("file"):
+        (run_dir / "model.onnx").write_bytes(b"ONNX model")
+    return project, run_dir
+
+
+def test_export_has_a_tab_per_target_with_its_snippet_and_only_its_files(ws, deferred):
+    project, run_dir = exported_run(ws, {"file": "model.onnx", "opset": 15})
+    at = page(ok(app(project.slug).run()), "ui/pages/export.py")
+    assert [t.label for t in at.tabs] == list(TARGET_TABS)
+
+    mobile = tab_code(at, "Android / iOS")
+    assert 'ImageClassifier.createFromFile(context, "model_float32.tflite")' in mobile  # Kotlin
+    assert 'path(forResource: "model_float32", ofType: "tflite")' in mobile  # Swift
+    assert 'create_from_model_path("model_float32.tflite")' in mobile  # Python
+    assert '"cats" or "dogs"' in mobile
+    web = tab_code(at, "Web page")
+    assert "python serve.py --port 8080" in web and "http://127.0.0.1:8080/app" in web
+    in_browser = (REPO / "engine" / "bundle" / "web" / "index.html").exists()  # the bundle's in-browser page
+    assert ("http://127.0.0.1:8080/web/" in web) == in_browser
+    assert 'ort.InferenceSession.create("model.onnx")' in web and "[1, 260, 260, 3]" in web
+    assert "python -m engine serve --bundle" in web
+    python = tab_code(at, "Python")
+    assert "python predict.py photo.jpg" in python
+    assert 'predict.make_interpreter("model_float32.tflite")' in python
+    assert 'predict.prepare("photo.jpg", 260, center_crop=True)' in python
+    onnx = tab_code(at, "ONNX Runtime")
+    assert 'ort.InferenceSession("model.onnx")' in onnx and '{"images": x}' in onnx and "resize((260, 260))" in onnx
+    assert "cropped to a centred square" in tab_texts(at, "ONNX Runtime")
+    serving = tab_code(at, "TF Serving")
+    assert '"$PWD/saved_model:/models/classifier/1"' in serving and "tensorflow/serving" in serving
+    assert '"signature_name": "serving_bytes"' in serving and "/v1/models/classifier:predict" in serving
+    assert "p(cats), p(dogs)" in serving
+
+    # each download holds exactly its files, with the run's bytes
+    models = {"model_float32.tflite", "model_dynamic.tflite", "model_int8.tflite"}
+    www = {f"www/{p.name}" for p in (REPO / "engine" / "bundle" / "www").iterdir()
+           if p.is_file() and not p.name.startswith(".")}
+    www |= bundle_own("web") if in_browser else set()  # with model.onnx, which the in-browser page runs
+    expected = {
+        "mobile": models | {"labels.txt"},
+        "python": models | {"labels.txt", "model_card.json", "predict.py", "requirements.txt"},
+        "web": models | www | {"labels.txt", "model_card.json", "predict.py", "serve.py", "requirements.txt",
+                               "requirements-serve.txt", "Dockerfile", "model.onnx"},
+        "onnx": {"model.onnx", "labels.txt", "model_card.json"},
+        "tfserving": {"saved_model/saved_model.pb", "labels.txt"},
+    }
+    for key, names in expected.items():
+        button = target_download(at, key)
+        assert button is not None, key
+        files = zipped(deferred(button))
+        assert set(files) == names, key
+        for name, data in files.items():
+            assert data == ((run_dir / name).read_bytes() if (run_dir / name).exists() else bundle_own_bytes(name)), \
+                (key, name)
+    # the whole bundle is still offered above the tabs
+    assert any(b.label.startswith("Download everything (bundle.zip") for b in at.get("download_button"))
+
+
+@pytest.mark.parametrize("onnx, says", [
+    ({"file": None, "why_not": "the backbone could not be converted to ONNX (ValueError: op *Foo*)"},
+     "This run has no model.onnx: the backbone could not be converted to ONNX (ValueError: op *Foo*)."),
+    (None, "This run has no model.onnx: it was exported before Retrain Studio made ONNX models"),
+])
+def test_export_without_model_onnx_says_why_instead_of_a_download(ws, deferred, onnx, says):
+    project, run_dir = exported_run(ws, onnx)
+    at = page(ok(app(project.slug).run()), "ui/pages/export.py")
+    assert literal(says) in tab_texts(at, "ONNX Runtime")
+    assert target_download(at, "onnx") is None and tab_code(at, "ONNX Runtime") == ""  # no snippet for no file
+    assert "which this run lacks" in tab_texts(at, "Web page")
+    assert "onnxruntime-web" not in tab_code(at, "Web page") and "/web/" not in tab_code(at, "Web page")
+    served = set(zipped(deferred(target_download(at, "web"))))  # the server and its pages, not the in-browser one
+    assert "serve.py" in served and not [n for n in served if n.startswith("web/") or n == "model.onnx"]
+    assert target_download(at, "mobile") is not None  # the other targets are offered as before
+
+
+def test_export_targets_without_a_saved_model_or_tflite_say_so(ws):
+    import shutil
+
+    project, run_dir = exported_run(ws, {"file": "model.onnx"})
+    shutil.rmtree(run_dir / "saved_model")
+    for name in ("model_float32.tflite", "model_dynamic.tflite", "model_int8.tflite"):
+        (run_dir / name).unlink()
+    at = page(ok(app(project.slug).run()), "ui/pages/export.py")
+    assert literal("This run has no saved_model/ folder.") in tab_texts(at, "TF Serving")
+    assert literal("This run has no .tflite model.") in tab_texts(at, "Android / iOS")
+    assert [k for k in ("mobile", "python", "web", "tfserving") if target_download(at, k)] == []
+    assert target_download(at, "onnx") is not None
+
+
+@pytest.fixture
+def extras_started(monkeypatch):
+    """start_extra records the request and stores a "running" status as the background process would (the real
+    conversions run in tests/test_extras.py); statuses are the real files the page reads."""
+    from engine.export import extras
+    from engine.runs import extras as background
+
+    started = []
+
+    def start_extra(run_dir, name):
+        if name == "coreml":
+            raise ValueError("Making Core ML models needs coremltools==9.0: pip install coremltools==9.0")
+        started.append((Path(run_dir), name))
+        return extras.write_status(run_dir, name, state="running", progress=0.4, message="Converting the SavedModel",
+                                   files=[], started=time.time(), pid=os.getpid(),
+                                   proc_start=process_start_time(os.getpid()))
+
+    monkeypatch.setattr(background, "start_extra", start_extra)
+    return started
+
+
+def test_export_makes_tfjs_and_core_ml_on_request(ws, deferred, extras_started):
+    from engine.export import extras
+
+    project, run_dir = exported_run(ws, {"file": "model.onnx"})
+    at = page(ok(app(project.slug).run()), "ui/pages/export.py")
+    assert at.button(key="make_tfjs").label == "Make it" and at.button(key="make_coreml").label == "Make it"
+    assert "tf.loadGraphModel(" in tab_code(at, "TF.js") and "ct.models.MLModel(" in tab_code(at, "Core ML")
+    assert target_download(at, "tfjs") is None
+
+    ok(at.button(key="make_tfjs").click().run())
+    assert extras_started == [(run_dir, "tfjs")]
+    (bar,) = target_tab(at, "TF.js").get("progress")
+    assert bar.proto.value == 40 and "Converting the SavedModel" in bar.proto.text
+    assert not [b for b in at.button if b.key == "make_tfjs"]  # no second start while it runs
+
+    (run_dir / "tfjs").mkdir()
+    (run_dir / "tfjs" / "model.json").write_text("{}")
+    (run_dir / "tfjs" / "group1-shard1of1.bin").write_bytes(b"weights")
+    extras.write_status(run_dir, "tfjs", state="done", message="The TensorFlow.js model is ready (made in 20 s).",
+                        files=["tfjs/model.json", "tfjs/group1-shard1of1.bin"], progress=1.0)
+    ok(at.run())
+    assert literal("The TensorFlow.js model is ready (made in 20 s).") in tab_texts(at, "TF.js")
+    assert 'tf.loadGraphModel("tfjs/model.json")' in tab_code(at, "TF.js")
+    assert set(zipped(deferred(target_download(at, "tfjs")))) == {"tfjs/model.json", "tfjs/group1-shard1of1.bin",
+                                                                  "labels.txt"}
+
+    # a refusal says so where the button is; the page goes on
+    ok(at.button(key="make_coreml").click().run())
+    assert literal("Making Core ML models needs coremltools==9.0") in tab_texts(at, "Core ML")
+    # a failure is shown with its words, and "Make it" is offered again
+    extras.write_status(run_dir, "coreml", state="failed", message="Making the Core ML model failed: out of memory",
+                        files=[], progress=None)
+    ok(at.run())
+    assert literal("Making the Core ML model failed: out of memory") in tab_texts(at, "Core ML")
+    assert not at.button(key="make_coreml").disabled
+
+
+def test_export_without_coremltools_says_what_to_install(ws, monkeypatch):
+    from engine.export import coreml_model
+
+    monkeypatch.setattr(coreml_model, "converter_installed", lambda: False)
+    project, run_dir = exported_run(ws, {"file": "model.onnx"})
+    at = page(ok(app(project.slug).run()), "ui/pages/export.py")
+    assert literal("pip install coremltools==9.0") in tab_texts(at, "Core ML")
+    assert at.button(key="make_coreml").disabled
+    assert "Core ML" in tab_texts(at, "Core ML")  # when to pick it is said all the same
+    assert not at.button(key="make_tfjs").disabled  # TF.js needs only TensorFlow

@@ -3,6 +3,7 @@ alone (on the export the export tests share, tests/export_data.py)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -64,16 +65,21 @@ def _modelless_export(folder: Path) -> Path:
 
 
 SHIPPED = ("predict.py", "serve.py", "Dockerfile", "requirements.txt", "requirements-serve.txt", "www/index.html",
-           "www/app.html")
+           "www/app.html", "web/index.html", "web/demo.js", "web/demo.css")
+RUNTIME = "web/vendor/onnxruntime-web-1.31.1/"  # the vendored ONNX Runtime Web (tests/test_web_demo.py checks it)
+VENDORED = tuple(RUNTIME + name for name in ("LICENSE", "README.md", "ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs"))
+WASM = RUNTIME + "ort-wasm-simd-threaded.wasm"  # kept gzipped in the repository, unpacked in the bundle
 
 
 def test_the_bundle_ships_engine_bundle_files_byte_for_byte(tmp_path):
     bundle = export_bundle.write_bundle(_modelless_export(tmp_path / "out"), tmp_path / "bundle.zip")
     with zipfile.ZipFile(bundle) as zf:
-        assert set(zf.namelist()) == {*SHIPPED, "README.md", "labels.txt", "model_card.json"}
-        for name in SHIPPED:
+        assert set(zf.namelist()) == {*SHIPPED, *VENDORED, WASM, "README.md", "labels.txt", "model_card.json"}
+        for name in SHIPPED + VENDORED:
             assert zf.read(name) == (export_bundle.BUNDLE_SOURCES / name).read_bytes(), name
             assert zf.getinfo(name).external_attr >> 16 == 0o644, name
+        assert zf.read(WASM) == gzip.decompress((export_bundle.BUNDLE_SOURCES / (WASM + ".gz")).read_bytes())
+        assert zf.getinfo(WASM).external_attr >> 16 == 0o644
         readme = zf.read("README.md").decode()
     assert readme == export_bundle.bundle_readme(json.loads((tmp_path / "out" / "model_card.json").read_text()))
     assert readme.startswith("# Image classifier (2 classes)\n\nMade with Retrain Studio 9.9 on .")
@@ -98,10 +104,21 @@ def test_nothing_but_the_bundle_folders_files_ships(tmp_path, monkeypatch):
     (sources / "www" / ".DS_Store").write_bytes(b"\x00")
     (sources / "www" / "drafts").mkdir()  # only www/'s own files ship, not folders below it
     (sources / "www" / "drafts" / "old.html").write_bytes(b"<p>")
+    vendor = sources / RUNTIME
+    vendor.mkdir(parents=True)  # web/ ships with its folders (the vendored runtime), but nothing hidden in them
+    (vendor / "ort.wasm.min.mjs").write_bytes(b"export {};")
+    (vendor / "x.wasm.gz").write_bytes(gzip.compress(b"\x00asm"))
+    (vendor / ".DS_Store").write_bytes(b"\x00")
+    (sources / "web" / ".cache").mkdir()
+    (sources / "web" / ".cache" / "old.js").write_bytes(b"")
+    (sources / "web" / "__pycache__").mkdir()
+    (sources / "web" / "__pycache__" / "x.pyc").write_bytes(b"\x00")
     monkeypatch.setattr(export_bundle, "BUNDLE_SOURCES", sources)
     bundle = export_bundle.write_bundle(_modelless_export(tmp_path / "out"), tmp_path / "bundle.zip")
     names = zipfile.ZipFile(bundle).namelist()
-    assert sorted(names) == sorted([*SHIPPED, "README.md", "labels.txt", "model_card.json"]), names
+    assert sorted(names) == sorted([*SHIPPED, RUNTIME + "ort.wasm.min.mjs", RUNTIME + "x.wasm", "README.md",
+                                    "labels.txt", "model_card.json"]), names
+    assert zipfile.ZipFile(bundle).read(RUNTIME + "x.wasm") == b"\x00asm"
 
 
 def _run_bundle_predict(unpacked: Path, *args: str) -> subprocess.CompletedProcess:

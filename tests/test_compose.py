@@ -81,19 +81,57 @@ def test_saved_model_is_the_template_with_this_head(setup):
     assert savedmodel.has_template(resolved, len(CLASSES))
 
 
+def test_another_class_count_rewrites_the_same_template(setup, tmp_path):
+    """Two classes from the template traced for TEMPLATE_CLASSES: the shapes' bytes and the checkpoint entries are
+    rewritten in place (the smallest count: the sizes' varints are padded), and TensorFlow and tf_keras load it."""
+    from engine.core.tfcompat import keras, tf
+
+    resolved, head, _, (x, _, f), _ = setup
+    two = Head(head.kernel[:, :2], head.bias[:2], 1.0)
+    assert savedmodel.has_template(resolved, 2) and savedmodel.has_template(resolved, savedmodel.TEMPLATE_CLASSES)
+    out = savedmodel.saved_model_from_template(resolved, two, tmp_path / "two")
+    loaded = tf.saved_model.load(str(out))
+    serve = loaded.signatures["serving_default"]
+    assert serve.structured_outputs["probabilities"].shape.as_list() == [None, 2]
+    probs = serve(images=tf.constant(x[:3] / 255.0, tf.float32))["probabilities"].numpy()
+    assert np.abs(probs - two.probabilities(f[:3])).max() <= 1e-5
+    model = keras.models.load_model(str(out))
+    assert model.layers[-1].get_config()["units"] == 2
+    assert np.abs(model.predict(x[:3] / 255.0, verbose=0) - probs).max() <= 1e-5
+
+
 def test_another_head_reuses_the_cached_parts_without_tensorflow_conversion(setup, tmp_path, monkeypatch):
     resolved, head, _, (x, _, f), _ = setup
     other = Head(head.kernel[:, ::-1], head.bias[::-1], 1.0)
 
     def no_conversion(*args, **kwargs):
-        raise AssertionError("a cached backbone was converted again")
+        raise AssertionError("a cached backbone was made again")
 
     monkeypatch.setattr(compose, "_convert_backbone", no_conversion)
+    monkeypatch.setattr(compose, "_quantize_backbone", no_conversion)
     monkeypatch.setattr(savedmodel, "ensure_template", lambda r, k: savedmodel._template_dir(r, k))
     result = export.export_composed(other, resolved, CLASSES, tmp_path / "again", center_crop=False, features=f,
                                     checks=None, card={})
     probs = _probs(result.tflite["float32"], x)
     assert np.abs(probs - other.probabilities(f)).max() <= 1e-5
+
+
+def test_quantized_backbones_are_made_without_the_converter(setup, tmp_path, monkeypatch):
+    """A new machine's dynamic and int8 backbones come from the float32 one (engine.export.quantize), in seconds."""
+    from engine.export import quantize
+    from engine.features.embeddings import Embedder
+
+    resolved = setup[0]
+
+    def converter(*args, **kwargs):
+        raise AssertionError("the TFLite converter was used")
+
+    monkeypatch.setattr(compose, "_convert_backbone", converter)
+    monkeypatch.setattr(compose, "_backbone_cache", lambda r, v: tmp_path / f"{v}.tflite")
+    dynamic = compose.backbone_tflite(resolved, "dynamic")
+    assert dynamic.read_bytes() == quantize.dynamic_range(Embedder.tflite_path(resolved).read_bytes())
+    int8 = TFLiteModel(compose.backbone_tflite(resolved, "int8"))
+    assert int8.input_dtype == "uint8" and int8.output_dtype == "int8"  # int8 features, for the appended head
 
 
 def test_bundle_rewrite_refuses_other_shapes_and_unknown_tensors(setup, tmp_path):
@@ -110,6 +148,19 @@ def test_bundle_rewrite_refuses_other_shapes_and_unknown_tensors(setup, tmp_path
     before = tfbundle.read_tensor(prefix, kernel_key)
     tfbundle.overwrite_tensors(prefix, {kernel_key: np.full(head.kernel.shape, 0.25, np.float32)})
     assert np.all(tfbundle.read_tensor(prefix, kernel_key) == 0.25) and not np.all(before == 0.25)
+
+
+def test_shrinking_a_dimension_refuses_what_would_move_bytes(setup, tmp_path):
+    _, head, composed, _, _ = setup
+    sm = tmp_path / "sm"
+    shutil.copytree(composed.saved_model_dir, sm)
+    prefix = sm / "variables" / "variables"
+    with pytest.raises(tfbundle.BundleError, match="in place"):
+        tfbundle.shrink_last_dim(prefix, ["any"], 5, 200)
+    key = next(k for k, e in tfbundle.read_index(prefix.with_name("variables.index")).items()
+               if e.dtype == 1 and e.size == head.bias.size * 4)
+    with pytest.raises(tfbundle.BundleError, match="does not end in"):
+        tfbundle.shrink_last_dim(prefix, [key], 7, 3)
 
 
 def test_crc32c_matches_the_published_check_value():

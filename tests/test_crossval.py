@@ -234,3 +234,27 @@ def test_bundle_predict_py_marks_unknown_by_the_cards_threshold(model_dir):
     assert [r["unknown"] for r in out] == [t < threshold for t in tops] and out[0]["threshold"] == threshold
     text = run().stdout
     assert text.count("unknown: the top probability is below") == sum(t < threshold for t in tops)
+
+
+def test_a_search_started_at_a_previous_choice_ends_at_the_same_l2():
+    """A retrain of a large project starts at the last choice (engine.learn.train): three points around it, then
+    the usual steps along the ladder, so the rule still picks the same L2 wherever it starts."""
+    x, y = blobs([60, 50, 40], d=16, spread=2.0)
+    plain = crossval.out_of_fold(x, y, 3)
+    for start in (plain.l2, 1e-4, 0.3):
+        again = crossval.out_of_fold(x, y, 3, start=start)
+        assert again.l2 == plain.l2, start
+        assert sorted(r["l2"] for r in again.grid[:3]) == crossval._around(start)
+    # here the choice (0.3) lies far from the default grid: 7 steps from it, 4 around the last choice
+    assert len(crossval.out_of_fold(x, y, 3, start=plain.l2).grid) < len(plain.grid) - 2
+    assert crossval._around(2e-3) == [1e-3, 3e-3, 1e-2] and crossval._around(1.0) == [0.3, 1.0]
+
+
+def test_the_final_fit_starts_from_the_fold_heads():
+    x, y = blobs([60, 50, 40], d=16, spread=2.0)
+    oof = crossval.out_of_fold(x, y, 3, n_folds=5)
+    cold = crossval.fit_logreg(x, y, 3, oof.l2)
+    warm = crossval.fit_logreg(x, y, 3, oof.l2, init=oof.head_init)
+    assert warm[2] < cold[2]  # fewer iterations ...
+    np.testing.assert_allclose(crossval.softmax(x @ warm[0] + warm[1]), crossval.softmax(x @ cold[0] + cold[1]),
+                               atol=1e-3)  # ... to the same head

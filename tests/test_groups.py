@@ -93,11 +93,9 @@ def test_copy_groups_never_link_two_photos_through_a_third():
     assert copy_groups(x, shas)[3] == copy_groups(x, shas)[4]
 
 
-@pytest.mark.shared
-def test_copy_groups_on_flowers_large_hold_only_copies():
-    """Judged by eye once (see engine/learn/groups.py): four hash matches on flowers_large are different photos of
-    dandelion clocks; the loose rule groups them, the copy rule must not, and must keep the colour-graded pair that
-    one of them was chained to."""
+@pytest.fixture(scope="module")
+def flowers_large():
+    """flowers_large's (root, paths, sha256s, lite0 features, perceptual hashes), once for the module."""
     from conftest import shared_dataset
 
     from engine.data.dataset import scan_image_dir
@@ -108,11 +106,19 @@ def test_copy_groups_on_flowers_large_hold_only_copies():
     root = shared_dataset("flowers_large")
     items = scan_image_dir(root).items
     paths, shas = [it.path for it in items], [it.sha256 for it in items]
-    emb = embed_files(paths, shas, backbones.resolve("efficientnet-lite0"))
-    hashes = image_stats(paths, shas).hashes
+    features = embed_files(paths, shas, backbones.resolve("efficientnet-lite0")).features
+    return root, paths, shas, features, image_stats(paths, shas).hashes
+
+
+@pytest.mark.shared
+def test_copy_groups_on_flowers_large_hold_only_copies(flowers_large):
+    """Judged by eye once (see engine/learn/groups.py): four hash matches on flowers_large are different photos of
+    dandelion clocks; the loose rule groups them, the copy rule must not, and must keep the colour-graded pair that
+    one of them was chained to."""
+    root, paths, shas, features, hashes = flowers_large
     where = {str(Path(p).relative_to(root)): i for i, p in enumerate(paths)}
-    loose = near_duplicate_groups(emb.features, shas, hashes=hashes)
-    strict = copy_groups(emb.features, shas, hashes=hashes)
+    loose = near_duplicate_groups(features, shas, hashes=hashes)
+    strict = copy_groups(features, shas, hashes=hashes)
     different = [("dandelion/18479635994_83f93f4120.jpg", "dandelion/5654859907_c2be3b0f1e_n.jpg"),
                  ("dandelion/4669006062_6b3d260037_n.jpg", "dandelion/9200211647_be34ce978b.jpg"),
                  ("dandelion/486234138_688e01aa9b_n.jpg", "dandelion/7425858848_d04dab08dd_n.jpg"),
@@ -125,3 +131,79 @@ def test_copy_groups_on_flowers_large_hold_only_copies():
     for a, b in copies:
         assert strict[where[a]] == strict[where[b]], (a, b)
     assert len(groups_to_lists(strict)) == 25
+
+
+def planted(n: int = 1500, d: int = 64, seed: int = 0) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Features and 3-view 63-bit hashes of n distinct images, with planted copies: near-identical embeddings,
+    hash matches at 0-8 bits (cosine above and below HASH_MIN_COSINE), hash near-misses at 9-10 bits, exact files
+    and unreadable images (all-zero hashes)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    h = rng.random((n, 3, 63)) < 0.5
+    shas = [f"s{i}" for i in range(n)]
+    for i in range(0, 200, 2):  # embeddings a copy apart (cosine ~.99), unrelated hashes
+        x[i + 1] = x[i] + rng.normal(scale=0.1, size=d)
+    for i in range(200, 600, 2):  # hashes 0-10 bits apart on one view; cosine anywhere from ~0 to ~.9
+        bits = rng.choice(63, int(rng.integers(0, 11)), replace=False)
+        h[i + 1, int(rng.integers(0, 3))] = h[i, 0]
+        h[i + 1, :, bits] ^= True
+        x[i + 1] = x[i] * rng.uniform(0, 3) + rng.normal(size=d)
+    for i in range(600, 640, 4):  # chains: several copies of one image (MAX_HASH_GROUP applies)
+        for j in range(1, 4):
+            h[i + j] = h[i] ^ (rng.random((3, 63)) < 0.03)
+            x[i + j] = x[i] + rng.normal(scale=0.8, size=d)
+    shas[700] = shas[701]
+    h[[800, 801]] = False  # unreadable: no hash
+    x[801] = x[800]
+    return x, shas, h
+
+
+def test_the_searched_pairs_are_the_all_pairs_ones(monkeypatch):
+    """Above ALL_PAIRS_MAX rows the pairs are searched (engine.learn.pairs), not all compared: same pairs, same
+    hash distances, so the same groups for cross-validation and for curation."""
+    from engine.learn import groups
+
+    x, shas, h = planted()
+    every = groups.duplicate_pairs(x, h, all_pairs_max=10**9)
+    searched = groups.duplicate_pairs(x, h, all_pairs_max=0)
+    assert [p[:2] + p[3:] for p in searched] == [p[:2] + p[3:] for p in every]
+    assert np.allclose([p[2] for p in searched], [p[2] for p in every], atol=1e-5)
+    kinds = {p[3] >= 0 for p in every}
+    assert kinds == {True, False} and len(every) > 150  # both rules were exercised
+    loose, strict = near_duplicate_groups(x, shas, hashes=h), copy_groups(x, shas, hashes=h)
+    embedding_only = near_duplicate_groups(x, shas)
+    monkeypatch.setattr(groups, "ALL_PAIRS_MAX", 0)
+    assert np.array_equal(near_duplicate_groups(x, shas, hashes=h), loose)
+    assert np.array_equal(copy_groups(x, shas, hashes=h), strict)
+    assert np.array_equal(near_duplicate_groups(x, shas), embedding_only)
+    assert len(groups_to_lists(embedding_only)) >= 100
+
+
+def test_hash_candidates_hold_every_pair_within_the_distance():
+    """The pigeonhole search may return extra pairs, never miss one: checked against a brute-force count."""
+    from engine.learn.groups import _hash_words
+    from engine.learn.pairs import hash_candidates
+
+    rng = np.random.default_rng(3)
+    h = rng.random((400, 3, 63)) < 0.5
+    for i in range(0, 400, 2):
+        h[i + 1] = h[i] ^ (rng.random((3, 63)) < rng.uniform(0, 0.2))
+    words = _hash_words(h)
+    i, j = hash_candidates(words[:, 0], words, 8)
+    found = set(zip(i.tolist(), j.tolist(), strict=True))
+    dist = np.bitwise_count(words[:, None, 0, None] ^ words[None, :, :]).min(axis=2)
+    expected = {(a, b) for a, b in zip(*np.nonzero(dist <= 8), strict=True) if a != b}
+    assert len(expected) > 100 and expected <= found
+    assert len(found) < 400 * 400 / 10  # and it did not simply return every pair
+
+
+@pytest.mark.shared
+def test_searched_groups_equal_all_pairs_groups_on_flowers_large(flowers_large):
+    from engine.learn import groups
+
+    _, _, _, x, hashes = flowers_large
+    every = groups.duplicate_pairs(x, hashes, all_pairs_max=10**9)
+    assert [p[:2] + p[3:] for p in groups.duplicate_pairs(x, hashes, all_pairs_max=0)] == [
+        p[:2] + p[3:] for p in every]
+    assert [p[:2] for p in groups.duplicate_pairs(x, all_pairs_max=0)] == [
+        p[:2] for p in groups.duplicate_pairs(x, all_pairs_max=10**9)]

@@ -264,10 +264,14 @@ def test_bundle_dockerfile_serves_what_the_bundle_holds():
 
     text = (REPO / "engine" / "bundle" / "Dockerfile").read_text()
     lines = [ln.strip() for ln in text.replace("\\\n", " ").splitlines() if ln.strip() and not ln.startswith("#")]
+    from engine.inference.bundle_files import BUNDLE_PAGES, BUNDLE_WEB
+
     bundle_files = {"requirements.txt", "requirements-serve.txt", "model_card.json", "labels.txt", "predict.py",
-                    "serve.py", "model_*.tflite", "www"}  # what engine.export puts in every bundle
+                    "serve.py", "model_*.tflite", BUNDLE_PAGES, BUNDLE_WEB}  # what engine.export puts in every bundle
+    optional = {"model*.onnx"}  # a glob that may match nothing: fine-tuned runs have no model.onnx
     copied = [name for ln in lines if ln.startswith("COPY ") for name in ln.split()[1:-1]]
-    assert set(copied) <= bundle_files and {"serve.py", "predict.py", "model_*.tflite", "www"} <= set(copied)
+    assert set(copied) <= bundle_files | optional
+    assert {"serve.py", "predict.py", "model_*.tflite", BUNDLE_PAGES, BUNDLE_WEB} <= set(copied)
     assert not any("tensorflow" in ln.lower() for ln in lines if ln.startswith("RUN"))
     health = next(ln for ln in lines if ln.startswith("HEALTHCHECK"))
     assert "/healthz" in health

@@ -198,6 +198,9 @@ def test_healthz_model_and_openapi(server):
     assert {"tagName", "probablity", "probability"} <= set(seed)
     for path in ("/classify", "/v1/predict"):
         assert {"200", "400", "413", "415", "422"} <= set(spec["paths"][path]["post"]["responses"])
+    # FastAPI's /docs and /redoc load their scripts from a CDN, which an offline server cannot reach: not served
+    for page in ("/docs", "/redoc"):
+        assert request(server.url + page)[0] == 404
 
 
 # ----------------------------------------------------------------------------------------------------------------

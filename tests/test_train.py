@@ -327,3 +327,21 @@ def test_altered_copies_share_their_originals_fold(tmp_path, store):
     fold = {p["sha256"]: p["fold"] for p in res.metrics["predictions"]}
     assert len(set(fold.values())) > 1
     assert all(fold[original] == fold[copy] for original, copy in pairs), pairs
+
+
+def test_a_large_project_starts_its_l2_search_at_the_last_choice(demo_dir, store, result, monkeypatch, tmp_path):
+    """Issue 22: the L2 search of a retrain starts at the previous run's choice (same backbone and classes), from
+    LARGE_N images on; smaller projects always start from the grid (results independent of earlier runs)."""
+    from engine.learn import crossval
+
+    monkeypatch.setenv("RETRAIN_STUDIO_CACHE", str(tmp_path))
+    cfg = TrainConfig(image_dir=str(demo_dir))
+    train(cfg, store=store, data=result.data)
+    assert not (tmp_path / "l2_choices.json").exists()
+    monkeypatch.setattr(crossval, "LARGE_N", 1)
+    first = train(cfg, store=store, data=result.data)
+    assert (tmp_path / "l2_choices.json").exists()
+    again = train(cfg, store=store, data=result.data)
+    assert [r["l2"] for r in again.metrics["l2_search"][:3]] == sorted(crossval._around(first.metrics["l2"]),
+                                                                       reverse=True)
+    assert again.metrics["l2"] == first.metrics["l2"] and again.metrics["evaluation"] == "cross-validation (5 folds)"

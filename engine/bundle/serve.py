@@ -19,6 +19,10 @@
     GET  /, /index.html an upload form that posts `upload` to /classify (the text/non-text server's page; no script)
     GET  /app           drop a photo or use the webcam, the top 5 as bars (from /v1/predict); both pages are in www/
                         beside this file and load nothing from elsewhere
+    GET  /web/          the same in the browser alone: web/ beside this file runs model.onnx with its vendored ONNX
+                        Runtime Web (WebAssembly); the photo is never uploaded. It loads /model.onnx, /labels.txt
+                        and /model_card.json, which this server hands out from the bundle folder (--no_web: none of
+                        them, for a server whose model must not be downloadable)
 
 Preprocessing and inference are predict.py's (this file's sibling), so the bundle holds one copy of them.
 Every refused request is answered with a JSON body {"error": "...", "status": N}: empty upload 400, not an image
@@ -39,6 +43,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gzip
 import importlib.util
 import io
 import json
@@ -58,7 +63,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field, RootModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -102,6 +107,21 @@ PAGE_HEADERS = {
                                "img-src 'self' blob: data:; media-src blob: mediastream:; connect-src 'self'; "
                                "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+# The in-browser demo, from beside the server's code too: its page, script and style, and the vendored runtime. Its
+# scripts are files of this server ('self', no inline script), WebAssembly is compiled ('wasm-unsafe-eval'), and it
+# fetches the model from this server only.
+WEB = HERE / "web"
+WEB_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
+                               "img-src 'self' blob: data:; media-src blob: mediastream:; connect-src 'self'; "
+                               "form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+             ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".wasm": "application/wasm",
+             ".md": "text/markdown; charset=utf-8", "": "text/plain; charset=utf-8"}  # "": LICENSE
+# What the demo page loads from the bundle folder (and nothing else of it is served).
+MODEL_FILES = {"model.onnx": "application/octet-stream", "labels.txt": "text/plain; charset=utf-8",
+               "model_card.json": "application/json"}
 
 
 @dataclass
@@ -121,6 +141,7 @@ class ServeConfig:
     upload_grace_s: float = 10.0  # an upload may take this long before its rate counts ...
     min_upload_kbps: float = 64.0  # ... then it must average this many KiB/s, or it is cut off with a 408
     threshold: float | None = None  # "unknown" below this top probability; None: the model card's (0: never)
+    web: bool = True  # the in-browser demo at /web/, with the model files it loads (model.onnx, labels, card)
 
     def resolved_threads(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // max(1, self.workers))
@@ -288,6 +309,42 @@ class Classifier:
 
     def top(self, probs, k: int) -> list[dict[str, Any]]:
         return bp.top_predictions(probs, self.labels, k)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Static files: the in-browser demo and the model files it loads
+# ----------------------------------------------------------------------------------------------------------------
+def web_files(folder: Path = WEB) -> dict[str, tuple[Path, bool]]:
+    """The demo's files by their path below /web/ -> (file, gzipped): every file of the folder of a known type, none
+    hidden. A file kept gzip-compressed (the vendored .wasm in the engine's source tree; a bundle holds it as it is)
+    is listed under its name less .gz, unless the file itself is there too."""
+    files: dict[str, tuple[Path, bool]] = {}
+    for p in sorted(folder.rglob("*")) if folder.is_dir() else ():
+        parts = p.relative_to(folder).parts
+        if not p.is_file() or any(part.startswith(".") or part == "__pycache__" for part in parts):
+            continue
+        name, gzipped = "/".join(parts), p.suffix == ".gz"
+        name = name[:-3] if gzipped else name
+        if Path(name).suffix in WEB_TYPES and name not in files:  # sorted: x.wasm comes before x.wasm.gz
+            files[name] = (p, gzipped)
+    return files
+
+
+def static_file(request: Request, path: Path, media_type: str, headers: dict[str, str],
+                gzipped: bool = False) -> Response:
+    """A file with its ETag (304 when the browser has it); a gzipped file as it is with Content-Encoding: gzip, or
+    unpacked for a client that does not take gzip."""
+    encode = gzipped and "gzip" in request.headers.get("accept-encoding", "")
+    stat = path.stat()
+    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}{"-gzip" if encode else ""}"'
+    headers = {**headers, "ETag": etag, **({"Vary": "Accept-Encoding"} if gzipped else {})}
+    if etag in [t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    if encode:
+        return FileResponse(path, media_type=media_type, headers={**headers, "Content-Encoding": "gzip"})
+    if gzipped:
+        return Response(gzip.decompress(path.read_bytes()), media_type=media_type, headers=headers)
+    return FileResponse(path, media_type=media_type, headers=headers)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -496,7 +553,9 @@ def create_app(cfg: ServeConfig | None = None) -> FastAPI:
             clf.executor.shutdown(wait=True, cancel_futures=True)
             scratch.cleanup()
 
-    app = FastAPI(title=f"Image classifier: {clf.name}", version="1",
+    # no /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN, which an offline server cannot reach;
+    # the spec itself is at /openapi.json
+    app = FastAPI(title=f"Image classifier: {clf.name}", version="1", docs_url=None, redoc_url=None,
                   description="Retrain Studio model server. `POST /classify` answers like the text/non-text "
                               "server it replaces; `/v1/*` is the versioned API.", lifespan=lifespan)
     app.state.classifier = clf
@@ -600,6 +659,45 @@ def create_app(cfg: ServeConfig | None = None) -> FastAPI:
     async def app_page() -> HTMLResponse:
         return page("app.html")
 
+    web = web_files() if cfg.web else {}
+
+    def web_off() -> ApiError:
+        return ApiError(404, "the in-browser demo is off (--no_web)" if not cfg.web else
+                        "web/ is missing beside serve.py: copy the bundle's web/ folder there")
+
+    @app.get("/web", include_in_schema=False)
+    async def web_root() -> Response:
+        if "index.html" not in web:
+            raise web_off()
+        return RedirectResponse("/web/", status_code=308)  # the page's links are relative to its folder
+
+    @app.get("/web/{path:path}", include_in_schema=False)
+    async def web_file(path: str, request: Request) -> Response:
+        name = path or "index.html"
+        if name not in web:
+            raise web_off() if not web else ApiError(404, f"web/{name} is not a file of the in-browser demo")
+        file, gzipped = web[name]
+        return static_file(request, file, WEB_TYPES[Path(name).suffix], WEB_HEADERS, gzipped)
+
+    def model_file(name: str):
+        """The route of one file the demo loads from the bundle: this name only, and only inside the folder."""
+        async def send(request: Request) -> Response:
+            if not cfg.web:
+                raise web_off()
+            try:
+                file = bp.bundle_file(Path(cfg.bundle_dir), name)
+            except ValueError as exc:
+                raise ApiError(404, f"{name} is not served: {exc}") from exc
+            if not file.is_file():
+                raise ApiError(404, f"{name} is not in this bundle" + (" (model_card.json's onnx entry says why)"
+                                                                       if name == "model.onnx" else ""))
+            return static_file(request, file, MODEL_FILES[name], {"X-Content-Type-Options": "nosniff",
+                                                                  "Cache-Control": "no-cache"})
+        return send
+
+    for name in MODEL_FILES:
+        app.add_api_route(f"/{name}", model_file(name), methods=["GET"], include_in_schema=False)
+
     app.add_middleware(RequestGuard, max_body=int(cfg.max_upload_mb * MIB), max_inflight=cfg.max_inflight,
                        grace_s=cfg.upload_grace_s, min_rate=cfg.min_upload_kbps * 1024)
     return app
@@ -635,6 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds an upload may take before --min_upload_kbps applies")
     p.add_argument("--min_upload_kbps", type=float, default=d.min_upload_kbps,
                    help="slowest average upload rate after the grace period (KiB/s); slower uploads get a 408")
+    p.add_argument("--no_web", dest="web", action="store_false",
+                   help="do not serve the in-browser demo at /web/, nor the model files it loads (model.onnx, "
+                        "labels.txt, model_card.json): for a server whose model must not be downloadable")
     p.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m engine train|predict|backbones|serve|embed|inspect|check|prepare`.
+"""Command line: `python -m engine train|predict|backbones|serve|embed|inspect|check|prepare|export-extra`.
 
 Each command is a thin adapter in its own module of this package (flags in, engine call, what the user sees out);
 the table below is the one list of them. A command line that starts with a flag is treated as `train`, so
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
-from engine.cli import backbones, check, embed, inspect, predict, prepare, serve, train
+from engine.cli import backbones, check, embed, export_extra, inspect, predict, prepare, serve, train
 
 log = logging.getLogger("engine")
 
@@ -45,6 +45,8 @@ COMMANDS: dict[str, Command] = {
                      check.add_check_args, check.run_check, show_defaults=False),
     "prepare": Command("Make a backbone's one-time parts on this machine now (ported weights, TFLite variants).",
                        prepare.add_prepare_args, prepare.run_prepare),
+    "export-extra": Command("Make a TensorFlow.js or Core ML model from a finished run (after its bundle).",
+                            export_extra.add_export_extra_args, export_extra.run_export_extra),
 }
 
 

@@ -10,6 +10,8 @@ takes them from here (the status rule that reads status.json lives in engine.run
     <run_dir>/snapshot.json    (sha256, label) of every image the run trained on
     <run_dir>/model_card.json, labels.txt, saved_model/, model_{variant}.tflite, model.onnx  (engine.export,
                                engine.config.variants)
+    <run_dir>/tfjs/, model.mlpackage  made on request after the run (engine.export.extras): TF.js and Core ML;
+                               <run_dir>/extras/<name>.json says how making each went (that module writes it)
     <run_dir>/bundle.zip       the last artefact, written atomically: if it exists, the run is downloadable
                                (afterwards the job may still add the backbone comparison to metrics.json)
     <run_dir>/run.json         app jobs only (engine.runs.jobs): run_id, project, command, pid, proc_start, counts
@@ -35,6 +37,9 @@ MODEL_CARD = "model_card.json"
 LABELS = "labels.txt"
 SAVED_MODEL = "saved_model"
 ONNX = "model.onnx"  # the classifier for ONNX Runtime (engine.export.onnx_model)
+TFJS = "tfjs"  # TF.js graph model folder (model.json + weight shards), made on request (engine.export.extras)
+COREML = "model.mlpackage"  # Core ML classifier (a folder), made on request
+EXTRAS = "extras"  # <run_dir>/extras/<name>.json: the status of each format made on request
 BUNDLE = "bundle.zip"
 RUN = "run.json"
 LOG = "log.txt"

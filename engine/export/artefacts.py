@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from engine import __version__
 from engine.config import runfiles as rf
 from engine.config import variants as variant_table  # `variants` is the exporters' argument
-from engine.config.backbones import BACKBONES, ResolvedBackbone
+from engine.config.backbones import ResolvedBackbone
 from engine.core.events import EventKind, ProgressCallback, Stage, emit
 from engine.core.fileio import atomic_write_bytes, atomic_write_text, json_default
 from engine.export import card as model_card
@@ -68,13 +67,8 @@ def _labels_text(labels: list[str]) -> str:
 def _with_metadata(blob: bytes, variant: str, labels: list[str], image_size: int, facts: dict[str, Any]) -> bytes:
     """A .tflite file as MediaPipe Tasks and the TFLite Task Library load it: labels and input normalization in the
     file (engine.export.tflite_metadata, milliseconds)."""
-    handle = (facts.get("backbone") or {}).get("handle") or "custom backbone"
-    spec = BACKBONES.get(handle)
-    return tflite_metadata.add_metadata(
-        blob, labels, name=f"Image classifier: {len(labels)} classes on {handle}",
-        description=f"Classes: {', '.join(labels)}. Trained with Retrain Studio; model_card.json tells how.",
-        version=f"{__version__} {time.strftime('%Y-%m-%d')}", license=spec.license if spec else "",
-        author="Retrain Studio", image_size=image_size, input_range=variant_table.get(variant).input_range)
+    return tflite_metadata.add_metadata(blob, labels, **model_card.about(labels, facts), image_size=image_size,
+                                        input_range=variant_table.get(variant).input_range)
 
 
 def _export_onnx(resolved: ResolvedBackbone, head: Head, out: Path, progress: ProgressCallback | None) -> dict:
@@ -140,7 +134,7 @@ def export_composed(head: Head, resolved: ResolvedBackbone, labels: list[str], o
         path = out / _file(variant)
         first = variant != "float32" and not compose.backbone_tflite_cached(resolved, variant)
         emit(progress, EventKind.STAGE, stage=Stage.EXPORT, message=f"Writing {path.name}" + (
-            f" (first {variant} export of this backbone: converting it once, ~30 s)" if first else ""))
+            f" (first {variant} export of this backbone: quantizing it once, a few seconds)" if first else ""))
         blob = compose.compose(compose.backbone_tflite(resolved, variant).read_bytes(), head, variant,
                                compose.logit_range(head, features) if variant == "int8" and features is not None
                                else None)
@@ -149,7 +143,7 @@ def export_composed(head: Head, resolved: ResolvedBackbone, labels: list[str], o
         emit(progress, EventKind.EXPORT, done=n, total=len(wanted) + 1, file=path.name)
     first = not savedmodel.has_template(resolved, head.n_classes)
     emit(progress, EventKind.STAGE, stage=Stage.EXPORT, message="Writing the SavedModel" + (
-        f" (first {head.n_classes}-class model of this backbone: tracing it once, ~15 s)" if first else ""))
+        " (first SavedModel of this backbone: tracing its template once, ~15 s)" if first else ""))
     savedmodel.saved_model_from_template(resolved, head, result.saved_model_dir)
     emit(progress, EventKind.EXPORT, done=len(wanted) + 1, total=len(wanted) + 1, file=rf.SAVED_MODEL)
     result.onnx = _export_onnx(resolved, head, out, progress)

@@ -18,11 +18,13 @@ in metrics too. Every place named above was in those cards as well, so readers o
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from typing import TYPE_CHECKING, Any
 
 from engine import __version__
 from engine.config import runfiles as rf
 from engine.config import variants
+from engine.config.backbones import BACKBONES
 from engine.config.training import CENTER_CROP_RULE
 from engine.export.savedmodel import BYTES_INPUT_NAME, BYTES_SIGNATURE, INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from engine.learn.train import TrainResult
 
 FORMAT_VERSION = 1
+AUTHOR = "Retrain Studio"
 # A card from a caller that knows nothing of training still has these keys (null).
 CALLER_KEYS = ("backbone", "config", "dataset_hash", "class_counts", "metrics")
 THRESHOLD_KEYS = ("value", "target_precision", "precision", "coverage", "reached")
@@ -94,3 +97,14 @@ def build(facts: dict[str, Any], *, labels: list[str], image_size: int, center_c
         "export": export,
     }
     return {**dict.fromkeys(CALLER_KEYS), **facts, **ours}
+
+
+def about(labels: list[str], facts: dict[str, Any]) -> dict[str, str]:
+    """The model's name, description, version, author and licence, in the words every format's own metadata shows
+    (TFLite metadata, Core ML in Xcode, TF.js's model.json). facts: the card, or the facts the card is built from."""
+    handle = (facts.get("backbone") or {}).get("handle") or "custom backbone"
+    spec = BACKBONES.get(handle)
+    return {"name": f"Image classifier: {len(labels)} classes on {handle}",
+            "description": f"Classes: {', '.join(labels)}. Trained with Retrain Studio; model_card.json tells how.",
+            "version": f"{__version__} {time.strftime('%Y-%m-%d')}", "license": spec.license if spec else "",
+            "author": AUTHOR}

@@ -3,9 +3,11 @@
 Every run of a project exports the same backbone; only the head (a dense layer + softmax, a few thousand numbers)
 changes. Converting the whole network with the TFLite converter costs ~15-30 s per variant, so instead:
 
-* each TFLite variant of the backbone (float32, dynamic-range, full int8) is converted once per backbone and
-  image size and cached; the int8 one is calibrated on a fixed set of generated images (measured: the top-1
-  agreement with float32 matches calibration on real photos, see bench/bench.py), so no user photo is needed;
+* each TFLite variant of the backbone (float32, dynamic-range, full int8) is made once per backbone and image size
+  and cached: float32 is the embedder's own model; the quantized ones are made from it without the converter
+  (engine.export.quantize: ~0.2 s and ~4 s instead of ~11 s and ~18 s), the int8 one calibrated on a fixed set of
+  generated images (measured: the top-1 agreement with float32 matches calibration on real photos, see
+  bench/bench.py), so no user photo is needed;
 * a run's classifier is that flatbuffer with FULLY_CONNECTED + SOFTMAX appended (quantized the way the converter
   quantizes them: int8 symmetric per-channel weights), written in a fraction of a second without TensorFlow;
 * the SavedModel is a cached template whose head tensors are rewritten in place (engine.export.savedmodel).
@@ -16,12 +18,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import flatbuffers
 import numpy as np
 
 from engine.config.backbones import ResolvedBackbone
 from engine.core.fileio import atomic_write_bytes, made_once
+from engine.export import quantize
 from engine.export.calibration import calibration_images
+from engine.export.quantize import quant as _quant
+from engine.export.quantize import read_model, write_model
+from engine.export.quantize import schema as _schema
 from engine.export.savedmodel import INPUT_NAME, OUTPUT_NAME  # the TFLite files' signature uses the same names
 from engine.export.tflite import configure
 from engine.features.backbones import cache_root
@@ -30,7 +35,7 @@ from engine.learn.head import Head
 
 log = logging.getLogger(__name__)
 
-COMPOSE_VERSION = "1"  # part of every cache key here: bump when the cached backbones change
+COMPOSE_VERSION = "2"  # part of every cache key here: bump when the cached backbones change (2: no converter)
 # (op, variant) -> operator version, as the TFLite converter (TF 2.21) writes them for the same ops. The dynamic head's
 # FULLY_CONNECTED is version 9 (float in, int8 weights with ONE scale, inputs quantized asymmetrically), what the
 # converter writes with _experimental_disable_per_channel_quantization_for_dense_layers: by default it quantizes per
@@ -40,13 +45,6 @@ _OP_VERSIONS = {("fc", "float32"): 1, ("fc", "dynamic"): 9, ("fc", "int8"): 4,
                 ("softmax", "float32"): 1, ("softmax", "dynamic"): 1, ("softmax", "int8"): 2, ("quantize", "int8"): 1}
 SOFTMAX_INT8 = (1.0 / 256.0, -128)  # TFLite requires this output quantization for an int8 SOFTMAX
 OUTPUT_UINT8 = (1.0 / 256.0, 0)
-
-
-def _schema():
-    # LiteRT ships the flatbuffer schema's Python API; importing TensorFlow's copy would import TensorFlow.
-    from ai_edge_litert import schema_py_generated
-
-    return schema_py_generated
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -62,22 +60,38 @@ def backbone_tflite_cached(resolved: ResolvedBackbone, variant: str) -> bool:
 
 
 def backbone_tflite(resolved: ResolvedBackbone, variant: str) -> Path:
-    """The backbone as a .tflite file for one variant (features out), converted on first use and cached."""
+    """The backbone as a .tflite file for one variant (features out), made on first use and cached."""
     if variant == "float32":
         return Embedder.tflite_path(resolved)  # the embedder's own model: composed outputs equal the head's
     path = _backbone_cache(resolved, variant)
     with made_once(path) as to_make:
         if to_make:
-            log.info("Converting the %s backbone to a %s TFLite model (once)", resolved.handle, variant)
-            atomic_write_bytes(path, _convert_backbone(resolved, variant))
+            log.info("Quantizing the %s backbone to a %s TFLite model (once)", resolved.handle, variant)
+            atomic_write_bytes(path, _quantize_backbone(resolved, variant))
     return path
 
 
+def _quantize_backbone(resolved: ResolvedBackbone, variant: str) -> bytes:
+    """The variant made from the float32 backbone by engine.export.quantize; the converter only for a network
+    with operators that module does not quantize."""
+    float32 = Embedder.tflite_path(resolved).read_bytes()
+    try:
+        if variant == "dynamic":
+            return quantize.dynamic_range(float32)
+        if variant == "int8":
+            return quantize.full_int8(float32, calibration_images(resolved.image_size))
+    except quantize.Unsupported as exc:
+        log.info("%s; converting with TensorFlow instead", exc)
+        return _convert_backbone(resolved, variant)
+    raise ValueError(f"Unknown TFLite variant '{variant}'")
+
+
 def _convert_backbone(resolved: ResolvedBackbone, variant: str) -> bytes:
+    """The variant through the TFLite converter (~11-18 s): the fallback, and the reference the tests compare with."""
     if variant not in ("dynamic", "int8"):
         raise ValueError(f"Unknown TFLite variant '{variant}'")
     size = resolved.image_size
-    from engine.core.tfcompat import tf  # why: once per backbone and variant; a cached one needs no TF
+    from engine.core.tfcompat import tf  # why: only a backbone engine.export.quantize cannot take
     from engine.features import port  # why: as above
 
     converter = tf.lite.TFLiteConverter.from_keras_model(port.feature_model(resolved))
@@ -89,17 +103,6 @@ def _convert_backbone(resolved: ResolvedBackbone, variant: str) -> bytes:
 # ----------------------------------------------------------------------------------------------------------------
 # Appending the head to a backbone flatbuffer
 # ----------------------------------------------------------------------------------------------------------------
-def read_model(blob: bytes):
-    fb = _schema()
-    return fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(blob, 0))
-
-
-def write_model(model) -> bytes:
-    builder = flatbuffers.Builder(1 << 20)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
 def _opcode(model, builtin: int, version: int) -> int:
     fb = _schema()
     for i, code in enumerate(model.operatorCodes):
@@ -109,15 +112,6 @@ def _opcode(model, builtin: int, version: int) -> int:
     code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), version
     model.operatorCodes.append(code)
     return len(model.operatorCodes) - 1
-
-
-def _quant(scale, zero_point, axis: int = 0):
-    fb = _schema()
-    q = fb.QuantizationParametersT()
-    q.scale = np.atleast_1d(np.asarray(scale, np.float32))
-    q.zeroPoint = np.atleast_1d(np.asarray(zero_point, np.int64))
-    q.quantizedDimension = axis
-    return q
 
 
 class _Graph:
@@ -159,21 +153,6 @@ class _Graph:
                 self.fb.BuiltinOptions.SoftmaxOptions, opts)
 
 
-def _per_channel_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-channel int8 weights ([K, D]) and their scales, as the TFLite converter makes them."""
-    scale = np.abs(w).max(axis=1) / 127.0
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    q = np.clip(np.round(w / scale[:, None]), -127, 127).astype(np.int8)
-    return q, scale
-
-
-def _per_tensor_int8(w: np.ndarray) -> tuple[np.ndarray, float]:
-    """Symmetric int8 weights with one scale for the whole tensor (the hybrid FULLY_CONNECTED of version 9)."""
-    peak = float(np.abs(w).max()) / 127.0
-    scale = np.float32(peak if peak > 0 else 1.0)
-    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), float(scale)
-
-
 def compose(backbone_blob: bytes, head: Head, variant: str, logit_range: tuple[float, float] | None = None) -> bytes:
     """The backbone .tflite with the head appended: images in, probabilities out (temperature included).
 
@@ -195,7 +174,7 @@ def compose(backbone_blob: bytes, head: Head, variant: str, logit_range: tuple[f
         out = g.tensor(OUTPUT_NAME, [1, k], fb.TensorType.FLOAT32)
         g.softmax(variant, logits, out)
     elif variant == "dynamic":
-        q, scale = _per_tensor_int8(w_t)
+        q, scale = quantize.symmetric_int8(w_t, None)  # one scale: FULLY_CONNECTED version 9
         wt = g.tensor("head/kernel", q.shape, fb.TensorType.INT8, q, _quant(scale, 0))
         bt = g.tensor("head/bias", b.shape, fb.TensorType.FLOAT32, b)
         logits = g.tensor("head/logits", [1, k], fb.TensorType.FLOAT32)
@@ -220,7 +199,7 @@ def _append_int8_head(g: _Graph, feat: int, w_t: np.ndarray, b: np.ndarray,
     if logit_range is None:
         raise ValueError("the int8 head needs the range of its logits on the training features")
     s_in = float(fq.scale[0])
-    q, s_w = _per_channel_int8(w_t)
+    q, s_w = quantize.symmetric_int8(w_t, 0)
     bias_scale = (s_in * s_w).astype(np.float32)
     q_b = np.round(b / bias_scale).astype(np.int32)
     lo, hi = min(0.0, float(logit_range[0])), max(0.0, float(logit_range[1]))

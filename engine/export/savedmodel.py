@@ -6,8 +6,11 @@ run's head written into it (engine.export.tfbundle: no TensorFlow), and the fold
                    `serving_bytes`: image_bytes string [None], encoded JPEG/PNG/GIF/BMP (base64 over TF Serving's
                    REST API) -> probabilities: decodes, crops and resizes as training does (`prepare_encoded`)
 
-The template is traced once per backbone, image size and class count and cached beside the backbones; its head
-tensors are found by value (a marker head), so a run only copies the folder and rewrites two tensors.
+The template is traced once per backbone and image size, for TEMPLATE_CLASSES classes, and cached beside the
+backbones; its head tensors are found by value (a marker head). A run copies the folder, gives the head its own
+class count (the one byte that holds it in each shape, in saved_model.pb, keras_metadata.pb and the checkpoint
+index: nothing moves) and rewrites the two tensors: no TensorFlow, no trace per class count. More classes than
+TEMPLATE_CLASSES get a template of their own, traced once.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import shutil
 import tempfile
 import zipfile
@@ -33,7 +37,12 @@ from engine.learn.head import Head
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_VERSION = "2"  # part of the template cache key: bump when the cached templates change (2: serving_bytes)
+TEMPLATE_VERSION = "3"  # part of the template cache key: bump when the cached templates change (3: one per backbone)
+# The template's class count: the largest a one-byte varint holds, so any count up to it is written over that byte
+# and every class count up to it fits in the template's head tensors. A prime no layer of a backbone has.
+TEMPLATE_CLASSES = 127
+_DIM = b"\x12\x02\x08"  # TensorShapeProto.dim { size: <one byte> }
+_UNITS = re.compile(rb"(?<![\w.])%d(?![\w.])" % TEMPLATE_CLASSES)  # the count in keras_metadata.pb's JSON
 SIGNATURE, INPUT_NAME, OUTPUT_NAME = "serving_default", "images", "probabilities"
 BYTES_SIGNATURE, BYTES_INPUT_NAME = "serving_bytes", "image_bytes"
 # serving_bytes crops only where the model card in the SavedModel's assets/ says so. The exporter writes the card
@@ -177,9 +186,13 @@ def saved_model_zip(run_dir: str | Path) -> bytes:
 # ----------------------------------------------------------------------------------------------------------------
 # The cached template
 # ----------------------------------------------------------------------------------------------------------------
+def _traced_classes(n_classes: int) -> int:
+    return TEMPLATE_CLASSES if n_classes <= TEMPLATE_CLASSES else n_classes
+
+
 def _template_dir(resolved: ResolvedBackbone, n_classes: int) -> Path:
-    return (cache_root() / "composed" /
-            f"{resolved.backbone_id}-{resolved.image_size}-k{n_classes}-savedmodel-v{TEMPLATE_VERSION}")
+    return (cache_root() / "composed" / f"{resolved.backbone_id}-{resolved.image_size}-"
+            f"k{_traced_classes(n_classes)}-savedmodel-v{TEMPLATE_VERSION}")
 
 
 def has_template(resolved: ResolvedBackbone, n_classes: int) -> bool:
@@ -187,12 +200,14 @@ def has_template(resolved: ResolvedBackbone, n_classes: int) -> bool:
 
 
 def ensure_template(resolved: ResolvedBackbone, n_classes: int) -> Path:
-    """A classifier SavedModel for this backbone and class count, traced once; its head tensors are found by value."""
+    """The classifier SavedModel template that serves this class count, traced once; its head tensors are found by
+    value."""
     folder = _template_dir(resolved, n_classes)
     with made_once(folder, folder / "template.json") as to_make:
         if to_make:
-            log.info("Tracing a %d-class SavedModel template for %s (once)", n_classes, resolved.handle)
-            _trace_template(resolved, n_classes, folder)
+            traced = _traced_classes(n_classes)
+            log.info("Tracing a %d-class SavedModel template for %s (once)", traced, resolved.handle)
+            _trace_template(resolved, traced, folder)
     return folder
 
 
@@ -218,7 +233,8 @@ def _trace_template(resolved: ResolvedBackbone, n_classes: int, folder: Path) ->
         if set(keys) != {"kernel", "bias"}:
             raise RuntimeError("could not find the head's tensors in the SavedModel template")
         (tmp / "saved_model" / "fingerprint.pb").unlink(missing_ok=True)  # its checkpoint hash goes stale per run
-        atomic_write_text(tmp / "template.json", json.dumps({**keys, "n_classes": n_classes}))
+        counts = _count_marks(tmp / "saved_model") if n_classes == TEMPLATE_CLASSES else {}
+        atomic_write_text(tmp / "template.json", json.dumps({**keys, "n_classes": n_classes, "marks": counts}))
         try:
             tmp.rename(folder)
         except OSError:
@@ -234,6 +250,26 @@ def _feature_size(resolved: ResolvedBackbone) -> int:
     return Embedder(resolved, num_threads=1).feature_size
 
 
+def _count_marks(folder: Path) -> dict[str, int]:
+    """How often the template's class count is written in each file that holds it (checked again on each rewrite)."""
+    return {"saved_model.pb": (folder / "saved_model.pb").read_bytes().count(_DIM + bytes([TEMPLATE_CLASSES])),
+            "keras_metadata.pb": len(_UNITS.findall((folder / "keras_metadata.pb").read_bytes()))}
+
+
+def _set_class_count(folder: Path, keys: dict, n_classes: int) -> None:
+    """The template's head resized to n_classes in place: each shape's one byte, each JSON number padded to its
+    width, the checkpoint entries' shapes and sizes (engine.export.tfbundle.shrink_last_dim)."""
+    if _count_marks(folder) != keys["marks"] or not all(keys["marks"].values()):
+        raise RuntimeError(f"the SavedModel template in {folder} does not hold its class count where expected")
+    pb = folder / "saved_model.pb"
+    pb.write_bytes(pb.read_bytes().replace(_DIM + bytes([TEMPLATE_CLASSES]), _DIM + bytes([n_classes])))
+    meta = folder / "keras_metadata.pb"
+    width = len(str(TEMPLATE_CLASSES))
+    meta.write_bytes(_UNITS.sub(str(n_classes).ljust(width).encode(), meta.read_bytes()))  # JSON allows the spaces
+    tfbundle.shrink_last_dim(folder / "variables" / "variables", [keys["kernel"], keys["bias"]], TEMPLATE_CLASSES,
+                             n_classes)
+
+
 def saved_model_from_template(resolved: ResolvedBackbone, head: Head, out_dir: Path) -> Path:
     """Copy the template and write this head into it (temperature included); atomic, no TensorFlow."""
     template = ensure_template(resolved, head.n_classes)
@@ -242,6 +278,8 @@ def saved_model_from_template(resolved: ResolvedBackbone, head: Head, out_dir: P
     tmp = Path(tempfile.mkdtemp(prefix=".saved_model.", dir=out_dir.parent))
     try:
         shutil.copytree(template / "saved_model", tmp, dirs_exist_ok=True)
+        if head.n_classes != keys["n_classes"]:
+            _set_class_count(tmp, keys, head.n_classes)
         w, b = head.calibrated()
         tfbundle.overwrite_tensors(tmp / "variables" / "variables", {keys["kernel"]: w, keys["bias"]: b})
         _replace_dir(tmp, out_dir)

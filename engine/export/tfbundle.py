@@ -78,6 +78,8 @@ class _Entry:
     crc_pos: int  # absolute position of the fixed32 CRC in variables.index
     block_start: int  # the data block holding the entry (for its trailer CRC)
     block_size: int
+    value_start: int = 0  # the BundleEntryProto's bytes in variables.index
+    value_end: int = 0
 
 
 def _parse_entry(value: bytes) -> tuple[dict[int, int], int | None]:
@@ -143,7 +145,7 @@ def read_index(index_path: str | Path) -> dict[str, _Entry]:
             if crc_at is None:
                 continue
             entries[key.decode()] = _Entry(key.decode(), fields.get(1, 0), fields.get(3, 0), fields.get(4, 0),
-                                           fields.get(5, 0), s + crc_at, blk_off, blk_size)
+                                           fields.get(5, 0), s + crc_at, blk_off, blk_size, s, e)
     return entries
 
 
@@ -166,6 +168,71 @@ def _data_path(prefix: Path, entry: _Entry) -> Path:
     if not matching:
         raise BundleError(f"checkpoint shard {entry.shard} of {prefix} is missing")
     return matching[0]
+
+
+def _field_spans(value: bytes) -> dict[int, tuple[int, int]]:
+    """Where each field's payload lies in a protobuf message: {number: (start, end)} (the last one of a number)."""
+    spans, pos = {}, 0
+    while pos < len(value):
+        tag, pos = _varint(value, pos)
+        number, wire = tag >> 3, tag & 7
+        start = pos
+        if wire == 0:
+            _, pos = _varint(value, pos)
+        elif wire == 2:
+            length, pos = _varint(value, pos)
+            start, pos = pos, pos + length
+        else:
+            pos += {1: 8, 5: 4}.get(wire, 0)
+            if wire not in (1, 5):
+                raise BundleError(f"unexpected protobuf wire type {wire}")
+        spans[number] = (start, pos)
+    return spans
+
+
+def _padded_varint(n: int, width: int) -> bytes:
+    """n as a varint of exactly `width` bytes (continuation bits on leading zero groups: protobuf reads it)."""
+    out = bytearray()
+    for i in range(width):
+        out.append((n & 0x7F) | (0x80 if i < width - 1 else 0))
+        n >>= 7
+    if n:
+        raise BundleError("a value does not fit the varint it replaces")
+    return bytes(out)
+
+
+def shrink_last_dim(variables_prefix: str | Path, keys: list[str], old: int, new: int) -> None:
+    """Give tensors a smaller last dimension (old -> new, both under 128) in place: their shape and byte size in
+    variables.index change, every byte keeps its place (the data keeps the old slot, partly unused), so the index's
+    layout never moves. Write the new values with overwrite_tensors afterwards."""
+    if not (0 < new <= old < 128):
+        raise BundleError(f"cannot shrink a dimension of {old} to {new} in place")
+    prefix = Path(variables_prefix)
+    index_path = prefix.with_name(prefix.name + ".index")
+    entries = read_index(index_path)
+    index = bytearray(index_path.read_bytes())
+    dirty: set[tuple[int, int]] = set()
+    for key in keys:
+        if key not in entries:
+            raise BundleError(f"checkpoint {prefix} has no tensor {key!r}")
+        entry = entries[key]
+        value = bytes(index[entry.value_start:entry.value_end])
+        spans = _field_spans(value)
+        shape_start, shape_end = spans[2]
+        last_dim = value.rfind(bytes([0x12, 0x02, 0x08, old]), shape_start, shape_end)  # dim { size: old }
+        if last_dim < 0 or last_dim + 4 != shape_end:
+            raise BundleError(f"tensor {key!r} does not end in a dimension of {old}")
+        index[entry.value_start + last_dim + 3] = new
+        size_start, size_end = spans[5]
+        index[entry.value_start + size_start:entry.value_start + size_end] = _padded_varint(
+            entry.size // old * new, size_end - size_start)
+        dirty.add((entry.block_start, entry.block_size))
+        with open(_data_path(prefix, entry), "r+b") as fh:  # the slot's unused tail: zeros, not the old values
+            fh.seek(entry.offset)
+            fh.write(bytes(entry.size))
+    for start, size in dirty:
+        struct.pack_into("<I", index, start + size + 1, masked_crc(bytes(index[start : start + size + 1])))
+    index_path.write_bytes(bytes(index))
 
 
 def overwrite_tensors(variables_prefix: str | Path, values: dict[str, np.ndarray]) -> None:

@@ -36,6 +36,11 @@ Every pair the loose rule finds on flowers_large was judged by eye: the 4 that a
 clocks, round and centred, whose hashes agree) are hash matches at 6-8 bits with cosine .54-.69; the 15 hash
 matches that are edits of one photo (colour grading, greyscale, crops) are within 4 bits (cosine down to .57) or
 have cosine >= .83. Hence COPY_HASH_BITS (4) at the cosine floor, and COPY_MIN_COSINE (.8) from 5 to 8 bits.
+
+Above ALL_PAIRS_MAX images the pairs are searched instead of all compared (engine.learn.pairs; issue 22): the
+hash rule exactly, the cosine rule by a cluster search that found every pair all-pairs found on flowers_large
+(both rules, 33 pairs; embeddings alone, 14), on 24,227 photos (7 altered copies of each flowers_large photo:
+10,515 pairs, ~4.5 s instead of 45.7 s) and on a 24,227-row feature set (67,248 pairs; bench/bench_scale.py).
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from engine.learn.pairs import blocked_cosine_pairs, hash_candidates
+
 log = logging.getLogger(__name__)
 
 DUPLICATE_THRESHOLD = 0.95  # cosine alone: 0 false pairs on flowers, only same-scene pairs on flowers_large
@@ -53,6 +60,7 @@ HASH_MIN_COSINE = 0.5  # ... if the embeddings agree at least this much (all alt
 MAX_HASH_GROUP = 8  # hash matches never make a group bigger than this (see near_duplicate_groups)
 COPY_HASH_BITS = 4  # copy_groups: a hash match this close is a copy at the cosine floor ...
 COPY_MIN_COSINE = 0.8  # ... one up to HASH_BITS apart needs this cosine too
+ALL_PAIRS_MAX = 4096  # up to this many images every pair is compared (0.3 s at 3,461); above, searched (pairs.py)
 
 
 def unit_rows(features: np.ndarray) -> np.ndarray:
@@ -105,9 +113,12 @@ def _hash_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def duplicate_pairs(features: np.ndarray, hashes: np.ndarray | None = None, threshold: float | None = None,
-                    chunk: int = 512) -> list[tuple[int, int, float, int]]:
+                    chunk: int = 512, all_pairs_max: int | None = None) -> list[tuple[int, int, float, int]]:
     """(i, j, cosine, hash distance) with i < j for every pair the rule in the module docstring calls
-    near-duplicates; the hash distance is -1 for pairs the cosine alone decides."""
+    near-duplicates, in (i, j) order; the hash distance is -1 for pairs the cosine alone decides.
+
+    Up to `all_pairs_max` rows every pair is compared; above, engine.learn.pairs searches for them (issue 22:
+    all pairs of 24,000 images took ~17 s of every retrain)."""
     threshold = DUPLICATE_THRESHOLD if threshold is None else float(threshold)
     x = unit_rows(features)
     n = len(x)
@@ -115,6 +126,8 @@ def duplicate_pairs(features: np.ndarray, hashes: np.ndarray | None = None, thre
     if hashes is not None and n:
         words = _hash_words(hashes)
         valid = words.any(axis=1)  # an unreadable image has an all-zero hash: it must not match anything
+    if n > (ALL_PAIRS_MAX if all_pairs_max is None else all_pairs_max):
+        return _searched_pairs(x, words, valid, threshold)
     pairs: list[tuple[int, int, float, int]] = []
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -132,6 +145,44 @@ def duplicate_pairs(features: np.ndarray, hashes: np.ndarray | None = None, thre
         pairs += [(start + r, c, float(sims[r, c]), int(dist[r, c]))
                   for r, c in zip(rows[keep].tolist(), cols[keep].tolist(), strict=True)]
     return pairs
+
+
+def _searched_pairs(x: np.ndarray, words: np.ndarray | None, valid: np.ndarray | None,
+                    threshold: float) -> list[tuple[int, int, float, int]]:
+    """duplicate_pairs without comparing all pairs: the same rule on the pairs the two searches of
+    engine.learn.pairs return (exact for hashes; for embeddings, see MAX_PROBES there)."""
+    i, j, cos = blocked_cosine_pairs(x, threshold)
+    found = {(a, b): (c, -1) for a, b, c in zip(i.tolist(), j.tolist(), cos.tolist(), strict=True)}
+    if words is not None:
+        a, b, dist = _close_hashes(words, valid)
+        cos = _row_cosines(x, a, b)
+        for p, q, c, d in zip(a.tolist(), b.tolist(), cos.tolist(), dist.tolist(), strict=True):
+            if c >= threshold:  # a pair the embedding search missed (it never misses one the hashes find)
+                found.setdefault((p, q), (c, -1))
+            elif c >= HASH_MIN_COSINE:
+                found[(p, q)] = (c, d)
+    return [(p, q, float(c), int(d)) for (p, q), (c, d) in sorted(found.items())]
+
+
+def _close_hashes(words: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, distance), i < j, for the valid rows whose hashes are within HASH_BITS (as _hash_distance counts)."""
+    rows = np.flatnonzero(valid)
+    ci, cj = hash_candidates(words[rows, 0], words[rows], HASH_BITS)
+    n = len(words)
+    key = np.unique(rows[np.minimum(ci, cj)] * n + rows[np.maximum(ci, cj)])
+    a, b = key // n, key % n
+    dist = np.full(len(a), 64, np.int64)
+    for s in range(words.shape[1]):  # the pairs _hash_distance compares: a full view against any view
+        dist = np.minimum(dist, np.bitwise_count(words[a, 0] ^ words[b, s]))
+        dist = np.minimum(dist, np.bitwise_count(words[a, s] ^ words[b, 0]))
+    keep = dist <= HASH_BITS
+    return a[keep], b[keep], dist[keep]
+
+
+def _row_cosines(x: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """The cosine of rows a[k] and b[k] of unit rows x, for each k."""
+    return np.concatenate([np.einsum("ij,ij->i", x[a[s:s + chunk]], x[b[s:s + chunk]])
+                           for s in range(0, len(a), chunk)] or [np.zeros(0, np.float32)])
 
 
 def near_duplicate_groups(features: np.ndarray, shas: Sequence[str], threshold: float | None = None,

@@ -145,7 +145,7 @@ def _launch(project: Project, cfg: TrainConfig, run_id: str, run_dir: Path, coun
     atomic_write_json(run_dir / runfolder.RUN, meta)
     env = job_env()
     try:
-        pid, proc = _spawn(argv, run_dir / runfolder.LOG, env, use_worker=command is None)
+        pid, proc = spawn(argv, run_dir / runfolder.LOG, env, use_worker=command is None)
     except OSError as exc:
         run_status.write_launch_status(run_dir, RunState.FAILED, f"could not start training: {exc}", started)
         raise JobError(f"Could not start the training process: {exc}") from exc
@@ -158,7 +158,7 @@ def _launch(project: Project, cfg: TrainConfig, run_id: str, run_dir: Path, coun
     return run_id
 
 
-def _spawn(argv: list[str], log_path: Path, env: dict[str, str],
+def spawn(argv: list[str], log_path: Path, env: dict[str, str],
            use_worker: bool) -> tuple[int, subprocess.Popen | None]:
     """Start the job; (pid, the Popen when it is our own child). Forked from the long-lived worker (engine.runs.worker:
     no start-up imports) when it runs the engine itself, else (a custom command, or the worker cannot start) as a

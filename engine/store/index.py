@@ -392,7 +392,7 @@ class ProjectIndex:
         img.convert("RGB").save(buf, format="JPEG", quality=85)
         data = buf.getvalue()
         try:
-            atomic_write_bytes(self.thumbs_dir / f"{sha}.jpg", data)
+            atomic_write_bytes(self.thumbs_dir / f"{sha}.jpg", data, durable=False)  # a cache
         except OSError as exc:  # a cache: a full disk or a read-only folder still shows the picture
             log.warning("thumbnail of %s not cached: %s", sha[:12], exc)
         return data

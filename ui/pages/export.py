@@ -1,4 +1,5 @@
-"""Export & try: download the bundle or each file alone, try the model on an image, and how to serve it."""
+"""Export & try: download the bundle or each file alone, use it where the product runs (one tab per target, with
+its files alone: ui/export_targets.py), and try the model on an image."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from engine.core.fileio import read_json
 from engine.data.images import load_image
 from engine.export.savedmodel import saved_model_zip
 from engine.runs import history, jobs
-from ui import common
+from ui import common, export_targets
+from ui.export_targets import fmt_bytes
 
 project = common.require_project()
 st.title(f"Export & try · {common.literal(project.name)}")
@@ -46,18 +48,10 @@ def _saved_model_zip() -> bytes:
     return saved_model_zip(run_dir)
 
 
-def _fmt_bytes(total: int | float | None) -> str:
-    if total is None:
-        return "–"
-    if total >= 2**20:
-        return f"{total / 2**20:.1f} MB"
-    return f"{total / 1024:.0f} KB" if total >= 1024 else f"{int(total)} bytes"
-
-
 def _size(path: Path) -> str:
     if path.is_dir():
-        return _fmt_bytes(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()))
-    return _fmt_bytes(path.stat().st_size)
+        return fmt_bytes(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()))
+    return fmt_bytes(path.stat().st_size)
 
 
 def _variants_table(card: dict) -> None:
@@ -68,7 +62,7 @@ def _variants_table(card: dict) -> None:
             continue
         path = run_dir / str(s.get("file") or variants.file_name(variant))
         size = s.get("bytes") or (path.stat().st_size if path.exists() else None)
-        rows.append({"model": path.name, "size": _fmt_bytes(size),
+        rows.append({"model": path.name, "size": fmt_bytes(size),
                      "same answer as the SavedModel": s.get("agreement_top1_vs_keras"),
                      "accuracy on the checked images": s.get("val_accuracy"),
                      "images checked": s.get("n_validation"), "input": s.get("input")})
@@ -135,6 +129,10 @@ def downloads() -> None:
 
 
 downloads()
+
+# --- use it elsewhere: one tab per place the product runs -------------------------------------------------------------
+st.divider()
+export_targets.show(export_targets.load_run(run_dir, slug, exporting), bundle, bundle_name)
 
 
 def _threshold_chart() -> None:
@@ -245,19 +243,3 @@ else:
             if source == "Camera":  # one name per photo, not per rerun
                 label = st.session_state.setdefault(f"camera_name_{up.file_id}", label)
             _try(up, label)
-
-# --- serve ---------------------------------------------------------------------------------------------------------
-st.divider()
-st.subheader("Use it elsewhere")
-st.markdown("The bundle runs on its own — no Retrain Studio, no TensorFlow. Unzip it and use its scripts:")
-st.code(f"""unzip {bundle_name} -d {slug}-model && cd {slug}-model
-pip install -r requirements.txt
-python predict.py photo.jpg some_folder/    # class subfolders: also prints the accuracy per class
-
-pip install -r requirements-serve.txt       # an HTTP server
-python serve.py --port 8080
-curl -F upload=@photo.jpg http://127.0.0.1:8080/classify""", language="bash")
-st.caption("The bundle's README explains the server's endpoints and how to run the .tflite models on phones and "
-           "microcontrollers.")
-st.markdown("Or serve it from this Retrain Studio installation:")
-st.code(f"python -m engine serve --bundle {bundle}", language="bash")

@@ -119,10 +119,12 @@ c2.metric("Images judged" if _cross_validated else "Validation images", len(pred
 c3.metric("Mistakes", sum(1 for p in predictions if p.get("true") != p.get("predicted")))
 _comparison = metrics.get("backbone_comparison") or []  # added after the bundle, when another backbone is cached
 if len(_comparison) > 1:
-    st.caption("Backbones on these images (cross-validated, best first): " + " · ".join(
-        f"{r['backbone']} {common.fmt_pct(r.get('accuracy'))}"
-        + (f", log-loss {r['log_loss']:.3f}" if r.get("log_loss") is not None else "") for r in _comparison)
-        + ". Train with the first one (Train → backbone) if it is not this run's.")
+    _own = str(read_json(run_dir / rf.CONFIG).get("tfhub_module") or "")
+    _best = str(_comparison[0]["backbone"])
+    st.caption("Backbones on these images, best first (each image judged by a model that never saw it): " + " · ".join(
+        f"{r['backbone']}{' (this run)' if r['backbone'] == _own else ''} {common.fmt_pct(r.get('accuracy'))}"
+        for r in _comparison) + "." + ("" if _best == _own else f" {_best} got more of them right: choose it as "
+                                       "the backbone on the Train page and train again."))
 
 left, right = st.columns(2, gap="large")
 with left:
