@@ -65,7 +65,7 @@ def _modelless_export(folder: Path) -> Path:
 
 
 SHIPPED = ("predict.py", "serve.py", "Dockerfile", "requirements.txt", "requirements-serve.txt", "www/index.html",
-           "www/app.html", "web/index.html", "web/demo.js", "web/demo.css")
+           "www/app.html", "www/app.js", "www/page.js", "www/page.css", "web/index.html", "web/demo.js", "web/demo.css")
 RUNTIME = "web/vendor/onnxruntime-web-1.31.1/"  # the vendored ONNX Runtime Web (tests/test_web_demo.py checks it)
 VENDORED = tuple(RUNTIME + name for name in ("LICENSE", "README.md", "ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs"))
 WASM = RUNTIME + "ort-wasm-simd-threaded.wasm"  # kept gzipped in the repository, unpacked in the bundle

@@ -246,6 +246,18 @@ def test_the_upload_page_is_the_seeds_form_and_works_without_javascript(server, 
     assert not {"/", "/index.html", "/app"} & set(request(server.url + "/openapi.json")[1]["paths"])  # pages, not API
 
 
+def test_the_pages_scripts_and_style_are_files_of_the_server_and_nothing_else_of_www_is(server):
+    """/app and the in-browser demo share www/page.js and page.css; no inline script runs on the server's pages."""
+    www = BUNDLE_SOURCES / "www"
+    for name, kind in [("page.js", "text/javascript"), ("app.js", "text/javascript"), ("page.css", "text/css")]:
+        with urllib.request.urlopen(f"{server.url}/www/{name}", timeout=30) as r:
+            assert r.headers["content-type"].startswith(kind) and r.read() == (www / name).read_bytes(), name
+            assert "script-src 'self';" in r.headers["content-security-policy"], r.headers
+    for path in ("/www/app.html", "/www/index.html", "/www/nope.js", "/www/..%2fserve.py", "/www/%2e%2e/predict.py"):
+        status, body = request(server.url + path)
+        assert status == 404 and body["status"] == 404, (path, status, body)
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 def test_the_app_page_classifies_a_photo_and_a_webcam_frame_in_chromium(server, images, tmp_path):

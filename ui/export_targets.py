@@ -255,8 +255,9 @@ def _web(run: Run, bundle: Path) -> None:
                    "says why.")
     else:
         s = run.size
-        st.caption(f"The model inside your own page: ONNX Runtime Web with {rf.ONNX} (the bundle's web/ folder is a "
-                   "complete page that does this, with the runtime vendored)")
+        st.caption(f"The model inside your own page: ONNX Runtime Web with {rf.ONNX} (the bundle's web/ folder, with "
+                   "the www/ it shares a script and style with, is a complete page that does this, with the runtime "
+                   "vendored)")
         st.code(f"""import * as ort from "onnxruntime-web";   // npm install onnxruntime-web
 const session = await ort.InferenceSession.create("{rf.ONNX}");
 const ctx = new OffscreenCanvas({s}, {s}).getContext("2d");

@@ -19,6 +19,7 @@
     GET  /, /index.html an upload form that posts `upload` to /classify (the text/non-text server's page; no script)
     GET  /app           drop a photo or use the webcam, the top 5 as bars (from /v1/predict); both pages are in www/
                         beside this file and load nothing from elsewhere
+    GET  /www/<file>    the pages' scripts and style (www/*.js, www/*.css), which the in-browser demo shares
     GET  /web/          the same in the browser alone: web/ beside this file runs model.onnx with its vendored ONNX
                         Runtime Web (WebAssembly); the photo is never uploaded. It loads /model.onnx, /labels.txt
                         and /model_card.json, which this server hands out from the bundle folder (--no_web: none of
@@ -101,9 +102,10 @@ FORMATS = "JPEG, PNG, BMP, WebP, GIF, TIFF or HEIC" if bp.HEIF else \
     "JPEG, PNG, BMP, WebP, GIF or TIFF; HEIC after pip install pillow-heif"
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit answers first, with a clear 413
 WWW = HERE / "www"  # the pages come with the server's code, never from the folder of the bundle it serves
-# The pages' scripts and styles are inline; they may talk to this server only, and load nothing from anywhere else.
+# The pages' scripts and styles are files of this server (/www/; the seed's upload form keeps its inline style): they
+# may talk to this server only, and load nothing from anywhere else.
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
                                "img-src 'self' blob: data:; media-src blob: mediastream:; connect-src 'self'; "
                                "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
@@ -658,6 +660,15 @@ def create_app(cfg: ServeConfig | None = None) -> FastAPI:
     @app.get("/app", include_in_schema=False)
     async def app_page() -> HTMLResponse:
         return page("app.html")
+
+    assets = {p.name: p for p in sorted(WWW.iterdir()) if p.is_file() and p.suffix in (".css", ".js")
+              and not p.name.startswith(".")} if WWW.is_dir() else {}
+
+    @app.get("/www/{name}", include_in_schema=False)
+    async def page_asset(name: str, request: Request) -> Response:
+        if name not in assets:
+            raise ApiError(404, f"www/{name} is not a script or style of the server's pages")
+        return static_file(request, assets[name], WEB_TYPES[assets[name].suffix], PAGE_HEADERS)
 
     web = web_files() if cfg.web else {}
 

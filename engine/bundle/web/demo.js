@@ -2,6 +2,7 @@
 // with ../labels.txt and ../model_card.json. Nothing is loaded from anywhere but this page's own server, and the
 // photo never leaves the browser.
 import * as ort from "./vendor/onnxruntime-web-1.31.1/ort.wasm.min.mjs";
+import {$, result, say, showResults, takePhotos, unsure, webcam} from "../www/page.js";
 
 const RUNTIME = new URL("./vendor/onnxruntime-web-1.31.1/", import.meta.url).href;
 const MODEL = "../model.onnx", LABELS = "../labels.txt", CARD = "../model_card.json";
@@ -13,21 +14,8 @@ ort.env.wasm.wasmPaths = RUNTIME;
 ort.env.wasm.numThreads = 1;
 ort.env.wasm.proxy = false;
 
-const $ = (id) => document.getElementById(id);
-const input = $("file"), drop = $("drop"), video = $("video");
-let model = null, previewUrl = null, stream = null, queue = Promise.resolve();
-
-function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;  // labels and file names are data: never parsed as HTML
-  return e;
-}
-
-function say(text, isError) {
-  $("status").textContent = text;
-  $("status").className = isError ? "error" : "muted";
-}
+const input = $("file");
+let model = null, previewUrl = null, queue = Promise.resolve();
 
 async function fetched(url, as) {
   const response = await fetch(url, {cache: "no-cache"});
@@ -133,24 +121,9 @@ function done(text, isError) {
 
 function show(name, probs) {
   const order = [...probs.keys()].sort((a, b) => probs[b] - probs[a] || a - b);  // ties: label order
-  const section = el("section", "result"), bars = el("div", "bars");
-  section.append(el("p", "file", name));
-  for (const i of order.slice(0, TOP_K)) {
-    const p = probs[i], pct = (100 * p).toFixed(1) + "%";
-    const row = el("div", "bar"), track = el("div", "track"), fill = el("div", "fill");
-    row.dataset.probability = String(p);
-    fill.style.width = pct;
-    track.append(fill);
-    row.append(el("span", "label", model.labels[i] ?? "class " + i), track, el("span", "pct", pct));
-    bars.append(row);
-  }
-  section.append(bars);
-  if (model.threshold > 0 && probs[order[0]] < model.threshold) {
-    section.append(el("p", "note", "Unsure: the top class is below the model's threshold of " +
-                                   (100 * model.threshold).toFixed(0) + "%, so this may be none of them."));
-  }
-  $("results").replaceChildren(section);
-  $("out").hidden = false;
+  const rows = order.slice(0, TOP_K).map((i) => ({label: model.labels[i] ?? "class " + i, probability: probs[i]}));
+  const low = model.threshold > 0 && probs[order[0]] < model.threshold;
+  showResults([result(name, rows, null, low ? unsure(model.threshold) : null)]);
 }
 
 // One photo at a time through the session, in the order given.
@@ -158,56 +131,8 @@ function enqueue(blob, name) {
   queue = queue.then(() => classify(blob, name)).catch((err) => done(String(err), true));
 }
 
-input.addEventListener("change", () => { if (input.files.length) enqueue(input.files[0], input.files[0].name); });
-for (const type of ["dragenter", "dragover"]) {
-  drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
-}
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (e) => {
-  e.preventDefault();
-  drop.classList.remove("over");
-  const file = e.dataTransfer.files[0];
-  if (file) enqueue(file, file.name);
-});
-document.addEventListener("paste", (e) => {
-  const file = [...(e.clipboardData ? e.clipboardData.files : [])][0];
-  if (file) enqueue(file, file.name || "pasted.png");
-});
-
-// The webcam: browsers allow it on https and on http://127.0.0.1 or localhost only.
-const start = $("camera-start");
-start.hidden = false;
-start.addEventListener("click", async () => {
-  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-    say("The browser offers the webcam only on https pages or on http://127.0.0.1 and http://localhost.", true);
-    return;
-  }
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({video: {facingMode: "environment"}, audio: false});
-  } catch (err) {
-    say("No webcam: " + err.message, true);
-    return;
-  }
-  video.srcObject = stream;
-  $("camera").classList.add("on");
-  start.hidden = true;
-});
-video.addEventListener("loadeddata", () => { $("camera-snap").disabled = false; });  // a frame to take
-$("camera-snap").addEventListener("click", () => {
-  const canvas = document.createElement("canvas");
-  canvas.width = video.videoWidth;
-  canvas.height = video.videoHeight;
-  canvas.getContext("2d").drawImage(video, 0, 0);
-  canvas.toBlob((blob) => enqueue(blob, "webcam.png"), "image/png");
-});
-$("camera-stop").addEventListener("click", () => {
-  if (stream) stream.getTracks().forEach((t) => t.stop());
-  stream = null;
-  video.srcObject = null;
-  $("camera-snap").disabled = true;
-  $("camera").classList.remove("on");
-  start.hidden = false;
-});
+takePhotos(input, enqueue);
+webcam(enqueue, "webcam.png", "image/png");
 
 load().catch((err) => {
   document.body.dataset.state = "error";
