@@ -111,18 +111,3 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
         for path in files:
             terminalreporter.write_line(f"{path.relative_to(REPO)}  ({path.stat().st_size} bytes)")
 
-
-# The modules that take longest (seconds of setup and calls on two cores, from --durations=0), longest first. The two
-# xdist workers take whole modules in collection order (--no-loadscope-reorder in pyproject.toml), so the long ones
-# start at once and the short ones fill the gaps at the end, instead of one worker finishing a long module alone. A
-# stale list costs only time, never a result.
-LONGEST_FIRST = ("test_quantize.py", "test_reliability.py", "test_browser.py", "test_scaling.py", "test_data_page.py",
-                 "test_compose.py", "test_browser_together.py", "test_curate.py", "test_cli.py", "test_train.py",
-                 "test_app.py", "test_serve.py", "test_extras.py", "test_export.py", "test_browser_curate.py",
-                 "test_backbones.py", "test_index.py", "test_jobs.py", "test_predict.py", "test_embeddings.py",
-                 "test_web_demo.py", "test_groups.py")
-
-
-def pytest_collection_modifyitems(session, config, items):  # noqa: ARG001 - pytest hook signature
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its own order
