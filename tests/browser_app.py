@@ -23,6 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 CHROMIUM = os.environ.get("RETRAIN_STUDIO_CHROMIUM", "/usr/bin/chromium")
+FAKE_CAMERA = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]  # a camera, no prompt
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage"]
 SHARED_FLOWERS = Path(os.environ.get("RETRAIN_SHARED_DATASETS", REPO.parent / "shared" / "datasets")) / "flowers"
@@ -62,7 +63,7 @@ def open_page(watch: Watch) -> Iterator[Page]:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         # a fake camera, allowed without a prompt: st.camera_input works headless
-        args = [*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+        args = [*CHROMIUM_ARGS, *FAKE_CAMERA]
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
         context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         context.set_default_timeout(30_000)
@@ -160,3 +161,12 @@ def sample_images(tmp_path: Path, per_class: int) -> dict[str, list[Path]]:
     return {c.name: sorted(c.iterdir())[:per_class] for c in sorted(root.iterdir()) if c.is_dir()}
 
 
+def classify_a_webcam_frame(page: Page, result, name: str) -> None:
+    """The pages' webcam (engine/bundle/www/page.js) with Chromium's fake camera (FAKE_CAMERA): a frame is taken and
+    classified like a photo, as `name`."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name="Use the webcam").click()
+    page.get_by_role("button", name="Take a photo").click()  # enabled once the video has a frame
+    expect(result.locator(".file")).to_have_text(name)
+    expect(result.locator(".bar")).to_have_count(5)

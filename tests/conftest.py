@@ -110,4 +110,3 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
         terminalreporter.section("artifacts")
         for path in files:
             terminalreporter.write_line(f"{path.relative_to(REPO)}  ({path.stat().st_size} bytes)")
-

@@ -261,15 +261,21 @@ def test_the_pages_scripts_and_style_are_files_of_the_server_and_nothing_else_of
 @pytest.mark.slow
 @pytest.mark.browser
 def test_the_app_page_classifies_a_photo_and_a_webcam_frame_in_chromium(server, images, tmp_path):
-    from browser_app import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, Watch  # skips this test without Playwright/Chromium
+    from browser_app import (  # skips this test without Playwright/Chromium
+        CHROMIUM,
+        CHROMIUM_ARGS,
+        FAKE_CAMERA,
+        SCREENSHOTS,
+        Watch,
+        classify_a_webcam_frame,
+    )
     from playwright.sync_api import expect, sync_playwright
 
     photo = tmp_path / "circle.png"
     photo.write_bytes(images[1])
     watch, errors = Watch(server.url), []
-    fake_camera = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *fake_camera], headless=True)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *FAKE_CAMERA], headless=True)
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 800})
             page.set_default_timeout(30_000)
@@ -284,11 +290,7 @@ def test_the_app_page_classifies_a_photo_and_a_webcam_frame_in_chromium(server, 
             expect(result.locator(".bar .label").first).to_have_text("red circle")
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOTS / "serve-app.png"), full_page=True)
-            # Chromium's fake camera: a frame is taken and classified like a photo
-            page.get_by_role("button", name="Use the webcam").click()
-            page.get_by_role("button", name="Take a photo").click()  # enabled once the video has a frame
-            expect(result.locator(".file")).to_have_text("webcam.jpg")
-            expect(result.locator(".bar")).to_have_count(5)
+            classify_a_webcam_frame(page, result, "webcam.jpg")
         finally:
             browser.close()
     assert not errors, errors

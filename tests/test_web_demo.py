@@ -213,7 +213,14 @@ def test_the_engines_server_sends_the_repositorys_gzipped_wasm_and_no_web_turns_
 @pytest.mark.slow
 @pytest.mark.browser
 def test_the_page_classifies_photos_in_chromium_as_the_float32_tflite_model_does(server, exp, unpacked, tmp_path):
-    from browser_app import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, Watch  # skips this test without Playwright/Chromium
+    from browser_app import (  # skips this test without Playwright/Chromium
+        CHROMIUM,
+        CHROMIUM_ARGS,
+        FAKE_CAMERA,
+        SCREENSHOTS,
+        Watch,
+        classify_a_webcam_frame,
+    )
     from playwright.sync_api import expect, sync_playwright
 
     from engine.bundle import predict as bundle_predict
@@ -228,8 +235,7 @@ def test_the_page_classifies_photos_in_chromium_as_the_float32_tflite_model_does
 
     watch, errors = Watch(server.url), []
     with sync_playwright() as pw:
-        fake_camera = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *fake_camera], headless=True)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *FAKE_CAMERA], headless=True)
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 800})
             page.set_default_timeout(60_000)
@@ -256,11 +262,7 @@ def test_the_page_classifies_photos_in_chromium_as_the_float32_tflite_model_does
                     assert abs(p - probs[CLASSES.index(label)]) < tol, (photo.name, shown, probs)
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOTS / "web-demo.png"), full_page=True)
-            # Chromium's fake camera: a frame is taken and classified like a photo
-            page.get_by_role("button", name="Use the webcam").click()
-            page.get_by_role("button", name="Take a photo").click()  # enabled once the video has a frame
-            expect(result.locator(".file")).to_have_text("webcam.png")
-            expect(result.locator(".bar")).to_have_count(5)
+            classify_a_webcam_frame(page, result, "webcam.png")
         finally:
             browser.close()
     assert not errors, errors

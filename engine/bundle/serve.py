@@ -104,11 +104,11 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit
 WWW = HERE / "www"  # the pages come with the server's code, never from the folder of the bundle it serves
 # The pages' scripts and styles are files of this server (/www/; the seed's upload form keeps its inline style): they
 # may talk to this server only, and load nothing from anywhere else.
+FILE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}  # every page and file served
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
                                "img-src 'self' blob: data:; media-src blob: mediastream:; connect-src 'self'; "
-                               "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+                               "form-action 'self'; base-uri 'none'; frame-ancestors 'none'", **FILE_HEADERS}
 # The in-browser demo, from beside the server's code too: its page, script and style, and the vendored runtime. Its
 # scripts are files of this server ('self', no inline script), WebAssembly is compiled ('wasm-unsafe-eval'), and it
 # fetches the model from this server only.
@@ -116,8 +116,7 @@ WEB = HERE / "web"
 WEB_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
                                "img-src 'self' blob: data:; media-src blob: mediastream:; connect-src 'self'; "
-                               "form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+                               "form-action 'none'; base-uri 'none'; frame-ancestors 'none'", **FILE_HEADERS}
 WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
              ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".wasm": "application/wasm",
              ".md": "text/markdown; charset=utf-8", "": "text/plain; charset=utf-8"}  # "": LICENSE
@@ -702,8 +701,7 @@ def create_app(cfg: ServeConfig | None = None) -> FastAPI:
             if not file.is_file():
                 raise ApiError(404, f"{name} is not in this bundle" + (" (model_card.json's onnx entry says why)"
                                                                        if name == "model.onnx" else ""))
-            return static_file(request, file, MODEL_FILES[name], {"X-Content-Type-Options": "nosniff",
-                                                                  "Cache-Control": "no-cache"})
+            return static_file(request, file, MODEL_FILES[name], FILE_HEADERS)
         return send
 
     for name in MODEL_FILES:

@@ -41,7 +41,6 @@ TEMPLATE_VERSION = "3"  # part of the template cache key: bump when the cached t
 # The template's class count: the largest a one-byte varint holds, so any count up to it is written over that byte
 # and every class count up to it fits in the template's head tensors. A prime no layer of a backbone has.
 TEMPLATE_CLASSES = 127
-_DIM = b"\x12\x02\x08"  # TensorShapeProto.dim { size: <one byte> }
 _UNITS = re.compile(rb"(?<![\w.])%d(?![\w.])" % TEMPLATE_CLASSES)  # the count in keras_metadata.pb's JSON
 SIGNATURE, INPUT_NAME, OUTPUT_NAME = "serving_default", "images", "probabilities"
 BYTES_SIGNATURE, BYTES_INPUT_NAME = "serving_bytes", "image_bytes"
@@ -250,9 +249,13 @@ def _feature_size(resolved: ResolvedBackbone) -> int:
     return Embedder(resolved, num_threads=1).feature_size
 
 
+def _dim(size: int) -> bytes:
+    return tfbundle.ONE_BYTE_DIM + bytes([size])  # a shape's dimension of that size, as serialized
+
+
 def _count_marks(folder: Path) -> dict[str, int]:
     """How often the template's class count is written in each file that holds it (checked again on each rewrite)."""
-    return {"saved_model.pb": (folder / "saved_model.pb").read_bytes().count(_DIM + bytes([TEMPLATE_CLASSES])),
+    return {"saved_model.pb": (folder / "saved_model.pb").read_bytes().count(_dim(TEMPLATE_CLASSES)),
             "keras_metadata.pb": len(_UNITS.findall((folder / "keras_metadata.pb").read_bytes()))}
 
 
@@ -262,7 +265,7 @@ def _set_class_count(folder: Path, keys: dict, n_classes: int) -> None:
     if _count_marks(folder) != keys["marks"] or not all(keys["marks"].values()):
         raise RuntimeError(f"the SavedModel template in {folder} does not hold its class count where expected")
     pb = folder / "saved_model.pb"
-    pb.write_bytes(pb.read_bytes().replace(_DIM + bytes([TEMPLATE_CLASSES]), _DIM + bytes([n_classes])))
+    pb.write_bytes(pb.read_bytes().replace(_dim(TEMPLATE_CLASSES), _dim(n_classes)))
     meta = folder / "keras_metadata.pb"
     width = len(str(TEMPLATE_CLASSES))
     meta.write_bytes(_UNITS.sub(str(n_classes).ljust(width).encode(), meta.read_bytes()))  # JSON allows the spaces

@@ -19,6 +19,8 @@ import numpy as np
 
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48
+# TensorShapeProto.dim { size: <one byte> } as it is serialized: a dimension under 128 (saved_model.pb holds the same)
+ONE_BYTE_DIM = b"\x12\x02\x08"
 _BLOCK_TRAILER = 5  # 1 byte compression type + 4 bytes masked CRC32C
 
 
@@ -85,24 +87,13 @@ class _Entry:
 def _parse_entry(value: bytes) -> tuple[dict[int, int], int | None]:
     """BundleEntryProto scalar fields {number: value} and the offset of field 6 (crc32c, fixed32) in `value`."""
     fields: dict[int, int] = {}
-    crc_at, pos = None, 0
-    while pos < len(value):
-        tag, pos = _varint(value, pos)
-        number, wire = tag >> 3, tag & 7
+    crc_at = None
+    for number, (wire, start, _end) in _fields(value).items():
         if wire == 0:
-            fields[number], pos = _varint(value, pos)
+            fields[number] = _varint(value, start)[0]
         elif wire == 5:
-            if number == 6:
-                crc_at = pos
-            fields[number] = struct.unpack_from("<I", value, pos)[0]
-            pos += 4
-        elif wire == 2:
-            length, pos = _varint(value, pos)
-            pos += length
-        elif wire == 1:
-            pos += 8
-        else:
-            raise BundleError(f"unexpected protobuf wire type {wire}")
+            fields[number] = struct.unpack_from("<I", value, start)[0]
+            crc_at = start if number == 6 else crc_at
     return fields, crc_at
 
 
@@ -170,9 +161,10 @@ def _data_path(prefix: Path, entry: _Entry) -> Path:
     return matching[0]
 
 
-def _field_spans(value: bytes) -> dict[int, tuple[int, int]]:
-    """Where each field's payload lies in a protobuf message: {number: (start, end)} (the last one of a number)."""
-    spans, pos = {}, 0
+def _fields(value: bytes) -> dict[int, tuple[int, int, int]]:
+    """Each field of a protobuf message: {number: (wire type, payload start, payload end)} (the last one of a
+    number)."""
+    fields, pos = {}, 0
     while pos < len(value):
         tag, pos = _varint(value, pos)
         number, wire = tag >> 3, tag & 7
@@ -182,12 +174,12 @@ def _field_spans(value: bytes) -> dict[int, tuple[int, int]]:
         elif wire == 2:
             length, pos = _varint(value, pos)
             start, pos = pos, pos + length
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
         else:
-            pos += {1: 8, 5: 4}.get(wire, 0)
-            if wire not in (1, 5):
-                raise BundleError(f"unexpected protobuf wire type {wire}")
-        spans[number] = (start, pos)
-    return spans
+            raise BundleError(f"unexpected protobuf wire type {wire}")
+        fields[number] = (wire, start, pos)
+    return fields
 
 
 def _padded_varint(n: int, width: int) -> bytes:
@@ -217,13 +209,13 @@ def shrink_last_dim(variables_prefix: str | Path, keys: list[str], old: int, new
             raise BundleError(f"checkpoint {prefix} has no tensor {key!r}")
         entry = entries[key]
         value = bytes(index[entry.value_start:entry.value_end])
-        spans = _field_spans(value)
-        shape_start, shape_end = spans[2]
-        last_dim = value.rfind(bytes([0x12, 0x02, 0x08, old]), shape_start, shape_end)  # dim { size: old }
+        fields = _fields(value)
+        _, shape_start, shape_end = fields[2]
+        last_dim = value.rfind(ONE_BYTE_DIM + bytes([old]), shape_start, shape_end)
         if last_dim < 0 or last_dim + 4 != shape_end:
             raise BundleError(f"tensor {key!r} does not end in a dimension of {old}")
         index[entry.value_start + last_dim + 3] = new
-        size_start, size_end = spans[5]
+        _, size_start, size_end = fields[5]
         index[entry.value_start + size_start:entry.value_start + size_end] = _padded_varint(
             entry.size // old * new, size_end - size_start)
         dirty.add((entry.block_start, entry.block_size))
