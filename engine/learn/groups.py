@@ -98,16 +98,14 @@ def _hash_words(hashes: np.ndarray) -> np.ndarray:
 
 
 def _hash_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n, m) smallest Hamming distance between one side's full-view hash and any crop hash of the other.
+    """Smallest Hamming distance between one side's full-view hash and any crop hash of the other.
 
-    a: (n, S), b: (m, S) uint64 words. Crop-vs-crop pairs are not compared: they would only add false matches.
+    a, b: uint64 words (..., S) that broadcast: (n, 1, S) against (1, m, S) gives every pair (n, m); (p, S) against
+    (p, S) gives p pairs. Crop-vs-crop pairs are not compared: they would only add false matches.
     """
     best = None
-    for i in range(a.shape[1]):
-        for j in range(b.shape[1]):
-            if i and j:
-                continue
-            d = np.bitwise_count(a[:, None, i] ^ b[None, :, j])
+    for s in range(a.shape[-1]):
+        for d in (np.bitwise_count(a[..., 0] ^ b[..., s]), np.bitwise_count(a[..., s] ^ b[..., 0])):
             best = d if best is None else np.minimum(best, d)
     return best
 
@@ -136,7 +134,7 @@ def duplicate_pairs(features: np.ndarray, hashes: np.ndarray | None = None, thre
         dist = np.full(sims.shape, -1, np.int64)
         hit = strong.copy()
         if words is not None:
-            d = _hash_distance(words[start:stop], words)
+            d = _hash_distance(words[start:stop, None], words[None])
             close = (d <= HASH_BITS) & valid[start:stop, None] & valid[None, :] & (sims >= HASH_MIN_COSINE) & ~strong
             dist[close] = d[close]
             hit |= close
@@ -171,10 +169,7 @@ def _close_hashes(words: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.
     n = len(words)
     key = np.unique(rows[np.minimum(ci, cj)] * n + rows[np.maximum(ci, cj)])
     a, b = key // n, key % n
-    dist = np.full(len(a), 64, np.int64)
-    for s in range(words.shape[1]):  # the pairs _hash_distance compares: a full view against any view
-        dist = np.minimum(dist, np.bitwise_count(words[a, 0] ^ words[b, s]))
-        dist = np.minimum(dist, np.bitwise_count(words[a, s] ^ words[b, 0]))
+    dist = _hash_distance(words[a], words[b]).astype(np.int64)
     keep = dist <= HASH_BITS
     return a[keep], b[keep], dist[keep]
 
