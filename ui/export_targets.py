@@ -19,7 +19,7 @@ from engine.config import runfiles as rf
 from engine.config import variants
 from engine.core.fileio import read_json
 from engine.export import extras
-from engine.export.bundle import bundle_sources, shipped_bytes, shipped_name
+from engine.export.bundle import bundle_sources, shipped_bytes, shipped_name, zip_file, zip_text
 from engine.export.savedmodel import BYTES_SIGNATURE, INPUT_NAME, OUTPUT_NAME
 from engine.inference.bundle_files import BUNDLE_PAGES, BUNDLE_SOURCES, BUNDLE_WEB
 from engine.runs import extras as background
@@ -82,12 +82,9 @@ def zip_bytes(entries: Entries) -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, path in entries:
             if path.is_relative_to(BUNDLE_SOURCES):  # the bundle's own files, as the bundle holds them (unpacked)
-                info = zipfile.ZipInfo(name, date_time=time.localtime(path.stat().st_mtime)[:6])
-                info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED
-                zf.writestr(info, shipped_bytes(path))
-                continue
-            weights = path.suffix in (".tflite", ".onnx", ".bin") or path.name.startswith("variables.data")
-            zf.write(path, name, compress_type=zipfile.ZIP_STORED if weights else zipfile.ZIP_DEFLATED)
+                zip_text(zf, name, shipped_bytes(path), time.localtime(path.stat().st_mtime)[:6])
+            else:
+                zip_file(zf, path, name)
     return buf.getvalue()
 
 

@@ -46,15 +46,18 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.1%}"
 
 
-def _zip_file(zf: zipfile.ZipFile, path: Path, name: str) -> None:
-    # Weights barely compress (~7%) and deflating 30 MB of them costs seconds per bundle: store them as they are.
-    weights = path.suffix in (".tflite", ".onnx") or path.name.startswith("variables.data")
+def zip_file(zf: zipfile.ZipFile, path: Path, name: str) -> None:
+    """A file into a zip: weights (.tflite, .onnx, TF.js .bin shards, a checkpoint's data) stored as they are, since
+    they barely compress (~7%) and deflating 30 MB of them costs seconds; the rest deflated."""
+    weights = path.suffix in (".tflite", ".onnx", ".bin") or path.name.startswith("variables.data")
     zf.write(path, name, compress_type=zipfile.ZIP_STORED if weights else zipfile.ZIP_DEFLATED)
 
 
-def _zip_text(zf: zipfile.ZipFile, name: str, text: str | bytes) -> None:
-    info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
-    info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED  # writestr's default is 0600
+def zip_text(zf: zipfile.ZipFile, name: str, text: str | bytes, date_time: tuple[int, ...] | None = None) -> None:
+    """Bytes made in memory into a zip, deflated, readable by all (writestr's default is 0600), dated now unless
+    given."""
+    info = zipfile.ZipInfo(name, date_time=date_time or time.localtime()[:6])
+    info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED
     zf.writestr(info, text)
 
 
@@ -98,7 +101,7 @@ def _sources_zip() -> Path:
         if to_make:
             with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
                 for p in sources:
-                    _zip_text(zf, shipped_name(p), shipped_bytes(p))
+                    zip_text(zf, shipped_name(p), shipped_bytes(p))
     return path
 
 
@@ -116,10 +119,10 @@ def write_bundle(out_dir: str | Path, bundle_path: str | Path) -> Path:
         shutil.copyfile(_sources_zip(), tmp)
         with zipfile.ZipFile(tmp, "a", compression=zipfile.ZIP_DEFLATED) as zf:
             for p in files:
-                _zip_file(zf, p, p.name)
+                zip_file(zf, p, p.name)
             for p in sorted((out / rf.SAVED_MODEL).rglob("*")):
                 if p.is_file():
-                    _zip_file(zf, p, p.relative_to(out).as_posix())
-            _zip_text(zf, BUNDLE_README, bundle_readme(card))
+                    zip_file(zf, p, p.relative_to(out).as_posix())
+            zip_text(zf, BUNDLE_README, bundle_readme(card))
     log.info("Bundle written: %s (%.1f MB)", bundle, bundle.stat().st_size / 1e6)
     return bundle
