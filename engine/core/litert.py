@@ -1,5 +1,5 @@
 """The TFLite runtime, without importing TensorFlow: `ai_edge_litert` (tf.lite.Interpreter is deprecated), falling
-back to TensorFlow's copy only where LiteRT is not installed."""
+back to TensorFlow's copy only where LiteRT is not installed; and the .tflite flatbuffer schema's Python API."""
 
 from __future__ import annotations
 
@@ -16,3 +16,11 @@ def tflite_interpreter(model_path: str | None = None, model_content: bytes | Non
 
         Interpreter = tf.lite.Interpreter  # noqa: N806
     return Interpreter(model_path=model_path, model_content=model_content, num_threads=threads)
+
+
+def schema():
+    """TFLite's flatbuffer schema (ModelT, TensorType, BuiltinOperator ...): LiteRT ships its Python API; importing
+    TensorFlow's copy would import TensorFlow."""
+    from ai_edge_litert import schema_py_generated
+
+    return schema_py_generated

@@ -22,11 +22,11 @@ import numpy as np
 
 from engine.config.backbones import ResolvedBackbone
 from engine.core.fileio import atomic_write_bytes, made_once
+from engine.core.litert import schema as _schema
 from engine.export import quantize
 from engine.export.calibration import calibration_images
 from engine.export.quantize import quant as _quant
 from engine.export.quantize import read_model, write_model
-from engine.export.quantize import schema as _schema
 from engine.export.savedmodel import INPUT_NAME, OUTPUT_NAME  # the TFLite files' signature uses the same names
 from engine.export.tflite import configure
 from engine.features.backbones import cache_root

@@ -24,6 +24,7 @@ from collections import Counter
 import flatbuffers
 import numpy as np
 
+from engine.core.litert import schema
 from engine.export.calibration import calibration_batches
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,6 @@ _HYBRID = {"CONV_2D": (5, 0), "DEPTHWISE_CONV_2D": (6, 3), "FULLY_CONNECTED": (9
 # (builtin name, version) -> the first TFLite release that runs it (tensorflow/lite/tools/versioning/runtime_version.cc)
 _RUNTIME = {("CONV_2D", 5): "2.4.0", ("DEPTHWISE_CONV_2D", 6): "2.3.0", ("FULLY_CONNECTED", 9): "2.3.0"}
 RUNTIME_KEY = b"min_runtime_version"
-
-
-def schema():
-    # LiteRT ships the flatbuffer schema's Python API; importing TensorFlow's copy would import TensorFlow.
-    from ai_edge_litert import schema_py_generated
-
-    return schema_py_generated
 
 
 def read_model(blob: bytes):

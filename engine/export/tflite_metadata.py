@@ -33,6 +33,7 @@ import flatbuffers
 from flatbuffers.table import Table
 
 from engine.config.runfiles import LABELS
+from engine.core.litert import schema as _schema  # read lazily: it imports LiteRT's schema module on use
 
 METADATA_NAME = b"TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
@@ -62,13 +63,6 @@ _AF = {"name": 0, "description": 1, "type": 2, "locale": 3, "version": 4}
 _MODEL_FIELDS = 10
 _MODEL_BUFFERS, _MODEL_METADATA, _MODEL_EXTERNAL_BUFFERS = 4, 6, 9
 _TENSOR_UINT8, _TENSOR_FLOAT32 = 3, 0
-
-
-def _schema():
-    # LiteRT ships TFLite's flatbuffer schema (as engine.export.compose uses it); read lazily, only for the checks
-    from ai_edge_litert import schema_py_generated
-
-    return schema_py_generated
 
 
 # ----------------------------------------------------------------------------------------------------------------
