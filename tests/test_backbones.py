@@ -12,7 +12,7 @@ from port_reference import FIXTURE, reference_inputs
 
 from engine.config.backbones import BACKBONES, Backbone, BackboneError
 from engine.core.tfcompat import keras, tf
-from engine.features import backbones, port
+from engine.features import backbones, lite_graph, port
 from engine.features.torch_legacy import LEGACY_MAGIC, TorchFileError, load_state_dict
 
 INSTALLED = [name for name, spec in BACKBONES.items() if spec.installed()]
@@ -74,11 +74,11 @@ def test_reader_rejects_truncated_and_non_legacy_files(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- the Keras port
 def test_block_table_matches_the_reference_architecture():
-    blocks = port.lite_block_specs(BACKBONES["efficientnet-lite0"])
+    blocks = lite_graph.lite_block_specs(BACKBONES["efficientnet-lite0"])
     assert len(blocks) == 16
     assert [b["stride"] for b in blocks].count(2) == 4
     assert blocks[-1]["f_out"] == 320
-    assert len(port.lite_block_specs(BACKBONES["efficientnet-lite1"])) == 21
+    assert len(lite_graph.lite_block_specs(BACKBONES["efficientnet-lite1"])) == 21
 
 
 @pytest.mark.slow

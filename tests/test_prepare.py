@@ -16,8 +16,9 @@ from engine.runs import prepare
 
 def test_missing_names_every_part_on_an_empty_machine_and_nothing_for_other_modules(tmp_path, monkeypatch):
     monkeypatch.setenv("RETRAIN_STUDIO_CACHE", str(tmp_path / "cache"))
-    assert prepare.missing(DEFAULT_BACKBONE, 3) == ["backbone", "embedder", "dynamic", "int8", "onnx", "template"]
-    assert prepare.missing(DEFAULT_BACKBONE) == ["backbone", "embedder", "dynamic", "int8", "onnx"]
+    assert prepare.missing(DEFAULT_BACKBONE, 3) == ["embedder", "dynamic", "int8", "onnx", "template"]
+    assert prepare.missing(DEFAULT_BACKBONE) == ["embedder", "dynamic", "int8", "onnx"]
+    assert prepare.missing(DEFAULT_BACKBONE, 3, parts=("template",)) == ["template"]
     assert prepare.missing(str(tmp_path / "a-local-savedmodel"), 3) == []  # prepared by the run that names it
 
 
@@ -65,4 +66,24 @@ def test_opening_the_app_starts_preparing_in_the_background(ws, tmp_path, monkey
         assert len(_preparing(cache)) == 1
     finally:
         for pid in _preparing(cache):
+            os.killpg(pid, 9)
+
+
+def test_a_run_on_a_new_machine_starts_the_template_ahead_and_only_then(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RETRAIN_STUDIO_CACHE", str(cache))
+    monkeypatch.setenv(prepare.PREPARE_ENV, "1")
+    assert prepare.template_ahead(DEFAULT_BACKBONE, None, fine_tuning=True) is None  # its SavedModel is its own
+    assert prepare.template_ahead(DEFAULT_BACKBONE, 96, fine_tuning=False) is None  # the template is for its size
+    assert prepare.template_ahead(str(tmp_path / "a-local-savedmodel"), None, fine_tuning=False) is None
+    pid = prepare.template_ahead(DEFAULT_BACKBONE, None, fine_tuning=False)
+    try:
+        deadline = time.time() + 10  # until the new process's /proc entry shows its command line and environment
+        while pid not in _preparing(cache) and time.time() < deadline:
+            time.sleep(0.1)
+        assert pid is not None and pid in _preparing(cache)
+        cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+        assert cmdline[-3:-1] == [b"--parts", b"template"]
+    finally:
+        if pid:
             os.killpg(pid, 9)

@@ -7,7 +7,7 @@ import argparse
 import sys
 import time
 
-from engine.config.backbones import DEFAULT_BACKBONE
+from engine.config.backbones import DEFAULT_BACKBONE, PREPARED_PARTS
 from engine.features.backbones import BackboneError
 
 
@@ -16,6 +16,8 @@ def add_prepare_args(parser: argparse.ArgumentParser) -> None:
                         "backbones lists them).")
     parser.add_argument("--classes", type=int, default=None,
                         help="Also trace the SavedModel template for this many classes.")
+    parser.add_argument("--parts", nargs="+", choices=PREPARED_PARTS, default=list(PREPARED_PARTS),
+                        help="Only these parts (default: all).")
 
 
 def run_prepare(args: argparse.Namespace) -> int:
@@ -23,7 +25,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     try:
-        done = prepare(args.tfhub_module, args.classes)
+        done = prepare(args.tfhub_module, args.classes, parts=args.parts)
     except BackboneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.config.variants import NAMES as VARIANT_NAMES
+
 
 class BackboneError(RuntimeError):
     """A backbone that cannot be found, converted or loaded (a missing weights package, a bad SavedModel)."""
@@ -60,6 +62,9 @@ BACKBONES: dict[str, Backbone] = {
     ]
 }
 DEFAULT_BACKBONE = "efficientnet-lite0"
+# A backbone's one-time parts on a machine (engine.runs.prepare makes them; `python -m engine prepare --parts`):
+# the float32 embedder, the quantized variants' backbones, the ONNX backbone, the SavedModel template.
+PREPARED_PARTS = ("embedder", *(v for v in VARIANT_NAMES if v != "float32"), "onnx", "template")
 
 # What a preset changes while --tfhub_module is left at its default. "accuracy" measured with bench/bench_cv.py
 # (5 random 50/50 splits, each scored both ways, head chosen by cross-validation): held-out top-1 on flowers 0.907

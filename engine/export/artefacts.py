@@ -28,7 +28,7 @@ import numpy as np
 
 from engine.config import runfiles as rf
 from engine.config import variants as variant_table  # `variants` is the exporters' argument
-from engine.config.backbones import ResolvedBackbone
+from engine.config.backbones import BACKBONES, ResolvedBackbone
 from engine.core.events import EventKind, ProgressCallback, Stage, emit
 from engine.core.fileio import atomic_write_bytes, atomic_write_text, json_default
 from engine.export import card as model_card
@@ -74,9 +74,9 @@ def _with_metadata(blob: bytes, variant: str, labels: list[str], image_size: int
 def _export_onnx(resolved: ResolvedBackbone, head: Head, out: Path, progress: ProgressCallback | None) -> dict:
     """model.onnx composed like the .tflite files; a backbone the converter cannot take costs the ONNX file, with
     the reason in the card, never the run."""
-    first = not onnx_model.backbone_onnx_cached(resolved)
+    slow = resolved.handle not in BACKBONES and not onnx_model.backbone_onnx_cached(resolved)
     emit(progress, EventKind.STAGE, stage=Stage.EXPORT, message=f"Writing {rf.ONNX}" + (
-        " (first ONNX export of this backbone: converting it once, ~20 s)" if first else ""))
+        " (first ONNX export of this backbone: converting it once, ~20 s)" if slow else ""))
     try:
         path = onnx_model.compose_onnx(resolved, head, out / rf.ONNX)
     except Exception as exc:  # noqa: BLE001 - tf2onnx fails in many ways on models it does not support
@@ -141,11 +141,6 @@ def export_composed(head: Head, resolved: ResolvedBackbone, labels: list[str], o
         atomic_write_bytes(path, _with_metadata(blob, variant, labels, resolved.image_size, card))
         result.tflite[variant] = path
         emit(progress, EventKind.EXPORT, done=n, total=len(wanted) + 1, file=path.name)
-    first = not savedmodel.has_template(resolved, head.n_classes)
-    emit(progress, EventKind.STAGE, stage=Stage.EXPORT, message="Writing the SavedModel" + (
-        " (first SavedModel of this backbone: tracing its template once, ~15 s)" if first else ""))
-    savedmodel.saved_model_from_template(resolved, head, result.saved_model_dir)
-    emit(progress, EventKind.EXPORT, done=len(wanted) + 1, total=len(wanted) + 1, file=rf.SAVED_MODEL)
     result.onnx = _export_onnx(resolved, head, out, progress)
     reference_top1 = reference_accuracy = None
     if checks is not None:
@@ -156,6 +151,12 @@ def export_composed(head: Head, resolved: ResolvedBackbone, labels: list[str], o
         futures = {v: pool.submit(tflite_stats, p, v, reference_top1, checks[:2] if checks else None, 1)
                    for v, p in result.tflite.items()}
         result.stats.update({v: f.result() for v, f in futures.items()})
+    # Last: on a new machine its template may still be traced by the process the run started (engine.runs.pipeline)
+    first = not savedmodel.has_template(resolved, head.n_classes)
+    emit(progress, EventKind.STAGE, stage=Stage.EXPORT, message="Writing the SavedModel" + (
+        " (first SavedModel of this backbone: its template is traced once, ~12 s)" if first else ""))
+    savedmodel.saved_model_from_template(resolved, head, result.saved_model_dir)
+    emit(progress, EventKind.EXPORT, done=len(wanted) + 1, total=len(wanted) + 1, file=rf.SAVED_MODEL)
     export = {"method": "composed: cached backbone .tflite + this run's head (engine.export.compose)",
               "int8_calibration": f"{CALIBRATION_IMAGES} generated images, seed {CALIBRATION_SEED} "
                                   "(engine.export.calibration.calibration_images)",

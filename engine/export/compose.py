@@ -22,6 +22,7 @@ import numpy as np
 
 from engine.config.backbones import ResolvedBackbone
 from engine.core.fileio import atomic_write_bytes, made_once
+from engine.core.litert import GraphBuilder
 from engine.core.litert import schema as _schema
 from engine.export import quantize
 from engine.export.calibration import calibration_images
@@ -103,42 +104,8 @@ def _convert_backbone(resolved: ResolvedBackbone, variant: str) -> bytes:
 # ----------------------------------------------------------------------------------------------------------------
 # Appending the head to a backbone flatbuffer
 # ----------------------------------------------------------------------------------------------------------------
-def _opcode(model, builtin: int, version: int) -> int:
-    fb = _schema()
-    for i, code in enumerate(model.operatorCodes):
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and code.version == version:
-            return i
-    code = fb.OperatorCodeT()
-    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), version
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
-
-
-class _Graph:
-    """Appends tensors, constant buffers and operators to subgraph 0 of a ModelT."""
-
-    def __init__(self, model):
-        self.fb, self.model, self.g = _schema(), model, model.subgraphs[0]
-
-    def tensor(self, name: str, shape, dtype: int, data: np.ndarray | None = None, quant=None) -> int:
-        t = self.fb.TensorT()
-        t.name, t.shape, t.type, t.quantization = name.encode(), np.asarray(shape, np.int32), dtype, quant
-        t.buffer = 0  # buffer 0 is the empty sentinel: activations have no data
-        if data is not None:
-            buf = self.fb.BufferT()
-            buf.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
-            self.model.buffers.append(buf)
-            t.buffer = len(self.model.buffers) - 1
-        self.g.tensors.append(t)
-        return len(self.g.tensors) - 1
-
-    def op(self, builtin: int, version: int, inputs: list[int], outputs: list[int], options_type: int = 0,
-           options=None) -> None:
-        op = self.fb.OperatorT()
-        op.opcodeIndex = _opcode(self.model, builtin, version)
-        op.inputs, op.outputs = np.asarray(inputs, np.int32), np.asarray(outputs, np.int32)
-        op.builtinOptionsType, op.builtinOptions = options_type, options
-        self.g.operators.append(op)
+class _Graph(GraphBuilder):
+    """The head's operators, at the versions the converter writes for each variant."""
 
     def fully_connected(self, variant: str, x: int, w: int, b: int, out: int, asymmetric: bool = False) -> None:
         opts = self.fb.FullyConnectedOptionsT()

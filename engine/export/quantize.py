@@ -21,10 +21,9 @@ import os
 import warnings
 from collections import Counter
 
-import flatbuffers
 import numpy as np
 
-from engine.core.litert import schema
+from engine.core.litert import RUNTIME_KEY, read_model, schema, write_model  # noqa: F401 - re-exported
 from engine.export.calibration import calibration_batches
 
 log = logging.getLogger(__name__)
@@ -37,18 +36,6 @@ MIN_ELEMENTS = 1024  # dynamic-range: the converter leaves smaller weight tensor
 _HYBRID = {"CONV_2D": (5, 0), "DEPTHWISE_CONV_2D": (6, 3), "FULLY_CONNECTED": (9, None)}
 # (builtin name, version) -> the first TFLite release that runs it (tensorflow/lite/tools/versioning/runtime_version.cc)
 _RUNTIME = {("CONV_2D", 5): "2.4.0", ("DEPTHWISE_CONV_2D", 6): "2.3.0", ("FULLY_CONNECTED", 9): "2.3.0"}
-RUNTIME_KEY = b"min_runtime_version"
-
-
-def read_model(blob: bytes):
-    fb = schema()
-    return fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(blob, 0))
-
-
-def write_model(model) -> bytes:
-    builder = flatbuffers.Builder(1 << 20)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 def quant(scale, zero_point, axis: int = 0):

