@@ -9,10 +9,11 @@ import pytest
 
 from engine.config.backbones import BACKBONES
 from engine.core.litert import read_model, tflite_interpreter
-from engine.export.onnx_model import lite_onnx
+from engine.export.onnx_model import compose_onnx_bytes, lite_onnx
 from engine.export.quantize import builtin_name
 from engine.features import lite_graph, lite_tflite
 from engine.features.lite_graph import Add, Conv
+from engine.learn.head import Head
 
 
 def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -100,3 +101,17 @@ def test_written_tflite_has_the_converters_operators_and_signature():
     sig = model.signatureDefs[0]
     assert sig.signatureKey == b"serving_default" and sig.inputs[0].tensorIndex == g.inputs[0]
     assert list(g.tensors[g.inputs[0]].shape) == [1, 224, 224, 3] and list(g.tensors[g.outputs[0]].shape) == [1, 1280]
+
+
+def test_written_onnx_backbone_takes_a_head():
+    """The classifier's names ("head/...") must not collide with the backbone's: onnxruntime refuses the file."""
+    graph = lite_graph.lite_graph(BACKBONES["efficientnet-lite0"])
+    backbone = lite_onnx(graph, 96)  # any size: the pads are written for it
+    rng = np.random.default_rng(0)
+    head = Head(rng.normal(0, 0.1, (graph.feature_size, 3)).astype(np.float32), np.zeros(3, np.float32), 1.0)
+    session = ort.InferenceSession(compose_onnx_bytes(backbone, head), providers=["CPUExecutionProvider"])
+    x = _images(2, 96)
+    features = lite_onnx(graph, 96).SerializeToString()
+    f = ort.InferenceSession(features, providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+    probs = session.run(None, {"images": x})[0]
+    assert probs.shape == (2, 3) and np.abs(probs - head.probabilities(f)).max() <= 1e-5

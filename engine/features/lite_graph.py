@@ -149,7 +149,7 @@ def lite_graph(spec: Backbone, state: dict[str, np.ndarray] | None = None) -> Li
         layers.append(f.conv(f"block{i}_project", key + "._project_conv", key + "._bn2", 1, False, False))
         if b["stride"] == 1 and b["f_in"] == b["f_out"]:
             layers.append(Add(f"block{i}_add", start))
-    layers.append(f.conv("head", "_conv_head", "_bn1", 1, False, True))
+    layers.append(f.conv("top", "_conv_head", "_bn1", 1, False, True))  # not "head": the classifier's
     if f.unused():
         raise BackboneError(f"{spec.name}: weights not used by the port: {f.unused()[:5]}")
     return LiteGraph(spec.name, 255.0 / LITE_STD, -LITE_MEAN / LITE_STD, layers)

@@ -35,8 +35,8 @@ PREPARE_ENV = "RETRAIN_STUDIO_PREPARE"  # "0": the app never prepares ahead (the
 
 
 def _onnx():
-    """engine.export.onnx_model, imported when asked about: it imports onnx (~0.8 s), and a run asks here first."""
-    from engine.export import onnx_model
+    """engine.export.onnx_model, imported when asked about."""
+    from engine.export import onnx_model  # why: it imports onnx (~0.8 s), and a run asks missing() first
 
     return onnx_model
 
