@@ -210,7 +210,7 @@ def main() -> int:
         baseline_child(*args.baseline_child)
         return 0
     sys.path.insert(0, str(REPO))
-    from engine.features.backbones import cache_root
+    from engine.core.cache import cache_root
 
     image_dir = Path(args.image_dir)
     rows: list[tuple[str, float]] = []

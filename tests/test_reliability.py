@@ -1058,7 +1058,7 @@ def test_kill_9_mid_epoch_and_mid_export_then_the_next_run_succeeds(tmp_path, mo
     forever = TrainConfig(do_fine_tuning=True, fine_tune_epochs=100_000, quantize=["float32"])  # head: seconds
     # Exports are composed in well under a second from cached parts; a cache without the composed parts makes this
     # run's export trace its SavedModel template (~10 s), so "mid-export" is a moment that really exists.
-    from engine.features.backbones import cache_root
+    from engine.core.cache import cache_root
 
     cache = tmp_path / "cache"
     cache.mkdir()

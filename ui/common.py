@@ -12,9 +12,9 @@ from typing import Any
 import streamlit as st
 
 from engine.config.backbones import BACKBONES, DEFAULT_BACKBONE
+from engine.core.cache import cache_root
 from engine.data.dataset import Snapshot
 from engine.data.images import SUPPORTED
-from engine.features.backbones import cache_root
 from engine.inference.predict import load_predictor
 from engine.runs.history import RunSummary, list_runs
 from engine.runs.jobs import JobError, run_path

@@ -96,8 +96,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+# Smaller JSON files are indented for people reading them; larger ones (a 24,000-image run's metrics.json is 10 MB)
+# stay on one line: json indents only in its pure-Python encoder, ~4x slower than its C one (1.4 s at that size).
+PRETTY_JSON_BYTES = 1 << 16
+
+
 def atomic_write_json(path: str | Path, obj: Any, sort_keys: bool = False) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=json_default))
+    text = json.dumps(obj, sort_keys=sort_keys, default=json_default)
+    if len(text) < PRETTY_JSON_BYTES:
+        text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=json_default)
+    atomic_write_text(path, text)
 
 
 def json_default(o: Any) -> Any:

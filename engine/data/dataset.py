@@ -29,6 +29,7 @@ from engine.core.events import EventKind, Every, ProgressCallback, emit
 from engine.core.fileio import atomic_write_json
 from engine.core.files import is_hidden
 from engine.data import images
+from engine.data.file_hashes import FileHashes
 
 log = logging.getLogger(__name__)
 
@@ -322,18 +323,19 @@ def scan_image_dir(image_dir: str | Path, check_images: bool = True, max_pixels:
     per_class = {d.name: _class_files(root, d, skipped) for d in class_dirs}
     items, labels, done, total = [], [], 0, sum(len(v) for v in per_class.values())
     emit(progress, EventKind.SCAN, done=0, total=total)
-    every = Every()
+    every, hashes = Every(), FileHashes(root)
     for label, files in per_class.items():
         candidates = 0
         for path in files:
             done += 1
-            candidates += _check_file(path, label, check_images, max_pixels, skipped, items, root)
+            candidates += _check_file(path, label, check_images, max_pixels, skipped, items, root, hashes)
             if every.due(last=done == total):
                 emit(progress, EventKind.SCAN, done=done, total=total)
         if candidates:
             labels.append(label)
         else:
             log.warning("Class folder '%s' holds no image files; ignored", root / label)
+    hashes.save()
     dataset = Dataset(str(root), labels, items, skipped)
     validate(dataset, image_dir)
     _warn_duplicates(dataset)
@@ -341,16 +343,20 @@ def scan_image_dir(image_dir: str | Path, check_images: bool = True, max_pixels:
 
 
 def _check_file(path: Path, label: str, check_images: bool, max_pixels: int, skipped: list[Skipped],
-                items: list[ImageItem], root: Path) -> bool:
-    """Append the file to items or skipped; True when it looked like an image (usable or not)."""
+                items: list[ImageItem], root: Path, hashes: FileHashes) -> bool:
+    """Append the file to items or skipped; True when it looked like an image (usable or not). A file hashed by an
+    earlier scan and unchanged since (`hashes`) is not read again: it was an image then."""
     try:
-        if not _is_candidate(path):
+        stat = path.stat()
+        sha = hashes.get(path, stat)
+        if sha is None and not _is_candidate(path):
             skipped.append(Skipped(str(path), "not an image file"))
             return False
         if check_images:
             images.load_image(path, max_pixels=max_pixels)
-        stat = path.stat()
-        sha = images.file_sha256(path)
+        if sha is None:
+            sha = images.file_sha256(path)
+            hashes.add(path, stat, sha)
         items.append(ImageItem(str(path), label, sha))
         _remember(path, root, sha, stat)
     except images.ImageError as exc:

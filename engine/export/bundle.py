@@ -17,10 +17,10 @@ from typing import Any
 
 from engine.config import runfiles as rf
 from engine.config import variants
+from engine.core.cache import cache_root
 from engine.core.fileio import atomic_path, made_once
 from engine.core.files import has_hidden_part, is_hidden
 from engine.export.card import BUNDLE_RESAMPLING, TRAINING_RESAMPLING
-from engine.features.backbones import cache_root
 from engine.inference.bundle_files import BUNDLE_PAGES, BUNDLE_README, BUNDLE_SOURCES, BUNDLE_WEB, GZIPPED
 
 log = logging.getLogger(__name__)

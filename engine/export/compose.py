@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.config.backbones import ResolvedBackbone
+from engine.core.cache import cache_root
 from engine.core.fileio import atomic_write_bytes, made_once
 from engine.core.litert import GraphBuilder
 from engine.core.litert import schema as _schema
@@ -30,7 +31,6 @@ from engine.export.quantize import quant as _quant
 from engine.export.quantize import read_model, write_model
 from engine.export.savedmodel import INPUT_NAME, OUTPUT_NAME  # the TFLite files' signature uses the same names
 from engine.export.tflite import configure
-from engine.features.backbones import cache_root
 from engine.features.embeddings import Embedder
 from engine.learn.head import Head
 

@@ -21,9 +21,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.config.backbones import BACKBONES, ResolvedBackbone
+from engine.core.cache import cache_root
 from engine.core.fileio import atomic_write_bytes, made_once
 from engine.export.savedmodel import INPUT_NAME, OUTPUT_NAME  # the same names as the TFLite files and SavedModel
-from engine.features.backbones import cache_root
 from engine.features.lite_graph import Add, Conv, LiteGraph, lite_graph, same_padding
 from engine.learn.head import Head
 

@@ -29,9 +29,9 @@ import numpy as np
 from engine.config import runfiles as rf
 from engine.config.backbones import BACKBONES, ResolvedBackbone
 from engine.config.training import CENTER_CROP_ASPECT
+from engine.core.cache import cache_root
 from engine.core.fileio import atomic_write_text, made_once, read_json
 from engine.export import tfbundle
-from engine.features.backbones import cache_root
 from engine.features.embeddings import Embedder
 from engine.learn.head import Head
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 # The table (names, weights packages, sizes, the default) is config: the CLI and the app read it without NumPy
 from engine.config.backbones import BACKBONES, DEFAULT_BACKBONE, BackboneError, ResolvedBackbone
+from engine.core.cache import cache_root
 from engine.core.fileio import atomic_write_json, read_json
 from engine.data.images import file_sha256
 
@@ -32,12 +32,6 @@ CONVERTER_VERSION = "1"  # bump when the port changes, so stale caches are rebui
 # ----------------------------------------------------------------------------------------------------------------
 # Where the ported hub modules are cached, and resolving any handle
 # ----------------------------------------------------------------------------------------------------------------
-def cache_root() -> Path:
-    root = os.environ.get("RETRAIN_STUDIO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "retrain-studio")
-    return Path(root)
-
-
 def _weights_digest(path: Path) -> str:
     stat = path.stat()
     return _digest(str(path), stat.st_size, stat.st_mtime_ns)

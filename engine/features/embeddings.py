@@ -27,12 +27,13 @@ import numpy as np
 
 from engine.config.backbones import BACKBONES
 from engine.config.training import CENTER_CROP_ASPECT
+from engine.core.cache import cache_root
 from engine.core.events import EventKind, Every, ProgressCallback, emit
 from engine.core.fileio import atomic_write_bytes, made_once, thread_sqlite
 from engine.core.litert import tflite_interpreter
 from engine.data import images
 from engine.data.dataset import prepare_image
-from engine.features.backbones import ResolvedBackbone, cache_root, resolve
+from engine.features.backbones import ResolvedBackbone, resolve
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.core.cache import cache_root
 from engine.core.fileio import thread_sqlite
 from engine.data.images import load_image
-from engine.features.backbones import cache_root
 
 HASH_SCALES = (1.0, 0.9, 0.8)  # centred crops hashed per image, so a cropped copy matches its original's crop
 HASH_BITS_PER_SCALE = 63

@@ -89,9 +89,10 @@ def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
 
 def fit_logreg(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, sample_weight: np.ndarray | None = None,
                init: tuple[np.ndarray, np.ndarray] | None = None, max_iter: int = MAX_ITER, tol: float = FINAL_TOL,
-               limit_threads: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+               limit_threads: bool = True, threads: int = 1) -> tuple[np.ndarray, np.ndarray, int]:
     """Kernel (D, K) and bias (K,) minimising the objective in the module docstring; also the iterations used.
-    init: a (kernel, bias) to start from (warm start along an L2 path).
+    init: a (kernel, bias) to start from (warm start along an L2 path). threads: row blocks evaluated in parallel
+    (each with one BLAS thread); the folds of a cross-validation are parallel already, so they keep one.
 
     Classes without a training row (a tiny class whose images all sit in the held-out fold) are left out of the
     fit and get a constant logit just below every logit seen on the training rows: never favoured, no NaN.
@@ -127,31 +128,35 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, sample_w
     else:
         theta0 = np.zeros(d * k + k)
 
-    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        wk = theta[: d * k].reshape(d, k)
-        w32, b32 = wk.astype(np.float32), theta[d * k:].astype(np.float32)
-        loss = l2 * float((wk * wk).sum())
-        grad_w = np.zeros((d, k), np.float32)
-        grad_b = np.zeros(k)
+    def block(s: int, w32: np.ndarray, b32: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         # Both products of a block of rows while it is in the CPU cache: one pass over x per evaluation instead
         # of two (memory-bound: the kernel has only K columns). At 19,000 x 1280 the two products took 1.4-2x
         # less time this way, a whole fit ~10% less (measured on a busy 2-core machine).
-        for s in range(0, n, FIT_BLOCK):
-            xs = xc[s:s + FIT_BLOCK]
-            z = xs @ w32 + b32
-            z -= z.max(axis=1, keepdims=True)
-            ez = np.exp(z)
-            total = ez.sum(axis=1, keepdims=True)
-            nll = np.log(total[:, 0]).astype(np.float64) - (z * onehot[s:s + FIT_BLOCK]).sum(axis=1)
-            loss += float(w[s:s + FIT_BLOCK] @ nll)
-            g = (ez / total - onehot[s:s + FIT_BLOCK]) * wf[s:s + FIT_BLOCK]
-            grad_w += xs.T @ g
-            grad_b += g.sum(axis=0, dtype=np.float64)
+        xs = xc[s:s + FIT_BLOCK]
+        z = xs @ w32 + b32
+        z -= z.max(axis=1, keepdims=True)
+        ez = np.exp(z)
+        total = ez.sum(axis=1, keepdims=True)
+        nll = np.log(total[:, 0]).astype(np.float64) - (z * onehot[s:s + FIT_BLOCK]).sum(axis=1)
+        g = (ez / total - onehot[s:s + FIT_BLOCK]) * wf[s:s + FIT_BLOCK]
+        return float(w[s:s + FIT_BLOCK] @ nll), xs.T @ g, g.sum(axis=0, dtype=np.float64)
+
+    def fun(theta: np.ndarray, pool: ThreadPoolExecutor | None) -> tuple[float, np.ndarray]:
+        wk = theta[: d * k].reshape(d, k)
+        w32, b32 = wk.astype(np.float32), theta[d * k:].astype(np.float32)
+        starts = range(0, n, FIT_BLOCK)
+        parts = (pool.map(block, starts, [w32] * len(starts), [b32] * len(starts)) if pool
+                 else (block(s, w32, b32) for s in starts))
+        loss, grad_w, grad_b = l2 * float((wk * wk).sum()), np.zeros((d, k), np.float32), np.zeros(k)
+        for part_loss, part_w, part_b in parts:  # summed in block order: the same result with or without a pool
+            loss, grad_w, grad_b = loss + part_loss, grad_w + part_w, grad_b + part_b
         grad_w = grad_w.astype(np.float64) + 2.0 * l2 * wk
         return loss, np.concatenate([grad_w.ravel(), grad_b])
 
-    with _one_blas_thread() if limit_threads else contextlib.nullcontext():
-        res = minimize(fun, theta0, jac=True, method="L-BFGS-B",
+    # threads > 1 (the final fit, alone on the machine): blocks of rows in parallel, one BLAS thread each
+    with (_one_blas_thread() if limit_threads else contextlib.nullcontext()), \
+            (ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext()) as pool:
+        res = minimize(fun, theta0, args=(pool,), jac=True, method="L-BFGS-B",
                        options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-10, "maxcor": 20})
     wk = res.x[: d * k].reshape(d, k)
     bk = res.x[d * k:] - mean.astype(np.float64) @ wk

@@ -14,7 +14,10 @@ full classifier) and where features are computed.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from engine.config.training import TrainConfig
+from engine.core.cache import cache_root
 from engine.core.events import EventKind, ProgressCallback, Stage, emit
-from engine.core.fileio import atomic_write_json, read_json
-from engine.features.backbones import cache_root
-from engine.features.embeddings import EmbeddingStore
+from engine.core.fileio import atomic_write_bytes, atomic_write_json, read_json
+from engine.features.embeddings import EmbeddingStore, preprocess_id
 from engine.features.image_stats import image_hashes
 from engine.learn import crossval
 from engine.learn.evaluate import evaluate, fold_spread
@@ -82,17 +85,70 @@ class HeadFit:
     iterations: int = 0
 
 
-def duplicate_groups(data: PreparedData, n_folds: int = 5) -> tuple[np.ndarray, str]:
+def duplicate_groups(data: PreparedData, n_folds: int = 5, preprocess: str = "") -> tuple[np.ndarray, str]:
     """A group id per image (copies and near-copies share one, so they always land in the same fold), and how the
-    groups were made."""
+    groups were made. Kept per set of images (the cache below): moving or relabelling images reuses them."""
     items = data.dataset.items
     shas = [it.sha256 for it in items]
+    path = _groups_path(shas, data.features, data.resolved.backbone_id, preprocess, n_folds)
+    known = _read_groups(path, shas)
+    if known is not None:
+        return known
     try:
         hashes = image_hashes([it.path for it in items], shas)  # cached by SHA-256: a retrain reads, not decodes
     except Exception as exc:  # noqa: BLE001 - grouping without hashes is still correct, only less thorough
         log.warning("Perceptual hashes unavailable (%s); grouping copies by embedding only", exc)
         hashes = None
-    return fold_groups(data.features, shas, n_folds, hashes=hashes)
+    groups, how = fold_groups(data.features, shas, n_folds, hashes=hashes)
+    _write_groups(path, shas, groups, how)
+    return groups, how
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The near-duplicate groups of a set of images, kept between runs (issue 22: 3 s of a 24,000-image retrain)
+# ----------------------------------------------------------------------------------------------------------------
+GROUPS_DIR, GROUPS_KEPT, GROUPS_VERSION = "groups", 8, "1"  # bump the version when the grouping rule changes
+
+
+def _groups_path(shas: list[str], features: np.ndarray, backbone_id: str, preprocess: str, n_folds: int) -> Path:
+    """Keyed by the set of images (not their order or labels: moving an image between classes keeps the key), the
+    features they were grouped by (named, and a slice of their values in image order: cheap, and no two feature
+    sets that differ anywhere in it share groups) and the fold count (a group larger than a fold falls back to exact
+    copies)."""
+    h = hashlib.sha256("\x1f".join([GROUPS_VERSION, backbone_id, preprocess, str(n_folds)]).encode())
+    order = np.argsort(np.asarray(shas))
+    h.update("\n".join(np.asarray(shas)[order].tolist()).encode())
+    h.update(np.ascontiguousarray(np.asarray(features, np.float32)[order, :16]).tobytes())
+    return cache_root() / GROUPS_DIR / f"{h.hexdigest()[:24]}.npz"
+
+
+def _read_groups(path: Path, shas: list[str]) -> tuple[np.ndarray, str] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            label = dict(zip(z["shas"].tolist(), z["groups"].tolist(), strict=True))
+            how = str(z["how"])
+        per_row = np.array([label[s] for s in shas], np.int64)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError) as exc:  # a damaged or foreign file: group again
+        log.warning("Ignoring the cached duplicate groups in %s (%s)", path, exc)
+        return None
+    # ids 0..G-1 in order of first appearance, as fold_groups numbers them
+    _, first, inverse = np.unique(per_row, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse].astype(np.int64), how
+
+
+def _write_groups(path: Path, shas: list[str], groups: np.ndarray, how: str) -> None:
+    unique = {s: int(g) for s, g in zip(shas, groups, strict=True)}
+    buf = io.BytesIO()
+    np.savez(buf, shas=np.array(list(unique), dtype="U64"), groups=np.array(list(unique.values()), np.int64),
+             how=np.array(how))
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+        for old in sorted(path.parent.glob("*.npz"), key=lambda p: p.stat().st_mtime)[:-GROUPS_KEPT]:
+            old.unlink(missing_ok=True)
+    except OSError as exc:  # a time saver for next run: never worth failing this one
+        log.warning("Could not keep the duplicate groups (%s)", exc)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -129,7 +185,8 @@ def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, gro
     # Warm-started from the mean fold head (fitted on (k-1)/k of these rows at the same L2): on 24,227 photos 43-53
     # iterations instead of 81 from zero (bench/bench_scale.py); the same optimum, a shorter path to it.
     kernel, bias, iterations = crossval.fit_logreg(x, y, n_classes, oof.l2, sample_weight=weights,
-                                                   max_iter=cfg.train_epochs, init=oof.head_init)
+                                                   max_iter=cfg.train_epochs, init=oof.head_init,
+                                                   threads=os.cpu_count() or 1)
     # A class with a single distinct image is missing from the training side whenever that image is held out, so
     # its out-of-fold answers say nothing about the shipped head: no temperature or threshold from them.
     distinct = [len(np.unique(groups[y == c])) if groups is not None else int(np.sum(y == c))
@@ -174,7 +231,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
         set_memory_growth()
     data = data or prepare_data(cfg, progress, store)
     t_embed = time.perf_counter()
-    groups, grouping = duplicate_groups(data, cfg.cv_folds)
+    groups, grouping = duplicate_groups(data, cfg.cv_folds, preprocess_id(data.resolved.image_size, cfg.center_crop))
     evaluation = _choose_evaluation(data, cfg, groups)
     tr, n_classes = data.train_idx, len(data.dataset.labels)
     emit(progress, EventKind.STAGE, stage=Stage.TRAIN, message=f"Training a {n_classes}-class head"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from engine.config.backbones import BACKBONES, PREPARED_PARTS
 from engine.config.variants import NAMES as VARIANT_NAMES
+from engine.core.cache import cache_root
 from engine.export import savedmodel
 from engine.export.compose import backbone_tflite, backbone_tflite_cached
 from engine.features import backbones
@@ -91,7 +92,7 @@ def prepare_in_background(handle: str, n_classes: int | None = None, log_path: P
     argv = [sys.executable, "-m", "engine", "prepare", "--tfhub_module", handle,
             *(["--classes", str(n_classes)] if n_classes else []),
             *(["--parts", *parts] if tuple(parts) != PARTS else [])]
-    log_path = log_path or backbones.cache_root() / "prepare.log"
+    log_path = log_path or cache_root() / "prepare.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as fh:
         proc = subprocess.Popen(argv, cwd=str(REPO_ROOT), env=job_env(), stdin=subprocess.DEVNULL, stdout=fh,
