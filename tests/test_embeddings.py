@@ -12,7 +12,6 @@ from engine.data import images
 from engine.data.demo import make_demo_dataset
 from engine.features.backbones import resolve
 from engine.features.embeddings import Embedder, EmbeddingStore, embed_files
-from engine.features.port import load_feature_layer
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +69,15 @@ def test_preprocessing_option_is_part_of_the_key(tmp_path, demo, resolved, embed
     assert cropped.computed == 2
 
 
-def test_tflite_embedder_matches_the_hub_layer(demo, resolved, embedder):
+def test_tflite_embedder_matches_the_keras_port(demo, resolved, embedder):
+    """The embedder's file (written from the weights) against the Keras port, which tests/test_backbones.py holds to
+    PyTorch and to the hub module every other handle is loaded as."""
+    from engine.config.backbones import BACKBONES
+    from engine.features.port import build_lite_model
+
     paths, _ = _files(demo)
     x = np.stack([images.prepare(p, 224, False) for p in paths[:3]])
-    expected = load_feature_layer(resolved)(x.astype(np.float32) / 255.0).numpy()
+    expected = build_lite_model(BACKBONES[resolved.handle])(x.astype(np.float32) / 255.0, training=False).numpy()
     got = np.stack([embedder(img) for img in x])
     assert np.abs(got - expected).max() < 1e-4
 

@@ -156,7 +156,10 @@ def feature_model(resolved: ResolvedBackbone):
     """The backbone alone as a batch-1 Keras model, [0, 1] images in, features out: what every TFLite variant of
     the backbone is converted from (the embedder's float32 model, the export's cached variants)."""
     size = resolved.image_size
-    return keras.Sequential([keras.Input((size, size, 3), batch_size=1), load_feature_layer(resolved)])
+    # a table backbone in plain Keras layers: the same network without writing and loading its hub module (~20 s)
+    backbone = (build_lite_model(BACKBONES[resolved.handle]) if resolved.handle in BACKBONES
+                else load_feature_layer(resolved))
+    return keras.Sequential([keras.Input((size, size, 3), batch_size=1), backbone])
 
 
 def float32_tflite(resolved: ResolvedBackbone) -> bytes:
