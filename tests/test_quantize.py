@@ -313,10 +313,10 @@ def _photos(folder, per_class: int | None, exclude=None) -> tuple[np.ndarray, np
 def test_quantized_classifiers_agree_with_float32_as_the_converters_do(backbone, tmp_path):
     """A head fitted on the 300 flowers, composed onto each backbone variant, on 200 other flower photos (the first
     40 of each class): ours agree with float32 (top-1) and keep its accuracy as the converter's variants do. The
-    converter's, measured on these 200 photos (TF 2.21): float32 0.840 accuracy; dynamic (the same bytes as ours, see
-    test_dynamic_backbone_is_the_converters_bit_for_bit) 95.5% agreement, 0.825; int8 94.5%, 0.820. On 1,000 such
-    photos (200 a class, drawn at random): its dynamic 98.8%, its int8 97.9%, ours 97.7%: a 99% bar would fail the
-    converter's too. Its variants are not converted again here: that would double this module's time."""
+    converter's, measured on these 200 photos (TF 2.21): float32 0.840 accuracy; dynamic (quantized by the same rules
+    as ours, see test_dynamic_backbone_quantizes_as_the_converter) 95.5% agreement, 0.825; int8 94.5%, 0.820. On
+    1,000 such photos (200 a class, drawn at random): its dynamic 98.8%, its int8 97.9%, ours 97.7%: a 99% bar would
+    fail the converter's too. Its variants are not converted again here: that would double this module's time."""
     from export_data import fit_head
 
     from engine.export import compose
