@@ -151,7 +151,8 @@ def export_composed(head: Head, resolved: ResolvedBackbone, labels: list[str], o
         futures = {v: pool.submit(tflite_stats, p, v, reference_top1, checks[:2] if checks else None, 1)
                    for v, p in result.tflite.items()}
         result.stats.update({v: f.result() for v, f in futures.items()})
-    # Last: on a new machine its template may still be traced by the process the run started (engine.runs.pipeline)
+    # Last: on a new machine its template may still be traced by the process the CLI started as the run began
+    # (engine.runs.prepare.template_ahead)
     first = not savedmodel.has_template(resolved, head.n_classes)
     emit(progress, EventKind.STAGE, stage=Stage.EXPORT, message="Writing the SavedModel" + (
         " (first SavedModel of this backbone: its template is traced once, ~12 s)" if first else ""))

@@ -80,8 +80,7 @@ def lite_onnx(graph: LiteGraph, image_size: int) -> onnx.ModelProto:
     for layer in graph.layers:
         prev = outputs[-1] if outputs else "preprocess/nchw"
         if isinstance(layer, Add):
-            skip = "preprocess/nchw" if layer.skip < 0 else outputs[layer.skip]
-            nodes.append(helper.make_node("Add", [prev, skip], [layer.name], name=layer.name))
+            nodes.append(helper.make_node("Add", [prev, outputs[layer.skip]], [layer.name], name=layer.name))
         else:
             side = _onnx_conv(layer, prev, side, nodes, inits)
         outputs.append(layer.name)

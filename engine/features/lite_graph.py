@@ -78,7 +78,7 @@ class Conv:
 
 @dataclass(frozen=True)
 class Add:
-    """The previous layer's output plus the output of layer `skip` (-1: the normalised image): a residual."""
+    """The previous layer's output plus the output of layer `skip` (an earlier layer's index): a residual."""
 
     name: str
     skip: int

@@ -32,9 +32,8 @@ def float32_tflite(graph: LiteGraph, image_size: int) -> bytes:
     for layer in graph.layers:
         prev = outputs[-1] if outputs else normalised
         if isinstance(layer, Add):
-            skip = normalised if layer.skip < 0 else outputs[layer.skip]
             out = g.tensor(layer.name, g.g.tensors[prev].shape, f32)
-            g.op(ops.ADD, 1, [prev, skip], [out], opts.AddOptions, g.fb.AddOptionsT())
+            g.op(ops.ADD, 1, [prev, outputs[layer.skip]], [out], opts.AddOptions, g.fb.AddOptionsT())
         else:
             side = same_padding(side, layer.weight.shape[0], layer.stride)[2]
             out = _conv(g, layer, prev, side)

@@ -152,18 +152,25 @@ def load_feature_layer(resolved: ResolvedBackbone, trainable: bool = False):
         raise BackboneError(f"Could not load the SavedModel at {resolved.path}: {exc}") from exc
 
 
+def frozen_backbone(resolved: ResolvedBackbone):
+    """The backbone as a frozen Keras layer, [0, 1] images in, features out: a table backbone as plain Keras layers
+    (the same network without writing and loading its hub module, ~20 s on a new machine, and a model that
+    keras.models.load_model rebuilds without custom objects or saved traces), any other handle as its hub layer."""
+    if resolved.handle in BACKBONES:
+        return build_lite_model(BACKBONES[resolved.handle])
+    return load_feature_layer(resolved, trainable=False)
+
+
 def feature_model(resolved: ResolvedBackbone):
-    """The backbone alone as a batch-1 Keras model, [0, 1] images in, features out: what every TFLite variant of
-    the backbone is converted from (the embedder's float32 model, the export's cached variants)."""
+    """The backbone alone as a batch-1 Keras model, [0, 1] images in, features out: what the TFLite converter takes
+    for a module that is not in the table (its embedder, its quantized variants) and the tests' references."""
     size = resolved.image_size
-    # a table backbone in plain Keras layers: the same network without writing and loading its hub module (~20 s)
-    backbone = (build_lite_model(BACKBONES[resolved.handle]) if resolved.handle in BACKBONES
-                else load_feature_layer(resolved))
-    return keras.Sequential([keras.Input((size, size, 3), batch_size=1), backbone])
+    return keras.Sequential([keras.Input((size, size, 3), batch_size=1), frozen_backbone(resolved)])
 
 
 def float32_tflite(resolved: ResolvedBackbone) -> bytes:
-    """The backbone as a float32 .tflite flatbuffer (batch 1): the embedder, and the float32 export's backbone."""
+    """The backbone as a float32 .tflite flatbuffer (batch 1), through the converter: the embedder of a module that
+    is not in the table (the table's are written from their weights, engine.features.lite_tflite)."""
     return tf.lite.TFLiteConverter.from_keras_model(feature_model(resolved)).convert()
 
 

@@ -7,9 +7,9 @@ SavedModel template and TrainResult.model do.
 
 from __future__ import annotations
 
-from engine.config.backbones import BACKBONES, ResolvedBackbone
+from engine.config.backbones import ResolvedBackbone
 from engine.core.tfcompat import hub, keras
-from engine.features.port import build_lite_model, hub_module, load_feature_layer
+from engine.features.port import frozen_backbone, hub_module
 from engine.learn.head import Head
 
 
@@ -29,12 +29,8 @@ def build_classifier(resolved: ResolvedBackbone, head: Head, trainable: bool = F
     size = resolved.image_size
     if trainable:
         feature = _frozen_bn_hub_layer(hub_module(resolved), "feature_extractor")
-    elif resolved.handle in BACKBONES:
-        # the same network in plain Keras layers: no hub module to write and load (~20 s on a new machine), and
-        # keras.models.load_model reads it without custom objects or saved traces
-        feature = build_lite_model(BACKBONES[resolved.handle])
     else:
-        feature = load_feature_layer(resolved, trainable=False)
+        feature = frozen_backbone(resolved)
     dense = keras.layers.Dense(head.n_classes, activation="softmax", name="probabilities",
                                kernel_regularizer=keras.regularizers.L1(l1) if l1 else None)
     model = keras.Sequential([keras.Input((size, size, 3), name="images"), feature,
