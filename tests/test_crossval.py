@@ -37,6 +37,38 @@ def test_fit_matches_a_converged_sklearn_logistic_regression():
     np.testing.assert_allclose(crossval.softmax(x @ kernel + bias), ref.predict_proba(x), atol=2e-3)
 
 
+def test_fits_made_together_are_the_fits_made_one_at_a_time():
+    """Several fits share each pass over the rows (crossval._Batch): each still converges to its own optimum,
+    a fit that lacks a class and sample weights included, whatever the row-block threads."""
+    x, y = blobs([40, 35, 30, 6], d=12, spread=1.2, seed=4)
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, len(y))
+    masks = [np.ones(len(y), bool), np.arange(len(y)) % 3 != 0, y != 3]  # the third has no class-3 row
+    l2s = [1e-2, 3e-3, 1e-3]
+    crossval.FIT_BLOCK, block = 32, crossval.FIT_BLOCK  # several row blocks
+    try:
+        fits = [crossval._Fit(x, y, 4, m, weights, c, None) for m, c in zip(masks, l2s, strict=True)]
+        together = crossval.fit_together(x, y, fits, tol=1e-8, threads=2)
+        alone = [crossval.fit_logreg(x[m], y[m], 4, c, sample_weight=weights[m], tol=1e-8)
+                 for m, c in zip(masks, l2s, strict=True)]
+    finally:
+        crossval.FIT_BLOCK = block
+    for (k1, b1, _), (k2, b2, _), m in zip(together, alone, masks, strict=True):
+        np.testing.assert_allclose(crossval.softmax(x[m] @ k1 + b1), crossval.softmax(x[m] @ k2 + b2), atol=1e-4)
+    assert (together[2][1][3] < (x @ together[2][0] + together[2][1])[:, :3].min())  # never favoured
+
+
+def test_an_error_in_a_shared_evaluation_ends_every_fit_of_the_batch():
+    x, y = blobs([20, 20], d=4)
+    fits = [crossval._Fit(x, y, 2, np.ones(len(y), bool), None, c, None) for c in (1e-2, 1e-3)]
+
+    def broken(theta):
+        raise MemoryError("no room for the logits")
+
+    fits[1].padded = broken
+    with pytest.raises(MemoryError, match="no room"):
+        crossval.fit_together(x, y, fits, tol=1e-6)
+
+
 def test_every_row_is_held_out_once_and_copies_share_a_fold():
     x, y = blobs([30, 30, 30])
     groups = np.arange(len(y))
