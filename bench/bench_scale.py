@@ -4,6 +4,7 @@ process, so a busy machine slows both alike.
     python bench/bench_scale.py                           # flowers_large (3,461) and a 24,227-row set
     python bench/bench_scale.py --sizes 3461 24227 100000 # 100k: "before" is skipped above --before-max rows
     python bench/bench_scale.py --make-images 24227       # also write the real photo set (see below)
+    python bench/bench_scale.py --app 3461 24227 100000   # the app's pages on projects of those sets
 
 The sets: flowers_large's EfficientNet-Lite0 features and perceptual hashes (from the caches; computed once when
 missing), then seeded altered copies of every photo until the size is reached. By default the copies are made on
@@ -125,6 +126,101 @@ def altered(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
                           borderMode=cv2.BORDER_REFLECT)
 
 
+def cold_features(count: int, repeat: int = 2) -> None:
+    """Cold features (what a new photo costs) next to the backbone alone on the same photos, decoded beforehand.
+
+    "with statistics": engine.features.embeddings.embed_files into empty caches, as a first train does: decode,
+    features, and the perceptual hashes and image statistics measured on the same decode. "hashes decoded again":
+    image_stats on its own afterwards (what each new photo cost before issue 22's item 2, on top of features)."""
+    import os
+    import tempfile
+
+    from engine.data.dataset import prepare_image
+    from engine.features.backbones import resolve
+    from engine.features.embeddings import Embedder, EmbeddingStore, embed_files, to_unit_float
+    from engine.features.image_stats import image_stats
+
+    paths = sorted(str(p) for p in (SHARED / "flowers_large").glob("*/*") if p.is_file())
+    paths = [paths[i] for i in np.random.default_rng(1).choice(len(paths), min(count, len(paths)), replace=False)]
+    resolved = resolve("efficientnet-lite0")
+    embedder = Embedder(resolved)
+    decoded = [to_unit_float(prepare_image(p, resolved.image_size)) for p in paths]
+    embedder.from_unit_float(decoded[0])  # first call allocates
+    rows = []
+    for _ in range(repeat):  # alternated, fastest kept
+        _, t_backbone = timed(lambda: [embedder.from_unit_float(img) for img in decoded])
+        with tempfile.TemporaryDirectory() as tmp:
+            old = os.environ.get("RETRAIN_STUDIO_CACHE")
+            os.environ["RETRAIN_STUDIO_CACHE"] = tmp
+            try:
+                shas = [f"cold-{i}" for i in range(len(paths))]  # new to every cache
+                _, t_cold = timed(embed_files, paths, shas, resolved, store=EmbeddingStore(Path(tmp) / "e.sqlite"),
+                                  embedder=embedder)
+                _, t_again = timed(image_stats, paths, [f"again-{i}" for i in range(len(paths))], cache=False)
+            finally:
+                if old is None:
+                    del os.environ["RETRAIN_STUDIO_CACHE"]
+                else:
+                    os.environ["RETRAIN_STUDIO_CACHE"] = old
+        rows.append((t_backbone, t_cold, t_again))
+    t_backbone, t_cold, t_again = (min(r[i] for r in rows) for i in range(3))
+    n = len(paths)
+    print(f"cold features, {n} flowers_large photos: backbone alone {n / t_backbone:.0f} img/s; decode + features + "
+          f"statistics from the same decode {n / t_cold:.0f} img/s = {t_backbone / t_cold:.0%} of the backbone; "
+          f"hashes decoded again would add {t_again:.2f} s ({n / (t_cold + t_again):.0f} img/s)")
+
+
+def app_pages(size: int, cache: Path) -> dict:
+    """The app at this size, in this process (run as its own subprocess per size, for its peak memory): a project
+    of the photo set (imported once, trained once with the CLI), then in Streamlit's AppTest the Data page (first
+    run and a rerun), Curate's "Check the data" and its map (t-SNE, first time)."""
+    import json
+    import os
+    import shutil
+    import uuid
+
+    os.environ["RETRAIN_STUDIO_WORKSPACE"] = str(cache / "workspace")
+    from streamlit.testing.v1 import AppTest
+
+    from engine.store.workspace import Workspace
+
+    source = SHARED / "flowers_large" if size == 3461 else cache / f"flowers_x{size}"
+    ws = Workspace()
+    slug = f"flowers-{size}"
+    out: dict = {"size": size}
+    if not ws.exists(slug):
+        project = ws.create_project(slug)
+        _, out["import_s"] = timed(project.import_image_dir, source)
+    project = ws.open_project(slug)
+    if not list(project.runs_dir.glob("*/model_card.json")):
+        run_dir = project.runs_dir / uuid.uuid4().hex[:12]
+        _, out["train_s"] = timed(subprocess.run, [sys.executable, "-m", "engine", "train", "--image_dir",
+                                                   str(project.image_dir()), "--run_dir", str(run_dir)],
+                                  cwd=REPO, check=True, capture_output=True)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=900)
+    at.query_params["project"] = slug
+    _, out["home_s"] = timed(at.run)
+    _, out["data_first_s"] = timed(at.switch_page("ui/pages/data.py").run)
+    _, out["data_rerun_s"] = timed(at.run)
+    shutil.rmtree(project.path / "curate", ignore_errors=True)  # no kept check or map: the first time
+    at.switch_page("ui/pages/curate.py").run()
+    _, out["curate_check_s"] = timed(at.button(key="curate_check").click().run)
+    _, out["curate_map_s"] = timed(at.segmented_control(key="curate_section").set_value("Map").run)
+    out["errors"] = [str(e.value) for e in at.exception] + [str(e.value) for e in at.error]
+    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+    return out
+
+
+def report_app(rows: list[dict]) -> None:
+    print("app (Streamlit AppTest, one process per size; peak memory of that process):")
+    for r in rows:
+        print(f"  {r['size']:>7,} photos: Data page {r['data_first_s']:.2f} s first, {r['data_rerun_s']:.2f} s "
+              f"rerun; Curate check {r['curate_check_s']:.1f} s + map {r['curate_map_s']:.1f} s = "
+              f"{r['curate_check_s'] + r['curate_map_s']:.1f} s; peak {r['peak_mb']:.0f} MB"
+              + (f"; errors: {r['errors']}" if r["errors"] else ""))
+
+
 def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -181,8 +277,27 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs per size (alternating before/after)")
     ap.add_argument("--make-images", type=int, default=0, help="also write and embed a real photo set this big")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/retrain-studio-scale"))
+    ap.add_argument("--cold", type=int, default=600, help="photos for the cold-features measurement (0: skip)")
+    ap.add_argument("--app", type=int, nargs="*", default=[],
+                    help="sizes to open in the app (3461: flowers_large; others need --make-images N first)")
+    ap.add_argument("--app-one", type=int, help=argparse.SUPPRESS)  # the child process of --app
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.app_one:
+        app_pages(args.app_one, args.cache)
+        return
+    if args.app:
+        import json
+
+        rows = []
+        for size in args.app:
+            done = subprocess.run([sys.executable, __file__, "--app-one", str(size), "--cache", str(args.cache)],
+                                  check=True, capture_output=True, text=True)
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        report_app(rows)
+        return
+    if args.cold:
+        cold_features(args.cold)
     old_g, old_cv = engine_at(args.before, "groups"), engine_at(args.before, "crossval")
     x, y, shas, hashes = flowers_large()
     for size in args.sizes:

@@ -274,6 +274,41 @@ def test_project_findings_and_cached_map(project):
     assert project_2d(feats, "tsne").shape == (len(shas), 2)
 
 
+def test_knn_votes_of_a_big_check_search_their_neighbours_and_agree_with_all_pairs(monkeypatch):
+    """Above EXACT_NEIGHBOURS_MAX images the k-NN votes come from a cluster search (engine.learn.pairs), not all
+    pairs."""
+    from engine.curate import label_issues as li
+    from engine.learn import pairs
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 1, (4, 48)) * 2
+    y = rng.integers(0, 4, 1500)
+    feats = (centres[y] + rng.normal(0, 1, (1500, 48))).astype(np.float32)
+    groups = np.arange(1500) // 3
+    exact = li.knn_probabilities(feats, y, 4, groups)
+    monkeypatch.setattr(pairs, "EXACT_NEIGHBOURS_MAX", 100)
+    searched = li.knn_probabilities(feats, y, 4, groups)
+    assert np.allclose(searched.sum(axis=1), 1) and not np.allclose(searched, exact)  # the other path ran
+    assert np.mean(searched.argmax(1) == exact.argmax(1)) > 0.97 and np.abs(searched - exact).mean() < 0.03
+
+
+def test_a_big_map_places_a_sample_and_puts_the_rest_among_their_neighbours(monkeypatch):
+    """Above MAP_SAMPLE images t-SNE places a sample (its cost grows faster than n); each other image lands among
+    the placed images nearest to it in feature space, so classes stay apart on the map."""
+    from engine.curate import map as map_module
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (3, 64)) * 4
+    y = np.repeat([0, 1, 2], 100)
+    feats = (centres[y] + rng.normal(0, 1, (300, 64))).astype(np.float32)
+    monkeypatch.setattr(map_module, "MAP_SAMPLE", 60)
+    xy = map_module.project_2d(feats, "tsne")
+    assert xy.shape == (300, 2) and np.isfinite(xy).all() and len(np.unique(xy, axis=0)) > 250
+    d2 = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    assert np.mean(y[d2.argmin(axis=1)] == y) > 0.95  # the nearest point on the map is of the same class
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the Curate page (AppTest)
 # ----------------------------------------------------------------------------------------------------------------

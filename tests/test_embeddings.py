@@ -105,3 +105,23 @@ def test_grayscale_and_huge_images_embed(tmp_path, resolved, embedder):
     res = embed_files(paths, [images.file_sha256(p) for p in paths], resolved,
                       store=EmbeddingStore(tmp_path / "c.sqlite"), embedder=embedder)
     assert res.features.shape == (2, 1280) and not res.failed
+
+
+def test_new_images_leave_their_statistics_from_the_same_decode(tmp_path, demo, resolved, embedder, monkeypatch):
+    """Item 2 of issue 22: one decode per image. Embedding keeps each image's hashes and statistics, and they are
+    what image_stats measures on its own (a grouping or a curation check then decodes nothing)."""
+    from engine.features import image_stats as stats_module
+
+    monkeypatch.setenv("RETRAIN_STUDIO_CACHE", str(tmp_path / "cache"))
+    paths, shas = _files(demo)
+    alone = stats_module.image_stats(paths, shas, cache=False)
+    embed_files(paths, shas, resolved, store=EmbeddingStore(tmp_path / "emb.sqlite"), embedder=embedder)
+
+    def no_decode(path):
+        raise AssertionError(f"{path} decoded again")
+
+    monkeypatch.setattr(stats_module, "_decode", no_decode)
+    kept = stats_module.image_stats(paths, shas)
+    assert kept.readable.all() and np.array_equal(kept.hashes, alone.hashes)
+    np.testing.assert_allclose(kept.blur, alone.blur, rtol=1e-5)
+    np.testing.assert_allclose(kept.p99, alone.p99)

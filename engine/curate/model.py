@@ -29,6 +29,7 @@ class ProjectModel:
     center_crop: bool
     run_dir: Path | None = None
     labels: list[str] = field(default_factory=list)
+    l2: float | None = None  # the L2 strength the run's head was fitted with (its cross-validation chose it)
 
 
 def newest_run(project) -> Path | None:
@@ -45,8 +46,10 @@ def project_model(project) -> ProjectModel:
     card = read_json(run / runfolder.MODEL_CARD)
     bb = card.get("backbone") or {}
     cfg = card.get("config") or {}
+    l2 = (card.get("metrics") or {}).get("l2")
     return ProjectModel(bb.get("handle") or DEFAULT_BACKBONE, bb.get("image_size"), bool(cfg.get("center_crop")),
-                        run, list(card.get("labels") or []))
+                        run, list(card.get("labels") or []),
+                        float(l2) if isinstance(l2, int | float) and l2 > 0 else None)
 
 
 def load_head(run_dir: str | Path) -> Head:

@@ -13,19 +13,21 @@ import numpy as np
 
 from engine.features.image_stats import ImageStats
 from engine.learn.groups import unit_rows
+from engine.learn.pairs import nearest_neighbours
 
 OUTLIER_K = 5  # same-class neighbours for the "unlike its class" score
 OUTLIER_Z = 4.0  # robust z-score (median/MAD within the class) above which an image is unlike its class
 
-# Odd-image limits, on the image at <= 256 px (levels 0..255). Measured on flowers_large (3,461 photos): the brightest
-# 1% (strongest channel) is >= 118 in every photo, the darkest 1% (luminance) <= 93 in 99% and <= 168 in all, the
-# Laplacian variance >= 72; flowers darkened to 25% have their brightest 1% at 48-64, and blurred with sigma 1.5 px
-# a Laplacian variance of 5-60 (median 23). So these flag no photo of flowers and one of flowers_large (a very pale
-# tulip close-up).
+# Odd-image limits, on the image at <= 256 px (levels 0..255; engine.features.image_stats.STATS_SIDE). Measured on
+# flowers_large (3,461 photos): the brightest 1% (strongest channel) is >= 118 in every photo, the darkest 1%
+# (luminance) <= 93 in 99% and <= 168 in all; flowers darkened to 25% have their brightest 1% at 48-64. The
+# Laplacian variance is >= 28 in every photo of flowers and >= 31 in flowers_large but one (16: a daisy wholly out
+# of focus); blurred with sigma 2.5 px it falls below 20 in 99.8%, with sigma 1.5 px in 35% (median 27). So these
+# flag no photo of flowers and two of flowers_large (a very pale tulip close-up, the blurred daisy).
 DARK_P99 = 80.0  # underexposed: even the brightest 1% of pixels is darker than this (black backgrounds are fine)
 BRIGHT_P01 = 160.0  # washed out: even the darkest 1% is brighter than this (white backgrounds are fine)
 BLANK_STD = 6.0  # near-blank: no colour channel varies more than this
-BLUR_LAPLACIAN_VAR = 40.0
+BLUR_LAPLACIAN_VAR = 20.0
 EXTREME_ASPECT = 3.0
 
 
@@ -48,11 +50,7 @@ def class_outlier_scores(features: np.ndarray, labels: np.ndarray, k: int = OUTL
         idx = np.flatnonzero(labels == c)
         if len(idx) < k + 2:
             continue
-        xc = x[idx]
-        s = xc @ xc.T
-        np.fill_diagonal(s, -np.inf)
-        top = -np.partition(-s, k - 1, axis=1)[:, :k]
-        m = top.mean(axis=1)
+        m = nearest_neighbours(x[idx], k)[1].mean(axis=1)
         med = float(np.median(m))
         mad = float(np.median(np.abs(m - med))) * 1.4826 + 1e-6
         sim_k[idx] = m

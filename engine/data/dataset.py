@@ -190,11 +190,12 @@ def resolve_path(path: str | Path | ImageItem) -> str:
     return found
 
 
-def prepare_image(path: str | Path | ImageItem, size: int, center_crop: bool = False) -> np.ndarray:
+def prepare_image(path: str | Path | ImageItem, size: int, center_crop: bool = False,
+                  on_decoded: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
     """images.prepare() on the bytes the scan saw at `path`, wherever they are now (see resolve_path)."""
     key = str(path.path if isinstance(path, ImageItem) else path)
     if key not in _SEEN:
-        return images.prepare(key, size, center_crop)
+        return images.prepare(key, size, center_crop, on_decoded=on_decoded)
     name = Path(key).name
     for attempt in range(READ_ATTEMPTS):
         try:
@@ -206,7 +207,7 @@ def prepare_image(path: str | Path | ImageItem, size: int, center_crop: bool = F
             continue
         except OSError as exc:
             raise images.ImageError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
-        return images.prepare(data, size, center_crop, name=name)
+        return images.prepare(data, size, center_crop, name=name, on_decoded=on_decoded)
     raise ImageGone(f"{name}: moved out of the folder or deleted while training, or kept moving, and not found "
                     "again by its content")
 

@@ -14,6 +14,7 @@ import logging
 import re
 import struct
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -254,9 +255,13 @@ def resize_for_model(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interp)
 
 
-def prepare(source: str | Path | bytes, size: int, center_crop: bool = False, name: str | None = None) -> np.ndarray:
-    """The one preprocessing used by training, export and predict: decode, optional crop, resize."""
+def prepare(source: str | Path | bytes, size: int, center_crop: bool = False, name: str | None = None,
+            on_decoded: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+    """The one preprocessing used by training, export and predict: decode, optional crop, resize. on_decoded gets
+    the decoded image first (engine.features.image_stats measures it there instead of decoding it again)."""
     img = load_image(source, name=name)
+    if on_decoded is not None:
+        on_decoded(img)
     if center_crop:
         img = center_crop_if_elongated(img)
     return resize_for_model(img, size)

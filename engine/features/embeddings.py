@@ -33,6 +33,7 @@ from engine.core.fileio import atomic_write_bytes, made_once, thread_sqlite
 from engine.core.litert import tflite_interpreter
 from engine.data import images
 from engine.data.dataset import prepare_image
+from engine.features import image_stats
 from engine.features.backbones import ResolvedBackbone, resolve
 
 log = logging.getLogger(__name__)
@@ -160,11 +161,14 @@ def to_unit_float(image_uint8: np.ndarray) -> np.ndarray:
     return image_uint8.astype(np.float32) * np.float32(1.0 / 255.0)
 
 
-def _prepare(path: str, size: int, center_crop: bool) -> np.ndarray | str:
-    """Decoded, resized [0, 1] float image, or the reason it could not be read (a worker must not raise). Read by
-    content: an image moved since the scan is still found (a run trains on a snapshot)."""
+def _prepare(path: str, size: int, center_crop: bool) -> tuple[np.ndarray, dict] | str:
+    """Decoded, resized [0, 1] float image and the image's statistics (image_stats.stats_row, from the same decode),
+    or the reason it could not be read (a worker must not raise). Read by content: an image moved since the scan
+    is still found (a run trains on a snapshot)."""
+    decoded: list[np.ndarray] = []
     try:
-        return to_unit_float(prepare_image(path, size, center_crop))
+        img = to_unit_float(prepare_image(path, size, center_crop, on_decoded=decoded.append))
+        return img, image_stats.stats_row(decoded[0])
     except images.ImageError as exc:
         return str(exc)
     except (OSError, ValueError) as exc:
@@ -198,7 +202,7 @@ def embed_files(
     seconds = time.perf_counter() - start
     ok = sorted(vectors)
     dim = len(next(iter(vectors.values()))) if vectors else 0
-    feats = np.stack([vectors[i] for i in ok]).astype(np.float32) if ok else np.zeros((0, dim), np.float32)
+    feats = np.stack([vectors[i] for i in ok]).astype(np.float32, copy=False) if ok else np.zeros((0, dim), np.float32)
     result = EmbedResult(feats, ok, failed, cached=len(shas) - len(todo), computed=len(todo) - len(failed),
                          seconds=seconds)
     log.info("Embedded %d images (%d cached, %d new, %d unreadable) in %.1f s", len(ok), result.cached,
@@ -221,6 +225,7 @@ def _embed_missing(paths, shas, todo, resolved, center_crop, embedder, store, pr
                    already, workers) -> dict[int, np.ndarray]:
     out: dict[int, np.ndarray] = {}
     pending: list[tuple[str, np.ndarray]] = []
+    measured: list[tuple[str, dict]] = []
     t0, every = time.perf_counter(), Every()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         prepared = _bounded_map(pool, lambda i: _prepare(paths[i], resolved.image_size, center_crop), todo)
@@ -229,15 +234,19 @@ def _embed_missing(paths, shas, todo, resolved, center_crop, embedder, store, pr
                 failed.append((i, img))
                 log.warning("Skipping %s", img)
             else:
-                out[i] = embedder.from_unit_float(img)
+                out[i] = embedder.from_unit_float(img[0])
                 pending.append((shas[i], out[i]))
+                measured.append((shas[i], img[1]))
             if len(pending) >= 64:
                 store.put_many(pending, resolved.backbone_id, prep)
+                image_stats.remember(measured)
                 pending.clear()
+                measured.clear()
             if every.due(last=n == len(todo)):
                 now = time.perf_counter()
                 emit(progress, EventKind.EMBED, done=already + n, total=total, cached=already,
                      images_per_s=n / max(now - t0, 1e-9))
     if pending:
         store.put_many(pending, resolved.backbone_id, prep)
+        image_stats.remember(measured)
     return out

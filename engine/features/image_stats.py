@@ -1,4 +1,5 @@
-"""Per-image statistics from one small decode: perceptual hashes and brightness, contrast, blur and aspect ratio.
+"""Per-image statistics: perceptual hashes and brightness, contrast, blur and aspect ratio, measured on the decode
+the features do (no second decode of a new image).
 
 The hashes let cross-validation keep a shrunk, cropped or recompressed copy in its original's fold
 (engine.learn.groups measures why embeddings alone miss those); the other values let curation name odd images
@@ -6,17 +7,19 @@ The hashes let cross-validation keep a shrunk, cropped or recompressed copy in i
 the values are kept in a SQLite table keyed by SHA-256 next to the embedding cache: a second call reads instead of
 decoding.
 
-The hash is 63 bits per view: the lowest 8 x 8 DCT frequencies (without the DC term) of the grayscale image at
-32 x 32, each bit set where the coefficient is above their median; HASH_SCALES gives the centred crops hashed, so
-a cropped copy matches a crop of its original.
+The hash is 63 bits per view: the lowest 8 x 8 DCT frequencies (without the DC term) of the grayscale image (at
+<= STATS_SIDE px) shrunk to 32 x 32, each bit set where the coefficient is above their median; HASH_SCALES gives
+the centred crops hashed, so a cropped copy matches a crop of its original.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +32,8 @@ from engine.data.images import load_image
 
 HASH_SCALES = (1.0, 0.9, 0.8)  # centred crops hashed per image, so a cropped copy matches its original's crop
 HASH_BITS_PER_SCALE = 63
-STATS_VERSION = "curate-stats-4"  # bump when what image_stats computes changes
+STATS_VERSION = "curate-stats-5"  # bump when what image_stats computes changes
+STATS_SIDE = 256  # the statistics and hashes are measured on the image shrunk to this long side
 
 
 @dataclass
@@ -45,46 +49,41 @@ class ImageStats:
 
 
 def _decode(path: str) -> np.ndarray | None:
-    """The image as BGR uint8, small: JPEGs decode at 1/2 or 1/4 scale straight from the DCT (the statistics
-    below need <= 256 px anyway)."""
+    """The image as the features decode it (engine.data.images.load_image: RGB, EXIF-rotated), or None."""
     try:
-        size = Path(path).stat().st_size
-    except OSError:
+        return load_image(path)
+    except (ValueError, OSError):
         return None
-    flag = cv2.IMREAD_REDUCED_COLOR_4 if size > 1_500_000 else cv2.IMREAD_REDUCED_COLOR_2
-    img = cv2.imread(path, flag)
-    if img is None:  # GIF, TIFF oddities, ...: the engine's own decoder
-        try:
-            img = cv2.cvtColor(load_image(path), cv2.COLOR_RGB2BGR)
-        except (ValueError, OSError):
-            return None
-    return img
 
 
-def _stats_of(img: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-    h, w = img.shape[:2]
-    aspect = max(h, w) / max(1, min(h, w))
-    scale = 256.0 / max(h, w)
-    small = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) \
-        if scale < 1 else img
-    gray_small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-    blur = float(cv2.Laplacian(gray_small, cv2.CV_32F).var())
-    # contrast in any channel: a green pattern on grey has little contrast in luminance, but is not blank
-    contrast = float(small.reshape(-1, 3).std(axis=0).max())
-    gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+def stats_row(rgb: np.ndarray) -> dict:
+    """The cached statistics of one decoded RGB image. Measured at <= STATS_SIDE px, so the decode the features
+    already did serves (engine.features.embeddings) and a large photo costs little more than a small one."""
+    h, w = rgb.shape[:2]
+    scale = STATS_SIDE / max(h, w)
+    small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) \
+        if scale < 1 else rgb
+    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    sh, sw = gray.shape
     bits = []
     for s in HASH_SCALES:
-        ch, cw = max(1, round(h * s)), max(1, round(w * s))
-        y, x = (h - ch) // 2, (w - cw) // 2
+        ch, cw = max(1, round(sh * s)), max(1, round(sw * s))
+        y, x = (sh - ch) // 2, (sw - cw) // 2
         crop = cv2.resize(gray[y:y + ch, x:x + cw].astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA)
         dct = cv2.dct(crop)[:8, :8].ravel()[1:]  # lowest frequencies without the DC term
         bits.append(dct > np.median(dct))
     # brightest pixels by their strongest channel (a deep red rose is dark in luminance, not underexposed);
-    # darkest by luminance
-    p99 = np.percentile(small.max(axis=2), 99)
-    p01 = np.percentile(gray_small, 1)
-    return np.array(bits), {"mean": float(gray_small.mean()), "p01": float(p01), "p99": float(p99), "std": contrast,
-                            "blur": blur, "aspect": float(aspect)}
+    # darkest by luminance; contrast in any channel (a green pattern on grey has little contrast in luminance,
+    # but is not blank)
+    return {"ok": True, "hash": np.packbits(np.array(bits), axis=1).tobytes().hex(), "mean": float(gray.mean()),
+            "p01": float(np.percentile(gray, 1)), "p99": float(np.percentile(small.max(axis=2), 99)),
+            "std": float(small.reshape(-1, 3).std(axis=0).max()),
+            "blur": float(cv2.Laplacian(gray, cv2.CV_32F).var()), "aspect": max(h, w) / max(1, min(h, w))}
+
+
+def _measure(path: str) -> dict:
+    img = _decode(path)
+    return {"ok": False} if img is None else stats_row(img)
 
 
 class _StatsCache:
@@ -118,25 +117,25 @@ class _StatsCache:
                            [(sha, STATS_VERSION, json.dumps(v)) for sha, v in items])
 
 
+def remember(rows: Sequence[tuple[str, dict]]) -> None:
+    """Keep rows made elsewhere from the same decode (stats_row; the features' decoding thread)."""
+    if rows:
+        _StatsCache().put_many(list(rows))
+
+
 def image_stats(paths: Sequence[str | Path], shas: Sequence[str], cache: bool = True) -> ImageStats:
-    """Perceptual hashes and brightness/contrast/blur/aspect per image (about 3,000 small JPEGs per second)."""
+    """Perceptual hashes and brightness/contrast/blur/aspect per image. Images embedded by this engine have theirs
+    cached already (measured on the features' decode); others are decoded here, on every core."""
     n = len(paths)
     store = _StatsCache() if cache else None
     known = store.get_many(list(dict.fromkeys(shas))) if store else {}
-    rows: list[dict] = []
-    new: list[tuple[str, dict]] = []
-    for path, sha in zip(paths, shas, strict=True):
-        row = known.get(sha)
-        if row is None:
-            img = _decode(str(path))
-            if img is None:
-                row = {"ok": False}
-            else:
-                bits, values = _stats_of(img)
-                row = {"ok": True, "hash": np.packbits(bits, axis=1).tobytes().hex(), **values}
-                new.append((sha, row))  # unreadable ones are not cached: the file may be fixed in place
-            known[sha] = row
-        rows.append(row)
+    missing = {sha: str(path) for path, sha in zip(paths, shas, strict=True) if sha not in known}
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # cv2 and PIL release the GIL while decoding
+        made = dict(zip(missing, pool.map(_measure, missing.values()), strict=True))
+    # unreadable ones are not cached: the file may be fixed in place
+    new = [(sha, row) for sha, row in made.items() if row["ok"]]
+    known.update(made)
+    rows = [known[sha] for sha in shas]
     if store and new:
         store.put_many(new)
     n_scales = len(HASH_SCALES)

@@ -309,13 +309,14 @@ def out_of_fold(features: np.ndarray, y: np.ndarray, n_classes: int, groups: np.
                 n_folds: int = 5, seed: int = 42, l2: float | None = None,
                 grid: Sequence[float] = L2_GRID, sample_weight: np.ndarray | None = None,
                 on_grid_point: Callable[[dict], None] | None = None, workers: int | None = None,
-                start: float | None = None) -> OutOfFold:
+                start: float | None = None, tol: float | None = None) -> OutOfFold:
     """Every row predicted by a head that never saw it (nor any row of its group).
 
     With l2=None each fold is fitted along `grid` (strongest first, warm-started; extended along L2_LADDER while
     the lowest out-of-fold log-loss, or the choice, sits at an end) and the strongest L2 within one standard error
     of that lowest log-loss is kept. `start` (the L2 a previous run of the same project chose) replaces `grid` by
-    that value and its two neighbours on L2_LADDER: the search then usually ends after those three.
+    that value and its two neighbours on L2_LADDER: the search then usually ends after those three. `tol`: the fits'
+    gradient tolerance (default SEARCH_TOL while searching, FINAL_TOL for a given l2).
     `on_grid_point` receives each grid point's summary as it completes. The folds of a grid point are fitted
     together (see _Batch), their row blocks in `workers` threads (default: one per CPU core; BLAS and NumPy release
     the GIL).
@@ -328,7 +329,8 @@ def out_of_fold(features: np.ndarray, y: np.ndarray, n_classes: int, groups: np.
     # Strongest penalty first: each fit warm-starts from the previous one of its fold (a regularisation path), and
     # a grid point is complete, so reportable live, once every fold has been fitted with it.
     queue = _first_grid(grid if start is None else _around(start)) if searching else [float(l2)]
-    fits = _FoldFits(x, y, n_classes, fold, k, sample_weight, SEARCH_TOL if searching else FINAL_TOL,
+    tol = tol if tol is not None else SEARCH_TOL if searching else FINAL_TOL
+    fits = _FoldFits(x, y, n_classes, fold, k, sample_weight, tol,
                      max(1, workers or os.cpu_count() or 1))
     oof: dict[float, np.ndarray] = {}
     heads: dict[float, tuple[np.ndarray, np.ndarray]] = {}

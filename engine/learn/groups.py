@@ -28,7 +28,9 @@ Without hashes (`near_duplicate_groups(features, shas)`) only the first two appl
 Result (bench/bench_curate.py, 30 copies with all four alterations at once, and with each alone): 100% grouped with
 their original in flowers and in flowers_large (embedding-only rule: 0% for all four at once, 3% half size, 17-47%
 JPEG/crop, 97% brightness). Untouched flowers: 1 group, a real duplicate (a greyscale edit of the same photo), so
-0 false groups; untouched flowers_large: 28 groups, the ones inspected are edited copies or burst shots.
+0 false groups; untouched flowers_large: 31 groups (28 before the hashes were measured on the features' decode at
+<= 256 px: the new ones are two burst shots and one more pair of dandelion clocks), the ones inspected are edited
+copies or burst shots.
 
 That rule is for cross-validation, where a false pair costs nothing (two look-alikes share a fold). Curation offers
 to trash all but one of a group, so `copy_groups` asks more of a hash match and never links through a third image.
@@ -181,12 +183,12 @@ def _row_cosines(x: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 8192)
 
 
 def near_duplicate_groups(features: np.ndarray, shas: Sequence[str], threshold: float | None = None,
-                          hashes: np.ndarray | None = None) -> np.ndarray:
+                          hashes: np.ndarray | None = None, pairs: list | None = None) -> np.ndarray:
     """A group id per row: exact SHA-256 copies and near-identical images share an id, singletons get their own.
 
     Ids are 0..G-1 in order of first appearance (deterministic for a given input order). `hashes` (from
     `engine.features.image_stats`) adds the perceptual-hash rule; without it only SHA-256 and cosine >= threshold
-    group rows.
+    group rows. `pairs`: duplicate_pairs(features, hashes, threshold) when the caller has them already.
     """
     n = len(shas)
     if len(features) != n:
@@ -199,7 +201,7 @@ def near_duplicate_groups(features: np.ndarray, shas: Sequence[str], threshold: 
         else:
             first_with_sha[sha] = i
     if n:
-        pairs = duplicate_pairs(features, hashes, threshold)
+        pairs = duplicate_pairs(features, hashes, threshold) if pairs is None else pairs
         for i, j, _, dist in pairs:
             if dist < 0:
                 uf.union(i, j)
@@ -219,7 +221,7 @@ def near_duplicate_groups(features: np.ndarray, shas: Sequence[str], threshold: 
 
 
 def copy_groups(features: np.ndarray, shas: Sequence[str], threshold: float | None = None,
-                hashes: np.ndarray | None = None) -> np.ndarray:
+                hashes: np.ndarray | None = None, pairs: list | None = None) -> np.ndarray:
     """Group ids where every two members of a group are copies of each other by the rule above, not merely linked
     through a third image: what curation offers to thin out ("keep one, trash the rest"), so a photo that only
     resembles one copy of a pair is never trashed with it. Cross-validation keeps the looser near_duplicate_groups:
@@ -228,12 +230,13 @@ def copy_groups(features: np.ndarray, shas: Sequence[str], threshold: float | No
     A hash match counts only within COPY_HASH_BITS, or up to HASH_BITS at COPY_MIN_COSINE (see the module
     docstring). Complete linkage, strongest evidence first: identical files, then near-identical embeddings
     (highest cosine first), then hash matches (fewest differing bits first); two groups merge only when every pair
-    across them is a copy pair."""
+    across them is a copy pair. `pairs`: as near_duplicate_groups'."""
     n = len(shas)
     if len(features) != n:
         raise ValueError(f"{len(features)} feature rows but {n} file hashes")
-    pairs = [p for p in (duplicate_pairs(features, hashes, threshold) if n else [])
-             if p[3] < 0 or p[3] <= COPY_HASH_BITS or p[2] >= COPY_MIN_COSINE]
+    if pairs is None:
+        pairs = duplicate_pairs(features, hashes, threshold) if n else []
+    pairs = [p for p in pairs if p[3] < 0 or p[3] <= COPY_HASH_BITS or p[2] >= COPY_MIN_COSINE]
     by_sha: dict[str, list[int]] = {}
     for i, sha in enumerate(shas):
         by_sha.setdefault(sha, []).append(i)

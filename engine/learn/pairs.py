@@ -24,6 +24,11 @@ import numpy as np
 MAX_PROBES = 6  # clusters searched per row (module docstring: 6 found every pair on the 24k photo set)
 KMEANS_ITERATIONS = 5  # the clusters only need to be compact, not optimal: the search stays correct either way
 KMEANS_SAMPLE = 4096  # centroids are fitted on at most this many rows (assignment then covers all)
+# nearest_neighbours (k-NN votes and class outliers in curation): all pairs up to EXACT_NEIGHBOURS_MAX rows, then
+# the NEIGHBOUR_PROBES nearest clusters of each row. On bench/bench_scale.py's 24,227 rows: 10 s -> 1.9 s, 93.5% of
+# the 10 exact neighbours found (4 probes: 85%), the majority class among them the same for 97.5% of the rows.
+EXACT_NEIGHBOURS_MAX = 4000
+NEIGHBOUR_PROBES = 8
 _BLOCKS = ((0, 22), (22, 43), (43, 64))  # bit ranges of a 64-bit hash word: three blocks for the pigeonhole
 
 
@@ -53,6 +58,64 @@ def blocked_cosine_pairs(x: np.ndarray, threshold: float, seed: int = 0) -> tupl
     return i[first], j[first], cos[first]
 
 
+def nearest_neighbours(x: np.ndarray, k: int, groups: np.ndarray | None = None, seed: int = 0,
+                       probes: int = NEIGHBOUR_PROBES) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, cosines), each (n, k), best first: for each unit row, its k most similar other rows outside its
+    group (-1 / -inf where fewer exist). All pairs up to EXACT_NEIGHBOURS_MAX rows; above, each row searches its
+    `probes` nearest clusters only (see blocked_cosine_pairs), which can miss a neighbour in a farther cluster."""
+    n = len(x)
+    g = np.arange(n) if groups is None else np.asarray(groups)
+    best_i = np.full((n, k), -1, np.int64)
+    best_s = np.full((n, k), -np.inf, np.float32)
+    if n <= EXACT_NEIGHBOURS_MAX:
+        for start in range(0, n, 1024):
+            sims = x[start:start + 1024] @ x.T
+            sims[g[start:start + 1024, None] == g[None, :]] = -np.inf  # a row is in its own group
+            top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < n else np.broadcast_to(np.arange(n), sims.shape)
+            best_i[start:start + 1024, :top.shape[1]] = top
+            best_s[start:start + 1024, :top.shape[1]] = np.take_along_axis(sims, top, axis=1)
+    else:
+        home, near = _nearest_clusters(x, _kmeans(x, max(1, int(np.sqrt(n))), seed), probes)
+        for members, queries in zip(_by_cluster(home[:, None]), _by_cluster(near), strict=False):
+            if len(members) and len(queries):
+                _keep_best(best_i, best_s, queries, members, x[queries] @ x[members].T, g)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    best_i, best_s = np.take_along_axis(best_i, order, axis=1), np.take_along_axis(best_s, order, axis=1)
+    best_i[~np.isfinite(best_s)] = -1
+    return best_i, best_s
+
+
+def _by_cluster(clusters: np.ndarray) -> list[np.ndarray]:
+    """For each cluster 0..max, the rows with it among their (n, p) clusters, ascending."""
+    rows = np.argsort(clusters.ravel(), kind="stable")
+    bounds = np.searchsorted(clusters.ravel()[rows], np.arange(int(clusters.max()) + 2))
+    return [np.sort(rows[a:b] // clusters.shape[1]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _keep_best(best_i: np.ndarray, best_s: np.ndarray, queries: np.ndarray, members: np.ndarray, sims: np.ndarray,
+               groups: np.ndarray) -> None:
+    """Merge the similarities of `queries` to `members` into each query's k best (itself and its group left out)."""
+    sims[(queries[:, None] == members[None, :]) | (groups[queries][:, None] == groups[members][None, :])] = -np.inf
+    k = best_i.shape[1]
+    cand_i = np.concatenate([best_i[queries], np.broadcast_to(members, sims.shape)], axis=1)
+    cand_s = np.concatenate([best_s[queries], sims], axis=1)
+    top = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
+    best_i[queries] = np.take_along_axis(cand_i, top, axis=1)
+    best_s[queries] = np.take_along_axis(cand_s, top, axis=1)
+
+
+def _nearest_clusters(x: np.ndarray, centres: np.ndarray, probes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's cluster and its `probes` nearest clusters (its own among them)."""
+    sq = (centres * centres).sum(axis=1)
+    p = min(probes, len(centres))
+    homes, nears = [], []
+    for start in range(0, len(x), 8192):
+        d2 = sq - 2.0 * (x[start:start + 8192] @ centres.T)  # |x - c|^2 - 1
+        homes.append(np.argmin(d2, axis=1))
+        nears.append(np.argpartition(d2, p - 1, axis=1)[:, :p])
+    return np.concatenate(homes), np.concatenate(nears)
+
+
 def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     """k centroids of the unit rows x (Lloyd's iterations on a seeded sample): deterministic for a seed."""
     rng = np.random.default_rng(seed)
@@ -60,10 +123,11 @@ def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     centres = fit[rng.choice(len(fit), k, replace=False)].copy()
     for _ in range(KMEANS_ITERATIONS):
         home = np.argmin((centres * centres).sum(axis=1) - 2.0 * (fit @ centres.T), axis=1)
-        order = np.argsort(home, kind="stable")
-        used, starts = np.unique(home[order], return_index=True)
-        sums = np.add.reduceat(fit[order], starts, axis=0)
-        centres[used] = sums / np.diff(np.r_[starts, len(fit)])[:, None]
+        counts = np.bincount(home, minlength=k)
+        used = np.flatnonzero(counts)
+        # the members' sums as one product with a 0/1 matrix: np.add.reduceat over rows took 40 ms per iteration
+        sums = (np.arange(k)[used, None] == home[None, :]).astype(np.float32) @ fit
+        centres[used] = sums / counts[used, None]
     return centres
 
 
