@@ -329,22 +329,30 @@ def test_altered_copies_share_their_originals_fold(tmp_path, store):
     assert all(fold[original] == fold[copy] for original, copy in pairs), pairs
 
 
-def test_a_large_project_starts_its_l2_search_at_the_last_choice(demo_dir, store, result, monkeypatch, tmp_path):
-    """Issue 22: the L2 search of a retrain starts at the previous run's choice (same backbone and classes), from
-    LARGE_N images on; smaller projects always start from the grid (results independent of earlier runs)."""
-    from engine.learn import crossval
+def test_a_large_project_starts_where_its_last_run_ended(demo_dir, store, result, monkeypatch, tmp_path):
+    """Issue 22: from LARGE_N images on, a retrain's L2 search starts at the previous run's choice (same backbone
+    and classes), its folds at that run's fold heads and its final fit at that run's head (engine.learn.warm_start):
+    fewer iterations, the same optimum. Smaller projects always start from the grid (results independent of earlier
+    runs); an unreadable entry only means starting afresh."""
+    from engine.learn import crossval, warm_start
 
     monkeypatch.setenv("RETRAIN_STUDIO_CACHE", str(tmp_path))
     cfg = TrainConfig(image_dir=str(demo_dir))
     train(cfg, store=store, data=result.data)
-    assert not (tmp_path / "l2_choices.json").exists()
+    assert not (tmp_path / warm_start.FOLDER).exists()
     monkeypatch.setattr(crossval, "LARGE_N", 1)
     first = train(cfg, store=store, data=result.data)
-    assert (tmp_path / "l2_choices.json").exists()
+    kept = list((tmp_path / warm_start.FOLDER).glob("*.npz"))
+    assert len(kept) == 1
     again = train(cfg, store=store, data=result.data)
     assert [r["l2"] for r in again.metrics["l2_search"][:3]] == sorted(crossval._around(first.metrics["l2"]),
                                                                        reverse=True)
     assert again.metrics["l2"] == first.metrics["l2"] and again.metrics["evaluation"] == "cross-validation (5 folds)"
+    assert again.metrics["head_iterations"] < first.metrics["head_iterations"]
+    np.testing.assert_allclose(again.head.kernel, first.head.kernel, atol=2e-3)
+    kept[0].write_bytes(b"not an npz")
+    afresh = train(cfg, store=store, data=result.data)
+    assert afresh.metrics["l2"] == first.metrics["l2"] and afresh.metrics["head_iterations"] > 0
 
 
 def test_duplicate_groups_are_kept_per_set_of_images(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 MAP_METHODS = ("pca", "tsne")
 # t-SNE places at most this many images (a seeded sample); every other image goes where its nearest placed images
 # are. t-SNE's cost grows faster than n: one thread took ~9 s at 3,461 images and would take minutes at 25,000.
-MAP_SAMPLE = 2000
+MAP_SAMPLE = 1500
 MAP_NEIGHBOURS = 5  # placed images an unplaced one is put among (inverse-distance weighted mean of their places)
 
 
@@ -40,9 +40,11 @@ def project_2d(features: np.ndarray, method: str = "tsne", seed: int = 42) -> np
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 
-    reduced = PCA(n_components=min(30, n - 1, x.shape[1]), random_state=seed).fit_transform(x).astype(np.float32)
     placed = np.arange(n) if n <= MAP_SAMPLE else np.sort(np.random.default_rng(seed).choice(n, MAP_SAMPLE,
                                                                                                  replace=False))
+    # the components from the placed sample, applied to every image: fitted on all 24,227 images it took 1.5 s
+    pca = PCA(n_components=min(30, len(placed) - 1, x.shape[1]), random_state=seed).fit(x[placed])
+    reduced = (x @ pca.components_.T.astype(np.float32)).astype(np.float32)
     perplexity = float(min(30.0, max(2.0, (len(placed) - 1) / 3.0)))
     # One thread: t-SNE's OpenMP threads fight the app and training for 2 cores (flowers_large under load: 19 s with
     # one thread, 75 s with all). 400 iterations, 250 of them early exaggeration: the sklearn default is 1000.

@@ -28,10 +28,10 @@ import numpy as np
 from engine.config.training import TrainConfig
 from engine.core.cache import cache_root
 from engine.core.events import EventKind, ProgressCallback, Stage, emit
-from engine.core.fileio import atomic_write_bytes, atomic_write_json, read_json
+from engine.core.fileio import atomic_write_bytes
 from engine.features.embeddings import EmbeddingStore, preprocess_id
 from engine.features.image_stats import image_hashes
-from engine.learn import crossval
+from engine.learn import crossval, warm_start
 from engine.learn.evaluate import evaluate, fold_spread
 from engine.learn.groups import fold_groups
 from engine.learn.head import Head
@@ -166,9 +166,9 @@ def sample_weights(y: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, groups: np.ndarray | None = None,
-             progress: ProgressCallback | None = None, l2_start: float | None = None) -> HeadFit:
+             progress: ProgressCallback | None = None, previous: warm_start.PreviousFit | None = None) -> HeadFit:
     """Cross-validate on (x, y) to choose L2, temperature and threshold; then fit the head on all of (x, y).
-    l2_start: where the L2 search starts (a previous run's choice), see crossval.out_of_fold's `start`."""
+    previous: where the L2 search, the folds and the final fit start (engine.learn.warm_start)."""
     t0 = time.perf_counter()
     weights = None if cfg.class_weights == "none" else sample_weights(y, n_classes, cfg.class_weights)
     history: list[dict[str, Any]] = []
@@ -183,11 +183,15 @@ def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, gro
         emit(progress, EventKind.EPOCH, **row)
 
     oof = crossval.out_of_fold(x, y, n_classes, groups=groups, n_folds=cfg.cv_folds, seed=cfg.seed,
-                               l2=cfg.l2_regularizer, sample_weight=weights, on_grid_point=report, start=l2_start)
-    # Warm-started from the mean fold head (fitted on (k-1)/k of these rows at the same L2): on 24,227 photos 43-53
-    # iterations instead of 81 from zero (bench/bench_scale.py); the same optimum, a shorter path to it.
+                               l2=cfg.l2_regularizer, sample_weight=weights, on_grid_point=report,
+                               start=previous.l2 if previous else None, starts=previous.folds if previous else None)
+    # Warm-started from the previous run's final head at the same L2, else from the mean fold head (fitted on
+    # (k-1)/k of these rows at the same L2: on 24,227 photos 43-53 iterations instead of 81 from zero); the same
+    # optimum, a shorter path to it.
+    init = previous.final if previous is not None and previous.final is not None and previous.l2 == oof.l2 \
+        else oof.head_init
     kernel, bias, iterations = crossval.fit_logreg(x, y, n_classes, oof.l2, sample_weight=weights,
-                                                   max_iter=cfg.train_epochs, init=oof.head_init,
+                                                   max_iter=cfg.train_epochs, init=init,
                                                    threads=os.cpu_count() or 1)
     # A class with a single distinct image is missing from the training side whenever that image is held out, so
     # its out-of-fold answers say nothing about the shipped head: no temperature or threshold from them.
@@ -238,10 +242,14 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
     tr, n_classes = data.train_idx, len(data.dataset.labels)
     emit(progress, EventKind.STAGE, stage=Stage.TRAIN, message=f"Training a {n_classes}-class head"
          + (" with cross-validation" if evaluation.cross_validated else ""))
-    memo = _l2_memo_key(data) if len(tr) >= crossval.LARGE_N and cfg.l2_regularizer is None else None
+    # A large project's retrain starts where its last one ended (engine.learn.warm_start); small projects always
+    # start from the grid, so their results do not depend on what ran before.
+    key = warm_start.project_key(data.resolved.backbone_id, data.resolved.image_size, data.dataset.labels) \
+        if len(tr) >= crossval.LARGE_N and cfg.l2_regularizer is None else None
     fit = fit_head(data.features[tr], data.dataset.y[tr], n_classes, cfg, groups[tr], progress,
-                   l2_start=_previous_l2(memo))
-    _remember_l2(memo, fit.oof.l2)
+                   previous=warm_start.load(key) if key else None)
+    if key:
+        warm_start.save(key, warm_start.PreviousFit(fit.oof.l2, fit.oof.fold_heads, (fit.head.kernel, fit.head.bias)))
     t_head = time.perf_counter()
     if evaluation.cross_validated:
         judged = _judge_cross_validated(data, fit)
@@ -271,37 +279,6 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
 
 # ----------------------------------------------------------------------------------------------------------------
 # The previous run's L2 (large projects only)
-# ----------------------------------------------------------------------------------------------------------------
-# A retrain of a large project starts its L2 search at the last choice for the same backbone and classes: on 24,227
-# photos (bench/bench_scale.py --make-images) the search took 7 steps of 5 fits from the default grid, 4 from there.
-# Small projects always start from the grid, so their results do not depend on what ran before.
-L2_MEMO = "l2_choices.json"
-
-
-def _l2_memo_key(data: PreparedData) -> str:
-    return "\x1f".join([data.resolved.backbone_id, str(data.resolved.image_size), *data.dataset.labels])
-
-
-def _previous_l2(key: str | None) -> float | None:
-    if key is None:
-        return None
-    value = read_json(cache_root() / L2_MEMO).get(key)  # {} when missing or unreadable
-    return float(value) if isinstance(value, (int, float)) and value > 0 else None
-
-
-def _remember_l2(key: str | None, l2: float) -> None:
-    if key is None:
-        return
-    path = cache_root() / L2_MEMO
-    try:
-        memo = read_json(path)
-        memo[key] = float(l2)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, memo)
-    except (OSError, ValueError) as exc:  # a hint for next time: never worth failing a run over
-        log.warning("Could not remember the L2 choice (%s)", exc)
-
-
 @dataclass
 class _Evaluation:
     cross_validated: bool
