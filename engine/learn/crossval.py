@@ -44,10 +44,11 @@ MAX_ITER = 500
 # the shipped head: at 1e-4 held-out log-loss moves by ~1e-4 (grid points differ by ~1e-2) in half the iterations.
 SEARCH_TOL = 1e-4
 FINAL_TOL = 1e-5
-# A large project (issue 22): from LARGE_N images on, a retrain starts its L2 search at the last choice
-# (engine.learn.train). Fewer folds were tried there and dropped: 3 folds cost half of 5 and chose the same L2 on
-# flowers, flowers_large (3 seeds each) and the 24k feature set of bench/bench_scale.py, but not on 24,227 real
-# photos (altered copies): 1e-4 with 3 folds, 3e-5 with 5.
+# A large project (issue 22): from LARGE_N images on, a retrain starts where its last run ended: its L2 search at
+# the last choice, its folds at that run's heads (engine.learn.warm_start). Fewer folds were tried there and
+# dropped: 3 folds cost half of 5 and chose the same L2 on flowers, flowers_large (3 seeds each) and the 24k
+# feature set of bench/bench_scale.py, but not on 24,227 real photos (altered copies): 1e-4 with 3 folds, 3e-5
+# with 5.
 LARGE_N = 10_000
 FIT_BLOCK = 2048  # rows per block in a fit's function evaluation: 2048 x 1280 float32 (10 MB) stays in cache
 ECE_BINS = 15
