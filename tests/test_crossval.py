@@ -69,16 +69,6 @@ def test_an_error_in_a_shared_evaluation_ends_every_fit_of_the_batch():
         crossval.fit_together(x, y, fits, tol=1e-6)
 
 
-def test_folds_start_at_a_previous_runs_heads_and_reach_the_same_optimum():
-    x, y = blobs([60, 50, 40], d=8, spread=1.5)
-    plain = crossval.out_of_fold(x, y, 3, l2=1e-2, tol=1e-6)
-    assert list(plain.fold_heads) == [1e-2] and len(plain.fold_heads[1e-2]) == 5
-    again = crossval.out_of_fold(x, y, 3, l2=1e-2, tol=1e-6, starts=plain.fold_heads)
-    np.testing.assert_allclose(again.probs, plain.probs, atol=1e-4)
-    wrong = crossval.out_of_fold(x, y, 3, l2=1e-2, tol=1e-6, starts={1e-2: plain.fold_heads[1e-2][:3]})
-    np.testing.assert_allclose(wrong.probs, plain.probs, atol=1e-4)  # another fold count: not used, no error
-
-
 def test_every_row_is_held_out_once_and_copies_share_a_fold():
     x, y = blobs([30, 30, 30])
     groups = np.arange(len(y))

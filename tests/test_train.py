@@ -331,9 +331,9 @@ def test_altered_copies_share_their_originals_fold(tmp_path, store):
 
 def test_a_large_project_starts_where_its_last_run_ended(demo_dir, store, result, monkeypatch, tmp_path):
     """Issue 22: from LARGE_N images on, a retrain's L2 search starts at the previous run's choice (same backbone
-    and classes), its folds at that run's fold heads and its final fit at that run's head (engine.learn.warm_start):
-    fewer iterations, the same optimum. Smaller projects always start from the grid (results independent of earlier
-    runs); an unreadable entry only means starting afresh."""
+    and classes) and its final fit at that run's head (engine.learn.warm_start): fewer iterations, the same optimum.
+    Smaller projects always start from the grid (results independent of earlier runs); an unreadable entry only
+    means starting afresh."""
     from engine.learn import crossval, warm_start
 
     monkeypatch.setenv("RETRAIN_STUDIO_CACHE", str(tmp_path))

@@ -27,14 +27,13 @@ from engine.config.backbones import DEFAULT_BACKBONE
 from engine.core.fileio import atomic_write_json, read_json
 from engine.curate.decisions import Decisions, group_key, label_confirmed
 from engine.curate.label_issues import LabelIssue, label_issues, suspect_probabilities
-from engine.curate.model import ProjectModel, embed_records, project_model
+from engine.curate.model import embed_records, project_model
 from engine.curate.outliers import Outlier, find_outliers
 from engine.data.dataset import scan_image_dir
 from engine.data.images import file_sha256
 from engine.features import backbones
 from engine.features.embeddings import embed_files
 from engine.features.image_stats import ImageStats, image_stats
-from engine.learn import warm_start
 from engine.learn.groups import copy_groups, duplicate_pairs, groups_to_lists, near_duplicate_groups
 
 
@@ -52,8 +51,7 @@ class Findings:
 
 def find_issues(features: np.ndarray, labels: np.ndarray, n_classes: int, shas: Sequence[str],
                 stats: ImageStats | None = None, probs: np.ndarray | None = None, seed: int = 42,
-                l2: float | None = None,
-                starts: Mapping[float, Sequence[tuple[np.ndarray, np.ndarray]]] | None = None) -> Findings:
+                l2: float | None = None) -> Findings:
     """All findings for labelled rows. `probs` are out-of-fold probabilities (computed here when None)."""
     t = {}
     t0 = time.perf_counter()
@@ -73,7 +71,7 @@ def find_issues(features: np.ndarray, labels: np.ndarray, n_classes: int, shas: 
     t1 = time.perf_counter()
     counts = np.bincount(labels, minlength=n_classes)
     if probs is None and (counts > 0).sum() >= 2 and len(labels) >= 4:
-        probs = suspect_probabilities(features, labels, n_classes, groups, seed=seed, l2=l2, starts=starts)
+        probs = suspect_probabilities(features, labels, n_classes, groups, seed=seed, l2=l2)
     t["out_of_fold_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     if probs is not None:
@@ -141,16 +139,6 @@ class ProjectFindings:
         return asdict(self)
 
 
-def _trained_fit(model: ProjectModel, class_names: list[str]) -> dict[str, Any]:
-    """The newest run's L2 (and, for a large project, its fold heads) when it was trained on these classes: its
-    cross-validation chose that L2, and a search of the check's own cost 4-16 s at 24,000 images."""
-    if model.l2 is None or model.labels != class_names:
-        return {}
-    resolved = backbones.resolve(model.handle, model.image_size)
-    previous = warm_start.load(warm_start.project_key(resolved.backbone_id, resolved.image_size, class_names))
-    return {"l2": model.l2, "starts": previous.folds if previous is not None and previous.l2 == model.l2 else None}
-
-
 def project_findings(project, progress: Callable[[dict], None] | None = None,
                      hide_kept: bool = True) -> ProjectFindings:
     """Findings for every labelled image of a project; ones a person kept are left out."""
@@ -167,7 +155,9 @@ def project_findings(project, progress: Callable[[dict], None] | None = None,
     t1 = time.perf_counter()
     stats = image_stats([str(r.path) for r in recs], shas)
     t2 = time.perf_counter()
-    found = find_issues(feats, y, len(class_names), shas, stats, **_trained_fit(model, class_names))
+    # The newest run's L2 when it was trained on these classes: its cross-validation chose it, and a search of the
+    # check's own cost 4-16 s at 24,000 images. Its fold heads are not a start: they may have seen rows held out here.
+    found = find_issues(feats, y, len(class_names), shas, stats, l2=model.l2 if model.labels == class_names else None)
     kept = Decisions(project.path).kept() if hide_kept else set()
     issues = [{"sha256": shas[li.index], "given": class_names[li.given], "suggested": class_names[li.suggested],
                "score": li.score} for li in found.label_issues

@@ -7,7 +7,6 @@ votes), so a wrong label cannot vouch for itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,18 +35,17 @@ class LabelIssue:
 
 
 def suspect_probabilities(features: np.ndarray, labels: np.ndarray, n_classes: int, groups: np.ndarray | None,
-                          seed: int = 42, l2: float | None = None,
-                          starts: Mapping[float, Sequence[tuple[np.ndarray, np.ndarray]]] | None = None) -> np.ndarray:
+                          seed: int = 42, l2: float | None = None) -> np.ndarray:
     """Class probabilities of every labelled row from models that did not see it (what cleanlab judges).
 
     Logistic regression out-of-fold (engine.learn.crossval) and k-NN votes make different mistakes; their mean ranks
     flipped labels better than either (flowers, 10% flipped: top-k recall .74-.76 logistic alone, .79 k-NN alone,
-    .81 together; mixing weights .3-.5 and k 5-20 all within .77-.80, noise between seeds is +-.03). `l2` and
-    `starts`: the trained run's L2 and fold heads (crossval.out_of_fold), when they are known.
+    .81 together; mixing weights .3-.5 and k 5-20 all within .77-.80, noise between seeds is +-.03). `l2`: the
+    trained run's L2, when it is known (no search).
     """
     # A ranking needs no more precision than an L2 search (SEARCH_TOL), even at a given L2
     oof = out_of_fold(features, labels, n_classes, groups=groups, seed=seed, l2=l2, grid=CURATE_L2_GRID,
-                      tol=SEARCH_TOL, starts=starts).probs
+                      tol=SEARCH_TOL).probs
     return (oof + knn_probabilities(features, labels, n_classes, groups)) / 2
 
 

@@ -168,7 +168,7 @@ def sample_weights(y: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
 def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, groups: np.ndarray | None = None,
              progress: ProgressCallback | None = None, previous: warm_start.PreviousFit | None = None) -> HeadFit:
     """Cross-validate on (x, y) to choose L2, temperature and threshold; then fit the head on all of (x, y).
-    previous: where the L2 search, the folds and the final fit start (engine.learn.warm_start)."""
+    previous: where the L2 search and the final fit start (engine.learn.warm_start)."""
     t0 = time.perf_counter()
     weights = None if cfg.class_weights == "none" else sample_weights(y, n_classes, cfg.class_weights)
     history: list[dict[str, Any]] = []
@@ -184,12 +184,11 @@ def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, gro
 
     oof = crossval.out_of_fold(x, y, n_classes, groups=groups, n_folds=cfg.cv_folds, seed=cfg.seed,
                                l2=cfg.l2_regularizer, sample_weight=weights, on_grid_point=report,
-                               start=previous.l2 if previous else None, starts=previous.folds if previous else None)
+                               start=previous.l2 if previous else None)
     # Warm-started from the previous run's final head at the same L2, else from the mean fold head (fitted on
     # (k-1)/k of these rows at the same L2: on 24,227 photos 43-53 iterations instead of 81 from zero); the same
     # optimum, a shorter path to it.
-    init = previous.final if previous is not None and previous.final is not None and previous.l2 == oof.l2 \
-        else oof.head_init
+    init = (previous.kernel, previous.bias) if previous is not None and previous.l2 == oof.l2 else oof.head_init
     kernel, bias, iterations = crossval.fit_logreg(x, y, n_classes, oof.l2, sample_weight=weights,
                                                    max_iter=cfg.train_epochs, init=init,
                                                    threads=os.cpu_count() or 1)
@@ -249,7 +248,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
     fit = fit_head(data.features[tr], data.dataset.y[tr], n_classes, cfg, groups[tr], progress,
                    previous=warm_start.load(key) if key else None)
     if key:
-        warm_start.save(key, warm_start.PreviousFit(fit.oof.l2, fit.oof.fold_heads, (fit.head.kernel, fit.head.bias)))
+        warm_start.save(key, warm_start.PreviousFit(fit.oof.l2, fit.head.kernel, fit.head.bias))
     t_head = time.perf_counter()
     if evaluation.cross_validated:
         judged = _judge_cross_validated(data, fit)
@@ -277,8 +276,6 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
                        fine_tuned_model=judged.classifier, groups=groups)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The previous run's L2 (large projects only)
 @dataclass
 class _Evaluation:
     cross_validated: bool

@@ -1,13 +1,12 @@
-"""Where a large project's next retrain starts: the previous run's L2 choice, its fold heads at each L2 it fitted
-and its final head, kept per project in the cache (issue 22).
+"""Where a large project's next retrain starts: the previous run's L2 choice and its final head, kept per project in
+the cache (issue 22).
 
 A retrain in the user's loop sees nearly the same images as the run before (a few labels fixed, a few photos
-added), so that run's heads are close to this one's optima: the L2 search starts at its choice
-(crossval.out_of_fold's `start`) and each fold at its head for the same L2 (`starts`), the final fit at its final
-head. On 24,227 rows with 20 labels changed the first step's folds took 12-18 L-BFGS iterations instead of 30-34
-from zero. They are only starting points: the fits still converge on this run's data, so a stale or foreign entry
-costs iterations, never a wrong head. Keyed by backbone, image size and class names (the heads' shapes and
-meaning); the newest KEPT entries are kept.
+added): its L2 search starts at that run's choice (crossval.out_of_fold's `start`: usually three steps instead of
+seven) and its final fit at that run's head when the same L2 is chosen. The final head is only a starting point:
+the fit converges on this run's data, and a stale or foreign entry costs iterations, never a wrong head. The fold
+heads are not kept: a fold starting from one may have seen rows it is judged on (see out_of_fold). Keyed by
+backbone, image size and class names (the head's shape and meaning); the newest KEPT entries are kept.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +27,12 @@ log = logging.getLogger(__name__)
 FOLDER = "previous_fits"  # in cache_root()
 KEPT = 64
 
-FoldHeads = list[tuple[np.ndarray, np.ndarray]]
-
 
 @dataclass
 class PreviousFit:
-    l2: float  # the L2 the run chose (its final head's)
-    folds: dict[float, FoldHeads] = field(default_factory=dict)  # per L2 fitted: each fold's (kernel, bias)
-    final: tuple[np.ndarray, np.ndarray] | None = None  # the final head's (kernel, bias), before calibration
+    l2: float  # the L2 the run chose
+    kernel: np.ndarray  # its final head, before calibration
+    bias: np.ndarray
 
 
 def project_key(backbone_id: str, image_size: int, labels: list[str]) -> str:
@@ -53,34 +50,22 @@ def load(key: str) -> PreviousFit | None:
         return None
     try:
         with np.load(path) as data:
-            l2s, kernels, biases = data["l2s"], data["kernels"], data["biases"]
-            folds = {float(c): [(kernels[i, f], biases[i, f]) for f in range(kernels.shape[1])]
-                     for i, c in enumerate(l2s)}
-            return PreviousFit(float(data["l2"]), folds, (data["final_kernel"], data["final_bias"]))
-    except (OSError, ValueError, KeyError, IndexError) as exc:
+            return PreviousFit(float(data["l2"]), data["kernel"], data["bias"])
+    except (OSError, ValueError, KeyError) as exc:
         log.info("Previous fit %s unusable (%s); starting afresh", path, exc)
         return None
 
 
 def save(key: str, fit: PreviousFit) -> None:
     """Keep fit under key (the oldest entries beyond KEPT go); a failure only costs the next run some time."""
-    l2s = sorted(fit.folds)
+    path = _path(key)
     try:
-        kernels = np.stack([np.stack([k for k, _ in fit.folds[c]]) for c in l2s]).astype(np.float32)
-        biases = np.stack([np.stack([b for _, b in fit.folds[c]]) for c in l2s]).astype(np.float32)
-        final_kernel, final_bias = fit.final if fit.final is not None else (kernels[0].mean(0), biases[0].mean(0))
-        path = _path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        buf = _npz(l2=np.float64(fit.l2), l2s=np.array(l2s, np.float64), kernels=kernels, biases=biases,
-                   final_kernel=np.asarray(final_kernel, np.float32), final_bias=np.asarray(final_bias, np.float32))
-        atomic_write_bytes(path, buf)
+        buf = io.BytesIO()
+        np.savez(buf, l2=np.float64(fit.l2), kernel=np.asarray(fit.kernel, np.float32),
+                 bias=np.asarray(fit.bias, np.float32))
+        atomic_write_bytes(path, buf.getvalue())
         for old in sorted(path.parent.glob("*.npz"), key=lambda p: p.stat().st_mtime)[:-KEPT]:
             old.unlink(missing_ok=True)
-    except (OSError, ValueError) as exc:  # fold heads of unequal shapes (folds with a missing class), a full disk
+    except OSError as exc:  # a full disk, a read-only cache
         log.warning("Could not keep this fit for the next retrain (%s)", exc)
-
-
-def _npz(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
