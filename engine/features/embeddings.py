@@ -225,7 +225,15 @@ def _embed_missing(paths, shas, todo, resolved, center_crop, embedder, store, pr
                    already, workers) -> dict[int, np.ndarray]:
     out: dict[int, np.ndarray] = {}
     pending: list[tuple[str, np.ndarray]] = []
-    measured: list[tuple[str, dict]] = []
+    measured: list[tuple[str, dict]] = []  # image statistics from the same decode, kept with the features
+    stats = image_stats.StatsCache()
+
+    def keep() -> None:
+        store.put_many(pending, resolved.backbone_id, prep)
+        stats.put_many(measured)
+        pending.clear()
+        measured.clear()
+
     t0, every = time.perf_counter(), Every()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         prepared = _bounded_map(pool, lambda i: _prepare(paths[i], resolved.image_size, center_crop), todo)
@@ -238,15 +246,11 @@ def _embed_missing(paths, shas, todo, resolved, center_crop, embedder, store, pr
                 pending.append((shas[i], out[i]))
                 measured.append((shas[i], img[1]))
             if len(pending) >= 64:
-                store.put_many(pending, resolved.backbone_id, prep)
-                image_stats.remember(measured)
-                pending.clear()
-                measured.clear()
+                keep()
             if every.due(last=n == len(todo)):
                 now = time.perf_counter()
                 emit(progress, EventKind.EMBED, done=already + n, total=total, cached=already,
                      images_per_s=n / max(now - t0, 1e-9))
     if pending:
-        store.put_many(pending, resolved.backbone_id, prep)
-        image_stats.remember(measured)
+        keep()
     return out

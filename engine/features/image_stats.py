@@ -102,8 +102,9 @@ def _measure(path: str) -> dict:
     return {"ok": False} if img is None else stats_row(img)
 
 
-class _StatsCache:
-    """SQLite table of per-image statistics keyed by SHA-256 (next to the embedding cache)."""
+class StatsCache:
+    """SQLite table of per-image statistics keyed by SHA-256 (next to the embedding cache). The embedding keeps
+    the rows it measured here (stats_row on its own decode), one store per run of new images."""
 
     def __init__(self, path: Path | None = None):
         self.path = path or cache_root() / "curate_stats.sqlite"
@@ -133,17 +134,11 @@ class _StatsCache:
                            [(sha, STATS_VERSION, json.dumps(v)) for sha, v in items])
 
 
-def remember(rows: Sequence[tuple[str, dict]]) -> None:
-    """Keep rows made elsewhere from the same decode (stats_row; the features' decoding thread)."""
-    if rows:
-        _StatsCache().put_many(list(rows))
-
-
 def image_stats(paths: Sequence[str | Path], shas: Sequence[str], cache: bool = True) -> ImageStats:
     """Perceptual hashes and brightness/contrast/blur/aspect per image. Images embedded by this engine have theirs
     cached already (measured on the features' decode); others are decoded here, on every core."""
     n = len(paths)
-    store = _StatsCache() if cache else None
+    store = StatsCache() if cache else None
     known = store.get_many(list(dict.fromkeys(shas))) if store else {}
     missing = {sha: str(path) for path, sha in zip(paths, shas, strict=True) if sha not in known}
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # cv2 and PIL release the GIL while decoding

@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 
 from engine.config.training import TrainConfig
-from engine.core.cache import cache_root
+from engine.core.cache import cache_root, write_kept
 from engine.core.events import EventKind, ProgressCallback, Stage, emit
-from engine.core.fileio import atomic_write_bytes
 from engine.features.embeddings import EmbeddingStore, preprocess_id
 from engine.features.image_stats import image_hashes
 from engine.learn import crossval, warm_start
@@ -146,9 +145,7 @@ def _write_groups(path: Path, shas: list[str], groups: np.ndarray, how: str) -> 
     np.savez(buf, shas=np.array(list(unique), dtype="U64"), groups=np.array(list(unique.values()), np.int64),
              how=np.array(how))
     try:
-        atomic_write_bytes(path, buf.getvalue())
-        for old in sorted(path.parent.glob("*.npz"), key=lambda p: p.stat().st_mtime)[:-GROUPS_KEPT]:
-            old.unlink(missing_ok=True)
+        write_kept(path, buf.getvalue(), GROUPS_KEPT)
     except OSError as exc:  # a time saver for next run: never worth failing this one
         log.warning("Could not keep the duplicate groups (%s)", exc)
 

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.core.cache import cache_root
-from engine.core.fileio import atomic_write_bytes
+from engine.core.cache import cache_root, write_kept
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +57,10 @@ def load(key: str) -> PreviousFit | None:
 
 def save(key: str, fit: PreviousFit) -> None:
     """Keep fit under key (the oldest entries beyond KEPT go); a failure only costs the next run some time."""
-    path = _path(key)
+    buf = io.BytesIO()
+    np.savez(buf, l2=np.float64(fit.l2), kernel=np.asarray(fit.kernel, np.float32),
+             bias=np.asarray(fit.bias, np.float32))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez(buf, l2=np.float64(fit.l2), kernel=np.asarray(fit.kernel, np.float32),
-                 bias=np.asarray(fit.bias, np.float32))
-        atomic_write_bytes(path, buf.getvalue())
-        for old in sorted(path.parent.glob("*.npz"), key=lambda p: p.stat().st_mtime)[:-KEPT]:
-            old.unlink(missing_ok=True)
+        write_kept(_path(key), buf.getvalue(), KEPT)
     except OSError as exc:  # a full disk, a read-only cache
         log.warning("Could not keep this fit for the next retrain (%s)", exc)
