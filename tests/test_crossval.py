@@ -290,3 +290,52 @@ def test_the_final_fit_starts_from_the_fold_heads():
     assert warm[2] < cold[2]  # fewer iterations ...
     np.testing.assert_allclose(crossval.softmax(x @ warm[0] + warm[1]), crossval.softmax(x @ cold[0] + cold[1]),
                                atol=1e-3)  # ... to the same head
+
+
+def test_a_retrain_keeps_each_group_in_its_previous_fold():
+    """Issue 22: after a few labels changed, the same images are held out in the same folds (so the last run's
+    fold heads are fair starts); a new image is placed as before, a merged group takes its rows' usual fold."""
+    y = np.repeat([0, 1, 2], [50, 30, 20])
+    groups = np.arange(len(y)) // 2  # pairs of copies
+    fold, k = crossval.assign_folds(y, groups, 5, seed=0)
+    moved = y.copy()
+    moved[[3, 40, 41, 77]] = [1, 2, 2, 0]  # relabelled: without `previous` the greedy deal shifts many groups
+    assert not np.array_equal(crossval.assign_folds(moved, groups, 5, seed=0)[0], fold)
+    assert np.array_equal(crossval.assign_folds(moved, groups, 5, seed=0, previous=fold)[0], fold)
+    new_y = np.r_[y, [0, 1, 2, 2]]  # four new images, one a copy of image 0
+    new_groups = np.r_[groups, [0, 100, 101, 102]]
+    placed, _ = crossval.assign_folds(new_y, new_groups, 5, seed=0, previous=np.r_[fold, [-1] * 4])
+    assert np.array_equal(placed[:100], fold) and placed[100] == fold[0]
+    merged = groups.copy()
+    merged[[2, 3, 4]] = 0  # rows 0-4 now one group: its rows' most common previous fold
+    kept, _ = crossval.assign_folds(y, merged, 5, seed=0, previous=fold)
+    votes = np.bincount(fold[:5], minlength=5)
+    assert (kept[:5] == kept[0]).all() and votes[kept[0]] == votes.max()
+
+
+def test_a_fold_starts_from_a_previous_head_only_if_that_head_never_saw_its_rows():
+    """The last run's fold heads start this run's folds when every row a fold holds out was held out by the same
+    fold then (or is new): an unchanged retrain converges at once to the same answers. A fold holding out a row
+    that head was trained on starts from zero: at a weak L2 a fit stops near its start and would judge a row it
+    had learnt (a leak)."""
+    x, y = blobs([60, 50, 40], d=16, spread=2.0)
+    first = crossval.out_of_fold(x, y, 3, start=1e-2)
+    again = crossval.out_of_fold(x, y, 3, start=first.l2, previous_folds=first.fold,
+                                 previous_heads=first.fold_heads)
+    assert again.warm_folds == first.n_folds and again.l2 == first.l2
+    assert sum(r["iterations"] for r in again.grid) < sum(r["iterations"] for r in first.grid) / 3
+    np.testing.assert_allclose(again.probs, first.probs, atol=2e-3)
+    # a row of fold 1 becomes a near-copy of a row of fold 0: the merged group is held out by fold 0 (ties go to the
+    # lower fold), whose last head was trained on that row, so fold 0 starts from zero; the others still may
+    r0, r1 = np.flatnonzero(first.fold == 0)[0], np.flatnonzero(first.fold == 1)[0]
+    groups = np.arange(len(y))
+    groups[r1] = r0
+    merged = crossval.out_of_fold(x, y, 3, groups=groups, start=first.l2, previous_folds=first.fold,
+                                  previous_heads=first.fold_heads)
+    assert merged.fold[r1] == merged.fold[r0] == 0 and merged.warm_folds == first.n_folds - 1
+    one_row = first.fold.copy()
+    one_row[np.flatnonzero(first.fold == 0)[0]] = 1  # one row of fold 0 was a training row of fold 0's head
+    assert crossval._fair_starts(first.fold, first.n_folds, one_row, first.fold_heads)[0] == [1, 2, 3, 4]
+    new = np.full(len(y), -1)
+    new[:10] = first.fold[:10]  # the others are new images: no head saw them
+    assert crossval._fair_starts(first.fold, first.n_folds, new, first.fold_heads)[0] == list(range(5))

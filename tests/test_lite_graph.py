@@ -109,7 +109,8 @@ def test_written_onnx_backbone_takes_a_head():
     backbone = lite_onnx(graph, 96)  # any size: the pads are written for it
     rng = np.random.default_rng(0)
     head = Head(rng.normal(0, 0.1, (graph.feature_size, 3)).astype(np.float32), np.zeros(3, np.float32), 1.0)
-    session = ort.InferenceSession(compose_onnx_bytes(backbone, head), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(compose_onnx_bytes(backbone.SerializeToString(), head),
+                                   providers=["CPUExecutionProvider"])
     x = _images(2, 96)
     features = lite_onnx(graph, 96).SerializeToString()
     f = ort.InferenceSession(features, providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]

@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from export_data import CLASSES, SIZE, exported_once
+from onnx import TensorProto, helper, numpy_helper
 
 from engine.export import onnx_model
 from engine.features.backbones import resolve
@@ -120,7 +121,7 @@ def test_a_fresh_cache_converts_once_for_concurrent_callers(composed, monkeypatc
 
 
 def test_composing_needs_neither_tensorflow_nor_the_converter(composed, tmp_path):
-    """A fresh process with the backbone cached: onnx alone, no TensorFlow or tf2onnx imported."""
+    """A fresh process with the backbone cached: no TensorFlow, tf2onnx, nor even the onnx package imported."""
     resolved, exp, _, x, _ = composed
     (tmp_path / "head.npz").write_bytes(exp.head.to_bytes())
     script = (
@@ -132,7 +133,7 @@ def test_composing_needs_neither_tensorflow_nor_the_converter(composed, tmp_path
         "t0 = time.perf_counter()\n"
         "compose_onnx(resolved, head, sys.argv[2])\n"
         "print(round(time.perf_counter() - t0, 3))\n"
-        "print(sorted(m for m in ('tensorflow', 'tf2onnx', 'tf_keras') if m in sys.modules))\n"
+        "print(sorted(m for m in ('tensorflow', 'tf2onnx', 'tf_keras', 'onnx') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "head.npz"), str(tmp_path / "m.onnx")],
                          cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout.split("\n")
@@ -140,6 +141,43 @@ def test_composing_needs_neither_tensorflow_nor_the_converter(composed, tmp_path
     assert out[1] == "[]"
     probs = _session(tmp_path / "m.onnx").run(None, {"images": x[:3]})[0]
     assert np.abs(probs - exp.head.probabilities(exp.f_val[:3])).max() <= 1e-4
+
+
+def _reference(backbone: bytes, head: Head) -> onnx.ModelProto:
+    """The composed model as the onnx package builds it (what compose_onnx_bytes wrote before it wrote bytes)."""
+    model = onnx.load_model_from_string(backbone)
+    g = model.graph
+    w, b = head.calibrated()
+    g.initializer.extend([numpy_helper.from_array(w, "head/kernel"), numpy_helper.from_array(b, "head/bias")])
+    g.node.extend([helper.make_node("Gemm", ["features", "head/kernel", "head/bias"], ["head/logits"],
+                                    name="head/gemm"),
+                   helper.make_node("Softmax", ["head/logits"], ["probabilities"], name="head/softmax", axis=-1)])
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", head.n_classes]))
+    model.producer_name, model.producer_version = "retrain-studio", onnx_model.ONNX_VERSION
+    model.doc_string = onnx_model.DOC
+    return model
+
+
+def test_the_bytes_written_are_the_model_the_onnx_package_builds(composed):
+    """compose_onnx_bytes writes protobuf by hand: parsed by onnx, it must equal the same model built with onnx's
+    own helpers, field for field, and pass onnx's full check (types and shapes inferred through the head)."""
+    resolved, exp, path, _, _ = composed
+    backbone = onnx_model.backbone_onnx(resolved).read_bytes()
+    written = onnx.load_model_from_string(path.read_bytes())
+    assert written == _reference(backbone, exp.head)
+    onnx.checker.check_model(written, full_check=True)
+    rng = np.random.default_rng(1)
+    for k in (2, 7, 300):  # more classes than a varint byte holds
+        head = Head(rng.normal(0, 1, (exp.head.feature_size, k)).astype(np.float32), rng.normal(0, 1, k)
+                    .astype(np.float32), 1.7)
+        assert onnx.load_model_from_string(onnx_model.compose_onnx_bytes(backbone, head)) == _reference(backbone, head)
+
+
+def test_a_damaged_backbone_is_refused_in_words():
+    with pytest.raises(ValueError, match="truncated|no graph"):
+        onnx_model.compose_onnx_bytes(b"\x08\x08\x3a\xff\xff",
+                                      Head(np.zeros((4, 2), np.float32), np.zeros(2, np.float32)))
 
 
 def test_a_head_for_other_features_is_refused(composed, tmp_path):

@@ -4,6 +4,7 @@ make_image_classifier hold-out mode, fine-tuning, unreadable files."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import cv2
 import numpy as np
@@ -350,6 +351,13 @@ def test_a_large_project_starts_where_its_last_run_ended(demo_dir, store, result
     assert again.metrics["l2"] == first.metrics["l2"] and again.metrics["evaluation"] == "cross-validation (5 folds)"
     assert again.metrics["head_iterations"] < first.metrics["head_iterations"]
     np.testing.assert_allclose(again.head.kernel, first.head.kernel, atol=2e-3)
+    # the same images keep their folds, and every fold starts from its last head: few iterations per step
+    assert first.metrics["folds_from_last_run"] == 0 and again.metrics["folds_from_last_run"] == 5
+    fold = {p["sha256"]: p["fold"] for p in first.metrics["predictions"]}
+    assert all(fold[p["sha256"]] == p["fold"] for p in again.metrics["predictions"])
+    steps = {r["l2"]: r["iterations"] for r in first.metrics["l2_search"]}
+    assert all(r["iterations"] <= steps.get(r["l2"], 1e9) for r in again.metrics["l2_search"])
+    assert sum(r["iterations"] for r in again.metrics["l2_search"]) < sum(steps.values())
     kept[0].write_bytes(b"not an npz")
     afresh = train(cfg, store=store, data=result.data)
     assert afresh.metrics["l2"] == first.metrics["l2"] and afresh.metrics["head_iterations"] > 0
@@ -391,3 +399,27 @@ def test_duplicate_groups_are_kept_per_set_of_images(tmp_path, monkeypatch):
         cached.write_bytes(b"not an npz")
     train_module.duplicate_groups(data(list(range(40))), 5, "p")
     assert calls == [1, 1]
+
+
+def test_a_kept_fit_round_trips_and_an_older_entry_still_starts_the_search(tmp_path, monkeypatch):
+    """warm_start's entry: the folds by image and the fold heads per L2 come back as kept; an entry written before
+    folds were kept gives the L2 and final head only (its folds: unknown, so every fold starts from zero)."""
+    from engine.learn import warm_start
+
+    monkeypatch.setenv("RETRAIN_STUDIO_CACHE", str(tmp_path))
+    rng = np.random.default_rng(0)
+    shas = [hashlib.sha256(bytes([i])).hexdigest() for i in range(6)]
+    heads = {c: [(rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32))
+                 for _ in range(2)] for c in (1e-3, 3e-4)}
+    fit = warm_start.with_folds(warm_start.PreviousFit(3e-4, np.ones((4, 3)), np.zeros(3)), shas,
+                                np.array([0, 1, 1, 0, 1, 0]), 2, heads)
+    warm_start.save("k", fit)
+    back = warm_start.load("k")
+    assert back.l2 == 3e-4 and sorted(back.fold_heads) == [3e-4, 1e-3]
+    np.testing.assert_array_equal(back.fold_heads[1e-3][1][0], heads[1e-3][1][0])
+    assert back.folds_of([shas[2], "f" * 64, shas[0]], 2).tolist() == [1, -1, 0]
+    assert back.folds_of(shas, 5) is None  # another fold count: the folds mean nothing here
+    np.savez(tmp_path / warm_start.FOLDER / "old.npz", l2=np.float64(1e-3), kernel=np.ones((4, 3), np.float32),
+             bias=np.zeros(3, np.float32))
+    old = warm_start.load("old")
+    assert old.l2 == 1e-3 and old.fold_heads == {} and old.folds_of(shas, 2) is None

@@ -4,8 +4,9 @@ head appended per run.
 * The backbone (images in, features out, dynamic batch) is made once per backbone and image size on a machine and
   cached under the backbone cache: the table's backbones written from their weights (`lite_onnx`, ~0.3 s), any other
   module converted with tf2onnx from its TF-Hub SavedModel (TensorFlow, ~20 s).
-* A run's model is that graph with the calibrated head (temperature folded in) appended as Gemm + Softmax, built
-  with the `onnx` package alone (no TensorFlow, no converter) in a fraction of a second.
+* A run's model is that graph with the calibrated head (temperature folded in) appended as Gemm + Softmax, written
+  into the cached bytes in protobuf's wire format (engine.export.protowire): no TensorFlow, no converter, not even
+  the `onnx` package (its import alone cost every run ~0.7 s), in milliseconds.
 
 The contract is the float32 TFLite model's and the SavedModel's: input "images", float32 [batch, S, S, 3] RGB in
 [0, 1] (pixel / 255), any batch size; output "probabilities", float32 [batch, classes], calibrated.
@@ -15,17 +16,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from engine.config.backbones import BACKBONES, ResolvedBackbone
 from engine.core.cache import cache_root
 from engine.core.fileio import atomic_write_bytes, made_once
+from engine.export import protowire as pw
 from engine.export.savedmodel import INPUT_NAME, OUTPUT_NAME  # the same names as the TFLite files and SavedModel
 from engine.features.lite_graph import Add, Conv, LiteGraph, lite_graph, same_padding
 from engine.learn.head import Head
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,9 @@ def _convert_backbone(resolved: ResolvedBackbone) -> bytes:
 def lite_onnx(graph: LiteGraph, image_size: int) -> onnx.ModelProto:
     """The folded EfficientNet-Lite as ONNX: NHWC images in (as every export takes them), transposed once to the
     NCHW convolutions; TensorFlow's SAME padding written out as explicit pads for this image size."""
+    import onnx  # why: once per backbone on a machine (~0.7 s of import); composing a run's model needs none
+    from onnx import TensorProto, helper, numpy_helper
+
     inits = [numpy_helper.from_array(np.float32(graph.scale), "preprocess/scale"),
              numpy_helper.from_array(np.float32(graph.offset), "preprocess/offset"),
              numpy_helper.from_array(np.float32(0.0), "relu6/min"),
@@ -98,6 +105,8 @@ def lite_onnx(graph: LiteGraph, image_size: int) -> onnx.ModelProto:
 
 def _onnx_conv(layer: Conv, x: str, side: int, nodes: list, inits: list) -> int:
     """Conv (depthwise: one group per channel) with OIHW weights, then Clip(0, 6) for ReLU6; returns the new side."""
+    from onnx import helper, numpy_helper  # why: see lite_onnx
+
     kernel = layer.weight.shape[0]
     before, after, out = same_padding(side, kernel, layer.stride)
     oihw = layer.weight.transpose(2, 3, 0, 1) if layer.depthwise else layer.weight.transpose(3, 2, 0, 1)
@@ -122,6 +131,7 @@ def _tf2onnx_backbone(resolved: ResolvedBackbone) -> bytes:
     layer = port.load_feature_layer(resolved)
     # why: only the first conversion needs the converter; it imports TensorFlow, so it comes after tfcompat has
     # chosen tf_keras (TF_USE_LEGACY_KERAS), which the hub layer needs
+    import onnx
     import tf2onnx
 
     spec = tf.TensorSpec([None, size, size, 3], tf.float32, name=INPUT_NAME)
@@ -161,34 +171,83 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Appending the head
 # ----------------------------------------------------------------------------------------------------------------
-def compose_onnx_bytes(backbone: onnx.ModelProto, head: Head) -> bytes:
-    """The backbone graph with the calibrated head appended (Gemm + Softmax): images in, probabilities out.
-    `backbone` is modified (it is the caller's freshly parsed copy)."""
-    g = backbone.graph
-    feat = g.output[0]
-    dims = feat.type.tensor_type.shape.dim
-    if len(dims) != 2 or (dims[1].HasField("dim_value") and dims[1].dim_value != head.feature_size):
-        raise ValueError(f"the backbone's features {[d.dim_value or d.dim_param for d in dims]} do not fit a head "
-                         f"for {head.feature_size} features")
+# Field numbers of onnx.proto (stable since IR version 3): the messages a head appends, and the fields replaced.
+MODEL_PRODUCER_NAME, MODEL_PRODUCER_VERSION, MODEL_DOC, MODEL_GRAPH = 2, 3, 6, 7
+GRAPH_NODE, GRAPH_INITIALIZER, GRAPH_OUTPUT = 1, 5, 12
+TENSOR_FLOAT = 1  # TensorProto.DataType.FLOAT
+ATTRIBUTE_INT = 2  # AttributeProto.AttributeType.INT
+DOC = ("Image classifier: input 'images' float32 [batch, S, S, 3] RGB in [0, 1] (pixel / 255); output "
+       "'probabilities' float32 [batch, classes], calibrated; class i is line i of labels.txt.")
+
+
+def compose_onnx_bytes(backbone: bytes, head: Head) -> bytes:
+    """The serialized backbone graph with the calibrated head appended (Gemm + Softmax): images in, probabilities
+    out. Top-level fields are copied as they are; the graph's output (features) is replaced by the probabilities
+    and its producer and doc string by ours."""
+    model = list(pw.fields(backbone))
+    graph_field = next((f for f in model if f.number == MODEL_GRAPH), None)
+    if graph_field is None:
+        raise ValueError("the cached ONNX backbone has no graph")
+    graph = list(pw.fields(graph_field.value))
+    outputs = [f for f in graph if f.number == GRAPH_OUTPUT]
+    if len(outputs) != 1:
+        raise ValueError(f"the ONNX backbone has {len(outputs)} outputs, not one")
+    features, dims = _value_info(outputs[0].value)
+    if len(dims) != 2 or dims[1] not in (head.feature_size, None):
+        raise ValueError(f"the backbone's features {dims} do not fit a head for {head.feature_size} features")
     w, b = head.calibrated()  # [D, K], [K]: softmax(features @ w + b) is the calibrated output
-    g.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(w), "head/kernel"),
-                          numpy_helper.from_array(np.ascontiguousarray(b), "head/bias")])
-    g.node.extend([
-        helper.make_node("Gemm", [feat.name, "head/kernel", "head/bias"], ["head/logits"], name="head/gemm"),
-        helper.make_node("Softmax", ["head/logits"], [OUTPUT_NAME], name="head/softmax", axis=-1),
-    ])
-    del g.output[:]
-    g.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [BATCH, head.n_classes]))
-    backbone.producer_name, backbone.producer_version = "retrain-studio", ONNX_VERSION
-    backbone.doc_string = ("Image classifier: input 'images' float32 [batch, S, S, 3] RGB in [0, 1] (pixel / 255); "
-                           "output 'probabilities' float32 [batch, classes], calibrated; class i is line i of "
-                           "labels.txt.")
-    return backbone.SerializeToString()
+    appended = [
+        pw.bytes_field(GRAPH_INITIALIZER, _tensor("head/kernel", w)),
+        pw.bytes_field(GRAPH_INITIALIZER, _tensor("head/bias", b)),
+        pw.bytes_field(GRAPH_NODE, _node("Gemm", [features, "head/kernel", "head/bias"], "head/logits", "head/gemm")),
+        pw.bytes_field(GRAPH_NODE, _node("Softmax", ["head/logits"], OUTPUT_NAME, "head/softmax", axis=-1)),
+        pw.bytes_field(GRAPH_OUTPUT, _tensor_value_info(OUTPUT_NAME, [BATCH, head.n_classes])),
+    ]
+    graph_bytes = b"".join([*(f.raw for f in graph if f.number != GRAPH_OUTPUT), *appended])
+    replaced = (MODEL_PRODUCER_NAME, MODEL_PRODUCER_VERSION, MODEL_DOC, MODEL_GRAPH)
+    return b"".join([*(f.raw for f in model if f.number not in replaced),
+                     pw.bytes_field(MODEL_PRODUCER_NAME, "retrain-studio"),
+                     pw.bytes_field(MODEL_PRODUCER_VERSION, ONNX_VERSION), pw.bytes_field(MODEL_DOC, DOC),
+                     pw.bytes_field(MODEL_GRAPH, graph_bytes)])
+
+
+def _tensor(name: str, array: np.ndarray) -> bytes:
+    """A float32 TensorProto: dims, data type, name, little-endian raw data."""
+    a = np.ascontiguousarray(array, "<f4")
+    return b"".join([*(pw.int_field(1, d) for d in a.shape), pw.int_field(2, TENSOR_FLOAT),
+                     pw.bytes_field(8, name), pw.bytes_field(9, a.tobytes())])
+
+
+def _node(op_type: str, inputs: list[str], output: str, name: str, **ints: int) -> bytes:
+    """A NodeProto of the default domain with integer attributes."""
+    attributes = [pw.bytes_field(5, pw.bytes_field(1, k) + pw.int_field(3, v) + pw.int_field(20, ATTRIBUTE_INT))
+                  for k, v in ints.items()]
+    return b"".join([*(pw.bytes_field(1, i) for i in inputs), pw.bytes_field(2, output), pw.bytes_field(3, name),
+                     pw.bytes_field(4, op_type), *attributes])
+
+
+def _tensor_value_info(name: str, shape: list[int | str]) -> bytes:
+    """A float32 tensor's ValueInfoProto; a str dimension is symbolic (dim_param)."""
+    dims = [pw.bytes_field(1, pw.bytes_field(2, d) if isinstance(d, str) else pw.int_field(1, d)) for d in shape]
+    tensor_type = pw.int_field(1, TENSOR_FLOAT) + pw.bytes_field(2, b"".join(dims))
+    return pw.bytes_field(1, name) + pw.bytes_field(2, pw.bytes_field(1, tensor_type))
+
+
+def _value_info(buf: bytes) -> tuple[str, list[int | None]]:
+    """A ValueInfoProto's name and its tensor dimensions (None where symbolic or unknown)."""
+    name = pw.first(buf, 1)
+    type_proto = pw.first(buf, 2)
+    tensor = pw.first(type_proto.value, 1) if type_proto else None
+    shape = pw.first(tensor.value, 2) if tensor else None
+    dims = []
+    for dim in pw.fields(shape.value) if shape else []:
+        value = pw.first(dim.value, 1)
+        dims.append(int(value.value) if value else None)
+    return (name.value.decode() if name else ""), dims
 
 
 def compose_onnx(resolved: ResolvedBackbone, head: Head, out_path: str | Path) -> Path:
     """Write the run's classifier as ONNX: the cached backbone graph (converted on first use) + this head. Atomic."""
-    backbone = onnx.load_model_from_string(backbone_onnx(resolved).read_bytes())
     out_path = Path(out_path)
-    atomic_write_bytes(out_path, compose_onnx_bytes(backbone, head))
+    atomic_write_bytes(out_path, compose_onnx_bytes(backbone_onnx(resolved).read_bytes(), head))
     return out_path

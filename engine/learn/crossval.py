@@ -72,6 +72,9 @@ class OutOfFold:
     se: float = 0.0  # standard error of the lowest out-of-fold log-loss (the one-standard-error rule's margin)
     # the mean of the fold heads at the chosen L2: where the final fit on all rows starts (it is close to them)
     head_init: tuple[np.ndarray, np.ndarray] | None = None
+    # every fold's head at each L2 fitted, in fold order: where the next retrain's folds can start (warm_start)
+    fold_heads: dict[float, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    warm_folds: int = 0  # the folds that started from a previous run's heads
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -267,11 +270,15 @@ def fit_together(x: np.ndarray, y: np.ndarray, fits: list[_Fit], tol: float, max
 # ----------------------------------------------------------------------------------------------------------------
 # Folds
 # ----------------------------------------------------------------------------------------------------------------
-def assign_folds(y: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: int) -> tuple[np.ndarray, int]:
+def assign_folds(y: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: int,
+                 previous: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """A fold per row: a group is never split, and each class is spread over the folds as evenly as its groups
     allow; n_folds shrinks when there are fewer groups (engine.learn.groups.fold_groups makes them from copies and
-    near-duplicates). Deterministic for a seed.
+    near-duplicates). Deterministic for a seed (and `previous`).
 
+    previous: a fold per row from the last run of the project (-1: not in it). A group keeps that fold (the most
+    common one among its rows), so a retrain after a few labels changed holds out the same rows in the same folds,
+    and the last run's fold heads are fair places to start from (see out_of_fold); only new groups are placed.
     Greedy, largest groups first (equal sizes in seeded random order): each goes to the fold where its classes are
     least represented so far, then to the smallest fold. A class with fewer images than folds is then absent from
     some held-out folds, never from every training set that can have it. (Written here rather than scikit-learn's
@@ -293,14 +300,33 @@ def assign_folds(y: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: i
     order = order[np.argsort(-counts[order].sum(axis=1), kind="stable")]
     fold_counts = np.zeros((k, counts.shape[1]))
     sizes = np.zeros(k)
-    group_fold = np.empty(n_groups, np.int64)
-    for g in order:
+    group_fold = np.full(n_groups, -1, np.int64)
+    kept = _kept_folds(gid, n_groups, previous, k)
+    for g in np.flatnonzero(kept >= 0):
+        group_fold[g] = kept[g]
+        fold_counts[kept[g]] += counts[g]
+        sizes[kept[g]] += counts[g].sum()
+    for g in order[kept[order] < 0]:
         cost = ((fold_counts + counts[g]) * share)[:, counts[g] > 0].sum(axis=1)
         f = int(np.lexsort((np.arange(k), sizes, np.round(cost, 9)))[0])
         group_fold[g] = f
         fold_counts[f] += counts[g]
         sizes[f] += counts[g].sum()
     return group_fold[gid], k
+
+
+def _kept_folds(gid: np.ndarray, n_groups: int, previous: np.ndarray | None, k: int) -> np.ndarray:
+    """Per group: the most common previous fold among its rows (ties: the lowest), or -1 for a new group."""
+    kept = np.full(n_groups, -1, np.int64)
+    if previous is None:
+        return kept
+    prev = np.asarray(previous, np.int64)
+    ok = (prev >= 0) & (prev < k)
+    votes = np.zeros((n_groups, k))
+    np.add.at(votes, (gid[ok], prev[ok]), 1)
+    seen = votes.sum(axis=1) > 0
+    kept[seen] = votes[seen].argmax(axis=1)
+    return kept
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -310,17 +336,21 @@ def out_of_fold(features: np.ndarray, y: np.ndarray, n_classes: int, groups: np.
                 n_folds: int = 5, seed: int = 42, l2: float | None = None,
                 grid: Sequence[float] = L2_GRID, sample_weight: np.ndarray | None = None,
                 on_grid_point: Callable[[dict], None] | None = None, workers: int | None = None,
-                start: float | None = None, tol: float | None = None) -> OutOfFold:
+                start: float | None = None, tol: float | None = None, previous_folds: np.ndarray | None = None,
+                previous_heads: dict[float, list[tuple[np.ndarray, np.ndarray]]] | None = None) -> OutOfFold:
     """Every row predicted by a head that never saw it (nor any row of its group).
 
     With l2=None each fold is fitted along `grid` (strongest first, warm-started; extended along L2_LADDER while
     the lowest out-of-fold log-loss, or the choice, sits at an end) and the strongest L2 within one standard error
     of that lowest log-loss is kept. `start` (the L2 a previous run of the same project chose) replaces `grid` by
-    that value and its two neighbours on L2_LADDER: the search then usually ends after those three. The folds always
-    start from zero: a previous run's fold head may have seen rows held out here (its folds were drawn on other
-    labels), and at a weak L2 a fit stopped at SEARCH_TOL keeps much of where it started (24,227 photos, 20 moved
-    per retrain: out-of-fold accuracy crept from .979 to .993 over four retrains). `tol`: the fits' gradient
-    tolerance (default SEARCH_TOL while searching, FINAL_TOL for a given l2).
+    that value and its two neighbours on L2_LADDER: the search then usually ends after those three.
+    previous_folds (a fold per row from that run, -1 for a row it did not have) keeps each group in its fold (see
+    assign_folds), and previous_heads (that run's OutOfFold.fold_heads) start each fold at an L2 that run fitted
+    from its head there. Only a fold none of whose held-out rows that head was trained on starts from it: at a weak
+    L2 a fit stopped at SEARCH_TOL keeps much of where it started, so a head that had seen a row would judge it
+    (folds redrawn on every retrain, 20 photos moved each time: out-of-fold accuracy crept from .979 to .993 over
+    four retrains of 24,227 photos). Other folds start from zero. `tol`: the fits' gradient tolerance (default
+    SEARCH_TOL while searching, FINAL_TOL for a given l2).
     `on_grid_point` receives each grid point's summary as it completes. The folds of a grid point are fitted
     together (see _Batch), their row blocks in `workers` threads (default: one per CPU core; BLAS and NumPy release
     the GIL).
@@ -328,13 +358,14 @@ def out_of_fold(features: np.ndarray, y: np.ndarray, n_classes: int, groups: np.
     t0 = time.perf_counter()
     x = np.asarray(features, np.float32)
     y = np.asarray(y, np.int64)
-    fold, k = assign_folds(y, groups, n_folds, seed)
+    fold, k = assign_folds(y, groups, n_folds, seed, previous_folds)
     searching = l2 is None
     # Strongest penalty first: each fit warm-starts from the previous one of its fold (a regularisation path), and
     # a grid point is complete, so reportable live, once every fold has been fitted with it.
     queue = _first_grid(grid if start is None else _around(start)) if searching else [float(l2)]
     tol = tol if tol is not None else SEARCH_TOL if searching else FINAL_TOL
-    fits = _FoldFits(x, y, n_classes, fold, k, sample_weight, tol, max(1, workers or os.cpu_count() or 1))
+    fits = _FoldFits(x, y, n_classes, fold, k, sample_weight, tol, max(1, workers or os.cpu_count() or 1),
+                     _fair_starts(fold, k, previous_folds, previous_heads))
     oof: dict[float, np.ndarray] = {}
     heads: dict[float, tuple[np.ndarray, np.ndarray]] = {}
     summary: list[dict] = []
@@ -355,7 +386,22 @@ def out_of_fold(features: np.ndarray, y: np.ndarray, n_classes: int, groups: np.
     log.info("Cross-validation: %d folds, L2 %g (log-loss %.4f; lowest %.4f at %g, se %.4f) in %.2f s", k, chosen,
              log_loss(logits, y), _summary_loss(summary, lowest), lowest, se, seconds)
     return OutOfFold(softmax(logits).astype(np.float32), logits, fold, chosen, k, summary, seconds, se,
-                     heads[chosen])
+                     heads[chosen], fits.heads, len(fits.starts[0]) if fits.starts else 0)
+
+
+def _fair_starts(fold: np.ndarray, k: int, previous_folds: np.ndarray | None,
+                 previous_heads: dict[float, list[tuple[np.ndarray, np.ndarray]]] | None
+                 ) -> tuple[list[int], dict[float, list[tuple[np.ndarray, np.ndarray]]]] | None:
+    """(the folds that may start from the previous run's heads, those heads): fold f may when none of the rows it
+    holds out now was a training row of that run's fold f (each was held out there too, or is new)."""
+    if previous_folds is None or not previous_heads:
+        return None
+    prev = np.asarray(previous_folds, np.int64)
+    fair = [f for f in range(k) if not np.any((fold == f) & (prev >= 0) & (prev != f))]
+    heads = {c: h for c, h in previous_heads.items() if len(h) == k}
+    if fair:
+        log.info("Cross-validation: %d of %d folds start from the previous run's heads", len(fair), k)
+    return (fair, heads) if fair and heads else None
 
 
 def _first_grid(grid: Sequence[float]) -> list[float]:
@@ -374,24 +420,34 @@ class _FoldFits:
     folds of a step are fitted together (one pass over the rows per step of all their L-BFGS runs)."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int, fold: np.ndarray, k: int,
-                 sample_weight: np.ndarray | None, tol: float, threads: int):
+                 sample_weight: np.ndarray | None, tol: float, threads: int, starts: tuple | None = None):
         self.x, self.y, self.n_classes, self.fold, self.k, self.tol = x, y, n_classes, fold, k, tol
-        self.sw, self.threads = sample_weight, threads
+        self.sw, self.threads, self.starts = sample_weight, threads, starts
         self.heads: dict[float, list[tuple[np.ndarray, np.ndarray]]] = {}  # this run's, per L2 fitted
 
+    def _inits(self, c: float) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Where each fold starts at L2 c: the previous run's head at c (a fair fold, see _fair_starts), else its
+        head at the nearest L2 fitted so far in this run (a step the search adds at the strong end after the weak
+        one starts near it, not from the weakest), else zero."""
+        near = min(self.heads, key=lambda v: abs(np.log(v / c)), default=None)
+        inits = list(self.heads[near]) if near is not None else [None] * self.k
+        if self.starts is not None and c in self.starts[1]:
+            for f in self.starts[0]:
+                inits[f] = self.starts[1][c][f]
+        return inits
+
     def steps(self, grid: list[float]) -> Iterator[tuple]:
-        """Every fold at each L2 of `grid` in turn, each fold starting from its head at the nearest L2 fitted so far
-        (a step the search adds at the strong end after the weak one starts near it, not from the weakest): (L2,
-        out-of-fold logits, mean fold head, the grid point's summary)."""
+        """Every fold at each L2 of `grid` in turn: (L2, out-of-fold logits, mean fold head, the grid point's
+        summary)."""
         for c in grid:
-            near = min(self.heads, key=lambda v: abs(np.log(v / c)), default=None)
-            inits = self.heads[near] if near is not None else [None] * self.k
+            inits = self._inits(c)
             fits = [_Fit(self.x, self.y, self.n_classes, self.fold != f, self.sw, c, inits[f])
                     for f in range(self.k)]
-            heads = [(kernel, bias) for kernel, bias, _ in fit_together(self.x, self.y, fits, self.tol,
-                                                                       threads=self.threads)]
+            fitted = fit_together(self.x, self.y, fits, self.tol, threads=self.threads)
+            heads = [(kernel, bias) for kernel, bias, _ in fitted]
             self.heads[c] = heads
-            yield (c, *self._judge(c, heads))
+            logits, head, row = self._judge(c, heads)
+            yield c, logits, head, dict(row, iterations=max(it for _, _, it in fitted))
 
     def _judge(self, c: float, heads: list[tuple[np.ndarray, np.ndarray]]) -> tuple:
         """Out-of-fold logits, the mean fold head and the grid point's summary; one product for every fold."""

@@ -163,9 +163,11 @@ def sample_weights(y: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, groups: np.ndarray | None = None,
-             progress: ProgressCallback | None = None, previous: warm_start.PreviousFit | None = None) -> HeadFit:
+             progress: ProgressCallback | None = None, previous: warm_start.PreviousFit | None = None,
+             shas: list[str] | None = None) -> HeadFit:
     """Cross-validate on (x, y) to choose L2, temperature and threshold; then fit the head on all of (x, y).
-    previous: where the L2 search and the final fit start (engine.learn.warm_start)."""
+    previous: where the L2 search, the folds and the final fit start (engine.learn.warm_start); shas: the rows'
+    images, to find their folds there."""
     t0 = time.perf_counter()
     weights = None if cfg.class_weights == "none" else sample_weights(y, n_classes, cfg.class_weights)
     history: list[dict[str, Any]] = []
@@ -181,7 +183,9 @@ def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, gro
 
     oof = crossval.out_of_fold(x, y, n_classes, groups=groups, n_folds=cfg.cv_folds, seed=cfg.seed,
                                l2=cfg.l2_regularizer, sample_weight=weights, on_grid_point=report,
-                               start=previous.l2 if previous else None)
+                               start=previous.l2 if previous else None,
+                               previous_folds=previous.folds_of(shas, cfg.cv_folds) if previous and shas else None,
+                               previous_heads=previous.fold_heads if previous else None)
     # Warm-started from the previous run's final head at the same L2, else from the mean fold head (fitted on
     # (k-1)/k of these rows at the same L2: on 24,227 photos 43-53 iterations instead of 81 from zero); the same
     # optimum, a shorter path to it.
@@ -242,10 +246,12 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
     # start from the grid, so their results do not depend on what ran before.
     key = warm_start.project_key(data.resolved.backbone_id, data.resolved.image_size, data.dataset.labels) \
         if len(tr) >= crossval.LARGE_N and cfg.l2_regularizer is None else None
+    shas = [data.dataset.items[i].sha256 for i in tr]
     fit = fit_head(data.features[tr], data.dataset.y[tr], n_classes, cfg, groups[tr], progress,
-                   previous=warm_start.load(key) if key else None)
+                   previous=warm_start.load(key) if key else None, shas=shas)
     if key:
-        warm_start.save(key, warm_start.PreviousFit(fit.oof.l2, fit.head.kernel, fit.head.bias))
+        warm_start.save(key, warm_start.with_folds(warm_start.PreviousFit(fit.oof.l2, fit.head.kernel, fit.head.bias),
+                                                   shas, fit.oof.fold, fit.oof.n_folds, fit.oof.fold_heads))
     t_head = time.perf_counter()
     if evaluation.cross_validated:
         judged = _judge_cross_validated(data, fit)
@@ -264,8 +270,9 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
         n_evaluated=len(metrics["predictions"]), kept_together=grouping,
         l2=fit.oof.l2, l2_chosen=cfg.l2_regularizer is None, l2_rule="the strongest L2 whose cross-validated "
         "log-loss is within one standard error (l2_se) of the lowest", l2_se=fit.oof.se,
-        l2_search=[{k: r[k] for k in ("l2", "val_loss", "val_accuracy")} for r in fit.oof.grid],
-        head_iterations=fit.iterations, calibration=judged.calibration, threshold=judged.threshold)
+        l2_search=[{k: r[k] for k in ("l2", "val_loss", "val_accuracy", "iterations")} for r in fit.oof.grid],
+        head_iterations=fit.iterations, folds_from_last_run=fit.oof.warm_folds, calibration=judged.calibration,
+        threshold=judged.threshold)
     timings = {"embed_s": t_embed - t0, "head_s": t_head - t_embed, "cv_s": fit.oof.seconds,
                "fine_tune_s": t_end - t_head if cfg.do_fine_tuning else 0.0, "total_s": t_end - t0,
                "embed_images_per_s": data.embed_images_per_s, "embedded_new": data.embedded_new}

@@ -3,10 +3,11 @@ the cache (issue 22).
 
 A retrain in the user's loop sees nearly the same images as the run before (a few labels fixed, a few photos
 added): its L2 search starts at that run's choice (crossval.out_of_fold's `start`: usually three steps instead of
-seven) and its final fit at that run's head when the same L2 is chosen. The final head is only a starting point:
-the fit converges on this run's data, and a stale or foreign entry costs iterations, never a wrong head. The fold
-heads are not kept: a fold starting from one may have seen rows it is judged on (see out_of_fold). Keyed by
-backbone, image size and class names (the head's shape and meaning); the newest KEPT entries are kept.
+seven), its images keep their folds (identified by SHA-256), each fold starts from that run's fold heads where
+none of the rows it holds out was a training row there, and the final fit starts at that run's head when the same
+L2 is chosen. Heads are only starting points: the fits converge on this run's data, and a stale or foreign entry
+costs iterations, never a wrong head. Keyed by backbone, image size and class names (the head's shape and
+meaning); the newest KEPT entries are kept.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,32 @@ class PreviousFit:
     l2: float  # the L2 the run chose
     kernel: np.ndarray  # its final head, before calibration
     bias: np.ndarray
+    n_folds: int = 0  # its cross-validation: folds, and a fold per image (by image_key, sorted)
+    image_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    folds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    fold_heads: dict[float, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)  # per L2 fitted
+
+    def folds_of(self, shas: list[str], n_folds: int) -> np.ndarray | None:
+        """Each image's fold in that run (-1: it was not there); None when that run used another fold count."""
+        if n_folds != self.n_folds or not len(self.image_keys):
+            return None
+        keys = image_keys(shas)
+        at = np.minimum(np.searchsorted(self.image_keys, keys), len(self.image_keys) - 1)
+        return np.where(self.image_keys[at] == keys, self.folds[at].astype(np.int64), -1)
+
+
+def image_keys(shas: list[str]) -> np.ndarray:
+    """An image's key: the first 64 bits of its SHA-256."""
+    return np.array([int(s[:16], 16) for s in shas], np.uint64)
+
+
+def with_folds(fit: PreviousFit, shas: list[str], folds: np.ndarray, n_folds: int,
+               fold_heads: dict[float, list[tuple[np.ndarray, np.ndarray]]]) -> PreviousFit:
+    """fit with its cross-validation: the fold of each image (shas[i] was in folds[i]) and the fold heads."""
+    keys = image_keys(shas)
+    order = np.argsort(keys, kind="stable")
+    return PreviousFit(fit.l2, fit.kernel, fit.bias, n_folds, keys[order], np.asarray(folds, np.int8)[order],
+                       fold_heads)
 
 
 def project_key(backbone_id: str, image_size: int, labels: list[str]) -> str:
@@ -49,7 +76,13 @@ def load(key: str) -> PreviousFit | None:
         return None
     try:
         with np.load(path) as data:
-            return PreviousFit(float(data["l2"]), data["kernel"], data["bias"])
+            fit = PreviousFit(float(data["l2"]), data["kernel"], data["bias"])
+            if "folds" in data:  # entries written before the folds were kept have none
+                kernels, biases = data["fold_kernels"], data["fold_biases"]
+                fit.n_folds, fit.image_keys, fit.folds = int(data["n_folds"]), data["image_keys"], data["folds"]
+                fit.fold_heads = {float(c): list(zip(kernels[i], biases[i], strict=True))
+                                  for i, c in enumerate(data["fold_l2s"])}
+            return fit
     except (OSError, ValueError, KeyError) as exc:
         log.info("Previous fit %s unusable (%s); starting afresh", path, exc)
         return None
@@ -58,8 +91,13 @@ def load(key: str) -> PreviousFit | None:
 def save(key: str, fit: PreviousFit) -> None:
     """Keep fit under key (the oldest entries beyond KEPT go); a failure only costs the next run some time."""
     buf = io.BytesIO()
+    l2s = sorted(fit.fold_heads)
+    folds = {} if not l2s else dict(
+        n_folds=np.int64(fit.n_folds), image_keys=fit.image_keys, folds=fit.folds, fold_l2s=np.array(l2s),
+        fold_kernels=np.array([[h[0] for h in fit.fold_heads[c]] for c in l2s], np.float32),
+        fold_biases=np.array([[h[1] for h in fit.fold_heads[c]] for c in l2s], np.float32))
     np.savez(buf, l2=np.float64(fit.l2), kernel=np.asarray(fit.kernel, np.float32),
-             bias=np.asarray(fit.bias, np.float32))
+             bias=np.asarray(fit.bias, np.float32), **folds)
     try:
         write_kept(_path(key), buf.getvalue(), KEPT)
     except OSError as exc:  # a full disk, a read-only cache

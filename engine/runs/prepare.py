@@ -23,7 +23,7 @@ from pathlib import Path
 from engine.config.backbones import BACKBONES, PREPARED_PARTS
 from engine.config.variants import NAMES as VARIANT_NAMES
 from engine.core.cache import cache_root
-from engine.export import savedmodel
+from engine.export import onnx_model, savedmodel
 from engine.export.compose import backbone_tflite, backbone_tflite_cached
 from engine.features import backbones
 from engine.features.embeddings import Embedder
@@ -35,13 +35,6 @@ PARTS = PREPARED_PARTS
 PREPARE_ENV = "RETRAIN_STUDIO_PREPARE"  # "0": the app never prepares ahead (the tests' machine-wide cache stays theirs)
 
 
-def _onnx():
-    """engine.export.onnx_model, imported when asked about."""
-    from engine.export import onnx_model  # why: it imports onnx (~0.8 s), and a run asks missing() first
-
-    return onnx_model
-
-
 def missing(handle: str, n_classes: int | None = None, variants: Sequence[str] = VARIANT_NAMES,
             parts: Sequence[str] = PARTS) -> list[str]:
     """The parts (of `parts`) not yet on this machine for this backbone (and class count: the template). Only the
@@ -51,7 +44,7 @@ def missing(handle: str, n_classes: int | None = None, variants: Sequence[str] =
     resolved = backbones.resolve(handle)
     done = {"embedder": lambda: Embedder.cached_tflite(resolved).exists(),
             "template": lambda: savedmodel.has_template(resolved, n_classes),
-            "onnx": lambda: _onnx().backbone_onnx_cached(resolved),
+            "onnx": lambda: onnx_model.backbone_onnx_cached(resolved),
             **{v: functools.partial(backbone_tflite_cached, resolved, v) for v in variants}}
     wanted = ["embedder", *(v for v in variants if v != "float32"), "onnx", *(["template"] if n_classes else [])]
     return [part for part in wanted if part in parts and not done[part]()]
@@ -65,7 +58,7 @@ def prepare(handle: str, n_classes: int | None = None, variants: Sequence[str] =
         return todo
     resolved = backbones.resolve(handle)
     make = {"embedder": lambda: Embedder.tflite_path(resolved),
-            "onnx": lambda: _onnx().backbone_onnx(resolved),
+            "onnx": lambda: onnx_model.backbone_onnx(resolved),
             "template": lambda: savedmodel.ensure_template(resolved, n_classes),
             **{v: functools.partial(backbone_tflite, resolved, v) for v in variants}}
     for part in todo:
