@@ -168,7 +168,7 @@ def bench_inbox(root: Path, per_class: int = 10, seeds: int = 3, threshold: floa
     ds, paths, shas, x = load_set(root)
     y = ds.y
     k = len(ds.labels)
-    from engine.learn import crossval
+    from engine.learn import confidence, crossval
     from engine.learn.head import Head
 
     kinds = ("suggestions", "head alone")
@@ -196,7 +196,7 @@ def bench_inbox(root: Path, per_class: int = 10, seeds: int = 3, threshold: floa
             prec[kind].append(float(np.mean(pred[take] == y[inbox][take])) if take.any() else float("nan"))
             cover[kind].append(float(take.mean()))
             shown[kind].append(float(conf[take].mean()) if take.any() else float("nan"))
-            ece[kind].append(crossval.expected_calibration_error(probs, y[inbox]))
+            ece[kind].append(confidence.expected_calibration_error(probs, y[inbox]))
     print(f"\n[3] {root.name}: inbox with {per_class} labelled per class ({per_class * k}), "
           f"{len(y) - per_class * k} unsorted, {seeds} seeds")
     print(f"    temperature (head -> suggestions) per seed: {', '.join(f'{a:.2f}->{b:.2f}' for a, b in temps)}")

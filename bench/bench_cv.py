@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.config.training import TrainConfig  # noqa: E402
 from engine.data.dataset import scan_image_dir  # noqa: E402
-from engine.learn import crossval  # noqa: E402
+from engine.learn import confidence, crossval  # noqa: E402
 from engine.learn.groups import duplicate_groups  # noqa: E402
 from engine.learn.train import fit_head  # noqa: E402
 
@@ -69,9 +69,9 @@ def compare(x: np.ndarray, y: np.ndarray, shas: list[str], splits: int) -> dict[
             rows.append({
                 "ours": float(np.mean(probs.argmax(1) == y[te])),
                 "sklearn": float(np.mean(lr.predict(x[te]) == y[te])),
-                "ece_before": crossval.expected_calibration_error(raw, y[te]),
-                "ece_after": crossval.expected_calibration_error(probs, y[te]),
-                "ece_sklearn": crossval.expected_calibration_error(lr.predict_proba(x[te]), y[te]),
+                "ece_before": confidence.expected_calibration_error(raw, y[te]),
+                "ece_after": confidence.expected_calibration_error(probs, y[te]),
+                "ece_sklearn": confidence.expected_calibration_error(lr.predict_proba(x[te]), y[te]),
                 "l2": fit.oof.l2, "temperature": fit.head.temperature,
                 "threshold": thr, "held_out_precision": float(np.mean(probs.argmax(1)[kept] == y[te][kept]))
                 if kept.any() else float("nan"), "held_out_coverage": float(kept.mean()),

@@ -126,39 +126,6 @@ def test_l2_search_reports_each_point_and_steps_past_the_grid_edge():
     assert crossval.out_of_fold(x, y, 2, l2=1e-3).grid[0]["l2"] == 1e-3  # a given L2 is used as is
 
 
-def test_temperature_scaling_fixes_an_overconfident_model():
-    rng = np.random.default_rng(2)
-    n, k = 2000, 4
-    y = rng.integers(0, k, n)
-    true_logits = rng.normal(0, 1, (n, k))
-    true_logits[np.arange(n), y] += 1.5
-    p = crossval.softmax(true_logits)
-    y = np.array([rng.choice(k, p=row) for row in p])  # labels drawn from the calibrated probabilities
-    overconfident = 4.0 * true_logits
-    t = crossval.fit_temperature(overconfident, y)
-    before = crossval.expected_calibration_error(crossval.softmax(overconfident), y)
-    after = crossval.expected_calibration_error(crossval.softmax(overconfident / t), y)
-    assert t == pytest.approx(4.0, rel=0.15)
-    assert before > 0.15 and after < 0.04
-    assert crossval.fit_temperature(np.eye(3) * 5, np.arange(3)) == 1.0  # no mistake: nothing to calibrate
-
-
-def test_threshold_reaches_the_target_precision_with_the_most_coverage():
-    conf = np.linspace(0.99, 0.5, 100)
-    correct = np.ones(100, bool)
-    correct[60:] = np.arange(40) % 2 == 0  # below rank 60, half wrong
-    probs = np.stack([conf, 1 - conf], 1)
-    y = np.where(correct, 0, 1)
-    th = crossval.choose_threshold(probs, y, 0.9)
-    kept = conf >= th["value"]
-    assert th["reached"] and np.mean(correct[kept]) >= 0.9 and th["coverage"] == pytest.approx(kept.mean())
-    assert np.mean(correct[conf >= conf[kept.sum()]]) < 0.9  # one more image and the target is missed
-    assert th["curve"][0]["coverage"] == 1.0 and th["curve"][-1]["coverage"] == 0.0
-    assert crossval.choose_threshold(probs, y, 0.5)["value"] == 0.0  # every answer is good enough: keep all
-    impossible = crossval.choose_threshold(probs, np.ones(100, int), 0.95)
-    assert not impossible["reached"]
-
-
 HEAD_ONLY = textwrap.dedent("""
     import sys, types
     import cv2, numpy as np
@@ -339,3 +306,19 @@ def test_a_fold_starts_from_a_previous_head_only_if_that_head_never_saw_its_rows
     new = np.full(len(y), -1)
     new[:10] = first.fold[:10]  # the others are new images: no head saw them
     assert crossval._fair_starts(first.fold, first.n_folds, new, first.fold_heads)[0] == list(range(5))
+
+
+def test_the_final_head_fitted_with_the_folds_is_the_one_fitted_alone():
+    """with_final (a kept L2): the head on every row shares the folds' passes over the rows; the same head as
+    fit_logreg's, to FINAL_TOL, whatever the folds' tolerance. Refused while searching (no L2 known yet)."""
+    x, y = blobs([60, 50, 40], d=16, spread=2.0)
+    oof = crossval.out_of_fold(x, y, 3, l2=1e-3, tol=crossval.SEARCH_TOL, with_final=True)
+    alone = crossval.fit_logreg(x, y, 3, 1e-3)
+    kernel, bias, iterations = oof.final
+    assert iterations > 0
+    np.testing.assert_allclose(crossval.softmax(x @ kernel + bias), crossval.softmax(x @ alone[0] + alone[1]),
+                               atol=1e-3)
+    plain = crossval.out_of_fold(x, y, 3, l2=1e-3, tol=crossval.SEARCH_TOL)
+    np.testing.assert_array_equal(oof.logits, plain.logits)  # the folds are untouched by the extra fit
+    with pytest.raises(ValueError, match="given l2"):
+        crossval.out_of_fold(x, y, 3, with_final=True)

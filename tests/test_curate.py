@@ -103,7 +103,8 @@ def test_label_issues_find_flipped_labels():
 
 
 def test_suggestion_temperature_is_conservative_only_for_small_samples():
-    from engine.learn.crossval import fit_temperature, softmax
+    from engine.learn.confidence import fit_temperature
+    from engine.learn.crossval import softmax
 
     rng = np.random.default_rng(0)
 

@@ -331,10 +331,12 @@ def test_altered_copies_share_their_originals_fold(tmp_path, store):
 
 
 def test_a_large_project_starts_where_its_last_run_ended(demo_dir, store, result, monkeypatch, tmp_path):
-    """Issue 22: from LARGE_N images on, a retrain's L2 search starts at the previous run's choice (same backbone
-    and classes) and its final fit at that run's head (engine.learn.warm_start): fewer iterations, the same optimum.
-    Smaller projects always start from the grid (results independent of earlier runs); an unreadable entry only
-    means starting afresh."""
+    """Issue 22: from LARGE_N images on, a retrain starts where the previous run (same backbone and classes) ended
+    (engine.learn.warm_start): its images in the same folds, each fold at its last head, the L2 search at the last
+    choice, the final fit at the last head; while few images changed since the last search its L2 is kept and
+    the folds are fitted at it alone. Fewer iterations, the same optimum. Smaller projects always start from the
+    grid (results independent of earlier runs); an unreadable entry only means starting afresh."""
+    from engine.data.dataset import Dataset
     from engine.learn import crossval, warm_start
 
     monkeypatch.setenv("RETRAIN_STUDIO_CACHE", str(tmp_path))
@@ -344,23 +346,33 @@ def test_a_large_project_starts_where_its_last_run_ended(demo_dir, store, result
     monkeypatch.setattr(crossval, "LARGE_N", 1)
     first = train(cfg, store=store, data=result.data)
     kept = list((tmp_path / warm_start.FOLDER).glob("*.npz"))
-    assert len(kept) == 1
-    again = train(cfg, store=store, data=result.data)
+    assert len(kept) == 1 and first.metrics["l2_kept"] is None
+    # nothing changed: the L2 is kept, one step at it, the final head fitted in the same passes
+    same = train(cfg, store=store, data=result.data)
+    assert same.metrics["l2_kept"] == {"changed": 0, "limit": 0} and same.metrics["l2_rule"].startswith("kept")
+    assert [r["l2"] for r in same.metrics["l2_search"]] == [first.metrics["l2"]]
+    np.testing.assert_allclose(same.head.kernel, first.head.kernel, atol=2e-3)
+    assert same.metrics["folds_from_last_run"] == 5 and same.metrics["l2_search"][0]["iterations"] <= 2
+    # one label changed (over 0.1% of these images): a search again, around the last choice
+    items = list(result.data.dataset.items)
+    items[0] = dataclasses.replace(items[0], label=next(c for c in result.labels if c != items[0].label))
+    moved = dataclasses.replace(result.data, dataset=Dataset(result.data.dataset.root, result.labels, items))
+    again = train(cfg, store=store, data=moved)
+    assert again.metrics["l2_kept"] is None
     assert [r["l2"] for r in again.metrics["l2_search"][:3]] == sorted(crossval._around(first.metrics["l2"]),
                                                                        reverse=True)
-    assert again.metrics["l2"] == first.metrics["l2"] and again.metrics["evaluation"] == "cross-validation (5 folds)"
-    assert again.metrics["head_iterations"] < first.metrics["head_iterations"]
-    np.testing.assert_allclose(again.head.kernel, first.head.kernel, atol=2e-3)
-    # the same images keep their folds, and every fold starts from its last head: few iterations per step
+    assert again.metrics["evaluation"] == "cross-validation (5 folds)"
+    # the same images keep their folds, and every fold starts from its last head
     assert first.metrics["folds_from_last_run"] == 0 and again.metrics["folds_from_last_run"] == 5
     fold = {p["sha256"]: p["fold"] for p in first.metrics["predictions"]}
     assert all(fold[p["sha256"]] == p["fold"] for p in again.metrics["predictions"])
-    steps = {r["l2"]: r["iterations"] for r in first.metrics["l2_search"]}
-    assert all(r["iterations"] <= steps.get(r["l2"], 1e9) for r in again.metrics["l2_search"])
-    assert sum(r["iterations"] for r in again.metrics["l2_search"]) < sum(steps.values())
+    # the search's labels are now the moved ones: moving the image back is one change again, searched again
+    back = train(cfg, store=store, data=result.data)
+    assert back.metrics["l2_kept"] is None
     kept[0].write_bytes(b"not an npz")
     afresh = train(cfg, store=store, data=result.data)
     assert afresh.metrics["l2"] == first.metrics["l2"] and afresh.metrics["head_iterations"] > 0
+    assert afresh.metrics["folds_from_last_run"] == 0 and afresh.metrics["l2_kept"] is None
 
 
 def test_duplicate_groups_are_kept_per_set_of_images(tmp_path, monkeypatch):
@@ -412,14 +424,21 @@ def test_a_kept_fit_round_trips_and_an_older_entry_still_starts_the_search(tmp_p
     heads = {c: [(rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32))
                  for _ in range(2)] for c in (1e-3, 3e-4)}
     fit = warm_start.with_folds(warm_start.PreviousFit(3e-4, np.ones((4, 3)), np.zeros(3)), shas,
-                                np.array([0, 1, 1, 0, 1, 0]), 2, heads)
+                                np.array([0, 1, 1, 0, 1, 0]), 2, heads, np.array([2, 2, 1, 0, 0, 1]))
     warm_start.save("k", fit)
     back = warm_start.load("k")
     assert back.l2 == 3e-4 and sorted(back.fold_heads) == [3e-4, 1e-3]
     np.testing.assert_array_equal(back.fold_heads[1e-3][1][0], heads[1e-3][1][0])
     assert back.folds_of([shas[2], "f" * 64, shas[0]], 2).tolist() == [1, -1, 0]
     assert back.folds_of(shas, 5) is None  # another fold count: the folds mean nothing here
+    # what changed since the search: one relabelled, two removed, one added
+    assert back.changed_since_search(shas, np.array([2, 2, 1, 0, 0, 1])) == 0
+    assert back.changed_since_search([*shas[:4], "e" * 64], np.array([2, 0, 1, 0, 0])) == 4  # 1 + 2 + 1
+    monkeypatch.setattr(warm_start, "KEEP_L2_SHARE", 0.5)
+    assert back.kept_l2(shas, np.array([2, 2, 1, 0, 0, 0])) == (3e-4, 1)
+    assert back.kept_l2(shas, np.array([0, 0, 0, 1, 1, 1])) is None
     np.savez(tmp_path / warm_start.FOLDER / "old.npz", l2=np.float64(1e-3), kernel=np.ones((4, 3), np.float32),
              bias=np.zeros(3, np.float32))
     old = warm_start.load("old")
     assert old.l2 == 1e-3 and old.fold_heads == {} and old.folds_of(shas, 2) is None
+    assert old.kept_l2(shas, np.zeros(6, int)) is None  # no search snapshot: search

@@ -41,7 +41,7 @@ def suggestion_temperature(temperature: float, oof_probs: np.ndarray, y: np.ndar
     right (before: 96.8% shown, 95.7% right); ECE over all suggestions .047 -> .047 on flowers_large, .059 -> .082 on
     flowers (already under-confident). With thousands of out-of-fold rows the spread, and so the change, is negligible.
     """
-    from engine.learn import crossval  # why: SciPy (0.7 s) loads when a run is scored, not with the Data page
+    from engine.learn import confidence  # why: SciPy (0.7 s) loads when a run is scored, not on the Data page
 
     p = np.asarray(oof_probs, np.float64)
     y = np.asarray(y, np.int64)
@@ -50,7 +50,7 @@ def suggestion_temperature(temperature: float, oof_probs: np.ndarray, y: np.ndar
     # probabilities at temperature T are softmax(z / T): log p * T recovers z up to a per-row constant
     logits = np.log(np.clip(p, 1e-12, 1.0)) * float(temperature)
     rng = np.random.default_rng(seed)
-    temps = [crossval.fit_temperature(logits[i], y[i]) for i in (rng.integers(0, len(y), len(y))
+    temps = [confidence.fit_temperature(logits[i], y[i]) for i in (rng.integers(0, len(y), len(y))
                                                                   for _ in range(n_boot))]
     return float(max(temperature, np.quantile(temps, quantile)))
 

@@ -1,4 +1,5 @@
-"""Cross-validation, regularisation choice, calibration and the "unknown" threshold, all on cached embeddings.
+"""Cross-validation and the regularisation choice, on cached embeddings (engine.learn.confidence then calibrates the
+out-of-fold predictions and reads the "unknown" threshold off them).
 
 The head is a multinomial logistic regression (one dense layer + softmax) fitted to convergence by full-batch
 L-BFGS: on cached features that costs milliseconds per fit, so every labelled image can be judged by a model that
@@ -26,7 +27,7 @@ import numpy as np
 # Imported here, not inside the fits: SciPy's L-BFGS-B brings its own OpenBLAS, and threadpool_limits (below) only
 # reaches libraries already loaded. Loaded first inside the fold threads, it ran two BLAS threads per fit on two
 # cores: a first cross-validation in a process took 2.4 s instead of 1.1 s on 3,461 images (measured).
-from scipy.optimize import minimize, minimize_scalar
+from scipy.optimize import minimize
 
 from engine.learn.head import softmax
 
@@ -51,11 +52,9 @@ FINAL_TOL = 1e-5
 # with 5.
 LARGE_N = 10_000
 FIT_BLOCK = 2048  # rows per block in a fit's function evaluation: 2048 x 1280 float32 (10 MB) stays in cache
-ECE_BINS = 15
 # The logit of a class a fit has no training row of, inside the fit: exp() of it is 0 in float32, and it stays
 # finite, so a weight of 0 times its loss is 0, not NaN.
 ABSENT_LOGIT = -1e4
-T_MIN, T_MAX = 0.25, 10.0  # temperatures outside this range say more about a tiny sample than about the model
 
 
 @dataclass
@@ -75,6 +74,8 @@ class OutOfFold:
     # every fold's head at each L2 fitted, in fold order: where the next retrain's folds can start (warm_start)
     fold_heads: dict[float, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     warm_folds: int = 0  # the folds that started from a previous run's heads
+    final: tuple[np.ndarray, np.ndarray, int] | None = None  # the head on every row (with_final): kernel, bias, its
+    # iterations
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -255,16 +256,20 @@ class _Batch:
         return out
 
 
-def fit_together(x: np.ndarray, y: np.ndarray, fits: list[_Fit], tol: float, max_iter: int = MAX_ITER,
+def fit_together(x: np.ndarray, y: np.ndarray, fits: list[_Fit], tol: float | Sequence[float],
+                 max_iter: int | Sequence[int] = MAX_ITER,
                  threads: int = 1) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """(kernel, bias, iterations) of each fit: each L-BFGS in a thread of its own, their function evaluations
-    gathered (see _Batch), the row blocks of an evaluation in `threads`."""
+    gathered (see _Batch), the row blocks of an evaluation in `threads`. tol, max_iter: one for all, or one per
+    fit."""
+    tols = [float(tol)] * len(fits) if np.isscalar(tol) else [float(t) for t in tol]
+    iters = [int(max_iter)] * len(fits) if np.isscalar(max_iter) else [int(m) for m in max_iter]
     with ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext() as blocks:
         batch = _Batch(x, y, fits, blocks)
         if len(fits) == 1:
-            return [batch.solve(0, tol, max_iter)]
+            return [batch.solve(0, tols[0], iters[0])]
         with ThreadPoolExecutor(len(fits)) as pool:
-            return list(pool.map(lambda i: batch.solve(i, tol, max_iter), range(len(fits))))
+            return list(pool.map(lambda i: batch.solve(i, tols[i], iters[i]), range(len(fits))))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -337,7 +342,9 @@ def out_of_fold(features: np.ndarray, y: np.ndarray, n_classes: int, groups: np.
                 grid: Sequence[float] = L2_GRID, sample_weight: np.ndarray | None = None,
                 on_grid_point: Callable[[dict], None] | None = None, workers: int | None = None,
                 start: float | None = None, tol: float | None = None, previous_folds: np.ndarray | None = None,
-                previous_heads: dict[float, list[tuple[np.ndarray, np.ndarray]]] | None = None) -> OutOfFold:
+                previous_heads: dict[float, list[tuple[np.ndarray, np.ndarray]]] | None = None,
+                with_final: bool = False, final_init: tuple[np.ndarray, np.ndarray] | None = None,
+                final_max_iter: int = MAX_ITER) -> OutOfFold:
     """Every row predicted by a head that never saw it (nor any row of its group).
 
     With l2=None each fold is fitted along `grid` (strongest first, warm-started; extended along L2_LADDER while
@@ -349,8 +356,11 @@ def out_of_fold(features: np.ndarray, y: np.ndarray, n_classes: int, groups: np.
     from its head there. Only a fold none of whose held-out rows that head was trained on starts from it: at a weak
     L2 a fit stopped at SEARCH_TOL keeps much of where it started, so a head that had seen a row would judge it
     (folds redrawn on every retrain, 20 photos moved each time: out-of-fold accuracy crept from .979 to .993 over
-    four retrains of 24,227 photos). Other folds start from zero. `tol`: the fits' gradient tolerance (default
-    SEARCH_TOL while searching, FINAL_TOL for a given l2).
+    four retrains of 24,227 photos). Other folds follow this run's path as above. `tol`: the folds' gradient
+    tolerance (default SEARCH_TOL while searching, FINAL_TOL for a given l2).
+    with_final (a given l2 only): the head on every row is fitted in the same batch as the folds (from final_init,
+    to FINAL_TOL, at most final_max_iter iterations), so its products share the folds' passes over the rows
+    (OutOfFold.final).
     `on_grid_point` receives each grid point's summary as it completes. The folds of a grid point are fitted
     together (see _Batch), their row blocks in `workers` threads (default: one per CPU core; BLAS and NumPy release
     the GIL).
@@ -364,8 +374,11 @@ def out_of_fold(features: np.ndarray, y: np.ndarray, n_classes: int, groups: np.
     # a grid point is complete, so reportable live, once every fold has been fitted with it.
     queue = _first_grid(grid if start is None else _around(start)) if searching else [float(l2)]
     tol = tol if tol is not None else SEARCH_TOL if searching else FINAL_TOL
+    if with_final and searching:
+        raise ValueError("with_final needs a given l2: while searching, the L2 of the final fit is not known yet")
     fits = _FoldFits(x, y, n_classes, fold, k, sample_weight, tol, max(1, workers or os.cpu_count() or 1),
-                     _fair_starts(fold, k, previous_folds, previous_heads))
+                     _fair_starts(fold, k, previous_folds, previous_heads),
+                     (final_init, final_max_iter) if with_final else None)
     oof: dict[float, np.ndarray] = {}
     heads: dict[float, tuple[np.ndarray, np.ndarray]] = {}
     summary: list[dict] = []
@@ -386,7 +399,7 @@ def out_of_fold(features: np.ndarray, y: np.ndarray, n_classes: int, groups: np.
     log.info("Cross-validation: %d folds, L2 %g (log-loss %.4f; lowest %.4f at %g, se %.4f) in %.2f s", k, chosen,
              log_loss(logits, y), _summary_loss(summary, lowest), lowest, se, seconds)
     return OutOfFold(softmax(logits).astype(np.float32), logits, fold, chosen, k, summary, seconds, se,
-                     heads[chosen], fits.heads, len(fits.starts[0]) if fits.starts else 0)
+                     heads[chosen], fits.heads, len(fits.starts[0]) if fits.starts else 0, fits.final_fit)
 
 
 def _fair_starts(fold: np.ndarray, k: int, previous_folds: np.ndarray | None,
@@ -420,10 +433,13 @@ class _FoldFits:
     folds of a step are fitted together (one pass over the rows per step of all their L-BFGS runs)."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int, fold: np.ndarray, k: int,
-                 sample_weight: np.ndarray | None, tol: float, threads: int, starts: tuple | None = None):
+                 sample_weight: np.ndarray | None, tol: float, threads: int, starts: tuple | None = None,
+                 final: tuple | None = None):
         self.x, self.y, self.n_classes, self.fold, self.k, self.tol = x, y, n_classes, fold, k, tol
         self.sw, self.threads, self.starts = sample_weight, threads, starts
         self.heads: dict[float, list[tuple[np.ndarray, np.ndarray]]] = {}  # this run's, per L2 fitted
+        self.final = final  # (init, max_iter): also fit the head on every row, at the first L2 (see out_of_fold)
+        self.final_fit: tuple[np.ndarray, np.ndarray, int] | None = None
 
     def _inits(self, c: float) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """Where each fold starts at L2 c: the previous run's head at c (a fair fold, see _fair_starts), else its
@@ -443,7 +459,15 @@ class _FoldFits:
             inits = self._inits(c)
             fits = [_Fit(self.x, self.y, self.n_classes, self.fold != f, self.sw, c, inits[f])
                     for f in range(self.k)]
-            fitted = fit_together(self.x, self.y, fits, self.tol, threads=self.threads)
+            tols, iters = [self.tol] * self.k, [MAX_ITER] * self.k
+            if self.final is not None and self.final_fit is None:
+                fits.append(_Fit(self.x, self.y, self.n_classes, np.ones(len(self.y), bool), self.sw, c,
+                                 self.final[0]))
+                tols.append(FINAL_TOL)
+                iters.append(self.final[1])
+            fitted = fit_together(self.x, self.y, fits, tols, iters, threads=self.threads)
+            if len(fitted) > self.k:
+                self.final_fit = fitted.pop()
             heads = [(kernel, bias) for kernel, bias, _ in fitted]
             self.heads[c] = heads
             logits, head, row = self._judge(c, heads)
@@ -506,80 +530,3 @@ def _extend(summary: list[dict], lowest: float, chosen: float) -> list[float]:
         nxt = [v for v in ladder if v > chosen * 1.01]
         return nxt[:1] if nxt else []
     return []
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Calibration and threshold
-# ----------------------------------------------------------------------------------------------------------------
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The T minimising the log-loss of softmax(logits / T) (temperature scaling, Guo et al. 2017), in
-    [T_MIN, T_MAX]; 1 when no prediction is wrong.
-
-    Without a single mistake the log-loss keeps falling as T -> 0, which would make every answer "100% sure",
-    new kinds of images included: there is nothing to calibrate against, so the head is left as fitted.
-    """
-    z = np.asarray(logits, np.float64)
-    if len(y) == 0 or np.all(z.argmax(axis=1) == y):
-        return 1.0
-    res = minimize_scalar(lambda log_t: log_loss(z / np.exp(log_t), y), bounds=(np.log(T_MIN), np.log(T_MAX)),
-                          method="bounded", options={"xatol": 1e-4})
-    return float(np.exp(res.x))
-
-
-def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    """Top-label ECE: |accuracy - confidence| averaged over equal-width confidence bins, weighted by bin size."""
-    if len(y) == 0:
-        return float("nan")
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y
-    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        m = bins == b
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
-
-
-def precision_coverage(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each distinct confidence t (ascending): precision and coverage of predictions with confidence >= t."""
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y).astype(np.float64)
-    order = np.argsort(-conf, kind="stable")
-    conf_sorted, correct_sorted = conf[order], correct[order]
-    n = len(conf)
-    kept = np.arange(1, n + 1)
-    precision = np.cumsum(correct_sorted) / kept
-    # Ties: a threshold keeps all rows with the same confidence, so use the last row of each run of equal values.
-    last = np.r_[conf_sorted[1:] != conf_sorted[:-1], True]
-    t, p, c = conf_sorted[last], precision[last], kept[last] / n
-    return t[::-1], p[::-1], c[::-1]
-
-
-def choose_threshold(probs: np.ndarray, y: np.ndarray, target_precision: float = 0.95,
-                     curve_points: int = 41) -> dict:
-    """The lowest confidence threshold whose kept predictions reach target precision (so coverage is the largest).
-
-    Returns {"value", "target_precision", "precision", "coverage", "reached", "curve": [{threshold, precision,
-    coverage}]}. When no threshold reaches the target, the one with the best precision is returned, reached=False.
-    """
-    if len(y) == 0:
-        return {"value": None, "target_precision": target_precision, "precision": None, "coverage": None,
-                "reached": False, "curve": []}
-    t, p, c = precision_coverage(probs, y)
-    ok = np.flatnonzero(p >= target_precision)
-    reached = bool(len(ok))
-    i = int(ok[0]) if reached else int(np.argmax(p))  # argmax: the first best, i.e. the most coverage
-    # A threshold equal to the lowest confidence accepts everything; report 0 there so "all kept" reads clearly.
-    value = 0.0 if i == 0 and reached else float(t[i])
-    curve_t = np.linspace(0.0, 1.0, curve_points)
-    curve = []
-    for thr in curve_t:
-        j = np.searchsorted(t, thr, side="left")  # first distinct confidence >= thr
-        if j >= len(t):
-            curve.append({"threshold": round(float(thr), 4), "precision": None, "coverage": 0.0})
-        else:
-            curve.append({"threshold": round(float(thr), 4), "precision": round(float(p[j]), 4),
-                          "coverage": round(float(c[j]), 4)})
-    return {"value": round(value, 6), "target_precision": float(target_precision), "precision": float(p[i]),
-            "coverage": float(c[i]), "reached": reached, "curve": curve}

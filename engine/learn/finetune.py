@@ -19,7 +19,7 @@ from engine.config.training import TrainConfig
 from engine.core.events import EventKind, ProgressCallback, Stage, emit
 from engine.core.tfcompat import keras, set_seed, tf
 from engine.data.dataset import load_images
-from engine.learn import augment, crossval
+from engine.learn import augment, confidence, crossval
 from engine.learn.classifier import build_classifier
 from engine.learn.head import Head
 from engine.learn.prepare import PreparedData
@@ -51,15 +51,15 @@ def fine_tune_and_judge(data: PreparedData, head: Head, cfg: TrainConfig,
     va, y = data.val_idx, data.dataset.y
     x_val = load_images([data.dataset.items[i].path for i in va], data.resolved.image_size, cfg.center_crop)
     raw = classifier.predict(x_val / 255.0, verbose=0)
-    before = crossval.expected_calibration_error(raw, y[va])
+    before = confidence.expected_calibration_error(raw, y[va])
     temperature = _calibrate_keras(classifier, raw, y[va]) if cfg.calibrate else 1.0
     probs = crossval.softmax(np.log(np.clip(raw, 1e-12, 1.0)) / temperature)
     w, b = classifier.get_layer("probabilities").get_weights()
     tuned = Head(w * temperature, b * temperature, temperature)  # the fine-tuned dense layer, uncalibrated
     calibration = {"temperature": temperature, "ece_before": before,
-                   "ece_after": crossval.expected_calibration_error(probs, y[va]), "bins": crossval.ECE_BINS,
+                   "ece_after": confidence.expected_calibration_error(probs, y[va]), "bins": confidence.ECE_BINS,
                    "measured_on": "the held-out fold (also used to fit the temperature)"}
-    threshold = crossval.choose_threshold(probs, y[va], cfg.target_precision)
+    threshold = confidence.choose_threshold(probs, y[va], cfg.target_precision)
     return FineTuned(classifier, tuned, history, probs, calibration, threshold)
 
 
@@ -115,7 +115,7 @@ def fine_tune(classifier, data: PreparedData, cfg: TrainConfig, progress: Progre
 def _calibrate_keras(classifier, probs: np.ndarray, y: np.ndarray) -> float:
     """Temperature for a fine-tuned classifier from its held-out probabilities, baked into its dense layer."""
     logits = np.log(np.clip(probs, 1e-12, 1.0))  # log-probabilities: softmax-equivalent logits
-    temperature = crossval.fit_temperature(logits, y)
+    temperature = confidence.fit_temperature(logits, y)
     dense = classifier.get_layer("probabilities")
     w, b = dense.get_weights()
     dense.set_weights([w / temperature, b / temperature])

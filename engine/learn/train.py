@@ -30,7 +30,7 @@ from engine.core.cache import cache_root, write_kept
 from engine.core.events import EventKind, ProgressCallback, Stage, emit
 from engine.features.embeddings import EmbeddingStore, preprocess_id
 from engine.features.image_stats import image_hashes
-from engine.learn import crossval, warm_start
+from engine.learn import confidence, crossval, warm_start
 from engine.learn.evaluate import evaluate, fold_spread
 from engine.learn.groups import fold_groups
 from engine.learn.head import Head
@@ -82,6 +82,7 @@ class HeadFit:
     calibration: dict[str, Any]
     threshold: dict[str, Any]
     iterations: int = 0
+    l2_kept: dict[str, Any] | None = None  # the last search's L2 was kept: {"changed": images since, "limit"}
 
 
 def duplicate_groups(data: PreparedData, n_folds: int = 5, preprocess: str = "") -> tuple[np.ndarray, str]:
@@ -181,35 +182,45 @@ def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, gro
         history.append(row)
         emit(progress, EventKind.EPOCH, **row)
 
+    # Few images changed since the last search: its L2 is kept, the folds are fitted at it alone (at the search's
+    # tolerance, as the search would have) and the final head in the same passes over the rows.
+    kept = previous.kept_l2(shas, y) if previous is not None and shas is not None else None
     oof = crossval.out_of_fold(x, y, n_classes, groups=groups, n_folds=cfg.cv_folds, seed=cfg.seed,
-                               l2=cfg.l2_regularizer, sample_weight=weights, on_grid_point=report,
-                               start=previous.l2 if previous else None,
+                               l2=kept[0] if kept else cfg.l2_regularizer, sample_weight=weights,
+                               on_grid_point=report, start=previous.l2 if previous and not kept else None,
+                               tol=crossval.SEARCH_TOL if kept else None,
                                previous_folds=previous.folds_of(shas, cfg.cv_folds) if previous and shas else None,
-                               previous_heads=previous.fold_heads if previous else None)
-    # Warm-started from the previous run's final head at the same L2, else from the mean fold head (fitted on
-    # (k-1)/k of these rows at the same L2: on 24,227 photos 43-53 iterations instead of 81 from zero); the same
-    # optimum, a shorter path to it.
-    init = (previous.kernel, previous.bias) if previous is not None and previous.l2 == oof.l2 else oof.head_init
-    kernel, bias, iterations = crossval.fit_logreg(x, y, n_classes, oof.l2, sample_weight=weights,
-                                                   max_iter=cfg.train_epochs, init=init,
-                                                   threads=os.cpu_count() or 1)
+                               previous_heads=previous.fold_heads if previous else None, with_final=bool(kept),
+                               final_init=(previous.kernel, previous.bias) if kept else None,
+                               final_max_iter=cfg.train_epochs)
+    if oof.final is not None:
+        kernel, bias, iterations = oof.final
+    else:
+        # Warm-started from the previous run's final head at the same L2, else from the mean fold head (fitted on
+        # (k-1)/k of these rows at the same L2: on 24,227 photos 43-53 iterations instead of 81 from zero); the
+        # same optimum, a shorter path to it.
+        init = (previous.kernel, previous.bias) if previous is not None and previous.l2 == oof.l2 else oof.head_init
+        kernel, bias, iterations = crossval.fit_logreg(x, y, n_classes, oof.l2, sample_weight=weights,
+                                                       max_iter=cfg.train_epochs, init=init,
+                                                       threads=os.cpu_count() or 1)
     # A class with a single distinct image is missing from the training side whenever that image is held out, so
     # its out-of-fold answers say nothing about the shipped head: no temperature or threshold from them.
     distinct = [len(np.unique(groups[y == c])) if groups is not None else int(np.sum(y == c))
                 for c in np.unique(y)]
     usable = min(distinct) >= 2
-    temperature = crossval.fit_temperature(oof.logits, y) if cfg.calibrate and usable else 1.0
+    temperature = confidence.fit_temperature(oof.logits, y) if cfg.calibrate and usable else 1.0
     calibrated = crossval.softmax(oof.logits / temperature)
-    calibration = {"temperature": temperature, "ece_before": crossval.expected_calibration_error(oof.probs, y),
-                   "ece_after": crossval.expected_calibration_error(calibrated, y), "bins": crossval.ECE_BINS,
+    calibration = {"temperature": temperature, "ece_before": confidence.expected_calibration_error(oof.probs, y),
+                   "ece_after": confidence.expected_calibration_error(calibrated, y), "bins": confidence.ECE_BINS,
                    "measured_on": "out-of-fold predictions"}
-    threshold = crossval.choose_threshold(calibrated, y, cfg.target_precision)
+    threshold = confidence.choose_threshold(calibrated, y, cfg.target_precision)
     if not usable:
         calibration["note"] = threshold["note"] = "a class has a single distinct image: not estimated"
         threshold.update(value=None, reached=False, precision=None, coverage=None, curve=[])
     log.info("Head: L2 %g, %d iterations, temperature %.3f, threshold %s (coverage %s) in %.2f s", oof.l2,
              iterations, temperature, threshold["value"], threshold["coverage"], time.perf_counter() - t0)
-    return HeadFit(Head(kernel, bias, temperature), history, oof, calibration, threshold, iterations)
+    l2_kept = {"changed": kept[1], "limit": int(warm_start.KEEP_L2_SHARE * len(y))} if kept else None
+    return HeadFit(Head(kernel, bias, temperature), history, oof, calibration, threshold, iterations, l2_kept)
 
 
 def train_head(x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int,
@@ -247,11 +258,12 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
     key = warm_start.project_key(data.resolved.backbone_id, data.resolved.image_size, data.dataset.labels) \
         if len(tr) >= crossval.LARGE_N and cfg.l2_regularizer is None else None
     shas = [data.dataset.items[i].sha256 for i in tr]
-    fit = fit_head(data.features[tr], data.dataset.y[tr], n_classes, cfg, groups[tr], progress,
-                   previous=warm_start.load(key) if key else None, shas=shas)
+    previous = warm_start.load(key) if key else None
+    fit = fit_head(data.features[tr], data.dataset.y[tr], n_classes, cfg, groups[tr], progress, previous, shas)
     if key:
-        warm_start.save(key, warm_start.with_folds(warm_start.PreviousFit(fit.oof.l2, fit.head.kernel, fit.head.bias),
-                                                   shas, fit.oof.fold, fit.oof.n_folds, fit.oof.fold_heads))
+        warm_start.save(key, warm_start.with_folds(
+            warm_start.PreviousFit(fit.oof.l2, fit.head.kernel, fit.head.bias), shas, fit.oof.fold,
+            fit.oof.n_folds, fit.oof.fold_heads, data.dataset.y[tr], searched=previous if fit.l2_kept else None))
     t_head = time.perf_counter()
     if evaluation.cross_validated:
         judged = _judge_cross_validated(data, fit)
@@ -268,8 +280,8 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
     metrics.update(
         evaluation=judged.evaluation or evaluation.text, cross_validated=evaluation.cross_validated,
         n_evaluated=len(metrics["predictions"]), kept_together=grouping,
-        l2=fit.oof.l2, l2_chosen=cfg.l2_regularizer is None, l2_rule="the strongest L2 whose cross-validated "
-        "log-loss is within one standard error (l2_se) of the lowest", l2_se=fit.oof.se,
+        l2=fit.oof.l2, l2_chosen=cfg.l2_regularizer is None, l2_rule=_l2_rule(fit), l2_kept=fit.l2_kept,
+        l2_se=fit.oof.se,
         l2_search=[{k: r[k] for k in ("l2", "val_loss", "val_accuracy", "iterations")} for r in fit.oof.grid],
         head_iterations=fit.iterations, folds_from_last_run=fit.oof.warm_folds, calibration=judged.calibration,
         threshold=judged.threshold)
@@ -278,6 +290,14 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
                "embed_images_per_s": data.embed_images_per_s, "embedded_new": data.embedded_new}
     return TrainResult(data.dataset.labels, cfg, judged.history, metrics, judged.head, data, timings,
                        fine_tuned_model=judged.classifier, groups=groups)
+
+
+def _l2_rule(fit: HeadFit) -> str:
+    rule = "the strongest L2 whose cross-validated log-loss is within one standard error (l2_se) of the lowest"
+    if fit.l2_kept is None:
+        return rule
+    return (f"kept from the last search ({rule}): {fit.l2_kept['changed']} image(s) added, removed or relabelled "
+            f"since; searched again once more than {fit.l2_kept['limit']} have")
 
 
 @dataclass
@@ -334,8 +354,8 @@ def _judge_held_out(data: PreparedData, fit: HeadFit) -> _Judged:
     probs = head.probabilities(data.features[va])
     raw = crossval.softmax(data.features[va] @ head.kernel + head.bias)
     # The temperature came from cross-validation inside the training part: this check is independent.
-    calibration = dict(fit.calibration, ece_before=crossval.expected_calibration_error(raw, y),
-                       ece_after=crossval.expected_calibration_error(probs, y),
+    calibration = dict(fit.calibration, ece_before=confidence.expected_calibration_error(raw, y),
+                       ece_after=confidence.expected_calibration_error(probs, y),
                        measured_on="the held-out validation images")
     return _Judged(head, _evaluate_on(data, va, probs), calibration, dict(fit.threshold), list(fit.history))
 
