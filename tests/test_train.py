@@ -423,22 +423,24 @@ def test_a_kept_fit_round_trips_and_an_older_entry_still_starts_the_search(tmp_p
     shas = [hashlib.sha256(bytes([i])).hexdigest() for i in range(6)]
     heads = {c: [(rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32))
                  for _ in range(2)] for c in (1e-3, 3e-4)}
-    fit = warm_start.with_folds(warm_start.PreviousFit(3e-4, np.ones((4, 3)), np.zeros(3)), shas,
+    keys = warm_start.image_keys(shas)
+    fit = warm_start.with_folds(warm_start.PreviousFit(3e-4, np.ones((4, 3)), np.zeros(3)), keys,
                                 np.array([0, 1, 1, 0, 1, 0]), 2, heads, np.array([2, 2, 1, 0, 0, 1]))
     warm_start.save("k", fit)
     back = warm_start.load("k")
     assert back.l2 == 3e-4 and sorted(back.fold_heads) == [3e-4, 1e-3]
     np.testing.assert_array_equal(back.fold_heads[1e-3][1][0], heads[1e-3][1][0])
-    assert back.folds_of([shas[2], "f" * 64, shas[0]], 2).tolist() == [1, -1, 0]
-    assert back.folds_of(shas, 5) is None  # another fold count: the folds mean nothing here
+    assert back.folds_of(warm_start.image_keys([shas[2], "f" * 64, shas[0]]), 2).tolist() == [1, -1, 0]
+    assert back.folds_of(keys, 5) is None  # another fold count: the folds mean nothing here
     # what changed since the search: one relabelled, two removed, one added
-    assert back.changed_since_search(shas, np.array([2, 2, 1, 0, 0, 1])) == 0
-    assert back.changed_since_search([*shas[:4], "e" * 64], np.array([2, 0, 1, 0, 0])) == 4  # 1 + 2 + 1
+    assert back.changed_since_search(keys, np.array([2, 2, 1, 0, 0, 1])) == 0
+    fewer = warm_start.image_keys([*shas[:4], "e" * 64])
+    assert back.changed_since_search(fewer, np.array([2, 0, 1, 0, 0])) == 4  # 1 + 2 + 1
     monkeypatch.setattr(warm_start, "KEEP_L2_SHARE", 0.5)
-    assert back.kept_l2(shas, np.array([2, 2, 1, 0, 0, 0])) == (3e-4, 1)
-    assert back.kept_l2(shas, np.array([0, 0, 0, 1, 1, 1])) is None
+    assert back.kept_l2(keys, np.array([2, 2, 1, 0, 0, 0])) == (3e-4, 1)
+    assert back.kept_l2(keys, np.array([0, 0, 0, 1, 1, 1])) is None
     np.savez(tmp_path / warm_start.FOLDER / "old.npz", l2=np.float64(1e-3), kernel=np.ones((4, 3), np.float32),
              bias=np.zeros(3, np.float32))
     old = warm_start.load("old")
-    assert old.l2 == 1e-3 and old.fold_heads == {} and old.folds_of(shas, 2) is None
-    assert old.kept_l2(shas, np.zeros(6, int)) is None  # no search snapshot: search
+    assert old.l2 == 1e-3 and old.fold_heads == {} and old.folds_of(keys, 2) is None
+    assert old.kept_l2(keys, np.zeros(6, int)) is None  # no search snapshot: search

@@ -74,8 +74,8 @@ class OutOfFold:
     # every fold's head at each L2 fitted, in fold order: where the next retrain's folds can start (warm_start)
     fold_heads: dict[float, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     warm_folds: int = 0  # the folds that started from a previous run's heads
-    final: tuple[np.ndarray, np.ndarray, int] | None = None  # the head on every row (with_final): kernel, bias, its
-    # iterations
+    # the head on every row (with_final): kernel, bias, iterations
+    final: tuple[np.ndarray, np.ndarray, int] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -165,10 +165,10 @@ def sample_weights(y: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
 
 def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, groups: np.ndarray | None = None,
              progress: ProgressCallback | None = None, previous: warm_start.PreviousFit | None = None,
-             shas: list[str] | None = None) -> HeadFit:
+             keys: np.ndarray | None = None) -> HeadFit:
     """Cross-validate on (x, y) to choose L2, temperature and threshold; then fit the head on all of (x, y).
-    previous: where the L2 search, the folds and the final fit start (engine.learn.warm_start); shas: the rows'
-    images, to find their folds there."""
+    previous: where the L2 search, the folds and the final fit start (engine.learn.warm_start); keys: the rows'
+    images (warm_start.image_keys), to find them there."""
     t0 = time.perf_counter()
     weights = None if cfg.class_weights == "none" else sample_weights(y, n_classes, cfg.class_weights)
     history: list[dict[str, Any]] = []
@@ -184,12 +184,13 @@ def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, gro
 
     # Few images changed since the last search: its L2 is kept, the folds are fitted at it alone (at the search's
     # tolerance, as the search would have) and the final head in the same passes over the rows.
-    kept = previous.kept_l2(shas, y) if previous is not None and shas is not None else None
+    known = previous is not None and keys is not None  # the previous run's images can be found
+    kept = previous.kept_l2(keys, y) if known else None
     oof = crossval.out_of_fold(x, y, n_classes, groups=groups, n_folds=cfg.cv_folds, seed=cfg.seed,
                                l2=kept[0] if kept else cfg.l2_regularizer, sample_weight=weights,
                                on_grid_point=report, start=previous.l2 if previous and not kept else None,
                                tol=crossval.SEARCH_TOL if kept else None,
-                               previous_folds=previous.folds_of(shas, cfg.cv_folds) if previous and shas else None,
+                               previous_folds=previous.folds_of(keys, cfg.cv_folds) if known else None,
                                previous_heads=previous.fold_heads if previous else None, with_final=bool(kept),
                                final_init=(previous.kernel, previous.bias) if kept else None,
                                final_max_iter=cfg.train_epochs)
@@ -257,12 +258,12 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
     # start from the grid, so their results do not depend on what ran before.
     key = warm_start.project_key(data.resolved.backbone_id, data.resolved.image_size, data.dataset.labels) \
         if len(tr) >= crossval.LARGE_N and cfg.l2_regularizer is None else None
-    shas = [data.dataset.items[i].sha256 for i in tr]
+    keys = warm_start.image_keys([data.dataset.items[i].sha256 for i in tr]) if key else None
     previous = warm_start.load(key) if key else None
-    fit = fit_head(data.features[tr], data.dataset.y[tr], n_classes, cfg, groups[tr], progress, previous, shas)
+    fit = fit_head(data.features[tr], data.dataset.y[tr], n_classes, cfg, groups[tr], progress, previous, keys)
     if key:
         warm_start.save(key, warm_start.with_folds(
-            warm_start.PreviousFit(fit.oof.l2, fit.head.kernel, fit.head.bias), shas, fit.oof.fold,
+            warm_start.PreviousFit(fit.oof.l2, fit.head.kernel, fit.head.bias), keys, fit.oof.fold,
             fit.oof.n_folds, fit.oof.fold_heads, data.dataset.y[tr], searched=previous if fit.l2_kept else None))
     t_head = time.perf_counter()
     if evaluation.cross_validated:

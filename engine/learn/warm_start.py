@@ -47,30 +47,28 @@ class PreviousFit:
     search_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     search_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
 
-    def changed_since_search(self, shas: list[str], y: np.ndarray) -> int | None:
-        """Images added, removed or relabelled since the last L2 search; None when that is not known."""
+    def changed_since_search(self, keys: np.ndarray, y: np.ndarray) -> int | None:
+        """Images (by image_keys) added, removed or relabelled since the last L2 search; None when not known."""
         if not len(self.search_keys):
             return None
-        keys = image_keys(shas)
-        at = np.minimum(np.searchsorted(self.search_keys, keys), len(self.search_keys) - 1)
-        found = self.search_keys[at] == keys
+        at, found = _find(self.search_keys, keys)
         same = found & (self.search_labels[at] == np.asarray(y))
         return int(np.sum(~same)) + len(self.search_keys) - len(np.unique(at[found]))
 
-    def kept_l2(self, shas: list[str], y: np.ndarray) -> tuple[float, int] | None:
+    def kept_l2(self, keys: np.ndarray, y: np.ndarray) -> tuple[float, int] | None:
         """(the L2 to keep, images changed since its search) while at most KEEP_L2_SHARE changed, else None."""
-        changed = self.changed_since_search(shas, y)
-        if changed is None or changed > KEEP_L2_SHARE * len(shas):
+        changed = self.changed_since_search(keys, y)
+        if changed is None or changed > KEEP_L2_SHARE * len(keys):
             return None
         return self.l2, changed
 
-    def folds_of(self, shas: list[str], n_folds: int) -> np.ndarray | None:
-        """Each image's fold in that run (-1: it was not there); None when that run used another fold count."""
+    def folds_of(self, keys: np.ndarray, n_folds: int) -> np.ndarray | None:
+        """Each image's (by image_keys) fold in that run (-1: it was not there); None when that run used another
+        fold count."""
         if n_folds != self.n_folds or not len(self.image_keys):
             return None
-        keys = image_keys(shas)
-        at = np.minimum(np.searchsorted(self.image_keys, keys), len(self.image_keys) - 1)
-        return np.where(self.image_keys[at] == keys, self.folds[at].astype(np.int64), -1)
+        at, found = _find(self.image_keys, keys)
+        return np.where(found, self.folds[at].astype(np.int64), -1)
 
 
 def image_keys(shas: list[str]) -> np.ndarray:
@@ -78,12 +76,18 @@ def image_keys(shas: list[str]) -> np.ndarray:
     return np.array([int(s[:16], 16) for s in shas], np.uint64)
 
 
-def with_folds(fit: PreviousFit, shas: list[str], folds: np.ndarray, n_folds: int,
+def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each key, its position in sorted_keys (a valid index either way) and whether it is there."""
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return at, sorted_keys[at] == keys
+
+
+def with_folds(fit: PreviousFit, keys: np.ndarray, folds: np.ndarray, n_folds: int,
                fold_heads: dict[float, list[tuple[np.ndarray, np.ndarray]]], y: np.ndarray,
                searched: PreviousFit | None = None) -> PreviousFit:
-    """fit with its cross-validation: the fold of each image (shas[i] was in folds[i] with label y[i]) and the fold
-    heads; `searched`: the entry whose search snapshot this run kept (its L2 was kept), else these labels are."""
-    keys = image_keys(shas)
+    """fit with its cross-validation: the fold of each image (by image_keys: keys[i] was in folds[i] with label
+    y[i]) and the fold heads; `searched`: the entry whose search snapshot this run kept (its L2 was kept), else
+    these labels are."""
     order = np.argsort(keys, kind="stable")
     out = PreviousFit(fit.l2, fit.kernel, fit.bias, n_folds, keys[order], np.asarray(folds, np.int8)[order],
                       fold_heads, keys[order], np.asarray(y, np.int32)[order])
