@@ -69,6 +69,39 @@ def test_an_error_in_a_shared_evaluation_ends_every_fit_of_the_batch():
         crossval.fit_together(x, y, fits, tol=1e-6)
 
 
+def test_a_stop_while_the_fits_start_ends_the_batch_instead_of_hanging(monkeypatch):
+    """SIGTERM (the CLI's stop raises Cancelled in the main thread) can land while fit_together is still starting
+    the fits: those started must not wait forever for those that never will (the process hung, and a CI run's
+    test_sigterm_marks_the_run_cancelled_and_leaves_no_bundle timed out)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, y = blobs([20, 20], d=4)
+    fits = [crossval._Fit(x, y, 2, np.ones(len(y), bool), None, c, None) for c in (1e-2, 1e-3, 1e-4)]
+    real_submit, calls = ThreadPoolExecutor.submit, []
+
+    def submit(pool, fn, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a signal handler raising between two submits looks like
+        return real_submit(pool, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", submit)
+    outcome = []
+
+    def run():
+        try:
+            crossval.fit_together(x, y, fits, tol=1e-6)
+        except KeyboardInterrupt:
+            outcome.append("stopped")
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert not t.is_alive(), "fit_together hung after a stop while starting its fits"
+    assert outcome == ["stopped"]
+
+
 def test_every_row_is_held_out_once_and_copies_share_a_fold():
     x, y = blobs([30, 30, 30])
     groups = np.arange(len(y))

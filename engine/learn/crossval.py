@@ -269,7 +269,16 @@ def fit_together(x: np.ndarray, y: np.ndarray, fits: list[_Fit], tol: float | Se
         if len(fits) == 1:
             return [batch.solve(0, tols[0], iters[0])]
         with ThreadPoolExecutor(len(fits)) as pool:
-            return list(pool.map(lambda i: batch.solve(i, tols[i], iters[i]), range(len(fits))))
+            started = []
+            try:
+                for i in range(len(fits)):
+                    started.append(pool.submit(batch.solve, i, tols[i], iters[i]))
+            finally:
+                # A stop (SIGTERM raises in this thread) before every fit started: the started ones would wait for
+                # the others' evaluations forever, and this pool's exit for them.
+                for i in range(len(started), len(fits)):
+                    batch.leave(i)
+            return [f.result() for f in started]
 
 
 # ----------------------------------------------------------------------------------------------------------------
