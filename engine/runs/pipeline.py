@@ -129,8 +129,11 @@ def _execute_locked(cfg: TrainConfig, run_dir: Path, progress: ProgressCallback 
         if machine and isinstance(exc, Exception):
             raise RunError(message) from exc
         raise
+    # The status last: a reader that sees "succeeded" (jobs.wait, the app) finds the log and events complete too.
+    # The line is news only: a closed console or a full disk must not fail a saved run.
+    with contextlib.suppress(OSError):
+        emit(progress, EventKind.STAGE, stage=Stage.DONE, message=f"Run saved in {run_dir}")
     run_status.write_status(run_dir, RunState.SUCCEEDED, f"validation accuracy {result.val_accuracy}")
-    emit(progress, EventKind.STAGE, stage=Stage.DONE, message=f"Run saved in {run_dir}")
     return result
 
 
