@@ -134,6 +134,17 @@ def shot(page: Page, watch: Watch, name: str, show=None) -> None:
     watch.check(name)
 
 
+def open_expander(page: Page, label: str) -> None:
+    """Open an st.expander and wait until its height animation has ended: while it runs, the content is clipped
+    and may be resized again (Streamlit restarts it on a content resize), and a click on a widget inside it once
+    left a multiselect chip in place (a local run of test_train_review_export)."""
+    summary = page.get_by_text(label, exact=True)
+    click(page, summary, rerun=False)
+    details = page.locator('[data-testid="stExpander"] details').filter(has=summary)
+    page.wait_for_function("d => d.open && d.getAnimations().length === 0 && d.style.height === ''",
+                           arg=details.element_handle(), polling=50)
+
+
 def float32_only(page: Page) -> None:
     """Export only the float32 TFLite model (each conversion costs seconds on two cores)."""
     quantize = page.locator(".st-key-cfg_quantize")

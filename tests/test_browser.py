@@ -18,7 +18,20 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from browser_app import REPO, Page, Watch, act, click, expect, float32_only, goto, sample_images, settle, shot
+from browser_app import (
+    REPO,
+    Page,
+    Watch,
+    act,
+    click,
+    expect,
+    float32_only,
+    goto,
+    open_expander,
+    sample_images,
+    settle,
+    shot,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -133,7 +146,7 @@ def test_train_review_export(browser_page: Page, app_server: str, watch: Watch, 
 
     goto(page, watch, app_server, "train", project.slug)
     # advanced options: export only the float32 TFLite model (each conversion costs seconds)
-    click(page, page.get_by_text("Advanced options"), rerun=False)
+    open_expander(page, "Advanced options")
     float32_only(page)
     shot(page, watch, "05-train-form")
     click(page, page.get_by_role("button", name="Start training"))

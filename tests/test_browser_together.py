@@ -161,7 +161,7 @@ def test_two_people_sort_browse_and_train_on_one_project(two, app_server, worksp
     first_box = b.locator('.st-key-browse_grid [data-testid="stCheckbox"] label').first
     tb.click(b, first_box)
     open_page(a, app_server, "train", project.slug)
-    tb.click(a, a.get_by_text("Advanced options"), rerun=False)
+    tb.open_expander(a, "Advanced options")
     tb.float32_only(a)
     tb.settle(a)
     a.get_by_role("button", name="Start training").click()  # no waiting for the page: the run is caught below
