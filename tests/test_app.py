@@ -749,6 +749,22 @@ def test_train_chart_and_headline_show_the_same_accuracy(ws, monkeypatch):
             assert not (len(rows) > 1 and (rows["_value"] == 1.0).all()), (series, frame)
 
 
+def test_train_history_says_in_words_when_a_big_projects_strength_was_kept(ws, monkeypatch):
+    """A big project's retrain keeps the last search's L2 while few images changed (engine.learn.warm_start): its
+    chart has one point, which the page must not describe as a search's choice."""
+    monkeypatch.setenv("FAKE_MODE", "grid")
+    project, run_id = trained(ws)
+    run_dir = jobs.run_path(project, run_id)
+    kept = {"changed": 12, "limit": 24}
+    events = [HEAD_GRID[1], {"type": "result", "val_accuracy": 0.917, "metrics_file": "m", "l2": 0.03,
+                             "l2_kept": kept}, {"type": "stage", "stage": "done", "message": "done"}]
+    (run_dir / "events.jsonl").write_text("".join(json.dumps({"time": 1.0, **e}) + "\n" for e in events))
+    shown = texts(page(ok(app(project.slug).run()), "ui/pages/train.py"))
+    assert "was not searched again" in shown and "only 12 image(s) were added, removed or relabelled" in shown
+    assert "once more than 24 have changed" in shown and "91.7%" in shown
+    assert "one per penalty strength tried" not in shown and "Kept: strength" not in shown
+
+
 def test_train_advanced_options_are_grouped_for_a_person(ws):
     project = sorted_project(ws)
     at = page(ok(app(project.slug).run()), "ui/pages/train.py")

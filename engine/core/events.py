@@ -18,8 +18,10 @@ Event kinds (every event has "type" and "time"):
                     (head: one event per L2 value tried by cross-validation; fine_tune: one per epoch)
   {"type": "export", "done": int, "total": int, "file": str}   one artefact written (export progress)
   {"type": "warning", "message": str, "path": str|None}
-  {"type": "result", "val_accuracy": float|None, "metrics_file": str, "l2": float|None}   the head is trained and
-                    metrics.json written (export follows); l2: the L2 strength kept
+  {"type": "result", "val_accuracy": float|None, "metrics_file": str, "l2": float|None,
+   "l2_kept": {"changed": int, "limit": int}|None}   the head is trained and metrics.json written (export
+                    follows); l2: the L2 strength kept; l2_kept: set when the last search's L2 was kept
+                    without a search (images changed since that search, and how many may before it runs again)
   {"type": "error", "message": str}   the run failed ("cancelled" when it was stopped)
 """
 
@@ -70,7 +72,7 @@ FIELDS: dict[EventKind, tuple[str, ...]] = {
     EventKind.EPOCH: ("phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "elapsed", "l2"),
     EventKind.EXPORT: ("done", "total", "file"),
     EventKind.WARNING: ("message", "path"),
-    EventKind.RESULT: ("val_accuracy", "metrics_file", "l2"),
+    EventKind.RESULT: ("val_accuracy", "metrics_file", "l2", "l2_kept"),
     EventKind.ERROR: ("message",),
 }
 

@@ -150,7 +150,7 @@ def _execute(cfg: TrainConfig, run_dir: Path, progress: ProgressCallback) -> Tra
         write_summaries(cfg.summaries_dir, result.history)
     write_head(run_dir / rf.HEAD, result.head)
     emit(progress, EventKind.RESULT, val_accuracy=result.val_accuracy, metrics_file=str(run_dir / rf.METRICS),
-         l2=result.metrics.get("l2"))
+         l2=result.metrics.get("l2"), l2_kept=result.metrics.get("l2_kept"))
     check_accuracy(result, cfg.assert_accuracy_at_least)
     emit(progress, EventKind.STAGE, stage=Stage.EXPORT, message="Exporting SavedModel and TFLite models")
     data, size = result.data, result.data.resolved.image_size

@@ -259,6 +259,8 @@ def _head_note(frame: pd.DataFrame, result: dict | None, cross_validated: bool) 
             "weak one lets it follow every image. Each point is measured on images that model did not train on.")
     if kept is None:
         return text
+    if result.get("l2_kept"):
+        return _kept_l2_note(frame, kept, result["l2_kept"], cross_validated)
     text += (f" Kept: strength {kept}, the simplest that predicts unseen images about as well as the best one, so "
              "it may sit beside the lowest loss rather than on it; it is then trained on every image.")
     accuracy = common.fmt_pct(frame.loc[kept].get("val_accuracy"))
@@ -266,6 +268,19 @@ def _head_note(frame: pd.DataFrame, result: dict | None, cross_validated: bool) 
         return text + f" Its accuracy on images it did not train on, {accuracy}, is the accuracy of this run."
     return text + (f" (Measured within the training images: {accuracy}. The accuracy of this run is measured on "
                    "the images set aside for judging.)")
+
+
+def _kept_l2_note(frame: pd.DataFrame, kept: int, l2_kept: dict, cross_validated: bool) -> str:
+    """A big project's retrain that kept the last search's strength (engine.learn.warm_start's rule): one point."""
+    changed, limit = int(l2_kept.get("changed", 0)), int(l2_kept.get("limit", 0))
+    text = (f"The penalty strength (how simple the classifier is kept) was not searched again: the one an earlier run "
+            f"chose still holds, since only {changed} image(s) were added, removed or relabelled after that search. "
+            f"It is searched again once more than {limit} have changed; until then a retrain takes seconds instead "
+            "of a search over every strength.")
+    if cross_validated:
+        accuracy = common.fmt_pct(frame.loc[kept].get("val_accuracy"))
+        text += f" Its accuracy on images it did not train on, {accuracy}, is the accuracy of this run."
+    return text
 
 
 def _fine_tune_note(frame: pd.DataFrame, result: dict | None, planned: int | None) -> str:
