@@ -269,17 +269,30 @@ def test_bundle_predict_py_marks_unknown_by_the_cards_threshold(model_dir):
 
 
 def test_a_search_started_at_a_previous_choice_ends_at_the_same_l2():
-    """A retrain of a large project starts at the last choice (engine.learn.train): three points around it, then
-    the usual steps along the ladder, so the rule still picks the same L2 wherever it starts."""
+    """A retrain of a large project starts at the last choice (engine.learn.train), then takes the usual steps
+    along the ladder (stronger first), so the rule still picks the same L2 wherever it starts."""
     x, y = blobs([60, 50, 40], d=16, spread=2.0)
     plain = crossval.out_of_fold(x, y, 3)
-    for start in (plain.l2, 1e-4, 0.3):
+    for start in (plain.l2, 1e-4, 0.3, 2e-3):
         again = crossval.out_of_fold(x, y, 3, start=start)
         assert again.l2 == plain.l2, start
-        assert sorted(r["l2"] for r in again.grid[:3]) == crossval._around(start)
-    # here the choice (0.3) lies far from the default grid: 7 steps from it, 4 around the last choice
+        assert again.grid[0]["l2"] == crossval._on_ladder(start)
+    # here the choice (0.3) lies far from the default grid: 7 steps from it, 4 from the last choice
     assert len(crossval.out_of_fold(x, y, 3, start=plain.l2).grid) < len(plain.grid) - 2
-    assert crossval._around(2e-3) == [1e-3, 3e-3, 1e-2] and crossval._around(1.0) == [0.3, 1.0]
+    assert crossval._on_ladder(2e-3) == 3e-3 and crossval._on_ladder(5.0) == 1.0
+
+
+def test_the_search_goes_stronger_before_weaker():
+    """From one point the choice is the strongest tried and the lowest loss the weakest: the stronger side is
+    always needed (the one-standard-error rule looks for the strongest penalty within reach), the weaker only when
+    the lowest loss is still at that end after it."""
+    row = {"val_loss": 0.3}
+    assert crossval._extend([dict(row, l2=1e-4)], 1e-4, 1e-4) == [3e-4]
+    tried = [dict(l2=1e-4, val_loss=0.30), dict(l2=3e-4, val_loss=0.50)]
+    assert crossval._extend(tried, 1e-4, 1e-4) == [3e-5]  # the choice is inside; the lowest still at the weak end
+    tried = [dict(l2=1e-4, val_loss=0.30), dict(l2=3e-4, val_loss=0.28)]
+    assert crossval._extend(tried, 3e-4, 3e-4) == [1e-3]  # lowest moved inside; the choice at the strong end
+    assert crossval._extend([*tried, dict(l2=1e-3, val_loss=0.5)], 3e-4, 3e-4) == []
 
 
 def test_the_final_fit_starts_from_the_fold_heads():
@@ -339,6 +352,24 @@ def test_a_fold_starts_from_a_previous_head_only_if_that_head_never_saw_its_rows
     new = np.full(len(y), -1)
     new[:10] = first.fold[:10]  # the others are new images: no head saw them
     assert crossval._fair_starts(first.fold, first.n_folds, new, first.fold_heads)[0] == list(range(5))
+
+
+def test_a_search_moving_away_from_the_last_choice_starts_from_that_runs_heads():
+    """A fair fold starts at an L2 the last run did not fit from that run's head at the nearest L2 it did fit, not
+    from zero (issue 22: 60 labels moved in 24,227 photos, 55 iterations from zero, 23-29 from a neighbour)."""
+    x, y = blobs([60, 50, 40], d=16, spread=2.0)
+    last = crossval.out_of_fold(x, y, 3, l2=0.1)  # a kept-L2 run: heads at one L2
+    fresh = crossval.out_of_fold(x, y, 3, l2=0.03, previous_folds=last.fold)
+    warm = crossval.out_of_fold(x, y, 3, l2=0.03, previous_folds=last.fold, previous_heads=last.fold_heads)
+    assert warm.warm_folds == last.n_folds and fresh.warm_folds == 0
+    assert warm.grid[0]["iterations"] < fresh.grid[0]["iterations"]
+    np.testing.assert_allclose(warm.probs, fresh.probs, atol=2e-3)
+    fits = crossval._FoldFits(x, y, 3, last.fold, last.n_folds, None, crossval.SEARCH_TOL, 1,
+                              ([1, 2], last.fold_heads))
+    inits = fits._inits(0.03)
+    assert inits[0] is None and inits[1][0] is last.fold_heads[0.1][1][0]  # the unfair fold 0 from zero
+    fits.heads[0.01] = [(np.ones((16, 3)), np.zeros(3))] * last.n_folds  # this run's, as near: it wins the tie
+    assert fits._inits(0.03)[1][0] is fits.heads[0.01][1][0]
 
 
 def test_the_final_head_fitted_with_the_folds_is_the_one_fitted_alone():
