@@ -379,7 +379,7 @@ def main() -> None:
                 befores.append(stages(old_g, old_cv, xs, ys, ss, hs))
             afters.append(stages(groups, crossval, xs, ys, ss, hs))
             oof, t = timed(crossval.out_of_fold, xs, ys, int(ys.max()) + 1, groups=afters[-1]["groups"],
-                           start=afters[-1]["l2"])
+                           warm=crossval.WarmStart(start=afters[-1]["l2"]))
             retrains.append((t, len(oof.grid)))
         report(size, fastest(befores) if befores else None, fastest(afters), min(retrains))
     if args.make_images:

@@ -274,11 +274,11 @@ def test_a_search_started_at_a_previous_choice_ends_at_the_same_l2():
     x, y = blobs([60, 50, 40], d=16, spread=2.0)
     plain = crossval.out_of_fold(x, y, 3)
     for start in (plain.l2, 1e-4, 0.3, 2e-3):
-        again = crossval.out_of_fold(x, y, 3, start=start)
+        again = crossval.out_of_fold(x, y, 3, warm=crossval.WarmStart(start=start))
         assert again.l2 == plain.l2, start
         assert again.grid[0]["l2"] == crossval._on_ladder(start)
     # here the choice (0.3) lies far from the default grid: 7 steps from it, 4 from the last choice
-    assert len(crossval.out_of_fold(x, y, 3, start=plain.l2).grid) < len(plain.grid) - 2
+    assert len(crossval.out_of_fold(x, y, 3, warm=crossval.WarmStart(start=plain.l2)).grid) < len(plain.grid) - 2
     assert crossval._on_ladder(2e-3) == 3e-3 and crossval._on_ladder(5.0) == 1.0
 
 
@@ -332,9 +332,8 @@ def test_a_fold_starts_from_a_previous_head_only_if_that_head_never_saw_its_rows
     that head was trained on starts from zero: at a weak L2 a fit stops near its start and would judge a row it
     had learnt (a leak)."""
     x, y = blobs([60, 50, 40], d=16, spread=2.0)
-    first = crossval.out_of_fold(x, y, 3, start=1e-2)
-    again = crossval.out_of_fold(x, y, 3, start=first.l2, previous_folds=first.fold,
-                                 previous_heads=first.fold_heads)
+    first = crossval.out_of_fold(x, y, 3, warm=crossval.WarmStart(start=1e-2))
+    again = crossval.out_of_fold(x, y, 3, warm=crossval.WarmStart(first.l2, first.fold, first.fold_heads))
     assert again.warm_folds == first.n_folds and again.l2 == first.l2
     assert sum(r["iterations"] for r in again.grid) < sum(r["iterations"] for r in first.grid) / 3
     np.testing.assert_allclose(again.probs, first.probs, atol=2e-3)
@@ -343,8 +342,8 @@ def test_a_fold_starts_from_a_previous_head_only_if_that_head_never_saw_its_rows
     r0, r1 = np.flatnonzero(first.fold == 0)[0], np.flatnonzero(first.fold == 1)[0]
     groups = np.arange(len(y))
     groups[r1] = r0
-    merged = crossval.out_of_fold(x, y, 3, groups=groups, start=first.l2, previous_folds=first.fold,
-                                  previous_heads=first.fold_heads)
+    merged = crossval.out_of_fold(x, y, 3, groups=groups,
+                                  warm=crossval.WarmStart(first.l2, first.fold, first.fold_heads))
     assert merged.fold[r1] == merged.fold[r0] == 0 and merged.warm_folds == first.n_folds - 1
     one_row = first.fold.copy()
     one_row[np.flatnonzero(first.fold == 0)[0]] = 1  # one row of fold 0 was a training row of fold 0's head
@@ -359,8 +358,9 @@ def test_a_search_moving_away_from_the_last_choice_starts_from_that_runs_heads()
     from zero (issue 22: 60 labels moved in 24,227 photos, 55 iterations from zero, 23-29 from a neighbour)."""
     x, y = blobs([60, 50, 40], d=16, spread=2.0)
     last = crossval.out_of_fold(x, y, 3, l2=0.1)  # a kept-L2 run: heads at one L2
-    fresh = crossval.out_of_fold(x, y, 3, l2=0.03, previous_folds=last.fold)
-    warm = crossval.out_of_fold(x, y, 3, l2=0.03, previous_folds=last.fold, previous_heads=last.fold_heads)
+    fresh = crossval.out_of_fold(x, y, 3, l2=0.03, warm=crossval.WarmStart(folds=last.fold))
+    warm = crossval.out_of_fold(x, y, 3, l2=0.03,
+                                 warm=crossval.WarmStart(folds=last.fold, heads=last.fold_heads))
     assert warm.warm_folds == last.n_folds and fresh.warm_folds == 0
     assert warm.grid[0]["iterations"] < fresh.grid[0]["iterations"]
     np.testing.assert_allclose(warm.probs, fresh.probs, atol=2e-3)
@@ -373,10 +373,11 @@ def test_a_search_moving_away_from_the_last_choice_starts_from_that_runs_heads()
 
 
 def test_the_final_head_fitted_with_the_folds_is_the_one_fitted_alone():
-    """with_final (a kept L2): the head on every row shares the folds' passes over the rows; the same head as
+    """WarmStart.final (a kept L2): the head on every row shares the folds' passes over the rows; the same head as
     fit_logreg's, to FINAL_TOL, whatever the folds' tolerance. Refused while searching (no L2 known yet)."""
     x, y = blobs([60, 50, 40], d=16, spread=2.0)
-    oof = crossval.out_of_fold(x, y, 3, l2=1e-3, tol=crossval.SEARCH_TOL, with_final=True)
+    zero = crossval.WarmStart(final=(np.zeros((16, 3), np.float32), np.zeros(3, np.float32)))
+    oof = crossval.out_of_fold(x, y, 3, l2=1e-3, tol=crossval.SEARCH_TOL, warm=zero)
     alone = crossval.fit_logreg(x, y, 3, 1e-3)
     kernel, bias, iterations = oof.final
     assert iterations > 0
@@ -385,4 +386,4 @@ def test_the_final_head_fitted_with_the_folds_is_the_one_fitted_alone():
     plain = crossval.out_of_fold(x, y, 3, l2=1e-3, tol=crossval.SEARCH_TOL)
     np.testing.assert_array_equal(oof.logits, plain.logits)  # the folds are untouched by the extra fit
     with pytest.raises(ValueError, match="given l2"):
-        crossval.out_of_fold(x, y, 3, with_final=True)
+        crossval.out_of_fold(x, y, 3, warm=zero)

@@ -74,8 +74,22 @@ class OutOfFold:
     # every fold's head at each L2 fitted, in fold order: where the next retrain's folds can start (warm_start)
     fold_heads: dict[float, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     warm_folds: int = 0  # the folds that started from a previous run's heads
-    # the head on every row (with_final): kernel, bias, iterations
+    # the head on every row (WarmStart.final): kernel, bias, iterations
     final: tuple[np.ndarray, np.ndarray, int] | None = None
+
+
+@dataclass
+class WarmStart:
+    """Where a cross-validation starts from the last run of the same project (engine.learn.warm_start makes it):
+    starting points only, the fits still converge on this run's rows."""
+    start: float | None = None  # the L2 the search starts at (that run's choice), instead of the grid
+    # a fold per row from that run (-1: a row it did not have): each group keeps its fold (assign_folds' previous)
+    folds: np.ndarray | None = None
+    # that run's fold heads per L2 it fitted: a fair fold starts from the one at the nearest L2 (see _fair_starts)
+    heads: dict[float, list[tuple[np.ndarray, np.ndarray]]] | None = None
+    # a kept L2: the head on every row is fitted in the folds' passes too, from this head (OutOfFold.final) ...
+    final: tuple[np.ndarray, np.ndarray] | None = None
+    final_max_iter: int = MAX_ITER  # ... in at most this many iterations
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -350,45 +364,41 @@ def out_of_fold(features: np.ndarray, y: np.ndarray, n_classes: int, groups: np.
                 n_folds: int = 5, seed: int = 42, l2: float | None = None,
                 grid: Sequence[float] = L2_GRID, sample_weight: np.ndarray | None = None,
                 on_grid_point: Callable[[dict], None] | None = None, workers: int | None = None,
-                start: float | None = None, tol: float | None = None, previous_folds: np.ndarray | None = None,
-                previous_heads: dict[float, list[tuple[np.ndarray, np.ndarray]]] | None = None,
-                with_final: bool = False, final_init: tuple[np.ndarray, np.ndarray] | None = None,
-                final_max_iter: int = MAX_ITER) -> OutOfFold:
+                tol: float | None = None, warm: WarmStart | None = None) -> OutOfFold:
     """Every row predicted by a head that never saw it (nor any row of its group).
 
     With l2=None each fold is fitted along `grid` (strongest first, warm-started; extended along L2_LADDER while
-    the lowest out-of-fold log-loss, or the choice, sits at an end) and the strongest L2 within one standard error
-    of that lowest log-loss is kept. `start` (the L2 a previous run of the same project chose) replaces `grid` by
-    that value alone (its place on L2_LADDER): the search then goes stronger and weaker from it as above, usually
-    three steps.
-    previous_folds (a fold per row from that run, -1 for a row it did not have) keeps each group in its fold (see
-    assign_folds), and previous_heads (that run's OutOfFold.fold_heads) start each fold at an L2 that run fitted
-    from its head there. Only a fold none of whose held-out rows that head was trained on starts from it: at a weak
-    L2 a fit stopped at SEARCH_TOL keeps much of where it started, so a head that had seen a row would judge it
-    (folds redrawn on every retrain, 20 photos moved each time: out-of-fold accuracy crept from .979 to .993 over
-    four retrains of 24,227 photos). Other folds follow this run's path as above. `tol`: the folds' gradient
-    tolerance (default SEARCH_TOL while searching, FINAL_TOL for a given l2).
-    with_final (a given l2 only): the head on every row is fitted in the same batch as the folds (from final_init,
-    to FINAL_TOL, at most final_max_iter iterations), so its products share the folds' passes over the rows
+    the lowest out-of-fold log-loss, or the choice, sits at an end, stronger first) and the strongest L2 within one
+    standard error of that lowest log-loss is kept. `tol`: the folds' gradient tolerance (default SEARCH_TOL while
+    searching, FINAL_TOL for a given l2).
+    `warm` (a previous run of the same project): warm.start replaces `grid` by that L2 alone (its place on
+    L2_LADDER), from which the search goes on as above, usually three steps; warm.folds keeps each group in its
+    fold (see assign_folds), and each fold starts from warm.heads at the nearest L2 that run fitted. Only a fold
+    none of whose held-out rows that head was trained on starts from it: at a weak L2 a fit stopped at SEARCH_TOL
+    keeps much of where it started, so a head that had seen a row would judge it (folds redrawn on every retrain,
+    20 photos moved each time: out-of-fold accuracy crept from .979 to .993 over four retrains of 24,227 photos).
+    Other folds follow this run's path as above. warm.final (a given l2 only): the head on every row is fitted in
+    the same batch as the folds (to FINAL_TOL), so its products share the folds' passes over the rows
     (OutOfFold.final).
     `on_grid_point` receives each grid point's summary as it completes. The folds of a grid point are fitted
     together (see _Batch), their row blocks in `workers` threads (default: one per CPU core; BLAS and NumPy release
     the GIL).
     """
     t0 = time.perf_counter()
+    warm = warm or WarmStart()
     x = np.asarray(features, np.float32)
     y = np.asarray(y, np.int64)
-    fold, k = assign_folds(y, groups, n_folds, seed, previous_folds)
+    fold, k = assign_folds(y, groups, n_folds, seed, warm.folds)
     searching = l2 is None
     # Strongest penalty first: each fit warm-starts from the previous one of its fold (a regularisation path), and
     # a grid point is complete, so reportable live, once every fold has been fitted with it.
-    queue = _first_grid(grid if start is None else [_on_ladder(start)]) if searching else [float(l2)]
+    queue = _first_grid(grid if warm.start is None else [_on_ladder(warm.start)]) if searching else [float(l2)]
     tol = tol if tol is not None else SEARCH_TOL if searching else FINAL_TOL
-    if with_final and searching:
-        raise ValueError("with_final needs a given l2: while searching, the L2 of the final fit is not known yet")
+    if warm.final is not None and searching:
+        raise ValueError("a final fit needs a given l2: while searching, the L2 of the final fit is not known yet")
     fits = _FoldFits(x, y, n_classes, fold, k, sample_weight, tol, max(1, workers or os.cpu_count() or 1),
-                     _fair_starts(fold, k, previous_folds, previous_heads),
-                     (final_init, final_max_iter) if with_final else None)
+                     _fair_starts(fold, k, warm.folds, warm.heads),
+                     (warm.final, warm.final_max_iter) if warm.final is not None else None)
     oof: dict[float, np.ndarray] = {}
     heads: dict[float, tuple[np.ndarray, np.ndarray]] = {}
     summary: list[dict] = []

@@ -184,16 +184,11 @@ def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, gro
 
     # Few images changed since the last search: its L2 is kept, the folds are fitted at it alone (at the search's
     # tolerance, as the search would have) and the final head in the same passes over the rows.
-    known = previous is not None and keys is not None  # the previous run's images can be found
-    kept = previous.kept_l2(keys, y) if known else None
+    kept = previous.kept_l2(keys, y) if previous is not None and keys is not None else None
+    warm = previous.warm_start(keys, cfg.cv_folds, bool(kept), cfg.train_epochs) if previous else None
     oof = crossval.out_of_fold(x, y, n_classes, groups=groups, n_folds=cfg.cv_folds, seed=cfg.seed,
                                l2=kept[0] if kept else cfg.l2_regularizer, sample_weight=weights,
-                               on_grid_point=report, start=previous.l2 if previous and not kept else None,
-                               tol=crossval.SEARCH_TOL if kept else None,
-                               previous_folds=previous.folds_of(keys, cfg.cv_folds) if known else None,
-                               previous_heads=previous.fold_heads if previous else None, with_final=bool(kept),
-                               final_init=(previous.kernel, previous.bias) if kept else None,
-                               final_max_iter=cfg.train_epochs)
+                               on_grid_point=report, tol=crossval.SEARCH_TOL if kept else None, warm=warm)
     if oof.final is not None:
         kernel, bias, iterations = oof.final
     else:

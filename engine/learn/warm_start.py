@@ -2,12 +2,13 @@
 the cache (issue 22).
 
 A retrain in the user's loop sees nearly the same images as the run before (a few labels fixed, a few photos
-added): its L2 search starts at that run's choice (crossval.out_of_fold's `start`: usually three steps instead of
-seven), its images keep their folds (identified by SHA-256), each fold starts from that run's fold heads where
-none of the rows it holds out was a training row there, and the final fit starts at that run's head when the same
-L2 is chosen. While few images have changed since the last L2 search (KEEP_L2_SHARE), its choice is kept: the
-folds are fitted at that L2 only, with the final head in the same passes (see kept_l2). Heads are only starting
-points: the fits converge on this run's data, and a stale or foreign entry costs iterations, never a wrong head.
+added): its L2 search starts at that run's choice (crossval.WarmStart, made by PreviousFit.warm_start: usually
+three steps instead of seven), its images keep their folds (identified by SHA-256), each fold starts from that
+run's fold heads (at the nearest L2 it fitted) where none of the rows it holds out was a training row there, and
+the final fit starts at that run's head when the same L2 is chosen. While few images have changed since the last
+L2 search (KEEP_L2_SHARE), its choice is kept: the folds are fitted at that L2 only, with the final head in the
+same passes (see kept_l2). Heads are only starting points: the fits converge on this run's data, and a stale or
+foreign entry costs iterations, never a wrong head.
 Keyed by backbone, image size and class names (the head's shape and meaning); the newest KEPT entries are kept.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.core.cache import cache_root, write_kept
+from engine.learn import crossval
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,16 @@ class PreviousFit:
         if changed is None or changed > KEEP_L2_SHARE * len(keys):
             return None
         return self.l2, changed
+
+    def warm_start(self, keys: np.ndarray | None, n_folds: int, keep_l2: bool, final_max_iter: int
+                   ) -> crossval.WarmStart:
+        """Where this run's cross-validation starts (keys: its images, None when not known): the search at this
+        entry's choice, or (keep_l2, see kept_l2) no search and the final head fitted with the folds, from this
+        entry's."""
+        return crossval.WarmStart(start=None if keep_l2 else self.l2,
+                                  folds=self.folds_of(keys, n_folds) if keys is not None else None,
+                                  heads=self.fold_heads, final=(self.kernel, self.bias) if keep_l2 else None,
+                                  final_max_iter=final_max_iter)
 
     def folds_of(self, keys: np.ndarray, n_folds: int) -> np.ndarray | None:
         """Each image's (by image_keys) fold in that run (-1: it was not there); None when that run used another
