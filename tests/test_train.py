@@ -410,6 +410,19 @@ def test_duplicate_groups_are_kept_per_set_of_images(tmp_path, monkeypatch):
         cached.write_bytes(b"not an npz")
     train_module.duplicate_groups(data(list(range(40))), 5, "p")
     assert calls == [1, 1]
+    # new perceptual hashes (image_stats.STATS_VERSION): grouped again, not read from groups of the old ones
+    monkeypatch.setattr(train_module, "STATS_VERSION", "another")
+    train_module.duplicate_groups(data(list(range(40))), 5, "p")
+    assert calls == [1, 1, 1]
+    # no hashes at all (the statistics could not be read): grouped by embedding, and not kept for the next run
+    def no_hashes(*_):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(train_module, "image_hashes", no_hashes)
+    monkeypatch.setattr(train_module, "STATS_VERSION", "a third")
+    for expected in ([1, 1, 1, 1], [1, 1, 1, 1, 1]):
+        train_module.duplicate_groups(data(list(range(40))), 5, "p")
+        assert calls == expected
 
 
 def test_a_kept_fit_round_trips_and_an_older_entry_still_starts_the_search(tmp_path, monkeypatch):
