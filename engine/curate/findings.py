@@ -26,14 +26,16 @@ import numpy as np
 from engine.config.backbones import DEFAULT_BACKBONE
 from engine.core.fileio import atomic_write_json, read_json
 from engine.curate.decisions import Decisions, group_key, label_confirmed
-from engine.curate.label_issues import LabelIssue, label_issues, suspect_probabilities
-from engine.curate.model import embed_records, project_model
+from engine.curate.label_issues import CURATE_FOLDS, LabelIssue, label_issues, suspect_probabilities
+from engine.curate.model import ProjectModel, embed_records, project_model
 from engine.curate.outliers import Outlier, find_outliers
 from engine.data.dataset import scan_image_dir
 from engine.data.images import file_sha256
 from engine.features import backbones
 from engine.features.embeddings import embed_files
 from engine.features.image_stats import ImageStats, image_stats
+from engine.learn import warm_start
+from engine.learn.crossval import LARGE_N, WarmStart
 from engine.learn.groups import copy_groups, duplicate_pairs, groups_to_lists, near_duplicate_groups
 
 
@@ -51,8 +53,9 @@ class Findings:
 
 def find_issues(features: np.ndarray, labels: np.ndarray, n_classes: int, shas: Sequence[str],
                 stats: ImageStats | None = None, probs: np.ndarray | None = None, seed: int = 42,
-                l2: float | None = None) -> Findings:
-    """All findings for labelled rows. `probs` are out-of-fold probabilities (computed here when None)."""
+                l2: float | None = None, warm: WarmStart | None = None) -> Findings:
+    """All findings for labelled rows. `probs` are out-of-fold probabilities (computed here when None, at `l2`,
+    from `warm`: see suspect_probabilities)."""
     t = {}
     t0 = time.perf_counter()
     labels = np.asarray(labels, np.int64)
@@ -71,7 +74,7 @@ def find_issues(features: np.ndarray, labels: np.ndarray, n_classes: int, shas: 
     t1 = time.perf_counter()
     counts = np.bincount(labels, minlength=n_classes)
     if probs is None and (counts > 0).sum() >= 2 and len(labels) >= 4:
-        probs = suspect_probabilities(features, labels, n_classes, groups, seed=seed, l2=l2)
+        probs = suspect_probabilities(features, labels, n_classes, groups, seed=seed, l2=l2, warm=warm)
     t["out_of_fold_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     if probs is not None:
@@ -156,8 +159,10 @@ def project_findings(project, progress: Callable[[dict], None] | None = None,
     stats = image_stats([str(r.path) for r in recs], shas)
     t2 = time.perf_counter()
     # The newest run's L2 when it was trained on these classes: its cross-validation chose it, and a search of the
-    # check's own cost 4-16 s at 24,000 images. Its fold heads are not a start: they may have seen rows held out here.
-    found = find_issues(feats, y, len(class_names), shas, stats, l2=model.l2 if model.labels == class_names else None)
+    # check's own cost 4-16 s at 24,000 images.
+    l2 = model.l2 if model.labels == class_names else None
+    found = find_issues(feats, y, len(class_names), shas, stats, l2=l2,
+                        warm=_last_folds(model, class_names, shas) if l2 is not None else None)
     kept = Decisions(project.path).kept() if hide_kept else set()
     issues = [{"sha256": shas[li.index], "given": class_names[li.given], "suggested": class_names[li.suggested],
                "score": li.score} for li in found.label_issues
@@ -176,6 +181,20 @@ def project_findings(project, progress: Callable[[dict], None] | None = None,
                "total_s": round(time.perf_counter() - t0, 3)}
     return ProjectFindings(shas, [r.class_name for r in recs], issues, dups, outliers, timings,
                            len(records) - len(recs), time.time())
+
+
+def _last_folds(model: ProjectModel, class_names: list[str], shas: list[str]) -> WarmStart | None:
+    """A large project's last run's folds and fold heads (engine.learn.warm_start), where the check's
+    cross-validation starts: its groups are the run's (the same near-duplicate rule), so each image keeps its fold
+    and a fold whose held-out rows that run's head never trained on starts from it (crossval's rule; others from
+    zero). On 24,227 photos: 2.6 s from zero."""
+    if len(shas) < LARGE_N:
+        return None
+    resolved = backbones.resolve(model.handle, model.image_size)
+    last = warm_start.load(warm_start.project_key(resolved.backbone_id, resolved.image_size, class_names))
+    if last is None:
+        return None
+    return WarmStart(folds=last.folds_of(warm_start.image_keys(shas), CURATE_FOLDS), heads=last.fold_heads)
 
 
 # The last check of a project, so a reload (or another person) sees it without checking again.

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.learn.crossval import SEARCH_TOL, out_of_fold
+from engine.learn.crossval import SEARCH_TOL, WarmStart, out_of_fold
 from engine.learn.groups import unit_rows
 from engine.learn.pairs import nearest_neighbours
 
 # The L2 values the full grid of engine.learn.crossval picked on flowers (1e-3) and flowers_large (3e-3), with a step
 # either side: 3 fits per fold instead of 7 (flowers_large: 1.5 s instead of 12 s on a busy 2-core machine).
 CURATE_L2_GRID = (3e-4, 1e-3, 3e-3)
+CURATE_FOLDS = 5
 KNN_K = 10  # neighbours voting in knn_probabilities
 # cleanlab's label-quality score that orders the suspects (see label_issues for the measurement)
 LABEL_ISSUE_RANKING = "normalized_margin"
@@ -35,17 +36,17 @@ class LabelIssue:
 
 
 def suspect_probabilities(features: np.ndarray, labels: np.ndarray, n_classes: int, groups: np.ndarray | None,
-                          seed: int = 42, l2: float | None = None) -> np.ndarray:
+                          seed: int = 42, l2: float | None = None, warm: WarmStart | None = None) -> np.ndarray:
     """Class probabilities of every labelled row from models that did not see it (what cleanlab judges).
 
     Logistic regression out-of-fold (engine.learn.crossval) and k-NN votes make different mistakes; their mean ranks
     flipped labels better than either (flowers, 10% flipped: top-k recall .74-.76 logistic alone, .79 k-NN alone,
     .81 together; mixing weights .3-.5 and k 5-20 all within .77-.80, noise between seeds is +-.03). `l2`: the
-    trained run's L2, when it is known (no search).
+    trained run's L2, when it is known (no search); `warm`: that run's folds and fold heads (a large project).
     """
     # A ranking needs no more precision than an L2 search (SEARCH_TOL), even at a given L2
-    oof = out_of_fold(features, labels, n_classes, groups=groups, seed=seed, l2=l2, grid=CURATE_L2_GRID,
-                      tol=SEARCH_TOL).probs
+    oof = out_of_fold(features, labels, n_classes, groups=groups, n_folds=CURATE_FOLDS, seed=seed, l2=l2,
+                      grid=CURATE_L2_GRID, tol=SEARCH_TOL, warm=warm).probs
     return (oof + knn_probabilities(features, labels, n_classes, groups)) / 2
 
 
