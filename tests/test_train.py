@@ -374,57 +374,6 @@ def test_a_large_project_starts_where_its_last_run_ended(demo_dir, store, result
     assert afresh.metrics["folds_from_last_run"] == 0 and afresh.metrics["l2_kept"] is None
 
 
-def test_duplicate_groups_are_kept_per_set_of_images(tmp_path, monkeypatch):
-    """A retrain of the same images (in another order: moved between classes) reads its groups instead of
-    searching 24,000 images for copies again; other features, or a damaged file, group again."""
-    import types
-
-    from engine.data.dataset import Dataset, ImageItem
-    from engine.learn import train as train_module
-    from engine.learn.prepare import PreparedData
-
-    monkeypatch.setenv("RETRAIN_STUDIO_CACHE", str(tmp_path))
-    rng = np.random.default_rng(0)
-    f = rng.normal(size=(40, 16)).astype(np.float32)
-    f[7], f[30] = f[3], f[3] + 1e-4  # near-copies of row 3
-    shas = [f"{i:064x}" for i in range(40)]
-
-    def data(order):
-        items = [ImageItem(str(tmp_path / f"{i}.png"), "a" if i % 2 else "b", shas[i]) for i in order]
-        resolved = types.SimpleNamespace(backbone_id="x", image_size=8)
-        return PreparedData(Dataset(str(tmp_path), ["a", "b"], items), resolved, f[order], np.arange(40), np.arange(0))
-
-    first, how = train_module.duplicate_groups(data(list(range(40))), 5, "p")
-    assert first[3] == first[7] == first[30] and len(set(first.tolist())) == 38
-    calls = []
-    monkeypatch.setattr(train_module, "fold_groups", lambda *a, **k: calls.append(1) or (np.arange(40), "searched"))
-    order = rng.permutation(40).tolist()
-    again, how_again = train_module.duplicate_groups(data(order), 5, "p")
-    assert not calls and how_again == how
-    assert np.array_equal(again == again[order.index(3)], np.isin(order, [3, 7, 30]))
-    firsts = np.unique(again, return_index=True)[1].tolist()  # id g first appears before id g + 1, as fold_groups
-    assert firsts == sorted(firsts) and len(firsts) == 38
-    train_module.duplicate_groups(data(list(range(40))), 3, "p")  # another fold count: searched again
-    assert calls == [1]
-    for cached in (tmp_path / train_module.GROUPS_DIR).glob("*.npz"):
-        cached.write_bytes(b"not an npz")
-    train_module.duplicate_groups(data(list(range(40))), 5, "p")
-    assert calls == [1, 1]
-    # new perceptual hashes (image_stats.STATS_VERSION): grouped again, not read from groups of the old ones
-    monkeypatch.setattr(train_module, "STATS_VERSION", "another")
-    train_module.duplicate_groups(data(list(range(40))), 5, "p")
-    assert calls == [1, 1, 1]
-    # no hashes at all (the statistics could not be read): grouped by embedding, and not kept for the next run
-    def no_hashes(*_):
-        raise OSError("disk gone")
-
-    monkeypatch.setattr(train_module, "image_hashes", no_hashes)
-    monkeypatch.setattr(train_module, "STATS_VERSION", "a third")
-    for expected in ([1, 1, 1, 1], [1, 1, 1, 1, 1]):
-        train_module.duplicate_groups(data(list(range(40))), 5, "p")
-        assert calls == expected
-
-
 def test_a_kept_fit_round_trips_and_an_older_entry_still_starts_the_search(tmp_path, monkeypatch):
     """warm_start's entry: the folds by image and the fold heads per L2 come back as kept; an entry written before
     folds were kept gives the L2 and final head only (its folds: unknown, so every fold starts from zero)."""

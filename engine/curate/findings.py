@@ -36,7 +36,8 @@ from engine.features.embeddings import embed_files
 from engine.features.image_stats import ImageStats, image_stats
 from engine.learn import warm_start
 from engine.learn.crossval import LARGE_N, WarmStart
-from engine.learn.groups import copy_groups, duplicate_pairs, groups_to_lists, near_duplicate_groups
+from engine.learn.groups import copy_groups, groups_to_lists, near_duplicate_groups
+from engine.learn.kept_groups import duplicate_pairs_of
 
 
 @dataclass
@@ -60,7 +61,7 @@ def find_issues(features: np.ndarray, labels: np.ndarray, n_classes: int, shas: 
     t0 = time.perf_counter()
     labels = np.asarray(labels, np.int64)
     hashes = None if stats is None else stats.hashes
-    pairs = duplicate_pairs(features, hashes) if len(shas) else []  # one search for both rules below
+    pairs = duplicate_pairs_of(features, shas, hashes)  # one search for both rules below (a run's, when kept)
     groups = near_duplicate_groups(features, shas, hashes=hashes, pairs=pairs)  # folds for the suspects: loose
     found = Findings(group_ids=groups)
     found.duplicate_groups = groups_to_lists(copy_groups(features, shas, hashes=hashes, pairs=pairs))  # to thin out

@@ -279,15 +279,15 @@ def duplicate_groups(features: np.ndarray, shas: Sequence[str]) -> np.ndarray:
 
 
 def fold_groups(features: np.ndarray, shas: Sequence[str], n_folds: int = 5,
-                hashes: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+                hashes: np.ndarray | None = None, pairs: list | None = None) -> tuple[np.ndarray, str]:
     """Groups that must not be split across folds, and how they were made (for the report).
 
-    Near-duplicates when usable. On images the backbone cannot tell apart (noise, blank frames) near-duplicate
-    chains can swallow most of the set; a group larger than a fold would leave folds without it, so then only exact
-    copies are kept together.
+    Near-duplicates when usable (`pairs`: duplicate_pairs(features, hashes) when the caller has them). On images
+    the backbone cannot tell apart (noise, blank frames) near-duplicate chains can swallow most of the set; a group
+    larger than a fold would leave folds without it, so then only exact copies are kept together.
     """
     # Perceptual hashes (when given) also join shrunk, cropped and recompressed copies that embeddings alone miss.
-    groups = np.asarray(near_duplicate_groups(features, list(shas), hashes=hashes), np.int64)
+    groups = np.asarray(near_duplicate_groups(features, list(shas), hashes=hashes, pairs=pairs), np.int64)
     n = len(groups)
     if n and np.bincount(groups).max() > max(1, n // max(2, n_folds)):
         log.warning("Near-duplicate groups are too large for %d folds (largest: %d of %d images); keeping only "

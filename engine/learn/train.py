@@ -14,8 +14,6 @@ full classifier) and where features are computed.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
 import time
@@ -26,14 +24,12 @@ from typing import Any
 import numpy as np
 
 from engine.config.training import TrainConfig
-from engine.core.cache import cache_root, write_kept
 from engine.core.events import EventKind, ProgressCallback, Stage, emit
 from engine.features.embeddings import EmbeddingStore, preprocess_id
-from engine.features.image_stats import STATS_VERSION, image_hashes
 from engine.learn import confidence, crossval, warm_start
 from engine.learn.evaluate import evaluate, fold_spread
-from engine.learn.groups import fold_groups
 from engine.learn.head import Head
+from engine.learn.kept_groups import fold_groups_of
 from engine.learn.prepare import PreparedData, prepare_data
 
 log = logging.getLogger(__name__)
@@ -83,75 +79,6 @@ class HeadFit:
     threshold: dict[str, Any]
     iterations: int = 0
     l2_kept: dict[str, Any] | None = None  # the last search's L2 was kept: {"changed": images since, "limit"}
-
-
-def duplicate_groups(data: PreparedData, n_folds: int = 5, preprocess: str = "") -> tuple[np.ndarray, str]:
-    """A group id per image (copies and near-copies share one, so they always land in the same fold), and how the
-    groups were made. Kept per set of images (the cache below): moving or relabelling images reuses them."""
-    items = data.dataset.items
-    shas = [it.sha256 for it in items]
-    path = _groups_path(shas, data.features, data.resolved.backbone_id, preprocess, n_folds)
-    known = _read_groups(path, shas)
-    if known is not None:
-        return known
-    try:
-        hashes = image_hashes([it.path for it in items], shas)  # cached by SHA-256: a retrain reads, not decodes
-    except Exception as exc:  # noqa: BLE001 - grouping without hashes is still correct, only less thorough
-        log.warning("Perceptual hashes unavailable (%s); grouping copies by embedding only", exc)
-        hashes = None
-    groups, how = fold_groups(data.features, shas, n_folds, hashes=hashes)
-    if hashes is not None:  # groups without the hashes are looser: made again next time, not kept
-        _write_groups(path, shas, groups, how)
-    return groups, how
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The near-duplicate groups of a set of images, kept between runs (issue 22: 3 s of a 24,000-image retrain)
-# ----------------------------------------------------------------------------------------------------------------
-# The newest GROUPS_KEPT sets are kept (1.7 MB at 24,000 images): a test run or a few projects must not push out
-# the big project's groups. Bump the version when the grouping rule changes; the perceptual hashes' version
-# (image_stats.STATS_VERSION) is part of the key, so new hashes group again (groups kept from earlier hashes
-# differed from the current ones in 2,421 of 16,058 groups on 24,227 photos, and from the Curate check's).
-GROUPS_DIR, GROUPS_KEPT, GROUPS_VERSION = "groups", 64, "1"
-
-
-def _groups_path(shas: list[str], features: np.ndarray, backbone_id: str, preprocess: str, n_folds: int) -> Path:
-    """Keyed by the set of images (not their order or labels: moving an image between classes keeps the key), the
-    features they were grouped by (named, and a slice of their values in image order: cheap, and no two feature
-    sets that differ anywhere in it share groups) and the fold count (a group larger than a fold falls back to exact
-    copies)."""
-    h = hashlib.sha256("\x1f".join([GROUPS_VERSION, STATS_VERSION, backbone_id, preprocess, str(n_folds)]).encode())
-    order = np.argsort(np.asarray(shas))
-    h.update("\n".join(np.asarray(shas)[order].tolist()).encode())
-    h.update(np.ascontiguousarray(np.asarray(features, np.float32)[order, :16]).tobytes())
-    return cache_root() / GROUPS_DIR / f"{h.hexdigest()[:24]}.npz"
-
-
-def _read_groups(path: Path, shas: list[str]) -> tuple[np.ndarray, str] | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            label = dict(zip(z["shas"].tolist(), z["groups"].tolist(), strict=True))
-            how = str(z["how"])
-        per_row = np.array([label[s] for s in shas], np.int64)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError) as exc:  # a damaged or foreign file: group again
-        log.warning("Ignoring the cached duplicate groups in %s (%s)", path, exc)
-        return None
-    # ids 0..G-1 in order of first appearance, as fold_groups numbers them
-    _, first, inverse = np.unique(per_row, return_index=True, return_inverse=True)
-    return np.argsort(np.argsort(first))[inverse].astype(np.int64), how
-
-
-def _write_groups(path: Path, shas: list[str], groups: np.ndarray, how: str) -> None:
-    unique = {s: int(g) for s, g in zip(shas, groups, strict=True)}
-    buf = io.BytesIO()
-    np.savez(buf, shas=np.array(list(unique), dtype="U64"), groups=np.array(list(unique.values()), np.int64),
-             how=np.array(how))
-    try:
-        write_kept(path, buf.getvalue(), GROUPS_KEPT)
-    except OSError as exc:  # a time saver for next run: never worth failing this one
-        log.warning("Could not keep the duplicate groups (%s)", exc)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -247,7 +174,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, store: Emb
         set_memory_growth()
     data = data or prepare_data(cfg, progress, store)
     t_embed = time.perf_counter()
-    groups, grouping = duplicate_groups(data, cfg.cv_folds, preprocess_id(data.resolved.image_size, cfg.center_crop))
+    groups, grouping = fold_groups_of(data, cfg.cv_folds, preprocess_id(data.resolved.image_size, cfg.center_crop))
     evaluation = _choose_evaluation(data, cfg, groups)
     tr, n_classes = data.train_idx, len(data.dataset.labels)
     emit(progress, EventKind.STAGE, stage=Stage.TRAIN, message=f"Training a {n_classes}-class head"
