@@ -35,6 +35,12 @@ def test_fold_groups_are_kept_per_set_of_images(tmp_path, monkeypatch):
     assert np.array_equal(again == again[order.index(3)], np.isin(order, [3, 7, 30]))
     firsts = np.unique(again, return_index=True)[1].tolist()  # id g first appears before id g + 1, as fold_groups
     assert firsts == sorted(firsts) and len(firsts) == 38
+    (kept,) = (tmp_path / kept_groups.GROUPS_DIR).glob("*.npz")
+    with np.load(kept) as z:
+        assert z["shas"].dtype == np.dtype("S64")  # 64 bytes a SHA-256 (NumPy text: 256)
+        older = {k: z[k] for k in z.files}
+    np.savez(kept, **{**older, "shas": older["shas"].astype("U64")})  # text, as written before: still read
+    assert np.array_equal(kept_groups.fold_groups_of(data(order), 5, "p")[0], again) and not calls
     kept_groups.fold_groups_of(data(list(range(40))), 3, "p")  # another fold count: searched again
     assert calls == [1]
     for cached in (tmp_path / kept_groups.GROUPS_DIR).glob("*.npz"):

@@ -30,7 +30,10 @@ from engine.learn.prepare import PreparedData
 
 log = logging.getLogger(__name__)
 
-GROUPS_DIR, PAIRS_DIR, KEPT, VERSION = "groups", "pairs", 64, "1"
+GROUPS_DIR, PAIRS_DIR, VERSION = "groups", "pairs", "1"
+# Entries kept per kind (each ~3 MB at 100,000 images): a test run or a few small projects must not push out the big
+# project's groups; its pairs are read by the next Curate check only.
+KEPT = {GROUPS_DIR: 64, PAIRS_DIR: 16}
 
 
 def fold_groups_of(data: PreparedData, n_folds: int = 5, preprocess: str = "") -> tuple[np.ndarray, str]:
@@ -50,7 +53,7 @@ def fold_groups_of(data: PreparedData, n_folds: int = 5, preprocess: str = "") -
     groups, how = fold_groups(data.features, shas, n_folds, hashes=hashes,
                               pairs=duplicate_pairs_of(data.features, shas, hashes))
     if hashes is not None:  # groups without the hashes are looser: made again next time, not kept
-        _write(path, shas=np.array(shas, dtype="U64"), groups=groups, how=np.array(how))
+        _write(path, shas=np.asarray(shas), groups=groups, how=np.array(how))
     return groups, how
 
 
@@ -71,7 +74,7 @@ def duplicate_pairs_of(features: np.ndarray, shas: Sequence[str], hashes: np.nda
     place = np.empty(len(shas), np.int64)
     place[order] = np.arange(len(shas))
     a, b, cos, dist = (np.array(col) for col in zip(*pairs, strict=True)) if pairs else ([], [], [], [])
-    _write(path, shas=np.asarray(shas)[order].astype("U64"), i=place[np.asarray(a, np.int64)],
+    _write(path, shas=np.asarray(shas)[order], i=place[np.asarray(a, np.int64)],
            j=place[np.asarray(b, np.int64)], cos=np.asarray(cos, np.float32), dist=np.asarray(dist, np.int16))
     return pairs
 
@@ -87,7 +90,9 @@ def _path(kind: str, shas: list[str], features: np.ndarray, more: list[str]) -> 
 def _load(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            found = {k: z[k] for k in z.files}
+            found["shas"] = found["shas"].astype("U64")  # kept as ASCII bytes (earlier files: as text)
+            return found
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError) as exc:  # a damaged or foreign file: search again
@@ -128,10 +133,10 @@ def _read_pairs(path: Path, shas: Sequence[str]) -> list[tuple[int, int, float, 
             zip(i[at].tolist(), j[at].tolist(), cos[at].tolist(), dist[at].tolist(), strict=True)]
 
 
-def _write(path: Path, **arrays: np.ndarray) -> None:
+def _write(path: Path, shas: np.ndarray, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, shas=shas.astype("S64"), **arrays)  # 64 bytes a SHA-256, not NumPy text's 256
     try:
-        write_kept(path, buf.getvalue(), KEPT)
+        write_kept(path, buf.getvalue(), KEPT[path.parent.name])
     except OSError as exc:  # a time saver for the next run: never worth failing this one
         log.warning("Could not keep the duplicate groups (%s)", exc)
