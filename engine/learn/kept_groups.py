@@ -102,17 +102,17 @@ def _load(path: Path) -> dict[str, np.ndarray] | None:
 
 def _read_groups(path: Path, shas: list[str]) -> tuple[np.ndarray, str] | None:
     z = _load(path)
-    try:
-        label = dict(zip(z["shas"].tolist(), z["groups"].tolist(), strict=True)) if z else None
-        per_row = np.array([label[s] for s in shas], np.int64) if label else None
-    except (KeyError, ValueError) as exc:
-        log.warning("Ignoring the kept duplicate groups in %s (%s)", path, exc)
+    if z is None:
         return None
-    if per_row is None:
+    try:
+        label = dict(zip(z["shas"].tolist(), z["groups"].tolist(), strict=True))
+        per_row, how = np.array([label[s] for s in shas], np.int64), str(z["how"])
+    except (KeyError, ValueError) as exc:  # another set of images, or a damaged entry: search again
+        log.warning("Ignoring the kept duplicate groups in %s (%s)", path, exc)
         return None
     # ids 0..G-1 in order of first appearance, as fold_groups numbers them
     _, first, inverse = np.unique(per_row, return_index=True, return_inverse=True)
-    return np.argsort(np.argsort(first))[inverse].astype(np.int64), str(z["how"])
+    return np.argsort(np.argsort(first))[inverse].astype(np.int64), how
 
 
 def _read_pairs(path: Path, shas: Sequence[str]) -> list[tuple[int, int, float, int]] | None:
