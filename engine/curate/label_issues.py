@@ -18,7 +18,7 @@ from engine.learn.pairs import nearest_neighbours
 # The L2 values the full grid of engine.learn.crossval picked on flowers (1e-3) and flowers_large (3e-3), with a step
 # either side: 3 fits per fold instead of 7 (flowers_large: 1.5 s instead of 12 s on a busy 2-core machine).
 CURATE_L2_GRID = (3e-4, 1e-3, 3e-3)
-CURATE_FOLDS = 5
+CURATE_FOLDS = 5  # folds of the out-of-fold probabilities (a big project's check keeps its last run's if as many)
 KNN_K = 10  # neighbours voting in knn_probabilities
 # cleanlab's label-quality score that orders the suspects (see label_issues for the measurement)
 LABEL_ISSUE_RANKING = "normalized_margin"
