@@ -276,10 +276,10 @@ def test_a_search_started_at_a_previous_choice_ends_at_the_same_l2():
     for start in (plain.l2, 1e-4, 0.3, 2e-3):
         again = crossval.out_of_fold(x, y, 3, warm=crossval.WarmStart(start=start))
         assert again.l2 == plain.l2, start
-        assert again.grid[0]["l2"] == crossval._on_ladder(start)
+        assert again.grid[0]["l2"] == crossval._nearest(crossval.L2_LADDER, start)
     # here the choice (0.3) lies far from the default grid: 7 steps from it, 4 from the last choice
     assert len(crossval.out_of_fold(x, y, 3, warm=crossval.WarmStart(start=plain.l2)).grid) < len(plain.grid) - 2
-    assert crossval._on_ladder(2e-3) == 3e-3 and crossval._on_ladder(5.0) == 1.0
+    assert crossval._nearest(crossval.L2_LADDER, 2e-3) == 3e-3 and crossval._nearest(crossval.L2_LADDER, 5.0) == 1.0
 
 
 def test_the_search_goes_stronger_before_weaker():

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -392,7 +392,7 @@ def out_of_fold(features: np.ndarray, y: np.ndarray, n_classes: int, groups: np.
     searching = l2 is None
     # Strongest penalty first: each fit warm-starts from the previous one of its fold (a regularisation path), and
     # a grid point is complete, so reportable live, once every fold has been fitted with it.
-    queue = _first_grid(grid if warm.start is None else [_on_ladder(warm.start)]) if searching else [float(l2)]
+    queue = _first_grid(grid if warm.start is None else [_nearest(L2_LADDER, warm.start)]) if searching else [float(l2)]
     tol = tol if tol is not None else SEARCH_TOL if searching else FINAL_TOL
     if warm.final is not None and searching:
         raise ValueError("a final fit needs a given l2: while searching, the L2 of the final fit is not known yet")
@@ -441,9 +441,9 @@ def _first_grid(grid: Sequence[float]) -> list[float]:
     return sorted({float(v) for v in grid}, reverse=True)
 
 
-def _on_ladder(l2: float) -> float:
-    """The value of L2_LADDER nearest to l2."""
-    return min(L2_LADDER, key=lambda v: abs(np.log(v / l2)))
+def _nearest(values: Iterable[float], l2: float) -> float | None:
+    """The value nearest to l2 on a log scale (the first of equally near ones), None when there are none."""
+    return min(values, key=lambda v: abs(np.log(v / l2)), default=None)
 
 
 class _FoldFits:
@@ -464,13 +464,10 @@ class _FoldFits:
         _fair_starts), by the previous one (this run's on a tie: fitted on these labels), else zero. A search that
         moves away from the last choice starts from that run's heads there, not from zero (measured, 24,227 rows,
         60 labels moved: 55 iterations from zero, 23-29 from the neighbouring L2)."""
-        def nearest(l2s) -> float | None:
-            return min(l2s, key=lambda v: abs(np.log(v / c)), default=None)
-
-        near = nearest(self.heads)
+        near = _nearest(self.heads, c)
         inits = list(self.heads[near]) if near is not None else [None] * self.k
-        before = nearest(self.starts[1]) if self.starts is not None else None
-        if before is not None and (near is None or abs(np.log(before / c)) < abs(np.log(near / c))):
+        before = _nearest(self.starts[1], c) if self.starts is not None else None
+        if before is not None and (near is None or _nearest([near, before], c) != near):
             for f in self.starts[0]:
                 inits[f] = self.starts[1][before][f]
         return inits
