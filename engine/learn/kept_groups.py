@@ -41,7 +41,8 @@ def fold_groups_of(data: PreparedData, n_folds: int = 5, preprocess: str = "") -
     groups were made (engine.learn.groups.fold_groups), kept per set of images."""
     items = data.dataset.items
     shas = [it.sha256 for it in items]
-    path = _path(GROUPS_DIR, shas, data.features, [data.resolved.backbone_id, preprocess, str(n_folds)])
+    path = _path(GROUPS_DIR, shas, _sha_order(shas), data.features,
+                 [data.resolved.backbone_id, preprocess, str(n_folds)])
     known = _read_groups(path, shas)
     if known is not None:
         return known
@@ -63,14 +64,14 @@ def duplicate_pairs_of(features: np.ndarray, shas: Sequence[str], hashes: np.nda
     (below, comparing every pair is quicker than reading a file)."""
     if len(shas) <= ALL_PAIRS_MAX or hashes is None:
         return duplicate_pairs(features, hashes) if len(shas) else []
-    path = _path(PAIRS_DIR, list(shas), features, [])
-    known = _read_pairs(path, shas)
+    # rows by their place in SHA-256 order, so another order of the same images reads them (rows with one SHA-256
+    # are the same file: the pairs do not tell them apart)
+    order = _sha_order(shas)
+    path = _path(PAIRS_DIR, shas, order, features, [])
+    known = _read_pairs(path, shas, order)
     if known is not None:
         return known
     pairs = duplicate_pairs(features, hashes)
-    # rows by their place in SHA-256 order, so another order of the same images reads them (rows with one SHA-256
-    # are the same file: the pairs do not tell them apart)
-    order = np.argsort(np.asarray(shas), kind="stable")
     place = np.empty(len(shas), np.int64)
     place[order] = np.arange(len(shas))
     a, b, cos, dist = (np.array(col) for col in zip(*pairs, strict=True)) if pairs else ([], [], [], [])
@@ -79,9 +80,13 @@ def duplicate_pairs_of(features: np.ndarray, shas: Sequence[str], hashes: np.nda
     return pairs
 
 
-def _path(kind: str, shas: list[str], features: np.ndarray, more: list[str]) -> Path:
+def _sha_order(shas: Sequence[str]) -> np.ndarray:
+    """The rows in SHA-256 order: what the kept entries are keyed and stored by."""
+    return np.argsort(np.asarray(shas), kind="stable")
+
+
+def _path(kind: str, shas: Sequence[str], order: np.ndarray, features: np.ndarray, more: list[str]) -> Path:
     h = hashlib.sha256("\x1f".join([VERSION, STATS_VERSION, *more]).encode())
-    order = np.argsort(np.asarray(shas), kind="stable")
     h.update("\n".join(np.asarray(shas)[order].tolist()).encode())
     h.update(np.ascontiguousarray(np.asarray(features, np.float32)[order, :16]).tobytes())
     return cache_root() / kind / f"{h.hexdigest()[:24]}.npz"
@@ -115,10 +120,10 @@ def _read_groups(path: Path, shas: list[str]) -> tuple[np.ndarray, str] | None:
     return np.argsort(np.argsort(first))[inverse].astype(np.int64), how
 
 
-def _read_pairs(path: Path, shas: Sequence[str]) -> list[tuple[int, int, float, int]] | None:
-    """The kept pairs in this order of rows: (i, j) with i < j, sorted, as duplicate_pairs returns them."""
+def _read_pairs(path: Path, shas: Sequence[str], order: np.ndarray) -> list[tuple[int, int, float, int]] | None:
+    """The kept pairs in this order of rows (`order`: _sha_order(shas)): (i, j) with i < j, sorted, as
+    duplicate_pairs returns them."""
     z = _load(path)
-    order = np.argsort(np.asarray(shas), kind="stable")
     try:
         if z is None or len(z["shas"]) != len(shas) or not np.array_equal(z["shas"], np.asarray(shas)[order]):
             return None
