@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.export.protowire import read_varint  # protobuf's varints are LevelDB's too
+
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48
 # TensorShapeProto.dim { size: <one byte> } as it is serialized: a dimension under 128 (saved_model.pb holds the same)
@@ -56,20 +58,6 @@ def masked_crc(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Protobuf and LevelDB varints
-# ----------------------------------------------------------------------------------------------------------------
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
 @dataclass
 class _Entry:
     key: str
@@ -90,7 +78,7 @@ def _parse_entry(value: bytes) -> tuple[dict[int, int], int | None]:
     crc_at = None
     for number, (wire, start, _end) in _fields(value).items():
         if wire == 0:
-            fields[number] = _varint(value, start)[0]
+            fields[number] = read_varint(value, start)[0]
         elif wire == 5:
             fields[number] = struct.unpack_from("<I", value, start)[0]
             crc_at = start if number == 6 else crc_at
@@ -106,9 +94,9 @@ def _block_entries(index: bytes, start: int, size: int):
     end = size - 4 - 4 * n_restarts
     pos, key = 0, b""
     while pos < end:
-        shared, pos = _varint(block, pos)
-        non_shared, pos = _varint(block, pos)
-        vlen, pos = _varint(block, pos)
+        shared, pos = read_varint(block, pos)
+        non_shared, pos = read_varint(block, pos)
+        vlen, pos = read_varint(block, pos)
         key = key[:shared] + block[pos : pos + non_shared]
         pos += non_shared
         yield key, start + pos, start + pos + vlen
@@ -121,14 +109,14 @@ def read_index(index_path: str | Path) -> dict[str, _Entry]:
     if struct.unpack_from("<Q", footer, _FOOTER_SIZE - 8)[0] != _TABLE_MAGIC:
         raise BundleError(f"{index_path} is not a TensorFlow checkpoint index")
     pos = 0
-    _, pos = _varint(footer, pos)  # metaindex handle, unused
-    _, pos = _varint(footer, pos)
-    idx_off, pos = _varint(footer, pos)
-    idx_size, pos = _varint(footer, pos)
+    _, pos = read_varint(footer, pos)  # metaindex handle, unused
+    _, pos = read_varint(footer, pos)
+    idx_off, pos = read_varint(footer, pos)
+    idx_size, pos = read_varint(footer, pos)
     entries: dict[str, _Entry] = {}
     for _, v0, _v1 in _block_entries(index, idx_off, idx_size):
-        blk_off, p = _varint(index, v0)
-        blk_size, _ = _varint(index, p)
+        blk_off, p = read_varint(index, v0)
+        blk_size, _ = read_varint(index, p)
         for key, s, e in _block_entries(index, blk_off, blk_size):
             if not key:
                 continue  # the bundle header
@@ -166,13 +154,13 @@ def _fields(value: bytes) -> dict[int, tuple[int, int, int]]:
     number)."""
     fields, pos = {}, 0
     while pos < len(value):
-        tag, pos = _varint(value, pos)
+        tag, pos = read_varint(value, pos)
         number, wire = tag >> 3, tag & 7
         start = pos
         if wire == 0:
-            _, pos = _varint(value, pos)
+            _, pos = read_varint(value, pos)
         elif wire == 2:
-            length, pos = _varint(value, pos)
+            length, pos = read_varint(value, pos)
             start, pos = pos, pos + length
         elif wire in (1, 5):
             pos += 8 if wire == 1 else 4
